@@ -1,0 +1,293 @@
+"""Typed mirror of ``params.yaml``.
+
+``params.yaml`` is the single source of hyperparameters. Each top-level section maps to one config class
+below; unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the dotted key.
+Overrides use the same dotted names as the CLI's ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "AttackConfig",
+    "VictimConfig",
+    "UNetConfig",
+    "ScheduleConfig",
+    "DiffusionTrainConfig",
+    "DiffusionConfig",
+    "SampDetoxConfig",
+    "DataElixirConfig",
+    "TrackingConfig",
+    "BenchmarkConfig",
+    "Params",
+    "load_params",
+    "apply_overrides",
+    "parse_override",
+]
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the offending dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataConfig(_Section):
+    """Where images come from and how they are brought to one shape."""
+
+    source: str = "digits"
+    """``digits`` (scikit-learn, offline), ``cifar10`` / ``gtsrb`` (torchvision, needs network), or a path to a
+    class-folder tree / ``.tar.gz`` / ``.zip`` archive / stored dataset version."""
+    root: str = "data"
+    """Folder holding stored dataset versions."""
+    image_size: int | None = Field(default=None, ge=4, le=1024)
+    """Resize every image to this square size; ``None`` keeps sizes and rejects mixed ones."""
+    color: Literal["rgb", "keep"] = "rgb"
+    """``rgb`` converts grayscale / RGBA / palette images to RGB; ``keep`` rejects mixed modes."""
+    train_per_class: int | None = Field(default=None, ge=1)
+    """Stratified subset of the training split for CPU-scale runs (``None`` = all)."""
+    test_per_class: int | None = Field(default=None, ge=1)
+    val_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Fraction of the (subset) test split held out as a validation split for parameter selection."""
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------- attack
+class AttackConfig(_Section):
+    """Which backdoor attack to apply and its BackdoorBench-faithful defaults."""
+
+    name: str = "badnets"
+    target: int = Field(default=0, ge=0)
+    poison_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    seed: int = 0
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-attack options keyed by attack name (``options.badnets.patch_size``); each attack validates its own."""
+
+    @model_validator(mode="after")
+    def _known_attack_options(self) -> AttackConfig:
+        # Imported lazily: the attack registry imports torch and the attacks; config must stay light.
+        try:
+            from detoxops.attacks import registry
+        except ImportError:  # attacks package not importable yet (bootstrapping); validated on use instead
+            return self
+        names = registry.available()
+        if names and self.name not in names:
+            raise ValueError(f"unknown attack {self.name!r}; available: {', '.join(sorted(names))}")
+        for attack_name, opts in self.options.items():
+            if names and attack_name not in names:
+                raise ValueError(f"options.{attack_name}: unknown attack; available: {', '.join(sorted(names))}")
+            registry.validate_options(attack_name, opts)
+        return self
+
+
+# ------------------------------------------------------------------------------------------- victim
+class VictimConfig(_Section):
+    """Classifier and BackdoorBench's training recipe (SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128)."""
+
+    arch: Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+# ---------------------------------------------------------------------------------------- diffusion
+class UNetConfig(_Section):
+    """A diffusers ``UNet2DModel``; presets range from a tiny test net to the 35.7M DDPM CIFAR-10 one."""
+
+    sample_size: int = Field(default=32, ge=4)
+    in_channels: int = Field(default=3, ge=1)
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = Field(default=1, ge=1)
+    attention: bool = False
+    """Add self-attention at the second-lowest resolution (as the DDPM CIFAR-10 model does)."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ScheduleConfig(_Section):
+    kind: Literal["linear", "cosine"] = "linear"
+    num_train_timesteps: int = Field(default=1000, ge=2)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+
+
+class DiffusionTrainConfig(_Section):
+    steps: int = Field(default=5000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    max_t: int | None = Field(default=None, ge=1)
+    """Train only t < max_t (the low-noise range the defenses use); ``None`` = the whole schedule."""
+    checkpoint_every: int = Field(default=500, ge=1)
+    sample_every: int = Field(default=0, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+
+class DiffusionConfig(_Section):
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: DiffusionTrainConfig = Field(default_factory=DiffusionTrainConfig)
+    purifier: str | None = None
+    """A diffusers model folder to use as the purifier; ``None`` = the purifier trained by the pipeline."""
+
+
+# ---------------------------------------------------------------------------------------- sampdetox
+class SampDetoxConfig(_Section):
+    """SampDetox (NeurIPS 2024, Algorithm 1). Paper defaults: t1 = 20, t2 = 120, DDIM stride 20."""
+
+    t1: int = Field(default=20, ge=0)
+    t2: int = Field(default=120, ge=0)
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_stride: int = Field(default=20, ge=1)
+    ssim_window: int = Field(default=7, ge=3)
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------- dataelixir
+class DataElixirConfig(_Section):
+    """DataElixir (AAAI 2024). Paper defaults: T = 150, n = 5 rounds, m = 10 kept intermediaries, tau = 5."""
+
+    T: int = Field(default=150, ge=1)
+    rounds: int = Field(default=5, ge=1)
+    keep_last: int = Field(default=10, ge=1)
+    tau: float = Field(default=5.0, ge=0)
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_stride: int = Field(default=10, ge=1)
+    anomaly_threshold: float = Field(default=2.0, gt=0)
+    select_percentile: float = Field(default=80.0, ge=0, le=100)
+    shard_size: int = Field(default=1024, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------- tracking
+class TrackingConfig(_Section):
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    experiment_prefix: str = "detoxops"
+    runs_dir: str = "runs"
+    dvc_remote: str = ".dvc-storage"
+
+
+class BenchmarkConfig(_Section):
+    attacks: list[str] = Field(default_factory=lambda: ["badnets", "blended", "sig", "wanet", "bpp"])
+    defenses: list[str] = Field(default_factory=lambda: ["none", "sampdetox"])
+
+
+# ------------------------------------------------------------------------------------------- params
+class Params(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    victim: VictimConfig = Field(default_factory=VictimConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    sampdetox: SampDetoxConfig = Field(default_factory=SampDetoxConfig)
+    dataelixir: DataElixirConfig = Field(default_factory=DataElixirConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "params") -> Params:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, origin)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted ``section.key`` → value, for logging as run parameters."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{origin}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"sampdetox.t1=20"`` → (["sampdetox", "t1"], 20). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. sampdetox.t1=20")
+    key, _, value = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {value!r}: {exc}") from None
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted overrides applied (the key must name a dict path)."""
+    out = copy.deepcopy(raw)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Load and validate ``params.yaml`` (or defaults when ``path`` is None) with dotted overrides."""
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"params file not found: {p}")
+        origin = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        raw = loaded
+    return Params.from_dict(apply_overrides(raw, overrides), origin=origin)

@@ -1,0 +1,1 @@
+"""detoxops.data"""
