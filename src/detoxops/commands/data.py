@@ -1,9 +1,108 @@
-"""`detoxops data` commands (placeholder until its issue lands)."""
+"""`detoxops data` commands: ingest a source into a content-addressed dataset version, and describe one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import typer
+
+from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+
+data_app = typer.Typer(help="Ingest, validate and inspect datasets.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.add_typer(data_app, name="data")
+
+
+@data_app.command("ingest")
+def ingest_command(
+    source: str = typer.Argument(
+        None,
+        help="digits | cifar10 | gtsrb | a class-folder tree, .tar.gz/.zip archive, .npz or stored version "
+        "(default: data.source from params)",
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="root folder of dataset versions (default: data.root)"
+    ),
+    name: str = typer.Option(None, "--name", help="dataset name (default: derived from the source)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Validate SOURCE and store it as <out>/<name>/<hash12>/ (an existing identical version is reused)."""
+    from detoxops.data import ingest, version_info
+
+    cfg = params_from_cli(params, overrides).data
+    src = source or cfg.source
+    try:
+        path = ingest(src, out if out is not None else Path(cfg.root), cfg, name=name, progress=progress)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    info = version_info(path)
+    typer.echo(str(path))
+    counts = ", ".join(f"{s} {e['count']}" for s, e in info["splits"].items())
+    shape = "x".join(str(d) for d in info["image_shape"])
+    typer.echo(
+        f"{info['name']}: {counts} images of {shape}, {len(info['class_names'])} classes, "
+        f"hash {info['hash'][:12]}"
+    )
+
+
+@data_app.command("info")
+def info_command(
+    path: Path = typer.Argument(..., help="a dataset version folder (or a dataset folder holding versions)"),
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Class counts per split, image size, content hash and provenance of a stored dataset version."""
+    from detoxops.data import is_version_dir, load_version, version_info
+
+    params_from_cli(params, overrides)  # validates --set like every command, even though info needs none
+    if not path.exists():
+        fail(f"dataset version not found: {path}")
+    if not is_version_dir(path):
+        versions = sorted(p for p in path.iterdir() if is_version_dir(p)) if path.is_dir() else []
+        if not versions:
+            fail(f"not a dataset version folder (no version.json): {path}")
+        typer.echo(f"{path}: {len(versions)} version(s)")
+        for v in versions:
+            vi = version_info(v)
+            counts = ", ".join(f"{s} {e['count']}" for s, e in vi["splits"].items())
+            typer.echo(f"  {v.name}  {vi['created']}  {counts}  source {vi['source']}")
+        return
+    try:
+        info = version_info(path)
+        splits = load_version(path)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    names = info["class_names"]
+    shape = "x".join(str(d) for d in info["image_shape"])
+    typer.echo(f"dataset   {info['name']}")
+    typer.echo(f"path      {path}")
+    typer.echo(f"hash      {info['hash']}")
+    typer.echo(f"source    {info['source']}")
+    typer.echo(f"created   {info['created']}")
+    typer.echo(f"images    {shape} uint8 (H x W x C)")
+    typer.echo(f"classes   {len(names)}")
+    split_names = list(splits)
+    width = max(len("class"), *(len(n) for n in names))
+    typer.echo("")
+    typer.echo(f"{'class':<{width}}  " + "  ".join(f"{s:>8}" for s in split_names))
+    counts = {s: ds.class_counts() for s, ds in splits.items()}
+    for i, cname in enumerate(names):
+        typer.echo(f"{cname:<{width}}  " + "  ".join(f"{int(counts[s][i]):>8}" for s in split_names))
+    typer.echo(f"{'total':<{width}}  " + "  ".join(f"{len(splits[s]):>8}" for s in split_names))
+    typer.echo("")
+    typer.echo("provenance")
+    for s, ds in splits.items():
+        relabelled = int(np.count_nonzero(ds.labels != ds.original_labels))
+        transforms = len(ds.meta.get("transforms", []))
+        typer.echo(
+            f"  {s:<6} poisoned {int(ds.poisoned.sum())}, relabelled {relabelled}, "
+            f"source_index {int(ds.source_index.min())}..{int(ds.source_index.max())}, "
+            f"{transforms} transform(s), hash {info['splits'][s]['content_hash'][:12]}"
+        )

@@ -1,0 +1,47 @@
+"""``ingest``: load a source, validate it, and store it as a content-addressed dataset version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from detoxops.data.sources import CACHE_DIR, load_source, source_name
+from detoxops.data.store import save_version
+
+if TYPE_CHECKING:
+    from detoxops.config import DataConfig
+
+__all__ = ["ingest"]
+
+
+def ingest(
+    source: str | Path,
+    root: str | Path | None = None,
+    cfg: DataConfig | None = None,
+    *,
+    name: str | None = None,
+    progress: bool = True,
+    cache: bool = True,
+) -> Path:
+    """Store ``source`` under ``<root>/<name>/<hash12>/`` and return the version folder.
+
+    Everything is decoded and validated in memory first, so a bad source raises before anything is
+    written; the version is written to a temp folder and renamed into place. Ingesting the same content again
+    returns the existing folder without touching it. ``root`` defaults to ``cfg.root``; ``name`` to the
+    source's name (``digits``, the archive stem, …); ``cache`` as in :func:`load_source`, kept in ``<root>/.cache``.
+    """
+    from detoxops.config import DataConfig
+
+    cfg = cfg or DataConfig()
+    root = Path(root if root is not None else cfg.root)
+    splits = load_source(source, cfg, progress=progress, cache=cache, cache_root=root / CACHE_DIR)
+    settings = cfg.model_dump(mode="json")
+    settings.pop("root", None)
+    settings.pop("source", None)
+    return save_version(
+        splits,
+        root,
+        name or source_name(source),
+        source=str(source),
+        extra={"config": settings},
+    )

@@ -1,0 +1,133 @@
+"""Content-addressed dataset versions on disk.
+
+A version is ``<root>/<name>/<hash12>/`` holding one saved :class:`ImageSet` per split (``train/``, ``test/``,
+…) and ``version.json``. The hash covers every split's content hash, so identical data always lands in the
+same folder: storing it again finds the existing version and leaves it untouched. Writes go to a temp folder
+that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir
+
+__all__ = ["VERSION_FILE", "version_hash", "save_version", "load_version", "version_info", "is_version_dir"]
+
+VERSION_FILE = "version.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def version_hash(splits: dict[str, ImageSet]) -> str:
+    """sha256 over the sorted ``split → content hash`` pairs."""
+    if not splits:
+        raise ValueError("a dataset version needs at least one split")
+    table = {name: ds.content_hash() for name, ds in sorted(splits.items())}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+
+
+def is_version_dir(path: Path) -> bool:
+    return (Path(path) / VERSION_FILE).is_file()
+
+
+def save_version(
+    splits: dict[str, ImageSet], root: str | Path, name: str, source: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Store ``splits`` as ``<root>/<name>/<hash12>/`` and return that path (the existing one if present)."""
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (no path separators)"
+        )
+    for split in splits:
+        if not _NAME_RE.match(split):
+            raise ValueError(f"split name {split!r} must be letters, digits, '.', '_' or '-'")
+    split_hashes = {s: ds.content_hash() for s, ds in sorted(splits.items())}
+    full = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
+    dest = Path(root) / name / full[:12]
+    if dest.exists():
+        existing = _read_info(dest) if is_version_dir(dest) else None
+        if existing is None or existing.get("hash") != full:
+            raise FileExistsError(
+                f"{dest} exists but is not this dataset version (hash prefix collision or a foreign folder); "
+                "it was left untouched"
+            )
+        return dest
+    first = next(iter(splits.values()))
+    info = {
+        "format": FORMAT_VERSION,
+        "name": name,
+        "hash": full,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "class_names": first.class_names,
+        "image_shape": list(first.image_shape),
+        "splits": {
+            s: {
+                "count": len(ds),
+                "content_hash": split_hashes[s],
+                "class_counts": ds.class_counts().tolist(),
+                "num_poisoned": int(ds.poisoned.sum()),
+            }
+            for s, ds in sorted(splits.items(), key=_split_order)
+        },
+        **(extra or {}),
+    }
+    for s, ds in splits.items():
+        if ds.class_names != first.class_names:
+            raise ValueError(f"split {s!r} has class names {ds.class_names}, expected {first.class_names}")
+    try:
+        with atomic_dir(dest) as tmp:
+            for s, ds in splits.items():
+                ds._write(tmp / s)
+            (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    except FileExistsError:  # a concurrent writer stored the same content first: theirs is as good as ours
+        if is_version_dir(dest) and _read_info(dest).get("hash") == full:
+            return dest
+        raise
+    return dest
+
+
+def _split_order(item: tuple[str, ImageSet]) -> tuple[int, str]:
+    order = {"train": 0, "val": 1, "test": 2}
+    return order.get(item[0], 3), item[0]
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    file = Path(path) / VERSION_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"not a dataset version folder (no {VERSION_FILE}): {path}")
+    try:
+        info = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: corrupt {VERSION_FILE}: {exc}") from None
+    if info.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{file}: format {info.get('format')!r}, this detoxops reads {FORMAT_VERSION}")
+    return info
+
+
+def version_info(path: str | Path) -> dict[str, Any]:
+    """The parsed ``version.json`` of a version folder."""
+    return _read_info(Path(path))
+
+
+def load_version(path: str | Path, mmap: bool = True, verify: bool = False) -> dict[str, ImageSet]:
+    """``{split: ImageSet}`` of a version folder; images are memory-mapped unless ``mmap=False``.
+
+    ``verify`` recomputes every split's content hash against ``version.json``.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"dataset version not found: {folder}")
+    info = _read_info(folder)
+    out = {}
+    for split, entry in info["splits"].items():
+        ds = ImageSet.load(folder / split, mmap=mmap)
+        if verify and ds.content_hash() != entry["content_hash"]:
+            raise ValueError(f"{folder / split}: content hash does not match {VERSION_FILE} (files changed)")
+        out[split] = ds
+    return out

@@ -1,0 +1,114 @@
+"""Dataset versions: content addressing, idempotent re-ingest, atomicity, an existing version untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from detoxops.config import DataConfig
+from detoxops.data import ImageSet, ingest, load_version, save_version, version_info
+
+
+def cfg(tmp_path, **kw) -> DataConfig:
+    return DataConfig(root=str(tmp_path / "store"), **kw)
+
+
+def snapshot(folder) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file below ``folder``."""
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_ingest_layout_and_info(tmp_path, small_tree):
+    version = ingest(small_tree, tmp_path / "store", cfg(tmp_path), progress=False)
+    assert version.parent == tmp_path / "store" / "tree" and len(version.name) == 12
+    info = version_info(version)
+    assert info["hash"].startswith(version.name)
+    assert list(info["splits"]) == ["train", "test"]
+    assert info["splits"]["train"]["count"] == 6 and info["splits"]["train"]["class_counts"] == [3, 3]
+    assert info["class_names"] == ["cat", "dog"] and info["image_shape"] == [8, 8, 3]
+    assert info["source"] == str(small_tree) and info["config"]["color"] == "rgb"
+    assert sorted(p.name for p in version.iterdir()) == ["test", "train", "version.json"]
+    splits = load_version(version, verify=True)
+    assert splits["train"].content_hash() == info["splits"]["train"]["content_hash"]
+
+
+def test_reingest_same_content_returns_existing_untouched(tmp_path, small_tree, mk):
+    version = ingest(small_tree, tmp_path / "store", cfg(tmp_path), progress=False)
+    before = snapshot(version)
+    # same pixels through another container (a zip of the same files) → same hash, same folder
+    files = {str(p.relative_to(small_tree)): p.read_bytes() for p in small_tree.rglob("*.png")}
+    again = ingest(
+        mk.write_zip(tmp_path / "tree.zip", files), tmp_path / "store", cfg(tmp_path), progress=False
+    )
+    assert again == version
+    assert snapshot(version) == before
+    assert [p.name for p in version.parent.iterdir()] == [version.name]
+
+
+def test_different_content_gets_a_new_version(tmp_path, small_tree):
+    a = ingest(small_tree, tmp_path / "store", cfg(tmp_path), progress=False)
+    b = ingest(small_tree, tmp_path / "store", cfg(tmp_path, image_size=4), progress=False)
+    assert a != b and a.parent == b.parent
+
+
+def test_failed_ingest_leaves_existing_version_untouched(tmp_path, small_tree, mk):
+    version = ingest(small_tree, tmp_path / "store", cfg(tmp_path), progress=False)
+    before = snapshot(tmp_path / "store")
+    files = {str(p.relative_to(small_tree)): p.read_bytes() for p in small_tree.rglob("*.png")}
+    files["train/cat/zz-broken.png"] = b"\x89PNG broken"
+    bad = mk.write_dir(tmp_path / "bad" / "tree", files)  # same dataset name "tree"
+    with pytest.raises(ValueError, match=r"zz-broken\.png: unreadable"):
+        ingest(bad, tmp_path / "store", cfg(tmp_path), progress=False)
+    assert snapshot(tmp_path / "store") == before
+    assert load_version(version, verify=True)["train"].class_counts().tolist() == [3, 3]
+
+
+def test_failure_while_writing_leaves_no_partial_version(tmp_path, monkeypatch):
+    ds = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"])
+
+    def explode(self, folder):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ImageSet, "_write", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_version({"train": ds, "test": ds}, tmp_path / "store", "toy", source="test")
+    assert list((tmp_path / "store" / "toy").iterdir()) == []
+
+
+def test_foreign_folder_at_version_path_is_not_overwritten(tmp_path):
+    ds = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"])
+    version = save_version({"train": ds, "test": ds}, tmp_path / "store", "toy", source="test")
+    info = json.loads((version / "version.json").read_text())
+    info["hash"] = "0" * 64
+    (version / "version.json").write_text(json.dumps(info))
+    with pytest.raises(FileExistsError, match="left untouched"):
+        save_version({"train": ds, "test": ds}, tmp_path / "store", "toy", source="test")
+    assert json.loads((version / "version.json").read_text())["hash"] == "0" * 64
+
+
+def test_bad_names_and_missing_versions(tmp_path):
+    ds = ImageSet(np.zeros((2, 2, 2, 3), np.uint8), np.array([0, 1]), ["a", "b"])
+    with pytest.raises(ValueError, match="dataset name '../x'"):
+        save_version({"train": ds}, tmp_path, "../x", source="test")
+    with pytest.raises(FileNotFoundError, match="dataset version not found"):
+        load_version(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(FileNotFoundError, match="no version.json"):
+        load_version(tmp_path / "plain")
+
+
+def test_ingest_keeps_its_archive_cache_under_its_root(tmp_path, mk):
+    archive = mk.write_tar(tmp_path / "toy.tar.gz", mk.tree_files())
+    elsewhere = tmp_path / "configured-root"
+    version = ingest(archive, tmp_path / "store", DataConfig(root=str(elsewhere)), progress=False)
+    assert (tmp_path / "store" / ".cache").is_dir() and not elsewhere.exists()
+    assert ingest(archive, tmp_path / "store", DataConfig(root=str(elsewhere)), progress=False) == version

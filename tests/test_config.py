@@ -1,0 +1,139 @@
+"""detoxops.config: params.yaml → typed objects; bad keys, types and ranges are errors naming the dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detoxops.config import ConfigError, DataConfig, Params, apply_overrides, load_params, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, raw) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_load_and_mirror_every_key():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params.data, DataConfig)
+    assert params.data.image_size == raw["data"]["image_size"]
+    assert params.sampdetox.t1 == raw["sampdetox"]["t1"]
+    dumped = params.to_dict()
+    for section, values in raw.items():  # every key in params.yaml is a typed field with the same value
+        for key, value in values.items():
+            assert dumped[section][key] == value, f"{section}.{key}"
+
+
+def test_defaults_without_a_file():
+    params = load_params(None)
+    assert params == Params()
+    assert params.data.source == "digits" and params.data.color == "rgb"
+
+
+def test_unknown_key_names_the_dotted_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"params\.yaml: sampdetox\.t3: unknown key"):
+        load_params(write(tmp_path, {"sampdetox": {"t3": 5}}))
+    with pytest.raises(ConfigError, match=r"diffusion\.unet\.channels: unknown key"):
+        load_params(write(tmp_path, {"diffusion": {"unet": {"channels": 5}}}))
+    with pytest.raises(ConfigError, match=r"bogus: unknown key"):
+        load_params(write(tmp_path, {"bogus": {}}))
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"victim\.epochs: Input should be a valid integer"):
+        load_params(write(tmp_path, {"victim": {"epochs": "many"}}))
+    with pytest.raises(ConfigError, match=r"data\.color: Input should be 'rgb' or 'keep'"):
+        load_params(write(tmp_path, {"data": {"color": "cmyk"}}))
+    with pytest.raises(ConfigError, match=r"victim: Input should be a valid dictionary"):
+        load_params(write(tmp_path, {"victim": 3}))
+
+
+@pytest.mark.parametrize(
+    "override, key, message",
+    [
+        ("data.image_size=2", "data.image_size", "greater than or equal to 4"),
+        ("data.test_fraction=1.0", "data.test_fraction", "less than 1"),
+        ("data.val_fraction=0", "data.val_fraction", "greater than 0"),
+        ("attack.poison_ratio=1.5", "attack.poison_ratio", "less than or equal to 1"),
+        ("victim.momentum=1", "victim.momentum", "less than 1"),
+        (
+            "diffusion.schedule.num_train_timesteps=1",
+            "diffusion.schedule.num_train_timesteps",
+            "greater than or equal to 2",
+        ),
+        ("sampdetox.t1=-1", "sampdetox.t1", "greater than or equal to 0"),
+    ],
+)
+def test_out_of_range_names_the_key(override, key, message):
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be {message}"):
+        load_params(ROOT / "params.yaml", [override])
+
+
+def test_overrides_are_typed_and_nested():
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            "sampdetox.t1=30",
+            "data.image_size=null",
+            "diffusion.unet.block_out_channels=[8, 16]",
+            "victim.augment=false",
+        ],
+    )
+    assert params.sampdetox.t1 == 30
+    assert params.data.image_size is None
+    assert params.diffusion.unet.block_out_channels == [8, 16]
+    assert params.victim.augment is False
+
+
+def test_parse_override_and_errors():
+    assert parse_override("sampdetox.t1=20") == (["sampdetox", "t1"], 20)
+    assert parse_override("data.source=../x/y.tar.gz") == (["data", "source"], "../x/y.tar.gz")
+    assert parse_override("dataelixir.tau=2.5") == (["dataelixir", "tau"], 2.5)
+    assert parse_override("tracking.runs_dir= ") == (["tracking", "runs_dir"], None)
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("sampdetox.t1")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("=3")
+    with pytest.raises(ConfigError, match=r"override victim\.epochs\.x: 'epochs' is not a section"):
+        apply_overrides({"victim": {"epochs": 3}}, ["victim.epochs.x=1"])
+    with pytest.raises(ConfigError, match=r"override data\.source: cannot parse value"):
+        parse_override("data.source=[unclosed")
+    with pytest.raises(ConfigError, match=r"params\.yaml: sampdetox\.t9: unknown key"):
+        load_params(ROOT / "params.yaml", ["sampdetox.t9=1"])
+
+
+def test_apply_overrides_does_not_mutate_input():
+    raw = {"sampdetox": {"t1": 20}}
+    out = apply_overrides(raw, ["sampdetox.t1=5"])
+    assert raw == {"sampdetox": {"t1": 20}} and out == {"sampdetox": {"t1": 5}}
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_params(tmp_path / "empty.yaml") == Params()
+
+
+def test_flat_uses_dotted_names():
+    flat = load_params(None).flat()
+    assert flat["victim.epochs"] == 10 and flat["diffusion.schedule.kind"] == "linear"
+    assert flat["data.image_size"] is None
+
+
+def test_assignment_is_validated():
+    cfg = DataConfig()
+    with pytest.raises(ValueError, match="image_size"):
+        cfg.image_size = 1
