@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -58,6 +58,8 @@ class DataConfig(_Section):
     train_per_class: int | None = Field(default=None, ge=1)
     """Stratified subset of the training split for CPU-scale runs (``None`` = all)."""
     test_per_class: int | None = Field(default=None, ge=1)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Share of every class held out as the test split when a source has none (digits, a single class tree)."""
     val_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Fraction of the (subset) test split held out as a validation split for parameter selection."""
     seed: int = 0
@@ -152,15 +154,64 @@ class DiffusionConfig(_Section):
 
 # ---------------------------------------------------------------------------------------- sampdetox
 class SampDetoxConfig(_Section):
-    """SampDetox (NeurIPS 2024, Algorithm 1). Paper defaults: t1 = 20, t2 = 120, DDIM stride 20."""
+    """SampDetox (NeurIPS 2024, Algorithm 1) and the localisation / stage-2 options of issue #10.
 
-    t1: int = Field(default=20, ge=0)
-    t2: int = Field(default=120, ge=0)
+    ``profile`` picks a preset for every field left ``None``: ``faithful`` is the paper's Algorithm 1 (t1 = 20,
+    t2 = 120, PixelSSIM map on the correct data range, soft per-pixel levels, stage 2 from the stage-1 output);
+    ``public_code`` is the public reference code's variant (t1 = t2 = 120, SSIM with data_range = 255 on [0, 1]
+    images); ``robust`` is detoxops's default, selected on a validation split (docs/sampdetox.md). A field set
+    explicitly overrides the preset, so ``--set sampdetox.profile=faithful`` is the paper one parameter away.
+    Use :meth:`resolved` to get the concrete values.
+    """
+
+    profile: Literal["robust", "faithful", "public_code"] = "robust"
+    t1: int | None = Field(default=None, ge=0)
+    """Stage-1 (global) noise level; paper 20."""
+    t2: int | None = Field(default=None, ge=0)
+    """Stage-2 maximum per-pixel level for ``stage2: soft`` (level = t2 * map); paper 120."""
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     ddim_stride: int = Field(default=20, ge=1)
     ssim_window: int = Field(default=7, ge=3)
+    localiser: Literal["pixel_ssim", "ssim_public", "diff", "spread"] | None = None
+    """Trigger map: paper PixelSSIM, the public code's SSIM (data_range 255 on [0, 1]), |input - restoration at
+    t_loc| over a window, or the spread of ``spread_k`` restorations at t_loc."""
+    map_norm: Literal["minmax", "none", "scale"] | None = None
+    """minmax per image; none: (1 - SSIM) / 2 (SSIM maps) or the raw value clipped to [0, 1]; scale: / map_scale."""
+    map_scale: float | None = Field(default=None, gt=0)
+    t_loc: int | None = Field(default=None, ge=1)
+    """Noise level of the localisation restoration (diff / spread), decoupled from t1."""
+    loc_window: int | None = Field(default=None, ge=1)
+    """Odd side of the averaging window of the diff / spread maps."""
+    spread_k: int = Field(default=4, ge=2)
+    stage2: Literal["soft", "mask"] | None = None
+    """soft: level = t2 * map; mask: pixels with map > mask_threshold restored from t_mask, others untouched."""
+    mask_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    t_mask: int | None = Field(default=None, ge=1)
+    stage2_base: Literal["stage1", "input"] | None = None
+    """What stage 2 starts from: the stage-1 output (paper) or the original input (unflagged pixels kept)."""
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
+
+    PROFILE_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "faithful": dict(
+            t1=20, t2=120, localiser="pixel_ssim", map_norm="minmax", map_scale=1.0, t_loc=20, loc_window=5,
+            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1",
+        ),
+        "public_code": dict(
+            t1=120, t2=120, localiser="ssim_public", map_norm="minmax", map_scale=1.0, t_loc=120, loc_window=5,
+            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1",
+        ),
+        "robust": dict(
+            t1=20, t2=120, localiser="diff", map_norm="minmax", map_scale=1.0, t_loc=120, loc_window=5,
+            stage2="mask", mask_threshold=0.5, t_mask=500, stage2_base="stage1",
+        ),
+    }
+
+    def resolved(self) -> SampDetoxConfig:
+        """A copy with every ``None`` field filled from the profile's preset."""
+        preset = self.PROFILE_PRESETS[self.profile]
+        filled = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in preset.items()}
+        return self.model_copy(update=filled)
 
 
 # --------------------------------------------------------------------------------------- dataelixir

@@ -1,0 +1,83 @@
+"""Defenses by name, for the CLI, flows and benchmark tables.
+
+Names (a suffix ``-ddim`` switches any SampDetox variant to DDIM with the configured stride):
+
+=================  ============================================================================================
+``none``           no defense
+``sampdetox``      SampDetox with ``params.yaml``'s ``sampdetox`` section as it is (profile ``robust`` by default)
+``faithful``       the paper's Algorithm 1 (``profile: faithful``), other fields from the section
+``public_code``    the public reference code's variant (``profile: public_code``)
+``stage1``         table 2's "Stage 1" ablation, with the faithful t1
+``noise*``         table 2's "Noise*" ablation (faithful SampDetox without denoising)
+``noising``        table 8 baseline: Gaussian noise, std 0.1
+``shrinkpad``      table 8 baseline: shrink by 4 px, random zero-pad back
+``blur``           table 8 baseline: Gaussian blur, kernel 5, sigma 1
+=================  ============================================================================================
+"""
+
+from __future__ import annotations
+
+from detoxops.config import SampDetoxConfig
+from detoxops.defenses.base import NoDefense
+
+__all__ = ["DEFENSE_NAMES", "build_defense"]
+
+DEFENSE_NAMES = (
+    "none",
+    "sampdetox",
+    "faithful",
+    "public_code",
+    "stage1",
+    "noise*",
+    "noising",
+    "shrinkpad",
+    "blur",
+)
+_NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"}
+
+
+def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
+    """The defense called ``name`` (see the module docstring); ``purifier`` for the diffusion-based ones."""
+    from detoxops.defenses.ablations import NoiseOnly, Stage1Only
+    from detoxops.defenses.sampdetox import SampDetox
+    from detoxops.defenses.transforms import Blur, Noising, ShrinkPad
+
+    cfg = cfg or SampDetoxConfig()
+    base, _, suffix = name.partition("-")
+    if suffix not in ("", "ddim", "ddpm"):
+        raise ValueError(
+            f"unknown defense {name!r}; known: {', '.join(DEFENSE_NAMES)} (optionally -ddim / -ddpm)"
+        )
+    if base not in DEFENSE_NAMES:
+        raise ValueError(
+            f"unknown defense {name!r}; known: {', '.join(DEFENSE_NAMES)} (optionally -ddim / -ddpm)"
+        )
+    if suffix and base not in _NEEDS_PURIFIER:
+        raise ValueError(f"defense {base!r} has no sampler to choose ({name!r})")
+    if base in _NEEDS_PURIFIER and purifier is None:
+        raise ValueError(f"defense {name!r} needs a purifier (a diffusion model)")
+    seed = cfg.seed
+    if base == "none":
+        return NoDefense()
+    if base == "noising":
+        return Noising(std=0.1, seed=seed)
+    if base == "shrinkpad":
+        return ShrinkPad(pad=4, seed=seed)
+    if base == "blur":
+        return Blur(kernel=5, sigma=1.0)
+    update: dict = {"sampler": suffix} if suffix else {}
+    if base in ("faithful", "stage1", "noise*"):
+        update["profile"] = "faithful"
+    elif base == "public_code":
+        update["profile"] = "public_code"
+    if base != "sampdetox":
+        # a named profile: drop explicit overrides of profile-controlled fields so the preset applies
+        update.update({k: None for k in SampDetoxConfig.PROFILE_PRESETS["faithful"]})
+    variant_cfg = cfg.model_copy(update=update)
+    if base == "stage1":
+        return Stage1Only(purifier, variant_cfg)
+    if base == "noise*":
+        return NoiseOnly(purifier, variant_cfg)
+    defense = SampDetox(purifier, variant_cfg)
+    defense.name = name
+    return defense

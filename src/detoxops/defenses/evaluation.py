@@ -1,0 +1,131 @@
+"""CA / PA / ASR of a black-box classifier behind a list of defenses (SampDetox's tables 1, 2, 8, 12).
+
+* CA  -- accuracy on the clean test images (all classes) after the defense;
+* PA  -- on the triggered non-target test images, the fraction classified as their true label;
+* ASR -- on the same images, the fraction classified as the attack's target.
+
+When the defense returns a ``trigger_map`` and the trigger region of the poisoned images is known, the row
+also carries the map's quality (``map_auc``, ``trigger_level``, ``other_level``, see ``map_quality``) and
+``image_level``, the mean stage-2 level over clean images (how much a defense disturbs clean inputs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detoxops.defenses.guard import Detoxifier
+from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
+
+__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses"]
+
+
+@dataclass
+class EvalSet:
+    """What a defense is scored on. Images uint8 (N, H, W, 3); ``trigger_mask`` bool (Np, H, W) or None."""
+
+    clean_images: np.ndarray
+    clean_labels: np.ndarray
+    poisoned_images: np.ndarray
+    poisoned_labels: np.ndarray  # true labels of the triggered images (none equals ``target``)
+    target: int
+    trigger_mask: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for field_name in ("clean", "poisoned"):
+            imgs = getattr(self, f"{field_name}_images")
+            labels = np.asarray(getattr(self, f"{field_name}_labels"), dtype=np.int64)
+            setattr(self, f"{field_name}_labels", labels)
+            if len(imgs) != len(labels):
+                raise ValueError(f"EvalSet.{field_name}: {len(imgs)} images but {len(labels)} labels")
+        if np.any(self.poisoned_labels == self.target):
+            raise ValueError(
+                f"EvalSet.poisoned_labels contains the target {self.target}: ASR needs non-target images"
+            )
+        if self.trigger_mask is not None and self.trigger_mask.shape != self.poisoned_images.shape[:3]:
+            raise ValueError(
+                f"EvalSet.trigger_mask shape {self.trigger_mask.shape} != poisoned images {self.poisoned_images.shape[:3]}"
+            )
+
+    @classmethod
+    def from_imagesets(
+        cls, clean, poisoned, target: int, attack=None, tolerance: int = 8, name: str = ""
+    ) -> EvalSet:
+        """Build from a clean test ``ImageSet`` and its triggered non-target version (H3's poisoned test set).
+
+        True labels of the triggered images are their ``original_labels``. The trigger mask is the attack's
+        ``trigger_mask`` where it defines one, else the pixels the trigger changed (needs the clean
+        counterparts, matched by ``source_index``).
+        """
+        mask = None
+        by_source = {int(s): i for i, s in enumerate(clean.source_index)}
+        missing = [int(s) for s in poisoned.source_index if int(s) not in by_source]
+        if not missing:
+            idx = np.array([by_source[int(s)] for s in poisoned.source_index], dtype=np.int64)
+            counterparts = np.asarray(clean.images[idx])
+            if attack is not None:
+                mask = attack.trigger_mask(counterparts)
+            if mask is None:
+                mask = changed_pixels(counterparts, np.asarray(poisoned.images), tolerance)
+        return cls(
+            clean_images=clean.images,
+            clean_labels=clean.labels,
+            poisoned_images=poisoned.images,
+            poisoned_labels=poisoned.original_labels,
+            target=int(target),
+            trigger_mask=None if mask is None else np.asarray(mask, dtype=bool),
+            name=name,
+        )
+
+    def subset(self, clean_idx: np.ndarray, poisoned_idx: np.ndarray) -> EvalSet:
+        return EvalSet(
+            clean_images=np.asarray(self.clean_images[clean_idx]),
+            clean_labels=self.clean_labels[clean_idx],
+            poisoned_images=np.asarray(self.poisoned_images[poisoned_idx]),
+            poisoned_labels=self.poisoned_labels[poisoned_idx],
+            target=self.target,
+            trigger_mask=None if self.trigger_mask is None else self.trigger_mask[poisoned_idx],
+            name=self.name,
+        )
+
+
+def evaluate_defense(
+    classifier, defense, data: EvalSet, batch_size: int = 256, progress: bool = False, name: str | None = None
+) -> dict[str, Any]:
+    """One row: defense name, CA / PA / ASR in %, counts, wall time, images/s, map quality where available."""
+    guard = Detoxifier(classifier, defense, batch_size=batch_size, progress=progress)
+    start = time.perf_counter()
+    clean_pred, clean_maps = guard.predict_with_maps(data.clean_images)
+    poisoned_pred, poisoned_maps = guard.predict_with_maps(data.poisoned_images)
+    seconds = time.perf_counter() - start
+    n_total = len(data.clean_images) + len(data.poisoned_images)
+    row: dict[str, Any] = {
+        "defense": name or getattr(defense, "name", type(defense).__name__),
+        "ca": 100.0 * float(np.mean(clean_pred == data.clean_labels)) if len(clean_pred) else float("nan"),
+        "pa": 100.0 * float(np.mean(poisoned_pred == data.poisoned_labels))
+        if len(poisoned_pred)
+        else float("nan"),
+        "asr": 100.0 * float(np.mean(poisoned_pred == data.target)) if len(poisoned_pred) else float("nan"),
+        "n_clean": len(clean_pred),
+        "n_poisoned": len(poisoned_pred),
+        "seconds": seconds,
+        "images_per_s": n_total / seconds if seconds > 0 else float("nan"),
+    }
+    if "noise_levels" in clean_maps:
+        row["image_level"] = float(clean_maps["noise_levels"].mean())
+        row["clean_flagged_fraction"] = float((clean_maps["noise_levels"] > 0).mean())
+    if data.trigger_mask is not None and "trigger_map" in poisoned_maps:
+        levels = poisoned_maps.get("noise_levels", poisoned_maps["trigger_map"])
+        row.update(trigger_map_quality(poisoned_maps["trigger_map"], levels, data.trigger_mask))
+    return row
+
+
+def evaluate_defenses(
+    classifier, defenses: dict[str, Any], data: EvalSet, batch_size: int = 256, progress: bool = False
+) -> list[dict[str, Any]]:
+    """``evaluate_defense`` for every named defense, in order."""
+    return [evaluate_defense(classifier, d, data, batch_size, progress, name=n) for n, d in defenses.items()]

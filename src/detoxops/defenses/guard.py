@@ -1,0 +1,203 @@
+"""Inference-time guard: detoxify inputs, then ask a black-box classifier for labels.
+
+``Detoxifier(classifier, defense, batch_size)`` accepts as ``classifier``
+
+* a ``torch.nn.Module`` -- called on float32 NCHW batches in [0, 1] (normalisation lives inside the model),
+  logits are arg-maxed;
+* any other Python callable -- called on uint8 NHWC numpy batches (what a black box is sent), returning labels
+  (N,) or scores (N, K) that are arg-maxed;
+* an ``http://`` / ``https://`` URL (or an :class:`HttpClassifier`) -- the batch is POSTed as a ``.npy`` body
+  (``Content-Type: application/x-npy``) or as JSON ``{"images": [...]}``; the reply is ``.npy`` labels or JSON
+  ``{"labels": [...]}`` (or a bare list).
+
+Detoxified images are quantised to uint8 (rounding, as ``detoxops.data.from_tensor``) before they reach the
+classifier, as they would be on the wire, so a module and its HTTP deployment see the same pixels. Images are
+processed ``batch_size`` at a time; with a memory-mapped input only one batch is in memory at once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from detoxops.data import from_tensor, to_tensor
+from detoxops.defenses.base import Defense, NoDefense
+
+__all__ = ["Detoxifier", "HttpClassifier"]
+
+NPY_CONTENT_TYPE = "application/x-npy"
+
+
+class HttpClassifier:
+    """A classifier behind an HTTP endpoint: POST a uint8 (N, H, W, C) batch, get N labels back."""
+
+    def __init__(self, url: str, wire: str = "npy", timeout: float = 60.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"HttpClassifier: url must start with http:// or https://, got {url!r}")
+        if wire not in ("npy", "json"):
+            raise ValueError(f"HttpClassifier: wire must be 'npy' or 'json', got {wire!r}")
+        self.url, self.wire, self.timeout = url, wire, float(timeout)
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        if self.wire == "npy":
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(images_u8), allow_pickle=False)
+            body, content_type = buf.getvalue(), NPY_CONTENT_TYPE
+        else:
+            body, content_type = json.dumps({"images": images_u8.tolist()}).encode(), "application/json"
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers={"Content-Type": content_type}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                reply, reply_type = response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(
+                f"classifier endpoint {self.url} answered HTTP {exc.code}: {exc.reason}"
+            ) from None
+        except urllib.error.URLError as exc:
+            raise RuntimeError(f"classifier endpoint {self.url} unreachable: {exc.reason}") from None
+        return _decode_labels(reply, reply_type, self.url)
+
+
+def _decode_labels(reply: bytes, content_type: str, url: str) -> np.ndarray:
+    if content_type.startswith(NPY_CONTENT_TYPE):
+        return np.load(io.BytesIO(reply), allow_pickle=False)
+    try:
+        payload = json.loads(reply)
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"classifier endpoint {url}: reply is neither .npy nor JSON ({content_type!r})"
+        ) from None
+    if isinstance(payload, dict):
+        if "labels" not in payload:
+            raise ValueError(
+                f"classifier endpoint {url}: JSON reply has no 'labels' key (keys: {sorted(payload)})"
+            )
+        payload = payload["labels"]
+    return np.asarray(payload)
+
+
+def _module_classifier(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    device = next(model.parameters(), torch.empty(0)).device
+
+    @torch.no_grad()
+    def classify(images_u8: np.ndarray) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        try:
+            return model(to_tensor(images_u8, device=device)).argmax(dim=1).cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    return classify
+
+
+def _as_labels(out, n: int, where: str) -> np.ndarray:
+    arr = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    if arr.ndim == 2:
+        arr = arr.argmax(axis=1)
+    if arr.shape != (n,):
+        raise ValueError(f"{where}: expected {n} labels (or an (N, K) score array), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"{where}: labels must be integers, got {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+class Detoxifier:
+    """``Detoxifier(classifier, defense, batch_size).predict(images) -> labels`` on detoxified inputs."""
+
+    def __init__(
+        self,
+        classifier,
+        defense: Defense | None = None,
+        batch_size: int = 256,
+        *,
+        progress: bool = False,
+        http_wire: str = "npy",
+        http_timeout: float = 60.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"Detoxifier: batch_size must be >= 1, got {batch_size}")
+        if isinstance(classifier, str):
+            classifier = HttpClassifier(classifier, wire=http_wire, timeout=http_timeout)
+        if isinstance(classifier, torch.nn.Module):
+            self._classify = _module_classifier(classifier)
+        elif callable(classifier):
+            self._classify = classifier
+        else:
+            raise ValueError(
+                f"Detoxifier: classifier must be a torch module, a callable or a URL, got {classifier!r}"
+            )
+        self.classifier = classifier
+        self.defense = defense if defense is not None else NoDefense()
+        self.batch_size = int(batch_size)
+        self.progress = progress
+
+    @classmethod
+    def from_params(cls, classifier, purifier, cfg, **kwargs) -> Detoxifier:
+        """The platform's guard: SampDetox with ``cfg`` (a :class:`SampDetoxConfig`; its profile, default robust)."""
+        from detoxops.defenses.sampdetox import SampDetox
+
+        return cls(classifier, SampDetox(purifier, cfg), batch_size=cfg.batch_size, **kwargs)
+
+    def batches(self, images: np.ndarray, with_maps: bool = False):
+        """Yield (start, uint8 detoxified batch) pairs -- or (start, batch, maps) with ``with_maps`` -- for
+        ``images`` uint8 (N, H, W, C), memory-mapped or not. ``maps``: the defense's named maps as numpy."""
+        images = _check_images(images)
+        starts = range(0, len(images), self.batch_size)
+        for start in tqdm(
+            starts, desc=f"detox {getattr(self.defense, 'name', 'defense')}", disable=not self.progress
+        ):
+            chunk = np.array(images[start : start + self.batch_size])  # a copy: memmaps are read-only
+            with torch.no_grad():
+                out = self.defense(to_tensor(chunk))
+            detoxed = from_tensor(out.images)
+            if with_maps:
+                yield start, detoxed, {k: v.detach().cpu().numpy() for k, v in out.maps.items()}
+            else:
+                yield start, detoxed
+
+    def predict_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(labels, maps): ``predict`` plus the defense's per-pixel maps concatenated over the batches."""
+        images = _check_images(images)
+        labels = np.empty(len(images), dtype=np.int64)
+        parts: dict[str, list[np.ndarray]] = {}
+        for start, batch, maps in self.batches(images, with_maps=True):
+            labels[start : start + len(batch)] = _as_labels(self._classify(batch), len(batch), "classifier")
+            for k, v in maps.items():
+                parts.setdefault(k, []).append(v)
+        return labels, {k: np.concatenate(v) for k, v in parts.items()}
+
+    def detoxify(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) detoxified copies."""
+        images = _check_images(images)
+        out = np.empty_like(np.asarray(images[:0]), shape=images.shape)
+        for start, batch in self.batches(images):
+            out[start : start + len(batch)] = batch
+        return out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """int64 (N,) labels the classifier gives the detoxified images."""
+        images = _check_images(images)
+        labels = np.empty(len(images), dtype=np.int64)
+        for start, batch in self.batches(images):
+            labels[start : start + len(batch)] = _as_labels(self._classify(batch), len(batch), "classifier")
+        return labels
+
+    __call__ = predict
+
+
+def _check_images(images) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
+        raise ValueError(f"Detoxifier expects uint8 images of shape (N, H, W, C), got {got}")
+    return images

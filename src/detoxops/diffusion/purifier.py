@@ -1,0 +1,59 @@
+"""A purifier = an ε-prediction network + the noise schedule it was trained with."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from detoxops.diffusion.schedule import NoiseSchedule
+
+__all__ = ["Purifier"]
+
+
+class Purifier:
+    """Callable ``purifier(x_t, levels) -> ε̂`` around a diffusers ``UNet2DModel``.
+
+    ``levels`` are the papers' noise levels (1..T); diffusers' networks are conditioned on
+    ``timestep = level - 1``, which this wrapper passes. On CUDA the call runs under bf16 autocast and the
+    output is returned in the input's dtype.
+    """
+
+    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, *, autocast: bool = True) -> None:
+        self.unet = unet.eval()
+        self.schedule = schedule
+        self.autocast = autocast
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Purifier:
+        self.unet.to(device=device, dtype=dtype)
+        if device is not None and torch.device(device).type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x_t: Tensor, levels: Tensor) -> Tensor:
+        if x_t.shape[-1] != self.image_size or x_t.shape[1] != self.in_channels:
+            raise ValueError(
+                f"purifier expects (B, {self.in_channels}, {self.image_size}, {self.image_size}) inputs, "
+                f"got {tuple(x_t.shape)}"
+            )
+        timesteps = (levels.to(x_t.device).long() - 1).clamp_min(0)
+        use_amp = self.autocast and x_t.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            eps = self.unet(x_t.to(self.dtype), timesteps).sample
+        return eps.to(x_t.dtype)

@@ -1,0 +1,127 @@
+"""Reverse-process samplers that start from a given noisy batch (not from pure noise).
+
+One network call per step for the whole batch; per-sample and per-pixel starting levels are handled with
+masks (``torch.where``), never with Python loops over samples or pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from detoxops.diffusion.schedule import NoiseSchedule
+
+__all__ = ["denoise", "step_levels", "snap_levels"]
+
+StepCallback = Callable[[int, Tensor, Tensor], None]
+
+
+def step_levels(t_start: int, mode: Literal["ddpm", "ddim"] = "ddpm", stride: int = 1) -> list[int]:
+    """Levels visited by the sampler, from ``t_start`` down to (excluding) 0.
+
+    DDPM visits every level ``t_start, t_start-1, …, 1``. DDIM visits ``t_start, t_start-stride, …`` and
+    always ends with a jump to level 0 (so the last visited level is in ``[1, stride]``).
+    """
+    if t_start < 0:
+        raise ValueError(f"t_start must be ≥ 0, got {t_start}")
+    if stride < 1:
+        raise ValueError(f"stride must be ≥ 1, got {stride}")
+    if mode == "ddpm":
+        return list(range(t_start, 0, -1))
+    if mode == "ddim":
+        return list(range(t_start, 0, -stride))
+    raise ValueError(f"unknown sampler mode {mode!r}; use 'ddpm' or 'ddim'")
+
+
+def snap_levels(levels: Tensor, t_start: int, stride: int) -> Tensor:
+    """Round per-pixel levels up onto the DDIM grid ``{t_start, t_start - stride, …}`` (0 stays 0).
+
+    With strided sampling a pixel whose level lies between two grid points would otherwise be denoised as
+    if it were less noisy than it is; snapping keeps the noise actually added and the step that removes it
+    consistent.
+    """
+    levels = levels.long()
+    offset = (t_start - levels).clamp_min(0)
+    snapped = t_start - (offset // stride) * stride
+    return torch.where(levels > 0, snapped.clamp_max(t_start), torch.zeros_like(levels))
+
+
+@torch.no_grad()
+def denoise(
+    purifier: Callable[[Tensor, Tensor], Tensor],
+    x_t: Tensor,
+    t_start: int | Tensor,
+    *,
+    schedule: NoiseSchedule | None = None,
+    mode: Literal["ddpm", "ddim"] = "ddpm",
+    stride: int = 1,
+    t_map: Tensor | None = None,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    generator: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> Tensor:
+    """Run the reverse process from ``x_t`` (values in [-1, 1]) down to level 0.
+
+    Args:
+        purifier: ``purifier(x, levels_(B,)) -> ε`` (a :class:`~detoxops.diffusion.Purifier`); its
+            ``schedule`` attribute is used unless ``schedule`` is given.
+        t_start: the level ``x_t`` is at — an ``int`` for the whole batch or a ``(B,)`` tensor per sample.
+        mode: ``"ddpm"`` (ancestral, every level) or ``"ddim"`` (deterministic for ``eta = 0``, strided).
+        t_map: optional per-pixel levels ``(B, 1, H, W)`` (or ``(B, C, H, W)``): the sampler runs from
+            ``t_map.max()`` and a pixel is updated at the step leaving level ``t`` only if its own level is
+            ``≥ t``; pixels at level 0 are never changed (SampDetox stage 2). Takes precedence over ``t_start``.
+        on_step: ``on_step(t_prev, x_{t_prev}, x̂_0)`` after every step, with the level just reached — use it
+            to stream intermediates (DataElixir keeps the last m) without holding them all in memory.
+
+    Returns:
+        The batch at level 0.
+    """
+    sched = schedule if schedule is not None else getattr(purifier, "schedule", None)
+    if sched is None:
+        raise ValueError("denoise needs a schedule: pass schedule= or a purifier with a .schedule")
+    if x_t.ndim != 4:
+        raise ValueError(f"denoise expects a (B, C, H, W) batch, got shape {tuple(x_t.shape)}")
+    batch = x_t.shape[0]
+
+    levels: Tensor | None = None  # per-pixel or per-sample levels when not uniform
+    if t_map is not None:
+        if t_map.ndim != 4 or t_map.shape[0] != batch or t_map.shape[-2:] != x_t.shape[-2:]:
+            raise ValueError(f"t_map must have shape (B, 1|C, H, W) matching x_t, got {tuple(t_map.shape)}")
+        levels = t_map.to(x_t.device).long()
+        top = int(levels.max()) if levels.numel() else 0
+    elif isinstance(t_start, Tensor) and t_start.ndim > 0:
+        if t_start.shape != (batch,):
+            raise ValueError(f"per-sample t_start must have shape ({batch},), got {tuple(t_start.shape)}")
+        levels = t_start.to(x_t.device).long().view(-1, 1, 1, 1)
+        top = int(levels.max()) if batch else 0
+    else:
+        top = int(t_start)
+    if not 0 <= top <= sched.T:
+        raise ValueError(f"start level {top} outside [0, {sched.T}]")
+
+    x = x_t
+    visited = step_levels(top, mode, stride)
+    for i, t in enumerate(visited):
+        t_prev = visited[i + 1] if i + 1 < len(visited) else 0
+        t_batch = torch.full((batch,), t, dtype=torch.long, device=x.device)
+        eps = purifier(x, t_batch).to(x.dtype)
+        if mode == "ddpm":
+            noise = None
+            if t_prev > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            new_x, x0 = sched.ddpm_step(x, t, eps, noise=noise, clip_x0=clip_x0)
+        else:
+            noise = None
+            if eta > 0 and t_prev > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            new_x, x0 = sched.ddim_step(x, t, t_prev, eps, eta=eta, noise=noise, clip_x0=clip_x0)
+        if levels is not None:
+            new_x = torch.where(levels >= t, new_x, x)
+        x = new_x
+        if on_step is not None:
+            on_step(t_prev, x, x0)
+    return x

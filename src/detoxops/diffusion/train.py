@@ -1,0 +1,232 @@
+"""Train an ε-prediction purifier (DDPM loss) with EMA weights, resumable checkpoints and progress.
+
+``DiffusionTrainConfig.max_t`` restricts training to the low-noise levels the defenses use (SampDetox
+t ≤ 120–300, DataElixir T = 150), which is what makes a useful CIFAR-10 purifier trainable on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from detoxops.config import DiffusionConfig
+from detoxops.diffusion.purifier import Purifier
+from detoxops.diffusion.schedule import NoiseSchedule
+from detoxops.diffusion.unet import build_unet, save_purifier
+
+__all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion"]
+
+CKPT_DIR = "checkpoint"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def images_to_diffusion(images_u8: np.ndarray) -> Tensor:
+    """uint8 NHWC → float32 NCHW in [-1, 1]."""
+    if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+LOW_BAND = 200
+"""Half of every batch draws its levels from [1, min(LOW_BAND, max_t)]: the defenses spend most of their
+steps there (SampDetox t1 = 20, t2 = 120; DataElixir T = 150), so it gets twice the density."""
+
+
+def _sample_levels(n: int, max_t: int, generator: torch.Generator) -> Tensor:
+    """Levels in [1, max_t]: first half of the batch uniform on [1, max_t], second half on the low band."""
+    wide = torch.randint(1, max_t + 1, (n - n // 2,), generator=generator)
+    low = torch.randint(1, min(LOW_BAND, max_t) + 1, (n // 2,), generator=generator)
+    return torch.cat([wide, low])
+
+
+def train_purifier(
+    images_u8: np.ndarray,
+    cfg: DiffusionConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    time_budget_s: float | None = None,
+    on_checkpoint: Callable[[int, Purifier], None] | None = None,
+) -> tuple[Purifier, dict[str, Any]]:
+    """Train (or resume) a purifier on uint8 NHWC images; writes the EMA model to ``out_dir``.
+
+    ``out_dir/checkpoint/`` holds the resumable state (online + EMA weights and AdamW state, safetensors /
+    ``torch.save`` read back with ``weights_only=True``); ``out_dir`` itself is a diffusers folder with the
+    EMA weights. ``time_budget_s`` stops early (after a checkpoint) — used for the "about an hour on CPU" run.
+    Returns the EMA purifier and a history dict.
+    """
+    tc = cfg.train
+    if images_u8.shape[1] != cfg.unet.sample_size or images_u8.shape[3] != cfg.unet.in_channels:
+        raise ValueError(
+            f"images are {images_u8.shape[1]}x{images_u8.shape[2]}x{images_u8.shape[3]} but diffusion.unet is "
+            f"{cfg.unet.sample_size}x{cfg.unet.sample_size}x{cfg.unet.in_channels}"
+        )
+    device = resolve_device(tc.device)
+    out = Path(out_dir)
+    ckpt = out / CKPT_DIR
+    schedule = NoiseSchedule.from_config(cfg.schedule)
+    max_t = min(tc.max_t or schedule.T, schedule.T)
+
+    torch.manual_seed(tc.seed)
+    unet = build_unet(cfg.unet).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    gen = torch.Generator().manual_seed(tc.seed)
+    history: dict[str, Any] = {"loss": [], "step": 0, "seconds": 0.0}
+    start_step = 0
+    if (ckpt / "state.json").is_file():
+        start_step, history = _load_checkpoint(ckpt, unet, ema, opt, gen)
+
+    data = images_to_diffusion(images_u8)  # kept on CPU; batches move to the device
+    model = torch.compile(unet) if tc.compile else unet
+    use_amp = device.type == "cuda"
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    abar = schedule.abar.to(device=device, dtype=torch.float32)
+
+    prior_seconds = float(history.get("seconds", 0.0))
+    train_seconds = 0.0  # this session's training time, checkpoint writing excluded
+    bar = tqdm(total=tc.steps, initial=start_step, desc="train purifier", disable=not progress)
+    step = start_step
+    running = history["loss"][-1][1] if history["loss"] else 0.0
+    tick = time.time()
+    while step < tc.steps:
+        idx = torch.randint(0, len(data), (tc.batch_size,), generator=gen)
+        x0 = data[idx]
+        flip = torch.rand(tc.batch_size, generator=gen) < 0.5
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0).to(device)
+        levels = _sample_levels(tc.batch_size, max_t, gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        ab = abar[levels].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            pred = model(x_t, levels - 1).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        # EMA starts after a short warm-up so early random weights do not dominate the average.
+        _ema_update(ema, unet, tc.ema_decay if step >= 100 else 0.0)
+        step += 1
+        running = loss.item() if running == 0.0 else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        now = time.time()
+        train_seconds += now - tick
+        tick = now
+        stop = time_budget_s is not None and train_seconds >= time_budget_s
+        if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
+            history["loss"].append([step, running])
+            history["step"] = step
+            history["seconds"] = prior_seconds + train_seconds
+            _save_checkpoint(ckpt, unet, ema, opt, gen, step, history)
+            purifier = Purifier(ema, schedule)
+            save_purifier(purifier, out)
+            if on_checkpoint is not None:
+                on_checkpoint(step, purifier)
+            tick = time.time()
+        if stop:
+            break
+    bar.close()
+    return Purifier(ema.eval(), schedule), history
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def _save_checkpoint(
+    ckpt: Path, unet: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+    gen: torch.Generator, step: int, history: dict[str, Any],
+) -> None:
+    tmp = ckpt.parent / f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    torch.save({"optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
+    if ckpt.exists():
+        old = ckpt.parent / f".{ckpt.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, ckpt)
+
+
+def _load_checkpoint(
+    ckpt: Path, unet: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[int, dict[str, Any]]:
+    state = json.loads((ckpt / "state.json").read_text())
+    device = next(unet.parameters()).device
+    unet.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
+    ema.load_state_dict(load_file(ckpt / "ema.safetensors", device=str(device)))
+    extra = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
+    opt.load_state_dict(extra["optimizer"])
+    gen.set_state(extra["generator"].cpu())
+    return int(state["step"]), state["history"]
+
+
+def _psnr(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (data range 2)."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(4.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_denoising(
+    purifier: Purifier,
+    images_u8: np.ndarray,
+    levels: tuple[int, ...] = (20, 120, 300),
+    *,
+    mode: str = "ddpm",
+    stride: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[int, dict[str, float]]:
+    """PSNR (dB) of the noisy input, the one-shot x̂_0 and the full reverse-process restoration per level,
+    plus the ε-MSE — the "denoising error per band of t"."""
+    from detoxops.diffusion.samplers import denoise
+
+    x_all = images_to_diffusion(images_u8)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[int, dict[str, float]] = {}
+    for t in levels:
+        sums = {"psnr_noisy": 0.0, "psnr_x0_oneshot": 0.0, "psnr_restored": 0.0, "eps_mse": 0.0}
+        for i in range(0, len(x_all), batch_size):
+            x0 = x_all[i : i + batch_size].to(purifier.device)
+            noise = torch.randn(x0.shape, generator=gen).to(purifier.device)
+            x_t = purifier.schedule.q_sample(x0, t, noise)
+            eps = purifier(x_t, torch.full((len(x0),), t, dtype=torch.long, device=x0.device))
+            x0_hat = purifier.schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
+            restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
+            sums["psnr_noisy"] += float(_psnr(x_t.clamp(-1, 1), x0).sum())
+            sums["psnr_x0_oneshot"] += float(_psnr(x0_hat, x0).sum())
+            sums["psnr_restored"] += float(_psnr(restored.clamp(-1, 1), x0).sum())
+            sums["eps_mse"] += float((eps - noise).pow(2).flatten(1).mean(1).sum())
+        out[int(t)] = {k: v / len(x_all) for k, v in sums.items()}
+    return out

@@ -1,0 +1,162 @@
+"""Build, load and save diffusers ``UNet2DModel`` purifiers (safetensors only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from importlib import resources
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+
+from detoxops.config import ScheduleConfig, UNetConfig
+from detoxops.diffusion.purifier import Purifier
+from detoxops.diffusion.schedule import NoiseSchedule
+
+__all__ = ["build_unet", "load_purifier", "save_purifier", "default_purifier", "SHIPPED_PURIFIERS", "count_params"]
+
+SCHEDULER_CONFIG = "scheduler_config.json"
+# Shipped checkpoints under detoxops/assets/purifiers/<name>/, keyed by the image size they were trained at.
+SHIPPED_PURIFIERS = {"digits-16": 16, "cifar10-32": 32}
+
+
+def build_unet(cfg: UNetConfig) -> UNet2DModel:
+    """A ``UNet2DModel`` from params: plain residual blocks, self-attention at the second level if asked.
+
+    ``block_out_channels=[128, 256, 256, 256]``, ``layers_per_block=2``, ``attention=True`` and
+    ``dropout=0.1`` is the 35.7M-parameter DDPM CIFAR-10 network (Ho et al.).
+    """
+    chans = tuple(int(c) for c in cfg.block_out_channels)
+    if not chans:
+        raise ValueError("diffusion.unet.block_out_channels must not be empty")
+    if cfg.sample_size % (2 ** (len(chans) - 1)):
+        raise ValueError(
+            f"diffusion.unet.sample_size {cfg.sample_size} is not divisible by 2^{len(chans) - 1} "
+            f"(one halving per extra block in block_out_channels)"
+        )
+    down = ["DownBlock2D"] * len(chans)
+    up = ["UpBlock2D"] * len(chans)
+    if cfg.attention and len(chans) > 1:
+        down[1] = "AttnDownBlock2D"
+        up[-2] = "AttnUpBlock2D"
+    groups = math.gcd(*chans) if len(chans) > 1 else chans[0]
+    return UNet2DModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.in_channels,
+        block_out_channels=chans,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=min(32, groups),
+        dropout=cfg.dropout,
+    )
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_purifier(purifier: Purifier, path: str | Path, *, fp16: bool = False) -> Path:
+    """Write a diffusers folder (``config.json``, ``diffusion_pytorch_model.safetensors``,
+    ``scheduler_config.json``) atomically. ``fp16`` halves the size for shipping; loading upcasts."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    unet = purifier.unet
+    try:
+        if fp16:
+            unet = _copy_unet(unet).to(torch.float16)
+        unet.save_pretrained(tmp, safe_serialization=True)
+        (tmp / SCHEDULER_CONFIG).write_text(json.dumps(purifier.schedule.to_diffusers_config(), indent=1))
+        if dest.is_dir():
+            # Replace file by file (each os.replace is atomic) so that other content of the folder — the
+            # resumable training state in ``checkpoint/``, a README — survives a re-save.
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name != "diffusion_pytorch_model.safetensors"):
+                os.replace(f, dest / f.name)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _copy_unet(unet: UNet2DModel) -> UNet2DModel:
+    clone = UNet2DModel.from_config(unet.config)
+    clone.load_state_dict(unet.state_dict())
+    return clone
+
+
+def load_purifier(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    schedule: NoiseSchedule | ScheduleConfig | None = None,
+) -> Purifier:
+    """Load a diffusers ``UNet2DModel`` folder (local) or hub id (online only) as a float32 purifier.
+
+    The schedule comes from ``scheduler_config.json`` in the folder (or its ``scheduler/`` sub-folder, as in
+    ``DDPMPipeline`` repos), else from ``schedule`` (default: linear 1e-4..0.02, T = 1000).
+    Only safetensors weights are read; a folder with only pickled ``.bin`` weights is refused.
+    """
+    p = Path(path)
+    if p.is_dir():
+        unet_dir = p / "unet" if (p / "unet" / "config.json").is_file() else p
+        if not (unet_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: not a diffusers UNet2DModel folder (no config.json)")
+        if not any(unet_dir.glob("*.safetensors")):
+            raise ValueError(f"{unet_dir}: no .safetensors weights (pickled .bin weights are not loaded)")
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
+        sched_file = next((f for f in (p / SCHEDULER_CONFIG, p / "scheduler" / SCHEDULER_CONFIG) if f.is_file()), None)
+        sched = NoiseSchedule.from_diffusers_config(json.loads(sched_file.read_text())) if sched_file else None
+    elif "/" in str(path) and not p.exists() and not str(path).startswith((".", "/")):
+        unet, sched = _load_from_hub(str(path))
+    else:
+        raise FileNotFoundError(f"purifier not found: {path}")
+    if sched is None:
+        if isinstance(schedule, NoiseSchedule):
+            sched = schedule
+        else:
+            sched = NoiseSchedule.from_config(schedule or ScheduleConfig())
+    return Purifier(unet.float(), sched).to(device)
+
+
+def _load_from_hub(repo_id: str) -> tuple[UNet2DModel, NoiseSchedule | None]:
+    try:
+        unet = UNet2DModel.from_pretrained(repo_id, use_safetensors=True)
+    except Exception as exc:
+        try:
+            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", use_safetensors=True)
+        except Exception:
+            raise RuntimeError(
+                f"could not load purifier {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+                "Offline? Download it elsewhere and pass the local folder instead."
+            ) from None
+    try:
+        from diffusers import DDPMScheduler
+
+        sched_cfg = DDPMScheduler.load_config(repo_id, subfolder="scheduler")
+        return unet, NoiseSchedule.from_diffusers_config(sched_cfg)
+    except Exception:
+        return unet, None
+
+
+def shipped_purifier_dir(name: str) -> Path:
+    return Path(str(resources.files("detoxops") / "assets" / "purifiers" / name))
+
+
+def default_purifier(image_size: int, *, device: str | torch.device = "cpu") -> Purifier:
+    """The purifier shipped in the package for ``image_size`` (16: digits, 32: CIFAR-10-like data)."""
+    for name, size in SHIPPED_PURIFIERS.items():
+        folder = shipped_purifier_dir(name)
+        if size == image_size and (folder / "config.json").is_file():
+            return load_purifier(folder, device=device)
+    available = [n for n in SHIPPED_PURIFIERS if (shipped_purifier_dir(n) / "config.json").is_file()]
+    raise FileNotFoundError(
+        f"no shipped purifier for {image_size}x{image_size} images (shipped: {available or 'none'}); "
+        "train one with `detoxops diffusion train` and set diffusion.purifier"
+    )

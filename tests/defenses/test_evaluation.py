@@ -1,0 +1,98 @@
+"""CA / PA / ASR rows on a classifier whose behaviour is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detoxops.data import ImageSet
+from detoxops.defenses.base import DefenseOutput, NoDefense
+from detoxops.defenses.evaluation import EvalSet, evaluate_defense, evaluate_defenses
+
+
+def backdoored(images_u8: np.ndarray) -> np.ndarray:
+    """Label = the class encoded in pixel (0, 0, 0); a white bottom-right pixel is the backdoor (target 0)."""
+    labels = (images_u8[:, 0, 0, 0] // 50).astype(np.int64)
+    labels[(images_u8[:, -1, -1] == 255).all(axis=-1)] = 0
+    return labels
+
+
+def _data(n=20):
+    labels = np.arange(n) % 4 + 1  # classes 1..4, none is the target 0
+    images = np.zeros((n, 6, 6, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = labels * 50
+    poisoned = images.copy()
+    poisoned[:, -1, -1] = 255
+    return images, labels, poisoned
+
+
+class EraseCorner:
+    """Ideal defense for this trigger: blacks out the corner pixel and reports it as the trigger."""
+
+    name = "erase"
+
+    def __call__(self, x01, generator=None):
+        x = x01.clone()
+        x[:, :, -1, -1] = 0
+        tmap = torch.zeros_like(x[:, :1])
+        tmap[:, :, -1, -1] = 1
+        return DefenseOutput(images=x, maps={"trigger_map": tmap, "noise_levels": 100 * tmap})
+
+
+def test_rows_have_exact_numbers():
+    images, labels, poisoned = _data()
+    mask = np.zeros((20, 6, 6), dtype=bool)
+    mask[:, -1, -1] = True
+    data = EvalSet(images, labels, poisoned, labels, target=0, trigger_mask=mask)
+    none, erase = evaluate_defenses(
+        backdoored, {"none": NoDefense(), "erase": EraseCorner()}, data, batch_size=7
+    )
+    assert (none["ca"], none["pa"], none["asr"]) == (100.0, 0.0, 100.0)
+    assert (erase["ca"], erase["pa"], erase["asr"]) == (100.0, 100.0, 0.0)
+    assert erase["map_auc"] == 1.0 and erase["trigger_level"] == 100.0 and erase["other_level"] == 0.0
+    assert erase["image_level"] == pytest.approx(100 / 36)
+    assert "map_auc" not in none and none["n_clean"] == 20 and none["images_per_s"] > 0
+
+
+def test_from_imagesets_matches_counterparts_and_derives_mask():
+    images, labels, poisoned = _data(8)
+    names = [f"c{i}" for i in range(5)]
+    clean = ImageSet(images, labels, names, source_index=np.arange(100, 108))
+    order = np.array([3, 1, 7])
+    pois = ImageSet(
+        poisoned[order],
+        np.zeros(3, dtype=np.int64),
+        names,
+        source_index=100 + order,
+        original_labels=labels[order],
+        poisoned=np.ones(3, dtype=bool),
+    )
+    data = EvalSet.from_imagesets(clean, pois, target=0)
+    np.testing.assert_array_equal(data.poisoned_labels, labels[order])
+    assert data.trigger_mask.sum() == 3 and data.trigger_mask[:, -1, -1].all()
+    row = evaluate_defense(backdoored, NoDefense(), data)
+    assert row["asr"] == 100.0
+
+
+def test_eval_set_rejects_target_in_poisoned_labels():
+    images, labels, poisoned = _data(4)
+    with pytest.raises(ValueError, match="contains the target"):
+        EvalSet(images, labels, poisoned, labels, target=1)
+
+
+def test_selection_rule_and_frontier():
+    from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
+
+    rows = []
+    for attack, base_ca in (("a", 80.0), ("b", 70.0)):
+        rows.append({"setting": "none", "attack": attack, "ca": base_ca, "pa": 5.0, "asr": 95.0})
+        rows.append({"setting": "mild", "attack": attack, "ca": base_ca - 1, "pa": 40.0, "asr": 40.0})
+        rows.append({"setting": "strong", "attack": attack, "ca": base_ca - 2.5, "pa": 60.0, "asr": 10.0})
+        rows.append({"setting": "brutal", "attack": attack, "ca": base_ca - 20, "pa": 50.0, "asr": 1.0})
+    chosen, why = select_setting(rows, max_ca_drop=3.0)
+    assert chosen["setting"] == "strong" and "lowest mean ASR" in why
+    chosen, why = select_setting(rows, max_ca_drop=0.5)
+    assert chosen["setting"] == "mild" and "fell back" in why
+    front = [s["setting"] for s in pareto_frontier(summarise_settings(rows))]
+    assert front == ["none", "mild", "strong", "brutal"]

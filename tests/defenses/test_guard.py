@@ -1,0 +1,131 @@
+"""Detoxifier: callable, torch module and HTTP (npy and JSON) classifiers, batching, defenses applied."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from detoxops.defenses.base import DefenseOutput
+from detoxops.defenses.guard import Detoxifier, HttpClassifier
+from detoxops.defenses.transforms import Blur
+
+
+def brightness_labels(images_u8: np.ndarray) -> np.ndarray:
+    """A stand-in black box: label = mean brightness bucket (0..3)."""
+    return (images_u8.reshape(len(images_u8), -1).mean(axis=1) // 64).astype(np.int64)
+
+
+def _images(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+
+
+class Darken:
+    """A defense with a known effect: halves every pixel."""
+
+    name = "darken"
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def __call__(self, x01, generator=None):
+        self.batch_sizes.append(len(x01))
+        return DefenseOutput(images=x01 / 2)
+
+
+def test_callable_classifier_sees_detoxified_batches():
+    images = np.full((7, 8, 8, 3), 200, dtype=np.uint8)
+    defense = Darken()
+    guard = Detoxifier(brightness_labels, defense, batch_size=3)
+    labels = guard.predict(images)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, np.full(7, 100 // 64))  # darkened 200 -> 100 -> bucket 1
+    assert defense.batch_sizes == [3, 3, 1]
+    np.testing.assert_array_equal(guard.detoxify(images), np.full_like(images, 100))
+    # no defense: labels of the raw images
+    np.testing.assert_array_equal(Detoxifier(brightness_labels).predict(images), np.full(7, 200 // 64))
+
+
+def test_module_classifier_argmax_and_memmap(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    images = _images(9)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    mm = np.load(path, mmap_mode="r")
+    got = Detoxifier(model, Blur(3, 1.0), batch_size=4).predict(mm)
+    with torch.no_grad():
+        from detoxops.data import from_tensor, to_tensor
+
+        blurred = from_tensor(Blur(3, 1.0)(to_tensor(images)).images)
+        want = model(to_tensor(blurred)).argmax(1).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers["Content-Type"] == "application/x-npy":
+            images = np.load(io.BytesIO(body), allow_pickle=False)
+            buf = io.BytesIO()
+            np.save(buf, brightness_labels(images))
+            reply, ctype = buf.getvalue(), "application/x-npy"
+        elif self.path == "/broken":
+            reply, ctype = b'{"oops": 1}', "application/json"
+        else:
+            images = np.asarray(json.loads(body)["images"], dtype=np.uint8)
+            reply, ctype = (
+                json.dumps({"labels": brightness_labels(images).tolist()}).encode(),
+                "application/json",
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture()
+def endpoint():
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("wire", ["npy", "json"])
+def test_http_endpoint_matches_local_callable(endpoint, wire):
+    images = _images(11, seed=1)
+    remote = Detoxifier(endpoint + "/classify", Darken(), batch_size=4, http_wire=wire).predict(images)
+    local = Detoxifier(brightness_labels, Darken(), batch_size=4).predict(images)
+    np.testing.assert_array_equal(remote, local)
+
+
+def test_http_errors_are_clear(endpoint):
+    with pytest.raises(ValueError, match="no 'labels' key"):
+        HttpClassifier(endpoint + "/broken", wire="json")(_images(2))
+    with pytest.raises(RuntimeError, match="unreachable"):
+        HttpClassifier("http://127.0.0.1:9/x", timeout=2)(_images(2))
+    with pytest.raises(ValueError, match="http://"):
+        HttpClassifier("ftp://host/x")
+
+
+def test_bad_inputs():
+    guard = Detoxifier(brightness_labels)
+    with pytest.raises(ValueError, match="uint8"):
+        guard.predict(np.zeros((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="expected 2 labels"):
+        Detoxifier(lambda x: np.zeros(3, dtype=np.int64)).predict(_images(2))
+    with pytest.raises(ValueError, match="batch_size"):
+        Detoxifier(brightness_labels, batch_size=0)
