@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,7 +138,8 @@ def capture(url: str, out_dir: Path, upload: bytes | None = None, width: int = 1
                         {"name": "upload.png", "mimeType": "image/png", "buffer": upload})
                     _settle(page)
                     page.get_by_role("button", name="Detoxify").click()
-                    _settle(page, timeout_ms=300_000)
+                    page.get_by_text(re.compile(r"^(Detoxified in|Could not detoxify)")).first.wait_for(timeout=300_000)
+                    _settle(page)
                 shot = out_dir / name
                 _full_screenshot(page, shot, width)
                 seen[title] = {

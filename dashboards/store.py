@@ -97,7 +97,7 @@ def experiments(uri: str, prefix: str) -> pd.DataFrame:
     return _guarded(uri, "experiments", read)
 
 
-RUN_COLUMNS = ["run_id", "run_name", "experiment", "flow", "status", "start_time", "end_time", "parent_run_id",
+RUN_COLUMNS = ["run_id", "run_name", "experiment", "flow", "run_status", "start_time", "end_time", "parent_run_id",
                "root_run_id", "root_run_name", *RUN_TAGS]
 
 
@@ -130,7 +130,7 @@ def runs(uri: str, prefix: str) -> pd.DataFrame:
             "run_name": r.info.run_name,
             "experiment": names.get(r.info.experiment_id, r.info.experiment_id),
             "flow": names.get(r.info.experiment_id, "")[len(prefix) + 1:],
-            "status": r.info.status,
+            "run_status": r.info.status,  # MLflow's; "status" is the detoxops.status tag
             "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True),
             "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
             "parent_run_id": tags.get("mlflow.parentRunId"),

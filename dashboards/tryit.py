@@ -44,15 +44,21 @@ def read_image(data: bytes, size: int | None) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _candidate_dirs(root: Path) -> list[Path]:
-    """``root`` and every folder below it holding a ``.safetensors`` file, shallowest first."""
+def _candidate_dirs(root: Path, hints: tuple[str, ...]) -> list[Path]:
+    """``root`` and every folder below it holding a ``.safetensors`` file: folders named like ``hints`` first
+    (the guard model holds ``artifacts/classifier`` and ``artifacts/purifier``), then shallowest first."""
     dirs = {p.parent for p in root.rglob("*.safetensors")}
-    return sorted({root, *dirs}, key=lambda p: (len(p.parts), str(p)))
+
+    def order(p: Path) -> tuple[int, int, str]:
+        named = any(h in part.lower() for part in p.relative_to(root).parts for h in hints)
+        return (0 if named else 1, len(p.parts), str(p))
+
+    return sorted({root, *dirs}, key=order)
 
 
-def _load_first(root: Path, loader: Callable, what: str):
+def _load_first(root: Path, loader: Callable, what: str, hints: tuple[str, ...]):
     errors = []
-    for folder in _candidate_dirs(root):
+    for folder in _candidate_dirs(root, hints):
         try:
             return loader(folder)
         except Exception as exc:  # a wrong folder raises whatever the loader raises; try the next one
@@ -74,19 +80,19 @@ def _module_of(loaded):
 def load_victim(folder: Path):
     from detoxops.models import load_classifier
 
-    return _load_first(Path(folder), lambda f: _module_of(load_classifier(f)), "classifier")
+    return _load_first(Path(folder), lambda f: _module_of(load_classifier(f)), "classifier",
+                       ("classifier", "victim", "model"))
 
 
 def load_purifier(folder: Path):
     from detoxops.diffusion import load_purifier as core_load_purifier
 
-    return _load_first(Path(folder), core_load_purifier, "purifier")
+    return _load_first(Path(folder), core_load_purifier, "purifier", ("purifier", "unet", "diffusion"))
 
 
 def input_size(purifier) -> int | None:
-    """Image side the purifier was trained on (its UNet's ``sample_size``), if it says."""
-    unet = getattr(purifier, "unet", None)
-    size = getattr(getattr(unet, "config", None), "sample_size", None)
+    """Image side the purifier was trained on (``Purifier.image_size``: its UNet's ``sample_size``)."""
+    size = getattr(purifier, "image_size", None)
     return int(size) if isinstance(size, int) else None
 
 

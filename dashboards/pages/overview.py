@@ -93,6 +93,6 @@ if not runs.empty:
     roots = runs[runs["parent_run_id"].isna()].head(20)
     children = runs.groupby("root_run_id").size()
     roots = roots.assign(nested_runs=roots["run_id"].map(children).fillna(1).astype(int) - 1)
-    st.dataframe(roots[["start_time", "flow", "run_name", "status", "dataset", "nested_runs", "run_id"]],
+    st.dataframe(roots[["start_time", "flow", "run_name", "run_status", "dataset", "nested_runs", "run_id"]],
                  hide_index=True, width="stretch",
                  column_config={"start_time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})

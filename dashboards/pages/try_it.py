@@ -10,8 +10,9 @@ import streamlit as st
 
 from dashboards import dvc_meta, store, tryit, ui
 
-VICTIMS = ("detoxops-victim", "detoxops-clean-model")
-PURIFIERS = ("detoxops-purifier",)
+# the guard (pyfunc: purifier + classifier) can serve as either
+VICTIMS = ("detoxops-victim", "detoxops-clean-model", "detoxops-guard")
+PURIFIERS = ("detoxops-purifier", "detoxops-guard")
 
 st.title("Try it")
 st.caption("Upload an image or pick one, choose a registered victim classifier and diffusion purifier: SampDetox "

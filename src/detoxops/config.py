@@ -113,12 +113,15 @@ class VictimConfig(_Section):
 class UNetConfig(_Section):
     """A diffusers ``UNet2DModel``; presets range from a tiny test net to the 35.7M DDPM CIFAR-10 one."""
 
+    preset: Literal["ddpm-cifar10"] | None = None
+    """``ddpm-cifar10``: Ho et al.'s 35.7M network (channels 128/256/256/256, 2 layers per block, attention,
+    dropout 0.1) — overrides the four fields below. ``None``: use them as given (default: a 1.06M net)."""
     sample_size: int = Field(default=32, ge=4)
     in_channels: int = Field(default=3, ge=1)
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = Field(default=1, ge=1)
     attention: bool = False
-    """Add self-attention at the second-lowest resolution (as the DDPM CIFAR-10 model does)."""
+    """Add self-attention at the second-highest resolution (as the DDPM CIFAR-10 model does at 16x16)."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
@@ -136,9 +139,11 @@ class DiffusionTrainConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     max_t: int | None = Field(default=None, ge=1)
-    """Train only t < max_t (the low-noise range the defenses use); ``None`` = the whole schedule."""
+    """Train only levels 1 ≤ t ≤ max_t (the low-noise range the defenses use; half of every batch is drawn
+    from t ≤ 200); ``None`` = the whole schedule."""
     checkpoint_every: int = Field(default=500, ge=1)
     sample_every: int = Field(default=0, ge=0)
+    """Write ``samples/step_<n>.png`` (clean | noised | restored at t = 20 and 120) every n steps; 0 = never."""
     seed: int = 0
     device: str = "auto"
     compile: bool = False

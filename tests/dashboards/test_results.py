@@ -105,3 +105,11 @@ def test_settings_resolve_relative_sqlite_against_params_dir(tmp_path, monkeypat
     assert s.data_root == tmp_path / "d"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert settings.load_settings().tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_model_folders_named_like_the_role_are_tried_first(tmp_path):
+    for name in ("artifacts/purifier", "artifacts/classifier", "a"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "w.safetensors").write_bytes(b"")
+    order = [p.relative_to(tmp_path).as_posix() for p in tryit._candidate_dirs(tmp_path, ("classifier",))]
+    assert order == ["artifacts/classifier", ".", "a", "artifacts/purifier"]

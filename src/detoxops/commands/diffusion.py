@@ -1,9 +1,192 @@
-"""`detoxops diffusion` commands (placeholder until its issue lands)."""
+"""`detoxops diffusion` commands: train a purifier on a data source, and measure how well one denoises."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import typer
+
+from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+
+diffusion_app = typer.Typer(help="Train and evaluate diffusion purifiers.", no_args_is_help=True)
+
+DEFAULT_EVAL_LEVELS = "20,120,300"
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.add_typer(diffusion_app, name="diffusion")
+
+
+def _parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--levels must be comma-separated integers, got {text!r}", code=2)
+        raise
+    if not levels or min(levels) < 1:
+        fail(f"--levels must be positive noise levels, got {text!r}", code=2)
+    return levels
+
+
+def _load_data(source: str, params):  # -> dict[str, ImageSet]
+    from detoxops.data import load_splits
+
+    try:
+        return load_splits(source, params.data)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+        raise
+
+
+def _format_table(metrics: dict[int, dict[str, float]]) -> str:
+    lines = ["level  psnr_noisy  psnr_x0_oneshot  psnr_restored  eps_mse"]
+    for t, m in sorted(metrics.items()):
+        restored = f"{m['psnr_restored']:13.2f}" if "psnr_restored" in m else f"{'-':>13}"
+        lines.append(
+            f"{t:5d}  {m['psnr_noisy']:10.2f}  {m['psnr_x0_oneshot']:15.2f}  {restored}  {m['eps_mse']:7.4f}"
+        )
+    return "\n".join(lines)
+
+
+@diffusion_app.command("train")
+def train_command(
+    data: str = typer.Option(None, "--data", "-d", help="data source (default: data.source from params)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output diffusers folder (resumes if it holds a checkpoint)"),
+    time_budget: float = typer.Option(
+        None, "--time-budget", help="stop after this many seconds of training (after writing a checkpoint)"
+    ),
+    eval_images: int = typer.Option(
+        256, "--eval-images", help="test images for the one-shot PSNR written at every checkpoint (0 = none)"
+    ),
+    levels: str = typer.Option(DEFAULT_EVAL_LEVELS, "--levels", help="noise levels of the checkpoint evaluation"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Train (or resume) an epsilon-prediction purifier with EMA on the train split of DATA.
+
+    At every checkpoint OUT holds the EMA model as a diffusers folder (loadable by `load_purifier` while
+    training continues), OUT/checkpoint/ the resumable state, and OUT/README.txt + OUT/denoising.json the
+    step count and the one-shot denoising PSNR on the first --eval-images test images.
+    """
+    import torch
+
+    from detoxops.diffusion.train import evaluate_denoising, train_purifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = params_from_cli(params, overrides)
+    eval_levels = _parse_levels(levels)
+    source = data or cfg.data.source
+    splits = _load_data(source, cfg)
+    train_images = splits["train"].images
+    test_images = splits["test"].images[:eval_images] if eval_images > 0 else None
+    size = train_images.shape[1]
+    if size != cfg.diffusion.unet.sample_size:
+        fail(
+            f"the data are {size}x{size} images but diffusion.unet.sample_size is "
+            f"{cfg.diffusion.unet.sample_size}; set --set diffusion.unet.sample_size={size} "
+            f"(or data.image_size={cfg.diffusion.unet.sample_size})",
+            code=2,
+        )
+    started = time.time()
+
+    def report(step: int, purifier) -> None:
+        lines = [
+            f"detoxops purifier trained on {source} (train split, {len(train_images)} images of {size}x{size})",
+            f"step {step} of {cfg.diffusion.train.steps}, wall time {time.time() - started:.0f} s this session",
+            f"config: {json.dumps(cfg.diffusion.model_dump())}",
+        ]
+        if test_images is not None and len(test_images):
+            metrics = evaluate_denoising(purifier, test_images, eval_levels, restore=False)
+            (out / "denoising.json").write_text(json.dumps({"step": step, "levels": metrics}, indent=1))
+            lines += [f"one-shot denoising PSNR (dB) on the first {len(test_images)} test images:",
+                      _format_table(metrics)]
+        (out / "README.txt").write_text("\n".join(lines) + "\n")
+        if not progress:
+            typer.echo(lines[1])
+
+    try:
+        _, history = train_purifier(
+            train_images, cfg.diffusion, out, progress=progress, time_budget_s=time_budget, on_checkpoint=report
+        )
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"{out}: step {history['step']}, final loss {history['loss'][-1][1]:.4f}")
+    if (out / "README.txt").is_file():
+        typer.echo((out / "README.txt").read_text())
+
+
+@diffusion_app.command("eval")
+def eval_command(
+    purifier_path: str = typer.Argument(..., help="a diffusers UNet2DModel folder (or hub id when online)"),
+    data: str = typer.Option(None, "--data", "-d", help="data source (default: data.source from params)"),
+    split: str = typer.Option("test", "--split", help="which split to evaluate on"),
+    n: int = typer.Option(256, "--n", help="number of images (the first N of the split)"),
+    levels: str = typer.Option(DEFAULT_EVAL_LEVELS, "--levels", help="comma-separated noise levels"),
+    mode: str = typer.Option("ddpm", "--mode", help="sampler of the full restoration: ddpm | ddim"),
+    stride: int = typer.Option(1, "--stride", help="DDIM stride"),
+    restore: bool = typer.Option(True, "--restore/--one-shot", help="also run the full reverse process"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """PSNR of noisy input vs one-shot x0 prediction vs full restoration, per noise level."""
+    import torch
+
+    from detoxops.diffusion.train import evaluate_denoising
+    from detoxops.diffusion.unet import load_purifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    if mode not in ("ddpm", "ddim"):
+        fail(f"--mode must be ddpm or ddim, got {mode!r}", code=2)
+    cfg = params_from_cli(params, overrides)
+    eval_levels = _parse_levels(levels)
+    try:
+        purifier = load_purifier(purifier_path)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    splits = _load_data(data or cfg.data.source, cfg)
+    if split not in splits:
+        fail(f"split {split!r} not in the data (have {sorted(splits)})", code=2)
+    images = splits[split].images[:n]
+    try:
+        metrics = evaluate_denoising(
+            purifier, images, eval_levels, mode=mode, stride=stride, seed=seed, restore=restore
+        )
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"{purifier_path} on {len(images)} {split} images ({mode}, stride {stride}):")
+    typer.echo(_format_table(metrics))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"purifier": purifier_path, "n": len(images), "mode": mode,
+                                        "stride": stride, "levels": metrics}, indent=1))
+
+
+@diffusion_app.command("export")
+def export_command(
+    source: str = typer.Argument(..., help="a purifier folder (e.g. a training output)"),
+    dest: Path = typer.Argument(..., help="destination diffusers folder"),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="store half-precision weights (loaded as float32)"),
+) -> None:
+    """Copy a purifier's EMA weights + schedule into a clean folder (no training state), e.g. for shipping."""
+    from detoxops.diffusion.unet import load_purifier, save_purifier
+
+    try:
+        purifier = load_purifier(source)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    folder = save_purifier(purifier, dest, fp16=fp16)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    typer.echo(f"{folder}: {size / 1e6:.2f} MB ({'fp16' if fp16 else 'fp32'} weights)")

@@ -1,9 +1,71 @@
-"""`detoxops victim` commands (placeholder until its issue lands)."""
+"""`detoxops victim train` — train a (possibly backdoored) classifier on a clean or poisoned dataset."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+
+victim_app = typer.Typer(help="Victim classifiers: train on a clean or poisoned dataset.", no_args_is_help=True)
+
+
+def attack_from_record(folder: Path):
+    """Rebuild the attack recorded by `detoxops attack run` (``attack.json`` + fitted ``state/``)."""
+    from detoxops.attacks import registry
+
+    record = json.loads((folder / "attack.json").read_text())
+    attack = registry.create(
+        record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
+        image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"],
+    )
+    if attack.needs_fit:
+        attack.load_state(folder / "state")
+    return attack
+
+
+@victim_app.command("train")
+def train(
+    params_path: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the trained classifier (safetensors + JSON)"),
+    poisoned: Path = typer.Option(None, "--poisoned", help="output folder of `detoxops attack run` to train on"),
+    checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="resumable per-epoch checkpoints"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train ``params.victim`` on ``--poisoned`` (or on the clean ``params.data``) and report CA / PA / ASR."""
+    params = params_from_cli(params_path, overrides)
+    from detoxops.data import ImageSet, load_splits
+    from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+    from detoxops.models import build_classifier, predict, save_classifier, train_classifier
+
+    try:
+        splits = load_splits(params.data.source, params.data, progress=progress)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        fail(f"cannot load data source {params.data.source!r}: {exc}")
+    train_set, clean_test = splits["train"], splits["test"]
+    attack, triggered = None, None
+    if poisoned is not None:
+        if not (poisoned / "attack.json").is_file():
+            fail(f"{poisoned}: not an attack output folder (no attack.json); run `detoxops attack run` first")
+        train_set = ImageSet.load(poisoned / "train")
+        triggered = ImageSet.load(poisoned / "test")
+        attack = attack_from_record(poisoned)
+    model = build_classifier(params.victim.arch, train_set.num_classes, train_set.images.shape[-1],
+                             train_set.images.shape[1], seed=params.victim.seed)
+    history = train_classifier(model, train_set, params.victim, attack=attack, checkpoint_dir=checkpoint_dir,
+                               progress=progress)
+    metrics = {"ca": clean_accuracy(predict(model, clean_test.images), clean_test.labels)}
+    if triggered is not None and attack is not None:
+        pred = predict(model, triggered.images)
+        metrics |= {"pa": poisoned_accuracy(pred, triggered.original_labels), "asr": attack_success_rate(pred, attack.target)}
+    meta = {"attack": attack.name if attack else "none", "metrics": metrics, "history": history,
+            "train_hash": train_set.content_hash(), "params": params.victim.model_dump(mode="json")}
+    save_classifier(model, out, meta=meta)
+    typer.echo(" ".join(f"{k.upper()}={v:.4f}" for k, v in metrics.items()) + f" → {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.add_typer(victim_app, name="victim")

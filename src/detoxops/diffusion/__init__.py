@@ -7,6 +7,7 @@ Split as in diffusers: ``schedule`` is pure tensor math, ``samplers`` run the re
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.samplers import denoise, snap_levels, step_levels
 from detoxops.diffusion.schedule import NoiseSchedule
+from detoxops.diffusion.train import evaluate_denoising, train_purifier
 from detoxops.diffusion.unet import build_unet, count_params, default_purifier, load_purifier, save_purifier
 
 __all__ = [
@@ -20,4 +21,6 @@ __all__ = [
     "load_purifier",
     "save_purifier",
     "default_purifier",
+    "train_purifier",
+    "evaluate_denoising",
 ]

@@ -40,7 +40,11 @@ class Purifier:
         return int(self.unet.config.in_channels)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Purifier:
-        self.unet.to(device=device, dtype=dtype)
+        # only the arguments given: diffusers warns about any dtype= keyword, even None
+        if device is not None:
+            self.unet.to(device)
+        if dtype is not None and dtype != self.dtype:
+            self.unet.to(dtype)
         if device is not None and torch.device(device).type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
         return self

@@ -66,16 +66,40 @@ def denoise(
 ) -> Tensor:
     """Run the reverse process from ``x_t`` (values in [-1, 1]) down to level 0.
 
+    Levels follow the papers: level ``t`` has ``ᾱ_t``, level 0 is clean. One step "leaves" level ``t`` for
+    ``t_prev`` (DDPM: ``t - 1``; DDIM: ``t - stride``, the last step always goes to 0), with one network call
+    for the whole batch per step.
+
     Args:
         purifier: ``purifier(x, levels_(B,)) -> ε`` (a :class:`~detoxops.diffusion.Purifier`); its
             ``schedule`` attribute is used unless ``schedule`` is given.
-        t_start: the level ``x_t`` is at — an ``int`` for the whole batch or a ``(B,)`` tensor per sample.
-        mode: ``"ddpm"`` (ancestral, every level) or ``"ddim"`` (deterministic for ``eta = 0``, strided).
-        t_map: optional per-pixel levels ``(B, 1, H, W)`` (or ``(B, C, H, W)``): the sampler runs from
-            ``t_map.max()`` and a pixel is updated at the step leaving level ``t`` only if its own level is
-            ``≥ t``; pixels at level 0 are never changed (SampDetox stage 2). Takes precedence over ``t_start``.
-        on_step: ``on_step(t_prev, x_{t_prev}, x̂_0)`` after every step, with the level just reached — use it
-            to stream intermediates (DataElixir keeps the last m) without holding them all in memory.
+        x_t: ``(B, C, H, W)`` batch at its noise level(s).
+        t_start: the level ``x_t`` is at — an ``int`` for the whole batch or a ``(B,)`` tensor per sample
+            (then the sampler runs from the largest and a sample is only updated at steps leaving a level
+            ``≤`` its own, exactly like a per-pixel map that is constant per sample).
+        mode: ``"ddpm"`` (ancestral, every level, σ² = β̃_t) or ``"ddim"`` (strided; deterministic for
+            ``eta = 0``).
+        stride: DDIM stride (ignored by DDPM). Visited levels are ``top, top - stride, …`` (> 0), then 0.
+        t_map: optional per-pixel levels ``(B, 1, H, W)`` (or ``(B, C, H, W)``), integers in ``[0, T]``, as
+            produced for ``schedule.q_sample(x0, t_map, noise)`` (SampDetox stage 2). The sampler runs from
+            ``top = t_map.max()`` and **a pixel is updated at the step leaving level t iff its own level
+            ``≥ t``** (it keeps its input value before that); pixels at level 0 are never changed. With
+            DDPM a pixel at level L is thus denoised exactly from L. With DDIM a pixel whose level is not on
+            the grid ``{top, top - stride, …}`` joins at the first grid level ``≤`` its own, i.e. it is
+            treated as slightly less noisy than it is; to avoid that, snap the map onto the grid *before*
+            noising with :func:`snap_levels` (``snap_levels(t_map, top, stride)`` rounds levels up).
+            Takes precedence over ``t_start``.
+        eta: DDIM stochasticity (0 = deterministic, 1 = DDPM-like variance).
+        clip_x0: clamp the predicted x̂_0 to [-1, 1] at every step (diffusers' ``clip_sample``).
+        generator: source of the sampling noise (DDPM, DDIM with ``eta > 0``); drawn on ``x_t.device``
+            in the order diffusers' schedulers draw it (one ``randn`` of the batch shape per step, none on
+            the step into level 0).
+        on_step: ``on_step(t_prev, x, x0_pred)`` called after every step, where ``t_prev`` is the level
+            just reached — DDPM: ``top - 1, top - 2, …, 0``; DDIM: ``top - stride, …, 0`` — ``x`` the batch
+            at that level (pixels not yet started keep their input values) and ``x0_pred`` the prediction
+            x̂_0 made at the level just left (clipped if ``clip_x0``). Both are fresh tensors the sampler
+            never writes to again, so a callback may keep references (DataElixir keeps the last m) without
+            cloning; nothing else is retained, so memory stays bounded.
 
     Returns:
         The batch at level 0.

@@ -39,6 +39,11 @@ class NoiseSchedule:
         return self.betas.numel()
 
     @property
+    def num_train_timesteps(self) -> int:
+        """diffusers' name for :attr:`T`."""
+        return self.T
+
+    @property
     def alphas_cumprod(self) -> Tensor:
         """diffusers' ``alphas_cumprod`` (index = diffusers timestep = level - 1)."""
         return self.abar[1:]
@@ -94,58 +99,65 @@ class NoiseSchedule:
 
     # ------------------------------------------------------------------ lookups
     def _lookup(self, table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
-        """``table[t]`` broadcast against ``like`` (scalar, per-sample or per-pixel ``t``)."""
+        """``table[t]`` in float64, shaped to broadcast against ``like`` (scalar, per-sample or per-pixel t).
+
+        Coefficients are combined in float64 and cast to the images' dtype only when applied: at low levels
+        ``1 - ᾱ_t`` is ~1e-4 and float32 tables (as diffusers keeps them) lose ~1e-3 relative accuracy there.
+        """
         if isinstance(t, int):
             if not 0 <= t <= self.T:
                 raise ValueError(f"noise level {t} outside [0, {self.T}]")
-            return torch.tensor(float(table[t]), dtype=like.dtype, device=like.device)
+            return table[t].to(device=like.device) if like.device.type != "mps" else table[t]
         t = torch.as_tensor(t, device=like.device).long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.T):
             raise ValueError(f"noise levels must lie in [0, {self.T}], got [{int(t.min())}, {int(t.max())}]")
-        vals = table.to(device=like.device)[t].to(like.dtype)
+        vals = table.to(device=like.device)[t]
         if vals.ndim == 1 and like.ndim > 1:  # per-sample → (B, 1, 1, 1)
             vals = vals.view(-1, *([1] * (like.ndim - 1)))
         return vals
 
     def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
-        return self._lookup(self.abar, t, like)
+        """ᾱ_t in ``like``'s dtype, broadcastable against it."""
+        return self._lookup(self.abar, t, like).to(like.dtype)
 
     # ------------------------------------------------------------------ closed forms
     def q_sample(self, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
         """Forward noising q(x_t | x_0) = √ᾱ_t x_0 + √(1-ᾱ_t) ε (level 0 returns x_0 unchanged)."""
-        ab = self.abar_at(t, x0)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        ab = self._lookup(self.abar, t, x0)
+        return _c(ab.sqrt(), x0) * x0 + _c((1 - ab).sqrt(), x0) * noise
 
     def predict_x0(self, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
-        ab = self.abar_at(t, x_t)
-        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        """x̂_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t."""
+        ab = self._lookup(self.abar, t, x_t)
+        return _c(ab.rsqrt(), x_t) * x_t - _c(((1 - ab) / ab).sqrt(), x_t) * eps
 
     def predict_eps(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
-        ab = self.abar_at(t, x_t)
-        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t) (levels ≥ 1)."""
+        ab = self._lookup(self.abar, t, x_t)
+        return _c((1 - ab).rsqrt(), x_t) * x_t - _c((ab / (1 - ab)).sqrt(), x_t) * x0
 
     def ddpm_step(
         self, x_t: Tensor, t: int | Tensor, eps: Tensor, noise: Tensor | None = None, clip_x0: bool = True
     ) -> tuple[Tensor, Tensor]:
         """One ancestral step level t → t-1 (t ≥ 1): the posterior q(x_{t-1} | x_t, x̂_0), σ² = β̃_t.
 
+        mean = (√ᾱ_{t-1} β_t x̂_0 + √α_t (1-ᾱ_{t-1}) x_t) / (1-ᾱ_t), variance β̃_t = β_t (1-ᾱ_{t-1}) / (1-ᾱ_t).
         Equals diffusers' ``DDPMScheduler.step`` (``variance_type="fixed_small"``, epsilon prediction,
-        ``clip_sample=clip_x0``) at ``timestep = t - 1``. Returns (x_{t-1}, x̂_0). No noise is added on the
-        step into level 0, as in Algorithm 1 (z = 0 when t = 1).
+        ``clip_sample=clip_x0``) at ``timestep = t - 1`` with ``variance_noise = noise``. Returns
+        (x_{t-1}, x̂_0). Pass ``noise=None`` on the step into level 0 (Algorithm 1: z = 0 when t = 1).
         """
-        ab_t = self.abar_at(t, x_t)
-        t_prev = t - 1
-        ab_prev = self.abar_at(t_prev, x_t)
+        ab_t = self._lookup(self.abar, t, x_t)
+        ab_prev = self._lookup(self.abar, t - 1, x_t)
         beta_t = self._lookup(self.beta, t, x_t)
         x0 = self.predict_x0(x_t, t, eps)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
         coef_x0 = ab_prev.sqrt() * beta_t / (1 - ab_t)
         coef_xt = (1 - beta_t).sqrt() * (1 - ab_prev) / (1 - ab_t)
-        mean = coef_x0 * x0 + coef_xt * x_t
+        mean = _c(coef_x0, x_t) * x0 + _c(coef_xt, x_t) * x_t
         if noise is not None:
             var = (1 - ab_prev) / (1 - ab_t) * beta_t
-            mean = mean + var.clamp_min(1e-20).sqrt() * noise * (ab_prev < 1).to(x_t.dtype)
+            mean = mean + _c(var.clamp_min(1e-20).sqrt() * (ab_prev < 1), x_t) * noise
         return mean, x0
 
     def ddim_step(
@@ -161,19 +173,26 @@ class NoiseSchedule:
     ) -> tuple[Tensor, Tensor]:
         """DDIM step level t → t_prev (any stride). eta = 0 is deterministic; eta = 1 matches DDPM's variance.
 
-        Equals diffusers' ``DDIMScheduler.step`` (``set_alpha_to_one=True``, same ``use_clipped_model_output``)
-        when the timesteps map as level - 1. Returns (x_{t_prev}, x̂_0).
+        x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε + σ z, σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev).
+        Equals diffusers' ``DDIMScheduler.step`` (``set_alpha_to_one=True``, same ``use_clipped_model_output``,
+        ``variance_noise = noise``) at ``timestep = t - 1`` with step ratio ``t - t_prev``. Returns
+        (x_{t_prev}, x̂_0).
         """
-        ab_t = self.abar_at(t, x_t)
-        ab_prev = self.abar_at(t_prev, x_t)
+        ab_t = self._lookup(self.abar, t, x_t)
+        ab_prev = self._lookup(self.abar, t_prev, x_t)
         x0 = self.predict_x0(x_t, t, eps)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
             if use_clipped_eps:  # re-derive ε from the clipped x̂_0 (diffusers' use_clipped_model_output)
                 eps = self.predict_eps(x_t, t, x0)
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
-        direction = (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
-        x_prev = ab_prev.sqrt() * x0 + direction
+        direction = (1 - ab_prev - sigma**2).clamp_min(0).sqrt()
+        x_prev = _c(ab_prev.sqrt(), x_t) * x0 + _c(direction, x_t) * eps
         if eta > 0 and noise is not None:
-            x_prev = x_prev + sigma * noise
+            x_prev = x_prev + _c(sigma, x_t) * noise
         return x_prev, x0
+
+
+def _c(coef: Tensor, like: Tensor) -> Tensor:
+    """A float64 coefficient cast to the images' dtype and device."""
+    return coef.to(device=like.device, dtype=like.dtype)

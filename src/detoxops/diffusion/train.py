@@ -26,7 +26,7 @@ from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
 
-__all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion"]
+__all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion", "write_sample_grid"]
 
 CKPT_DIR = "checkpoint"
 
@@ -41,7 +41,8 @@ def images_to_diffusion(images_u8: np.ndarray) -> Tensor:
     """uint8 NHWC → float32 NCHW in [-1, 1]."""
     if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
         raise ValueError(f"expected uint8 images (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
-    return torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    # np.array copies: stored image sets are read-only memory maps, which torch must not wrap.
+    return torch.from_numpy(np.array(images_u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 LOW_BAND = 200
@@ -57,7 +58,7 @@ def _sample_levels(n: int, max_t: int, generator: torch.Generator) -> Tensor:
 
 
 def train_purifier(
-    images_u8: np.ndarray,
+    images_u8: np.ndarray | Any,
     cfg: DiffusionConfig,
     out_dir: str | Path,
     *,
@@ -73,6 +74,7 @@ def train_purifier(
     Returns the EMA purifier and a history dict.
     """
     tc = cfg.train
+    images_u8 = getattr(images_u8, "images", images_u8)  # an ImageSet trains on its images
     if images_u8.shape[1] != cfg.unet.sample_size or images_u8.shape[3] != cfg.unet.in_channels:
         raise ValueError(
             f"images are {images_u8.shape[1]}x{images_u8.shape[2]}x{images_u8.shape[3]} but diffusion.unet is "
@@ -143,6 +145,10 @@ def train_purifier(
             if on_checkpoint is not None:
                 on_checkpoint(step, purifier)
             tick = time.time()
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps or stop):
+            write_sample_grid(Purifier(ema, schedule), images_u8[:8], out / "samples" / f"step_{step:07d}.png",
+                              seed=tc.seed)
+            tick = time.time()
         if stop:
             break
     bar.close()
@@ -191,6 +197,33 @@ def _load_checkpoint(
     return int(state["step"]), state["history"]
 
 
+@torch.no_grad()
+def write_sample_grid(
+    purifier: Purifier, images_u8: np.ndarray, path: str | Path, levels: tuple[int, ...] = (20, 120),
+    *, stride: int = 10, seed: int = 0,
+) -> Path:
+    """PNG grid, one row each: clean, then for every level the noised input and its DDIM restoration."""
+    from PIL import Image
+
+    from detoxops.diffusion.samplers import denoise
+
+    x0 = images_to_diffusion(np.asarray(images_u8)).to(purifier.device)
+    gen = torch.Generator(device=purifier.device).manual_seed(seed)
+    rows = [x0]
+    for t in levels:
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+        x_t = purifier.schedule.q_sample(x0, t, noise)
+        rows += [x_t, denoise(purifier, x_t, t, mode="ddim", stride=stride)]
+    grid = torch.stack(rows)  # (R, N, C, H, W)
+    r, n, c, h, w = grid.shape
+    grid = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 3, 1, 4, 2).reshape(r * h, n * w, c)
+    arr = grid.cpu().numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
+    return path
+
+
 def _psnr(a: Tensor, b: Tensor) -> Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (data range 2)."""
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
@@ -207,26 +240,31 @@ def evaluate_denoising(
     stride: int = 1,
     batch_size: int = 256,
     seed: int = 0,
+    restore: bool = True,
 ) -> dict[int, dict[str, float]]:
     """PSNR (dB) of the noisy input, the one-shot x̂_0 and the full reverse-process restoration per level,
-    plus the ε-MSE — the "denoising error per band of t"."""
+    plus the ε-MSE — the "denoising error per band of t". ``restore=False`` skips the reverse process
+    (t UNet passes per image) and reports only the one-shot numbers (one pass)."""
     from detoxops.diffusion.samplers import denoise
 
     x_all = images_to_diffusion(images_u8)
     gen = torch.Generator().manual_seed(seed)
     out: dict[int, dict[str, float]] = {}
     for t in levels:
-        sums = {"psnr_noisy": 0.0, "psnr_x0_oneshot": 0.0, "psnr_restored": 0.0, "eps_mse": 0.0}
+        sums = {"psnr_noisy": 0.0, "psnr_x0_oneshot": 0.0, "eps_mse": 0.0}
+        if restore:
+            sums["psnr_restored"] = 0.0
         for i in range(0, len(x_all), batch_size):
             x0 = x_all[i : i + batch_size].to(purifier.device)
             noise = torch.randn(x0.shape, generator=gen).to(purifier.device)
             x_t = purifier.schedule.q_sample(x0, t, noise)
             eps = purifier(x_t, torch.full((len(x0),), t, dtype=torch.long, device=x0.device))
             x0_hat = purifier.schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
-            restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
             sums["psnr_noisy"] += float(_psnr(x_t.clamp(-1, 1), x0).sum())
             sums["psnr_x0_oneshot"] += float(_psnr(x0_hat, x0).sum())
-            sums["psnr_restored"] += float(_psnr(restored.clamp(-1, 1), x0).sum())
+            if restore:
+                restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
+                sums["psnr_restored"] += float(_psnr(restored.clamp(-1, 1), x0).sum())
             sums["eps_mse"] += float((eps - noise).pow(2).flatten(1).mean(1).sum())
         out[int(t)] = {k: v / len(x_all) for k, v in sums.items()}
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
+from safetensors.torch import load_file, save_file
 
 from detoxops.config import ScheduleConfig, UNetConfig
 from detoxops.diffusion.purifier import Purifier
@@ -20,16 +21,26 @@ from detoxops.diffusion.schedule import NoiseSchedule
 __all__ = ["build_unet", "load_purifier", "save_purifier", "default_purifier", "SHIPPED_PURIFIERS", "count_params"]
 
 SCHEDULER_CONFIG = "scheduler_config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # Shipped checkpoints under detoxops/assets/purifiers/<name>/, keyed by the image size they were trained at.
 SHIPPED_PURIFIERS = {"digits-16": 16, "cifar10-32": 32}
+
+
+UNET_PRESETS = {
+    # Ho et al. 2020's CIFAR-10 network, as google/ddpm-cifar10-32: 35,746,307 parameters.
+    "ddpm-cifar10": {"block_out_channels": [128, 256, 256, 256], "layers_per_block": 2, "attention": True,
+                     "dropout": 0.1},
+}
 
 
 def build_unet(cfg: UNetConfig) -> UNet2DModel:
     """A ``UNet2DModel`` from params: plain residual blocks, self-attention at the second level if asked.
 
-    ``block_out_channels=[128, 256, 256, 256]``, ``layers_per_block=2``, ``attention=True`` and
-    ``dropout=0.1`` is the 35.7M-parameter DDPM CIFAR-10 network (Ho et al.).
+    ``preset="ddpm-cifar10"`` (``block_out_channels=[128, 256, 256, 256]``, ``layers_per_block=2``,
+    ``attention=True``, ``dropout=0.1``) is the 35.7M-parameter DDPM CIFAR-10 network (Ho et al.).
     """
+    if cfg.preset is not None:
+        cfg = cfg.model_copy(update=UNET_PRESETS[cfg.preset])
     chans = tuple(int(c) for c in cfg.block_out_channels)
     if not chans:
         raise ValueError("diffusion.unet.block_out_channels must not be empty")
@@ -67,28 +78,25 @@ def save_purifier(purifier: Purifier, path: str | Path, *, fp16: bool = False) -
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    unet = purifier.unet
+    unet = getattr(purifier.unet, "_orig_mod", purifier.unet)  # a torch.compile'd UNet saves its original
     try:
-        if fp16:
-            unet = _copy_unet(unet).to(torch.float16)
         unet.save_pretrained(tmp, safe_serialization=True)
+        if fp16:  # same file, half-precision tensors (the caller's network is left as it is)
+            state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in unet.state_dict().items()}
+            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / SCHEDULER_CONFIG).write_text(json.dumps(purifier.schedule.to_diffusers_config(), indent=1))
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if dest.is_dir():
             # Replace file by file (each os.replace is atomic) so that other content of the folder — the
             # resumable training state in ``checkpoint/``, a README — survives a re-save.
-            for f in sorted(tmp.iterdir(), key=lambda f: f.name != "diffusion_pytorch_model.safetensors"):
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name != WEIGHTS_NAME):
                 os.replace(f, dest / f.name)
         else:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def _copy_unet(unet: UNet2DModel) -> UNet2DModel:
-    clone = UNet2DModel.from_config(unet.config)
-    clone.load_state_dict(unet.state_dict())
-    return clone
 
 
 def load_purifier(
@@ -110,7 +118,7 @@ def load_purifier(
             raise FileNotFoundError(f"{p}: not a diffusers UNet2DModel folder (no config.json)")
         if not any(unet_dir.glob("*.safetensors")):
             raise ValueError(f"{unet_dir}: no .safetensors weights (pickled .bin weights are not loaded)")
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
+        unet = _unet_from_folder(unet_dir)
         sched_file = next((f for f in (p / SCHEDULER_CONFIG, p / "scheduler" / SCHEDULER_CONFIG) if f.is_file()), None)
         sched = NoiseSchedule.from_diffusers_config(json.loads(sched_file.read_text())) if sched_file else None
     elif "/" in str(path) and not p.exists() and not str(path).startswith((".", "/")):
@@ -122,10 +130,42 @@ def load_purifier(
             sched = schedule
         else:
             sched = NoiseSchedule.from_config(schedule or ScheduleConfig())
-    return Purifier(unet.float(), sched).to(device)
+    if unet.dtype != torch.float32:  # fp16 hub / folder weights run in float32
+        unet = unet.to(torch.float32)
+    return Purifier(unet, sched).to(device)
+
+
+def _unet_from_folder(folder: Path) -> UNet2DModel:
+    """Build from ``config.json`` and read every ``*.safetensors`` shard as float32.
+
+    Built with ``from_config`` exactly as :func:`build_unet` builds, so a saved network and its reload run
+    the same modules and give bit-identical outputs (``from_pretrained`` may pick other attention kernels).
+    """
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(folder))
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        # Older diffusers checkpoints (e.g. google/ddpm-cifar10-32) use renamed attention keys, which
+        # from_pretrained converts; still safetensors only.
+        try:
+            return UNet2DModel.from_pretrained(folder, use_safetensors=True)
+        except Exception:  # noqa: BLE001 - report the mismatch below, which names the keys
+            pass
+        raise ValueError(
+            f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    return unet
 
 
 def _load_from_hub(repo_id: str) -> tuple[UNet2DModel, NoiseSchedule | None]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise RuntimeError(
+            f"purifier {repo_id!r} is neither a local folder nor loadable: HF_HUB_OFFLINE is set, so the "
+            "Hugging Face hub is not contacted. Download it elsewhere and pass the local folder instead."
+        )
     try:
         unet = UNet2DModel.from_pretrained(repo_id, use_safetensors=True)
     except Exception as exc:
@@ -149,8 +189,22 @@ def shipped_purifier_dir(name: str) -> Path:
     return Path(str(resources.files("detoxops") / "assets" / "purifiers" / name))
 
 
-def default_purifier(image_size: int, *, device: str | torch.device = "cpu") -> Purifier:
-    """The purifier shipped in the package for ``image_size`` (16: digits, 32: CIFAR-10-like data)."""
+DATASET_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar-10": 32, "gtsrb": 32}
+
+
+def default_purifier(data: int | str, *, device: str | torch.device = "cpu") -> Purifier:
+    """The purifier shipped in the package for a dataset name (``digits``, ``cifar10``) or an image size
+    (16: digits, 32: CIFAR-10-like data)."""
+    if isinstance(data, str) and not data.isdigit():
+        key = data.lower()
+        if key not in DATASET_IMAGE_SIZES:
+            raise ValueError(
+                f"no shipped purifier for dataset {data!r}: known names {sorted(DATASET_IMAGE_SIZES)}, "
+                "or pass the image size"
+            )
+        image_size = DATASET_IMAGE_SIZES[key]
+    else:
+        image_size = int(data)
     for name, size in SHIPPED_PURIFIERS.items():
         folder = shipped_purifier_dir(name)
         if size == image_size and (folder / "config.json").is_file():

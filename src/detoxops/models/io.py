@@ -1,0 +1,60 @@
+"""Save / load classifiers as safetensors weights + a JSON config (never pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "model.safetensors"
+CONFIG = "classifier.json"
+
+
+def save_classifier(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``path/model.safetensors`` and ``path/classifier.json`` (arch, num_classes, in_channels,
+    image_size, meta) atomically. The model must come from :func:`build_classifier`."""
+    spec = getattr(model, "detoxops_spec", None)
+    if spec is None:
+        raise ValueError("save_classifier needs a model built by detoxops.models.build_classifier")
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps({**spec, "meta": meta or {}}, indent=1, default=str))
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def read_classifier_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not (p / CONFIG).is_file() or not (p / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{p}: not a saved classifier (needs {CONFIG} and {WEIGHTS})")
+    return json.loads((p / CONFIG).read_text())
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the architecture from its JSON config and load the safetensors weights (eval mode)."""
+    from detoxops.models import build_classifier
+
+    cfg = read_classifier_config(path)
+    model = build_classifier(cfg["arch"], cfg["num_classes"], cfg.get("in_channels", 3), cfg.get("image_size", 32))
+    model.load_state_dict(load_file(Path(path) / WEIGHTS, device=str(device)))
+    model.detoxops_meta = cfg.get("meta", {})
+    return model.to(device).eval()

@@ -1,0 +1,66 @@
+"""Poison a dataset version with an attack and store the result as a new content-addressed version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.caching import HEAVY_CACHE
+
+__all__ = ["poison_dataset", "build_attack"]
+
+
+def build_attack(attack_cfg: dict[str, Any], image_size: int, num_classes: int):
+    """The configured attack object (``params.attack``) for images of ``image_size`` px."""
+    from detoxops.attacks import registry
+
+    name = attack_cfg["name"]
+    return registry.create(
+        name,
+        target=attack_cfg["target"],
+        poison_ratio=attack_cfg["poison_ratio"],
+        seed=attack_cfg["seed"],
+        image_size=image_size,
+        num_classes=num_classes,
+        options=(attack_cfg.get("options") or {}).get(name, {}),
+    )
+
+
+@task(name="poison", cache_policy=HEAVY_CACHE, result_serializer="json")
+def poison_dataset(version: str, attack_cfg: dict[str, Any], root: str) -> dict[str, Any]:
+    """Poisoned train + triggered test of ``version`` saved under ``<root>/<dataset>-<attack>/<hash12>``.
+
+    Attacks that need fitting on data (LF, SSBA…) are fitted on the clean training images; their state is saved
+    next to the version in ``attack_state/`` so the victim and evaluation tasks reuse the same trigger.
+    """
+    from detoxops.attacks import poison_datasets
+    from detoxops.data import load_version, save_version
+
+    splits = load_version(version)
+    train, test = splits["train"], splits["test"]
+    attack = build_attack(attack_cfg, train.image_shape[0], train.num_classes)
+    if getattr(attack, "needs_fit", False) and not getattr(attack, "needs_model", False):
+        attack.fit(train.images, train.labels)
+    poisoned_train, triggered_test = poison_datasets(attack, train, test)
+    name = f"{Path(version).parent.name}-{attack_cfg['name']}"
+    path = save_version(
+        {"train": poisoned_train, "test": triggered_test, "clean_test": test},
+        root,
+        name,
+        source=str(version),
+    )
+    state_dir = Path(path) / "attack_state"
+    if not state_dir.exists():
+        state_dir.mkdir()
+        attack.save_state(state_dir)
+    return {
+        "path": str(path),
+        "hash": Path(path).name,
+        "attack": attack_cfg["name"],
+        "target": int(attack_cfg["target"]),
+        "n_poisoned": int(poisoned_train.poisoned.sum()),
+        "n_train": len(poisoned_train),
+        "n_triggered_test": len(triggered_test),
+    }

@@ -1,0 +1,47 @@
+"""The results table (CA / PA / ASR per defense, TPR / FPR of sanitisation) as text and CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+__all__ = ["results_table", "format_table", "write_table"]
+
+COLUMNS = ["attack", "defense", "ca", "pa", "asr", "tpr", "fpr", "images_per_s", "seconds"]
+
+
+@task(name="report")
+def results_table(defense_rows: list[dict[str, Any]], sanitize_row: dict[str, Any] | None, attack: str) -> list[dict[str, Any]]:
+    """Rows in percent: one per inference-time defense, plus DataElixir's (retrained model's CA / ASR,
+    detection TPR / FPR) when sanitisation ran."""
+    rows = [{"attack": attack, **{k: r.get(k) for k in COLUMNS if k != "attack"}} for r in defense_rows]
+    if sanitize_row is not None:
+        rows.append({"attack": attack, **{k: sanitize_row.get(k) for k in COLUMNS if k != "attack"}})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.1f}"
+        return str(v)
+
+    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in COLUMNS}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS)]
+    lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in COLUMNS) for r in rows]
+    return "\n".join(lines)
+
+
+def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,79 @@
+"""DataElixir: sanitise a (possibly poisoned) training set — detection of poisoned samples and the target
+label, purified images / restored labels — then retrain a clean model on the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from tasks.caching import HEAVY_CACHE
+
+__all__ = ["sanitize_dataset", "detection_rates"]
+
+
+def detection_rates(flagged: np.ndarray, poisoned: np.ndarray) -> dict[str, float]:
+    """TPR / FPR (%) of the flags against the ground truth (NaN where a class is empty)."""
+    flagged, poisoned = np.asarray(flagged, bool), np.asarray(poisoned, bool)
+    tpr = 100.0 * float(flagged[poisoned].mean()) if poisoned.any() else float("nan")
+    fpr = 100.0 * float(flagged[~poisoned].mean()) if (~poisoned).any() else float("nan")
+    return {"tpr": tpr, "fpr": fpr}
+
+
+@task(name="dataelixir", cache_policy=HEAVY_CACHE, result_serializer="json")
+def sanitize_dataset(
+    version: str, victim_path: str, purifier_path: str, dataelixir_cfg: dict[str, Any], out_root: str, split: str = "train"
+) -> dict[str, Any]:
+    """Run DataElixir on ``<version>/<split>``; store the purified set as a version under ``out_root`` and the
+    per-sample decisions as ``decisions.csv``. Returns paths, the detected target label (or None), TPR / FPR."""
+    import torch
+
+    from detoxops.config import DataElixirConfig
+    from detoxops.data import load_version, save_version
+    from detoxops.defenses.dataelixir import DataElixir
+    from detoxops.diffusion import load_purifier
+    from detoxops.models import load_classifier
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train = load_version(version)[split]
+    victim = load_classifier(victim_path).to(device).eval()
+    purifier = load_purifier(purifier_path, device=device)
+    workdir = Path(out_root) / "work" / Path(version).name
+    result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir)
+    purified = result.purified if hasattr(result, "purified") else result.dataset
+    flagged = np.asarray(result.flagged, dtype=bool)
+    target = getattr(result, "target_label", None)
+    path = save_version({"train": purified}, out_root, f"{Path(version).parent.name}-purified", source=str(version))
+    decisions = Path(path) / "decisions.csv"
+    if not decisions.exists():
+        import pandas as pd
+
+        pd.DataFrame(
+            {
+                "index": np.arange(len(train)),
+                "label": train.labels,
+                "flagged": flagged.astype(int),
+                "poisoned_true": train.poisoned.astype(int),
+                "restored_label": np.asarray(purified.labels),
+            }
+        ).to_csv(decisions, index=False)
+    anomaly = getattr(result, "anomaly_index", None)
+    summary = {
+        "path": str(path),
+        "decisions": str(decisions),
+        "target_label": None if target is None else int(target),
+        "n_flagged": int(flagged.sum()),
+        "anomaly_index": _jsonable(anomaly),
+        **detection_rates(flagged, train.poisoned),
+    }
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return json.loads(json.dumps(value, default=lambda v: np.asarray(v).tolist()))

@@ -1,0 +1,63 @@
+"""Train a (possibly backdoored) classifier on a dataset version; weights stored as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.caching import HEAVY_CACHE
+
+__all__ = ["train_victim", "resolve_device"]
+
+
+def resolve_device(spec: str = "auto") -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec
+
+
+@task(name="train-victim", cache_policy=HEAVY_CACHE, result_serializer="json")
+def train_victim(
+    version: str, victim_cfg: dict[str, Any], attack_cfg: dict[str, Any] | None, out_root: str, split: str = "train"
+) -> dict[str, Any]:
+    """Train ``victim_cfg.arch`` on ``<version>/<split>`` (runs on CUDA when present); loop attacks (WaNet,
+    BPP…) get their batch transform. Saved to ``<out_root>/<key>/`` where the key hashes the inputs."""
+    from detoxops import models
+    from detoxops.config import VictimConfig
+    from detoxops.data import load_version
+
+    cfg = VictimConfig(**victim_cfg)
+    splits = load_version(version)
+    train = splits[split]
+    attack = None
+    if attack_cfg is not None:
+        from tasks.attack_tasks import build_attack
+
+        probe = build_attack(attack_cfg, train.image_shape[0], train.num_classes)
+        if probe.kind == "loop":
+            attack = probe
+            state = Path(version) / "attack_state"
+            if state.is_dir():
+                attack.load_state(state)
+    key = hashlib.sha256(json.dumps([version, split, victim_cfg, attack_cfg], sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(out_root) / key
+    start = time.perf_counter()
+    model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0])
+    cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
+    model = _train(models, model, train, cfg, attack)
+    models.save_classifier(model, out)
+    seconds = time.perf_counter() - start
+    return {"path": str(out), "arch": cfg.arch, "seconds": seconds, "num_classes": train.num_classes}
+
+
+def _train(models, model, train, cfg, attack):
+    result = models.train_classifier(model, train, cfg, attack=attack, progress=False)
+    # train_classifier returns the model or (model, history)
+    return result[0] if isinstance(result, tuple) else result

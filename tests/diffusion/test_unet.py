@@ -1,0 +1,117 @@
+"""build_unet / save_purifier / load_purifier / default_purifier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from detoxops.config import UNetConfig
+from detoxops.diffusion import (
+    NoiseSchedule,
+    Purifier,
+    build_unet,
+    count_params,
+    default_purifier,
+    load_purifier,
+    save_purifier,
+)
+
+
+def test_default_and_ddpm_cifar10_sizes():
+    assert count_params(build_unet(UNetConfig())) == 1_063_651  # the reference's 1.06M purifier
+    assert count_params(build_unet(UNetConfig(preset="ddpm-cifar10"))) == 35_746_307  # Ho et al. 35.7M
+
+
+def test_build_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="sample_size"):
+        build_unet(UNetConfig(sample_size=10, block_out_channels=[8, 16, 16]))
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 8, 8, generator=g), torch.tensor([5, 300])
+
+
+def test_save_load_bit_identical_and_schedule_roundtrip(tiny_purifier, tmp_path):
+    tiny_purifier.schedule = NoiseSchedule.cosine(1000)
+    folder = save_purifier(tiny_purifier, tmp_path / "p")
+    assert sorted(f.name for f in folder.iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"
+    ]
+    loaded = load_purifier(folder)
+    x, t = _inputs()
+    assert torch.equal(loaded(x, t), tiny_purifier(x, t))
+    assert torch.equal(loaded.schedule.betas, tiny_purifier.schedule.betas)
+    assert loaded.dtype == torch.float32
+
+
+def test_resave_keeps_other_files(tiny_purifier, tmp_path):
+    folder = save_purifier(tiny_purifier, tmp_path / "p")
+    (folder / "checkpoint").mkdir()
+    (folder / "README.txt").write_text("x")
+    save_purifier(tiny_purifier, folder)
+    assert (folder / "checkpoint").is_dir() and (folder / "README.txt").is_file()
+
+
+def test_fp16_save_upcasts_on_load(tiny_purifier, tmp_path):
+    folder = save_purifier(tiny_purifier, tmp_path / "p16", fp16=True)
+    loaded = load_purifier(folder)
+    assert loaded.dtype == torch.float32
+    x, t = _inputs()
+    torch.testing.assert_close(loaded(x, t), tiny_purifier(x, t), rtol=0, atol=5e-2)
+    assert tiny_purifier.dtype == torch.float32  # saving fp16 must not convert the caller's network
+
+
+def test_loads_a_plain_diffusers_folder(tmp_path, tiny_cfg):
+    """A folder written by diffusers itself (DDPMPipeline layout: unet/ + scheduler/)."""
+    unet = build_unet(tiny_cfg)
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    DDPMScheduler(num_train_timesteps=500, beta_schedule="linear", beta_end=0.03).save_config(
+        tmp_path / "pipe" / "scheduler")
+    p = load_purifier(tmp_path / "pipe")
+    assert p.schedule.T == 500
+    assert torch.allclose(p.schedule.betas, torch.linspace(1e-4, 0.03, 500, dtype=torch.float64))
+
+
+def test_refuses_pickled_weights_and_missing_paths(tmp_path, tiny_cfg, monkeypatch):
+    unet = build_unet(tiny_cfg)
+    unet.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    with pytest.raises(ValueError, match="safetensors"):
+        load_purifier(tmp_path / "bin")
+    with pytest.raises(FileNotFoundError):
+        load_purifier(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_purifier(tmp_path / "empty")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        load_purifier("google/ddpm-cifar10-32")
+
+
+def test_purifier_passes_level_minus_one_to_diffusers(tiny_purifier):
+    x, t = _inputs()
+    with torch.no_grad():
+        direct = tiny_purifier.unet(x, t - 1).sample
+    assert torch.equal(tiny_purifier(x, t), direct)
+
+
+def test_default_purifier_errors_and_shipped(monkeypatch):
+    with pytest.raises(ValueError, match="no shipped purifier for dataset"):
+        default_purifier("imagenet")
+    with pytest.raises(FileNotFoundError, match="7x7"):
+        default_purifier(7)
+
+
+def test_default_purifier_shipped_digits():
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    if not (shipped_purifier_dir("digits-16") / "config.json").is_file():
+        pytest.skip("digits-16 purifier not shipped in this checkout")
+    p = default_purifier("digits")
+    assert isinstance(p, Purifier) and p.image_size == 16 and p.dtype == torch.float32
+    cfg = json.loads((shipped_purifier_dir("digits-16") / "config.json").read_text())
+    assert cfg["sample_size"] == 16
+    assert isinstance(p.unet, UNet2DModel)
