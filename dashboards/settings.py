@@ -48,18 +48,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path.startswith("/") else None
 
 
+def params_path() -> Path:
+    return Path(os.environ.get("DETOXOPS_PARAMS", REPO_ROOT / "params.yaml")).resolve()
+
+
 def load_settings() -> Settings:
-    params_path = Path(os.environ.get("DETOXOPS_PARAMS", REPO_ROOT / "params.yaml")).resolve()
-    base = params_path.parent
+    params_path_ = params_path()
+    base = params_path_.parent
     uri, prefix, data_root, error = "sqlite:///mlflow.db", "detoxops", "data", None
-    if params_path.is_file():
+    if params_path_.is_file():
         try:
             from detoxops.config import load_params
 
-            params = load_params(params_path)
+            params = load_params(params_path_)
             uri, prefix, data_root = params.tracking.mlflow_uri, params.tracking.experiment_prefix, params.data.root
         except Exception as exc:  # a broken params.yaml must not take the dashboard down
-            error = f"{params_path}: {exc}"
+            error = f"{params_path_}: {exc}"
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     prefix = os.environ.get("DETOXOPS_EXPERIMENT_PREFIX") or prefix
     data_root = os.environ.get("DETOXOPS_DATA_ROOT") or data_root

@@ -96,6 +96,18 @@ def input_size(purifier) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
+def sampdetox_config():
+    """The platform's SampDetox settings (``params.yaml`` section ``sampdetox``), or the defaults when the file
+    is missing or invalid."""
+    from dashboards.settings import params_path
+    from detoxops.config import SampDetoxConfig, load_params
+
+    try:
+        return load_params(params_path()).sampdetox
+    except Exception:  # the dashboard shows the params error in its sidebar; detox with the defaults meanwhile
+        return SampDetoxConfig()
+
+
 def detoxify_one(image_u8: np.ndarray, victim, purifier, cfg=None) -> TryResult:
     """SampDetox (``cfg``: a :class:`SampDetoxConfig`, default profile) on one image; victim labels before/after."""
     import time

@@ -100,6 +100,12 @@ if image is None:
     st.info("Choose an image to detoxify.", icon=":material/image:")
     st.stop()
 
+cfg = tryit.sampdetox_config()
+fast = st.toggle(f"Fast preview: DDIM sampling, stride {cfg.ddim_stride}", value=cfg.sampler == "ddim",
+                 key="try_fast", help=f"Profile `{cfg.profile}` from params.yaml either way; DDPM walks every noise "
+                 "level (hundreds of network calls), DDIM every stride-th.")
+cfg = cfg.model_copy(update={"sampler": "ddim" if fast else "ddpm"})
+
 if not st.button("Detoxify", type="primary", key="try_run_button"):
     if not isinstance(image, bytes):
         st.image(ui.as_display(image, 192), caption="input", width="content")
@@ -118,8 +124,8 @@ with st.status("Detoxifying…", expanded=True) as status:
         pixels = tryit.read_image(image, size) if isinstance(image, bytes) else np.asarray(image, dtype=np.uint8)
         if size is not None and pixels.shape[:2] != (size, size):
             raise ValueError(f"the image is {pixels.shape[1]}x{pixels.shape[0]}, the purifier expects {size}x{size}")
-        progress.progress(60, text="SampDetox: global then local denoising")
-        result = tryit.detoxify_one(pixels, victim, purifier)
+        progress.progress(60, text=f"SampDetox ({cfg.profile}, {cfg.sampler}): global then local denoising")
+        result = tryit.detoxify_one(pixels, victim, purifier, cfg)
         progress.progress(100, text="Done")
         status.update(label=f"Detoxified in {result.seconds:.1f} s", state="complete", expanded=False)
     except (store.StoreUnavailable, ValueError, FileNotFoundError, ImportError) as exc:
@@ -147,6 +153,7 @@ if result.trigger_map is not None:
 cols[2].image(ui.as_display(result.detoxified, 192), caption="detoxified", width="content")
 m1, m2, m3 = st.columns(3)
 m1.metric("Prediction before", name_of(result.pred_before))
-m2.metric("Prediction after", name_of(result.pred_after),
-          delta="changed" if result.pred_after != result.pred_before else "unchanged", delta_color="off")
+m2.metric("Prediction after", name_of(result.pred_after))
 m3.metric("True label", name_of(true_label))
+st.caption(("The detoxified image changed the prediction." if result.pred_after != result.pred_before
+            else "Same prediction before and after.") + f" SampDetox profile `{cfg.profile}`, sampler `{cfg.sampler}`.")

@@ -98,6 +98,8 @@ class VictimConfig(_Section):
     """Classifier and BackdoorBench's training recipe (SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128)."""
 
     arch: Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    width: int = Field(default=32, ge=4)
+    """Base channel width of ``small_cnn`` (ignored by the other architectures)."""
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.01, gt=0)
@@ -233,6 +235,10 @@ class DataElixirConfig(_Section):
     select_percentile: float = Field(default=80.0, ge=0, le=100)
     shard_size: int = Field(default=1024, ge=1)
     batch_size: int = Field(default=256, ge=1)
+    relabel_epochs: int = Field(default=10, ge=1)
+    """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
+    finetune_epochs: int = Field(default=3, ge=0)
+    finetune_lr_scale: float = Field(default=0.1, gt=0, le=1)
     seed: int = 0
 
 

@@ -117,6 +117,7 @@ def test_try_it_detoxifies_a_dataset_image_with_registered_models(dashboard_env)
     at.radio(key="try_source").set_value("From a dataset version").run()
     assert not at.exception
     assert at.number_input(key="try_idx").max == 19  # the fixture's test split holds 20 images
+    at.toggle(key="try_fast").set_value(True).run()  # DDIM keeps the test in seconds on a CPU
     at.button(key="try_run_button").click().run()
     assert not at.exception
     if dashboard_env["real_victim"]:

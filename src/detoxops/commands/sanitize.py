@@ -1,9 +1,52 @@
-"""`detoxops sanitize` commands (placeholder until its issue lands)."""
+"""`detoxops sanitize` — DataElixir on a (possibly poisoned) training set."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+
+
+def sanitize(
+    data: Path = typer.Option(..., "--data", help="a saved ImageSet folder (e.g. the train/ of `attack run`)"),
+    victim: Path = typer.Option(..., "--victim", help="classifier trained on that data (`victim train`)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the purified ImageSet + decisions.csv"),
+    purifier: Path = typer.Option(None, "--purifier", help="diffusers UNet folder (default: params / shipped)"),
+    workdir: Path = typer.Option(None, "--workdir", help="resumable shard folder (default: <out>.work)"),
+    params_path: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Find the poisoned samples and the target label, purify their images, restore their labels."""
+    params = params_from_cli(params_path, overrides)
+    from detoxops.data import ImageSet
+    from detoxops.defenses.dataelixir import DataElixir
+    from detoxops.diffusion import default_purifier, load_purifier
+    from detoxops.metrics import detection_rates
+    from detoxops.models import load_classifier
+
+    try:
+        train = ImageSet.load(data)
+        model = load_classifier(victim)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    source = purifier or params.diffusion.purifier
+    pur = load_purifier(source) if source else default_purifier(train.images.shape[1])
+    result = DataElixir(pur, params.dataelixir, params.victim.model_copy(
+        update={"epochs": params.dataelixir.relabel_epochs})).sanitize(
+        train, model, workdir or out.with_name(out.name + ".work"), progress=progress)
+    result.dataset.save(out)
+    (out / "decisions.csv").write_text(result.decisions_csv())
+    (out / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
+    summary = {"target_labels": result.target_labels, "flagged": int(result.flagged.sum())}
+    if train.poisoned.any():
+        tpr, fpr = detection_rates(train.labels, result.dataset.labels, train.poisoned)
+        summary |= {"tpr": tpr, "fpr": fpr}
+    typer.echo(json.dumps(summary))
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.command("sanitize")(sanitize)

@@ -42,18 +42,21 @@ ARCHITECTURES = {
 
 
 def build_classifier(
-    arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32, seed: int = 0
+    arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32, seed: int = 0, width: int | None = None
 ) -> Classifier:
-    """A freshly initialised classifier; the initial weights are fixed by ``seed`` (global RNG untouched)."""
+    """A freshly initialised classifier; the initial weights are fixed by ``seed`` (global RNG untouched).
+    ``width`` sets ``small_cnn``'s base channel count (default 32)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown classifier arch {arch!r}; available: {', '.join(ARCHITECTURES)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels)
+        extra = {"width": int(width)} if arch == "small_cnn" and width is not None else {}
+        model = ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels, **extra)
     model.detoxops_spec = {
         "arch": arch, "num_classes": int(num_classes), "in_channels": int(in_channels), "image_size": int(image_size),
+        **extra,
     }
     return model
 

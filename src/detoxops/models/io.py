@@ -54,7 +54,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.
     from detoxops.models import build_classifier
 
     cfg = read_classifier_config(path)
-    model = build_classifier(cfg["arch"], cfg["num_classes"], cfg.get("in_channels", 3), cfg.get("image_size", 32))
+    model = build_classifier(cfg["arch"], cfg["num_classes"], cfg.get("in_channels", 3), cfg.get("image_size", 32),
+                             width=cfg.get("width"))
     model.load_state_dict(load_file(Path(path) / WEIGHTS, device=str(device)))
     model.detoxops_meta = cfg.get("meta", {})
     return model.to(device).eval()

@@ -115,7 +115,7 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += float(loss) * len(yb)
+            total_loss += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")

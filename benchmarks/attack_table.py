@@ -1,0 +1,158 @@
+"""CIFAR-10 CPU-scale attack table: for each attack, poison a stratified subset, train a small victim, and
+measure CA / PA / ASR next to a clean model. Resumable: finished entries are skipped.
+
+Every entry is also left under ``--work`` (default ``runs/shared/cifar10_cpu/<name>/``) as
+``train/``, ``test/`` (ImageSets), ``victim/`` (safetensors classifier) and ``metrics.json`` — the victims the
+SampDetox and DataElixir experiments use.
+
+    python benchmarks/attack_table.py --archive ../shared/datasets/cifar10-jpeg.tar.gz \
+        --attacks clean badnets blended sig wanet bpp ftrojan refool --train-per-class 500 --epochs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detoxops.attacks import registry
+from detoxops.attacks.poisoning import poison_datasets
+from detoxops.config import DataConfig, VictimConfig
+from detoxops.data import ImageSet, load_splits
+from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+from detoxops.models import build_classifier, load_classifier, predict, save_classifier, train_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, str | int]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+
+
+def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespace, work: Path) -> dict:
+    entry = work / name
+    if (entry / "metrics.json").is_file():
+        return json.loads((entry / "metrics.json").read_text())
+    entry.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    attack = None
+    train_set, triggered = train, None
+    if name != "clean":
+        attack = registry.create(name, target=0, poison_ratio=args.poison_ratio, seed=args.seed,
+                                 image_size=train.images.shape[1], num_classes=train.num_classes)
+        if attack.needs_fit and not attack.is_fitted:
+            if attack.needs_model:
+                surrogate = load_classifier(work / "clean" / "victim")
+                attack.fit(train.images, train.labels, model=surrogate)
+            else:
+                attack.fit(train.images, train.labels)
+            if hasattr(attack, "save_state"):
+                attack.save_state(entry / "state")
+        train_set, triggered = poison_datasets(attack, train, test)
+        train_set.save(entry / "train")
+        triggered.save(entry / "test")
+    cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed)
+    model = build_classifier("small_cnn", train.num_classes, 3, train.images.shape[1], seed=args.seed,
+                             width=args.width)
+    train_classifier(model, train_set, cfg, attack=attack if attack is not None and attack.kind == "loop" else None,
+                     checkpoint_dir=entry / "checkpoint", progress=args.progress)
+    metrics = {"attack": name, "kind": attack.kind if attack else "-",
+               "ca": clean_accuracy(predict(model, test.images), test.labels)}
+    if triggered is not None:
+        pred = predict(model, triggered.images)
+        metrics |= {"pa": poisoned_accuracy(pred, triggered.original_labels),
+                    "asr": attack_success_rate(pred, attack.target),
+                    "num_poisoned": int(train_set.poisoned.sum())}
+    metrics["seconds"] = round(time.time() - t0, 1)
+    save_classifier(model, entry / "victim", meta=metrics)
+    (entry / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> None:
+    results = {"machine": machine(), "command": command, "scale": {
+        "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "victim": "small_cnn",
+        "width": args.width, "epochs": args.epochs, "poison_ratio": args.poison_ratio, "seed": args.seed}, "rows": rows}
+    out_json = ROOT / "benchmarks" / "results" / "attack_table_cpu.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=1))
+    clean_ca = next((r["ca"] for r in rows if r["attack"] == "clean"), float("nan"))
+    lines = [
+        "# Attacks on CIFAR-10 at CPU scale",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hardware: {results['machine']['cpu']}, {results['machine']['cores']} threads, no GPU (machine shared with"
+        " other jobs while this ran).",
+        f"Scale: {args.train_per_class} train / {args.test_per_class} test images per class (stratified, seed "
+        f"{args.seed}), victim `small_cnn` width {args.width}, {args.epochs} epochs, BackdoorBench recipe "
+        f"(SGD 0.01, cosine, crop + flip), poison ratio {args.poison_ratio}, target 0.",
+        "",
+        "| attack | kind | CA | ΔCA vs clean | PA | ASR | poisoned train samples | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pa = f"{100 * r['pa']:.1f}" if "pa" in r else "–"
+        asr = f"{100 * r['asr']:.1f}" if "asr" in r else "–"
+        delta = f"{100 * (r['ca'] - clean_ca):+.1f}" if r["attack"] != "clean" else "–"
+        lines.append(f"| {r['attack']} | {r['kind']} | {100 * r['ca']:.1f} | {delta} | {pa} | {asr} | "
+                     f"{r.get('num_poisoned', '–')} | {r['seconds']} |")
+    out_md = ROOT / "docs" / "results" / "attacks-cifar10-cpu.md"
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archive", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--attacks", nargs="+", default=["clean", "badnets", "blended", "sig", "wanet", "bpp"])
+    ap.add_argument("--train-per-class", type=int, default=500)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--poison-ratio", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "shared" / "cifar10_cpu"))
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/attack_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data_cfg = DataConfig(source=args.archive, image_size=None, train_per_class=args.train_per_class,
+                          test_per_class=args.test_per_class, seed=args.seed, root=str(ROOT / "data"))
+    splits = load_splits(args.archive, data_cfg, progress=args.progress)
+    train, test = splits["train"], splits["test"]
+    work = Path(args.work)
+    rows = []
+    names = ["clean"] + [a for a in args.attacks if a != "clean"]  # the clean victim first: surrogates need it
+    for name in names:
+        try:
+            rows.append(run_entry(name, train, test, args, work))
+        except Exception as exc:  # one failing attack must not lose the others' rows
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        print(json.dumps(rows[-1]), flush=True)
+        write_reports(rows, args, command)
+    (work / "README.txt").write_text(
+        "CIFAR-10 CPU-scale victims made by benchmarks/attack_table.py\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""DataElixir (Zhou et al., AAAI 2024): purify a poisoned training set with a diffusion model.
+
+Read next to the paper's four stages (module per stage in ``detoxops.defenses.elixir``):
+
+1. Candidate Set Construction — n rounds of noising to T and denoising; the last m intermediaries of each round,
+   labelled by the victim model M (``elixir.candidates``), processed shard by shard and stored (resumable).
+2. Anomalous Samples Identification — transition coefficient η (second-highest label count) vs τ splits the
+   data into benign B, poisoned P and suspicious S (equation 3, ``elixir.transitions``).
+3. Target Label Detection — per-label KL and count metrics of the pooled candidate sets of P ∪ S (equation 4)
+   and the MAD anomaly index (``elixir.target_label``). No outlier label → the dataset is clean and kept as is.
+4. Purified Dataset Generation — target-label samples in P get their candidate vote as label and the candidate
+   at the 80th percentile of the distance as image (equation 5, ``elixir.purify``); target-label samples in S
+   are labelled by a benign model trained on the purified set, then fine-tuned (``elixir.relabel``). Samples
+   with other labels, and target-label samples in B, are kept unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from detoxops.config import DataElixirConfig, VictimConfig
+from detoxops.data import ImageSet
+from detoxops.defenses.elixir.candidates import build_candidates
+from detoxops.defenses.elixir.purify import select_at_percentile
+from detoxops.defenses.elixir.relabel import relabel_suspicious
+from detoxops.defenses.elixir.shards import ShardStore
+from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels
+from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SUSPICIOUS, analyse_transitions
+
+__all__ = ["DataElixir", "SanitizeResult"]
+
+
+@dataclass
+class SanitizeResult:
+    dataset: ImageSet  # the purified dataset (provenance and ground-truth poison flags carried over)
+    decisions: dict[str, np.ndarray]  # one row per sample: set, eta, vote, chosen candidate, distance, final label
+    detection: TargetDetection
+    flagged: np.ndarray  # (N,) label changed by sanitisation (the paper's "detected")
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_labels(self) -> list[int]:
+        return self.detection.target_labels
+
+    @property
+    def target_label(self) -> int | None:
+        return self.detection.target_labels[0] if self.detection.target_labels else None
+
+    @property
+    def purified(self) -> ImageSet:
+        return self.dataset
+
+    @property
+    def anomaly_index(self) -> dict[str, Any]:
+        return self.detection.to_dict()
+
+    def decisions_csv(self) -> str:
+        cols = list(self.decisions)
+        rows = [",".join(cols)]
+        for i in range(len(self.flagged)):
+            rows.append(",".join(str(self.decisions[c][i]) for c in cols))
+        return "\n".join(rows) + "\n"
+
+
+def _fingerprint_module(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class DataElixir:
+    """``DataElixir(purifier, cfg).sanitize(train, victim, workdir) -> SanitizeResult``."""
+
+    def __init__(self, purifier, cfg: DataElixirConfig | None = None, victim_cfg: VictimConfig | None = None) -> None:
+        self.purifier = purifier
+        self.cfg = cfg or DataElixirConfig()
+        self.victim_cfg = victim_cfg or VictimConfig(epochs=self.cfg.relabel_epochs)
+        if self.cfg.T > purifier.schedule.T:
+            raise ValueError(f"dataelixir.T = {self.cfg.T} exceeds the purifier's {purifier.schedule.T} levels")
+
+    # ------------------------------------------------------------------ stage 1 (streamed, resumable)
+    def candidate_sets(
+        self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Per sample: candidate labels (N, K), distances (N, K), the selected candidate index and image."""
+        c = self.cfg
+        victim = victim.to(self.purifier.device).eval()
+        store = ShardStore(Path(workdir) / "candidates", {
+            "data": train.content_hash(), "victim": _fingerprint_module(victim),
+            "purifier": _fingerprint_module(self.purifier.unet), "cfg": c.model_dump(mode="json"),
+        })
+        n = len(train)
+        shards = range(0, n, c.shard_size)
+        bar = tqdm(total=n, desc="DataElixir candidates", unit="img", disable=not progress)
+        for k, start in enumerate(shards):
+            if store.done(k):
+                bar.update(min(c.shard_size, n - start))
+                continue
+            # one generator per shard: a resumed run draws exactly the noise an uninterrupted one would
+            gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
+            parts: dict[str, list[np.ndarray]] = {"labels": [], "distances": [], "selected": [], "images": []}
+            stop = min(start + c.shard_size, n)
+            for b in range(start, stop, c.batch_size):
+                x = np.array(train.images[b : min(b + c.batch_size, stop)])  # copy: the source may be a read-only memmap
+                x01 = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
+                cand = build_candidates(self.purifier, victim, x01, c, gen)
+                dist = cand.distances.numpy()
+                sel = select_at_percentile(dist, c.select_percentile)
+                chosen = cand.images[torch.arange(len(sel)), torch.from_numpy(sel)]
+                parts["labels"].append(cand.labels.numpy().astype(np.int16))
+                parts["distances"].append(dist.astype(np.float32))
+                parts["selected"].append(sel.astype(np.int16))
+                parts["images"].append(
+                    (chosen.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+                )
+                bar.update(len(x))
+            store.save(k, **{key: np.concatenate(v) for key, v in parts.items()})
+        bar.close()
+        loaded = [store.load(k) for k in range(len(shards))]
+        return {key: np.concatenate([s[key] for s in loaded]) for key in loaded[0]}
+
+    # ------------------------------------------------------------------ stages 2-4
+    def sanitize(
+        self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
+    ) -> SanitizeResult:
+        c = self.cfg
+        num_classes = train.num_classes
+        labels = np.asarray(train.labels)
+        cand = self.candidate_sets(train, victim, workdir, progress=progress)
+        cand_labels = cand["labels"].astype(np.int64)
+
+        # stage 2: benign / poisoned / suspicious from the label transitions
+        tr = analyse_transitions(cand_labels, labels, num_classes, c.tau)
+        anomalous = tr.sets != BENIGN
+
+        # stage 3: target label(s) by MAD outliers of the per-label KL and count metrics
+        detection = detect_target_labels(tr.counts, labels, anomalous, num_classes, c.anomaly_threshold)
+
+        # stage 4: purified dataset — only target-label samples in P ∪ S change
+        images = np.array(train.images, copy=True)
+        new_labels = labels.copy()
+        is_target = np.isin(labels, detection.target_labels)
+        in_p = is_target & (tr.sets == POISONED)
+        images[in_p] = cand["images"][in_p]
+        new_labels[in_p] = tr.consensus[in_p]
+        in_s = np.flatnonzero(is_target & (tr.sets == SUSPICIOUS))
+        agreed = np.zeros(len(labels), dtype=bool)
+        if len(in_s):
+            keep = np.ones(len(labels), dtype=bool)
+            keep[in_s] = False
+            current = ImageSet(images=images[keep], labels=new_labels[keep], class_names=train.class_names)
+            arch = getattr(victim, "detoxops_spec", {}).get("arch", "small_cnn")
+            relabels, agree = relabel_suspicious(
+                current, cand["images"][in_s], tr.consensus[in_s], arch, self.victim_cfg,
+                c.finetune_epochs, c.finetune_lr_scale, progress=progress,
+            )
+            images[in_s] = cand["images"][in_s]
+            new_labels[in_s] = relabels
+            agreed[in_s] = agree
+
+        flagged = new_labels != labels
+        m = c.keep_last
+        changed_image = in_p.copy()
+        changed_image[in_s] = True
+        decisions = {
+            "index": np.arange(len(labels)),
+            "source_index": np.asarray(train.source_index),
+            "label": labels,
+            "set": np.array([SET_NAMES[int(s)] for s in tr.sets]),
+            "eta": tr.eta,
+            "vote": tr.consensus,
+            "target_label": is_target.astype(int),
+            "chosen_round": np.where(changed_image, cand["selected"] // m, -1),
+            "chosen_step": np.where(changed_image, cand["selected"] % m, -1),
+            "chosen_distance": np.round(
+                np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0], 5
+            ),
+            "relabel_agreed": agreed.astype(int),
+            "final_label": new_labels,
+            "flagged": flagged.astype(int),
+            "poisoned_true": np.asarray(train.poisoned).astype(int),
+        }
+        meta = dict(train.meta)
+        meta["sanitize"] = {
+            "method": "dataelixir",
+            "params": c.model_dump(mode="json"),
+            "target_labels": detection.target_labels,
+            "sets": {name: int((tr.sets == code).sum()) for code, name in SET_NAMES.items()},
+            "flagged": int(flagged.sum()),
+            "parent_hash": train.content_hash(),
+        }
+        purified = train.replace(images=images, labels=new_labels, meta=meta)
+        return SanitizeResult(dataset=purified, decisions=decisions, detection=detection, flagged=flagged,
+                              extras={"candidate_labels": cand_labels, "distances": cand["distances"]})
+
+
+# Set codes re-exported for callers that read decisions.
+SETS = {"benign": BENIGN, "poisoned": POISONED, "suspicious": SUSPICIOUS}

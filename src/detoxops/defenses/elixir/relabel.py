@@ -1,0 +1,41 @@
+"""Labels of the suspicious target-label samples (DataElixir, "Purified Dataset Generation", last paragraph):
+a benign model trained on the current purified set predicts y_m; where it agrees with the candidate vote y_v
+the sample joins the purified set; the model is fine-tuned on it with a lower learning rate and labels the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detoxops.config import VictimConfig
+from detoxops.data import ImageSet
+from detoxops.models import build_classifier, predict, train_classifier
+
+
+def relabel_suspicious(
+    purified: ImageSet,
+    suspicious_images: np.ndarray,
+    votes: np.ndarray,
+    arch: str,
+    cfg: VictimConfig,
+    finetune_epochs: int,
+    finetune_lr_scale: float,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels of the suspicious samples, whether each agreed in the first stage)."""
+    if len(suspicious_images) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    model = build_classifier(arch, purified.num_classes, purified.images.shape[-1], purified.images.shape[1],
+                             seed=cfg.seed, width=cfg.width)
+    train_classifier(model, purified, cfg, progress=progress)
+    y_m = predict(model, suspicious_images)
+    agree = y_m == votes
+    if agree.any():
+        extended = ImageSet(
+            images=np.concatenate([np.asarray(purified.images), suspicious_images[agree]]),
+            labels=np.concatenate([purified.labels, votes[agree]]),
+            class_names=purified.class_names,
+        )
+        train_classifier(model, extended, cfg, progress=progress, epochs=finetune_epochs,
+                         lr=cfg.lr * finetune_lr_scale)
+    labels = np.where(agree, votes, predict(model, suspicious_images))
+    return labels.astype(np.int64), agree
