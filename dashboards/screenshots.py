@@ -78,14 +78,18 @@ def serve(env: dict[str, str] | None = None, port: int | None = None, timeout: f
 
 
 def _settle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until Streamlit finished running the script (no 'running' indicator, no spinner)."""
+    """Wait until Streamlit finished the script run: no spinner, and the page's text unchanged for ~1 s."""
     page.wait_for_load_state("networkidle")
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')",
-        timeout=timeout_ms,
-    )
-    page.wait_for_timeout(800)  # charts render after the script has finished
+    deadline = time.monotonic() + timeout_ms / 1000
+    previous = None
+    while time.monotonic() < deadline:
+        busy = page.locator('[data-testid="stSpinner"], [data-testid="stStatusWidget"]').count() > 0
+        text = page.get_by_test_id("stMain").inner_text() if page.get_by_test_id("stMain").count() else ""
+        if not busy and text == previous:
+            break
+        previous = text
+        page.wait_for_timeout(1000)
+    page.wait_for_timeout(500)  # charts render after the script has finished
 
 
 def _full_screenshot(page, path: Path, width: int) -> None:
