@@ -66,7 +66,8 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
         train_set, triggered = poison_datasets(attack, train, test)
         train_set.save(entry / "train")
         triggered.save(entry / "test")
-    cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed)
+    cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed,
+                       lr=getattr(args, "lr", 0.01))
     model = build_classifier("small_cnn", train.num_classes, 3, train.images.shape[1], seed=args.seed,
                              width=args.width)
     train_classifier(model, train_set, cfg, attack=attack if attack is not None and attack.kind == "loop" else None,
@@ -87,8 +88,8 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
 def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> None:
     results = {"machine": machine(), "command": command, "scale": {
         "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "victim": "small_cnn",
-        "width": args.width, "epochs": args.epochs, "poison_ratio": args.poison_ratio, "seed": args.seed}, "rows": rows}
-    out_json = ROOT / "benchmarks" / "results" / "attack_table_cpu.json"
+        "width": args.width, "epochs": args.epochs, "lr": getattr(args, "lr", 0.01), "poison_ratio": args.poison_ratio, "seed": args.seed}, "rows": rows}
+    out_json = Path(args.out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
     clean_ca = next((r["ca"] for r in rows if r["attack"] == "clean"), float("nan"))
@@ -101,7 +102,7 @@ def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> N
         " other jobs while this ran).",
         f"Scale: {args.train_per_class} train / {args.test_per_class} test images per class (stratified, seed "
         f"{args.seed}), victim `small_cnn` width {args.width}, {args.epochs} epochs, BackdoorBench recipe "
-        f"(SGD 0.01, cosine, crop + flip), poison ratio {args.poison_ratio}, target 0.",
+        f"(SGD lr {getattr(args, 'lr', 0.01)}, momentum 0.9, wd 5e-4, cosine, crop + flip), poison ratio {args.poison_ratio}, target 0.",
         "",
         "| attack | kind | CA | ΔCA vs clean | PA | ASR | poisoned train samples | seconds |",
         "|---|---|---|---|---|---|---|---|",
@@ -112,7 +113,7 @@ def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> N
         delta = f"{100 * (r['ca'] - clean_ca):+.1f}" if r["attack"] != "clean" else "–"
         lines.append(f"| {r['attack']} | {r['kind']} | {100 * r['ca']:.1f} | {delta} | {pa} | {asr} | "
                      f"{r.get('num_poisoned', '–')} | {r['seconds']} |")
-    out_md = ROOT / "docs" / "results" / "attacks-cifar10-cpu.md"
+    out_md = Path(args.out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -126,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (BackdoorBench: 0.01)")
     ap.add_argument("--poison-ratio", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=str(ROOT / "runs" / "shared" / "cifar10_cpu"))
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out-json", default=str(ROOT / "benchmarks" / "results" / "attack_table_cpu.json"))
+    ap.add_argument("--out-md", default=str(ROOT / "docs" / "results" / "attacks-cifar10-cpu.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/attack_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -149,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(json.dumps(rows[-1]), flush=True)
         write_reports(rows, args, command)
-    (work / "README.txt").write_text(
-        "CIFAR-10 CPU-scale victims made by benchmarks/attack_table.py\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
+        # rewritten after every entry, so the defense engineers see what exists while the table is still running
+        (work / "README.txt").write_text(
+            "CIFAR-10 CPU-scale victims made by benchmarks/attack_table.py\n"
+            f"command: {command}\n<name>/train, <name>/test: ImageSet.save; <name>/victim: save_classifier\n"
+            + "\n".join(json.dumps(r) for r in rows) + "\n")
     return 0
 
 

@@ -88,7 +88,7 @@ _SPLITS: dict = {}
 
 def _splits(args) -> dict:
     if not _SPLITS:
-        cfg = DataConfig(source=args.archive, image_size=None, train_per_class=args.train_per_class,
+        cfg = DataConfig(source=args.archive, image_size=args.image_size, train_per_class=args.train_per_class,
                          test_per_class=args.test_per_class, seed=args.seed, root=str(ROOT / "data"))
         _SPLITS.update(load_splits(args.archive, cfg, progress=args.progress))
     return _SPLITS
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-work", default=str(ROOT / "runs" / "dataelixir_cpu"))
     ap.add_argument("--purifier", required=True)
     ap.add_argument("--attacks", nargs="+", default=["clean", "badnets", "blended", "wanet", "ftrojan"])
+    ap.add_argument("--image-size", type=int, default=None, help="as given to attack_table.py (None = native)")
     ap.add_argument("--train-per-class", type=int, default=500, help="as given to attack_table.py")
     ap.add_argument("--test-per-class", type=int, default=100, help="as given to attack_table.py")
     ap.add_argument("--epochs", type=int, default=15, help="retraining epochs (attack_table.py's victim recipe)")

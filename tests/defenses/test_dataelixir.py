@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from detoxops.config import DataElixirConfig, ScheduleConfig, UNetConfig, VictimConfig
 from detoxops.data import ImageSet

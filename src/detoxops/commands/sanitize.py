@@ -16,6 +16,9 @@ def sanitize(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the purified ImageSet + decisions.csv"),
     purifier: Path = typer.Option(None, "--purifier", help="diffusers UNet folder (default: params / shipped)"),
     workdir: Path = typer.Option(None, "--workdir", help="resumable shard folder (default: <out>.work)"),
+    version_root: Path = typer.Option(None, "--version-root",
+                                      help="also store the purified set as dataset version <root>/<name>/<hash12>/"),
+    version_name: str = typer.Option("purified", "--version-name", help="dataset name for --version-root"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -42,6 +45,15 @@ def sanitize(
     (out / "decisions.csv").write_text(result.decisions_csv())
     (out / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
     summary = {"target_labels": result.target_labels, "flagged": int(result.flagged.sum())}
+    if version_root is not None:
+        from detoxops.data import save_version
+
+        try:
+            summary["version"] = str(save_version({"train": result.dataset}, version_root, version_name,
+                                                  source=f"dataelixir:{data}",
+                                                  extra={"sanitize": result.dataset.meta["sanitize"]}))
+        except (ValueError, FileExistsError) as exc:
+            fail(str(exc))
     if train.poisoned.any():
         tpr, fpr = detection_rates(train.labels, result.dataset.labels, train.poisoned)
         summary |= {"tpr": tpr, "fpr": fpr}

@@ -4,7 +4,13 @@ import pytest
 from detoxops.defenses.elixir.purify import candidate_distance, select_at_percentile
 from detoxops.defenses.elixir.shards import ShardStore
 from detoxops.defenses.elixir.target_label import detect_target_labels, label_discrepancy, mad_anomaly_index
-from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SUSPICIOUS, analyse_transitions, label_counts
+from detoxops.defenses.elixir.transitions import (
+    BENIGN,
+    POISONED,
+    SUSPICIOUS,
+    analyse_transitions,
+    label_counts,
+)
 
 
 def test_label_counts_and_eta_follow_equation_3():

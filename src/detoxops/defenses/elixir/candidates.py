@@ -61,7 +61,7 @@ def build_candidates(
         x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
         kept: list[torch.Tensor] = []
 
-        def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor, kept: list = kept) -> None:
             if t_prev in keep:
                 kept.append(((x_t.clamp(-1, 1) + 1) / 2).to(torch.float32))
 
