@@ -232,6 +232,8 @@ class DataElixirConfig(_Section):
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     ddim_stride: int = Field(default=10, ge=1)
     anomaly_threshold: float = Field(default=2.0, gt=0)
+    target_rule: Literal["mean", "both", "either"] = "mean"
+    """How the KL and count anomaly indices combine into a target-label decision."""
     select_percentile: float = Field(default=80.0, ge=0, le=100)
     shard_size: int = Field(default=1024, ge=1)
     batch_size: int = Field(default=256, ge=1)

@@ -36,6 +36,9 @@ from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SU
 
 __all__ = ["DataElixir", "SanitizeResult"]
 
+CANDIDATE_FIELDS = {"T", "rounds", "keep_last", "sampler", "ddim_stride", "select_percentile", "shard_size",
+                    "batch_size", "seed"}
+
 
 @dataclass
 class SanitizeResult:
@@ -96,7 +99,9 @@ class DataElixir:
         victim = victim.to(self.purifier.device).eval()
         store = ShardStore(Path(workdir) / "candidates", {
             "data": train.content_hash(), "victim": _fingerprint_module(victim),
-            "purifier": _fingerprint_module(self.purifier.unet), "cfg": c.model_dump(mode="json"),
+            "purifier": _fingerprint_module(self.purifier.unet),
+            # only what changes the candidates: later stages (tau, rules, relabelling) can be re-run on them
+            "cfg": c.model_dump(mode="json", include=CANDIDATE_FIELDS),
         })
         n = len(train)
         shards = range(0, n, c.shard_size)
@@ -143,7 +148,8 @@ class DataElixir:
         anomalous = tr.sets != BENIGN
 
         # stage 3: target label(s) by MAD outliers of the per-label KL and count metrics
-        detection = detect_target_labels(tr.counts, labels, anomalous, num_classes, c.anomaly_threshold)
+        detection = detect_target_labels(tr.counts, labels, anomalous, num_classes, c.anomaly_threshold,
+                                         c.target_rule)
 
         # stage 4: purified dataset — only target-label samples in P ∪ S change
         images = np.array(train.images, copy=True)

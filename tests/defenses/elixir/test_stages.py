@@ -104,3 +104,25 @@ def test_shard_store_is_atomic_and_refuses_a_different_run(tmp_path):
     assert not list(tmp_path.glob(".shard-*"))
     with pytest.raises(ValueError, match="different run"):
         ShardStore(tmp_path, {"data": "b"})
+
+
+def test_target_rules_combine_the_two_indices_as_documented():
+    # label 0: very many anomalous candidates but a pool only moderately more chaotic than the others
+    labels = np.repeat(np.arange(10), 10)
+    counts = np.zeros((100, 10), dtype=np.int64)
+    counts[np.arange(100), labels] = 50
+    anomalous = np.zeros(100, bool)
+    rng = np.random.default_rng(0)
+    for y in range(10):
+        rows = np.flatnonzero(labels == y)[: (10 if y == 0 else 1 + y % 2)]
+        anomalous[rows] = True
+        other = (y + 1 + rng.integers(0, 3, len(rows))) % 10
+        counts[rows, y] = 30
+        counts[rows, other] += 20
+    both = detect_target_labels(counts, labels, anomalous, 10, 2.0, rule="both")
+    mean = detect_target_labels(counts, labels, anomalous, 10, 2.0, rule="mean")
+    either = detect_target_labels(counts, labels, anomalous, 10, 2.0, rule="either")
+    assert set(both.target_labels) <= set(mean.target_labels) <= set(either.target_labels)
+    assert 0 in either.target_labels
+    with pytest.raises(ValueError, match="target_rule"):
+        detect_target_labels(counts, labels, anomalous, 10, 2.0, rule="max")
