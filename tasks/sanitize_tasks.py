@@ -43,7 +43,7 @@ def sanitize_dataset(
     victim = load_classifier(victim_path).to(device).eval()
     purifier = load_purifier(purifier_path, device=device)
     workdir = Path(out_root) / "work" / Path(version).name
-    result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir)
+    result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir, progress=False)
     purified = result.purified if hasattr(result, "purified") else result.dataset
     flagged = np.asarray(result.flagged, dtype=bool)
     target = getattr(result, "target_label", None)

@@ -145,10 +145,14 @@ def run(
 
 def log_dataset(path: str | Path, name: str, digest: str, context: str, tags: Mapping[str, str] | None = None) -> None:
     """Record a dataset input on the active run: the folder as source, the DVC / content hash as digest."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+    import warnings
 
-    source = FileSystemDatasetSource(str(Path(path).resolve()))
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow warns that local-path resolution is "experimental"
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(path).resolve()))
     ds = MetaDataset(source=source, name=name, digest=digest[:36])
     mlflow.log_input(ds, context=context, tags=dict(tags or {}))
 
@@ -160,7 +164,20 @@ def register_model(model_uri: str, name: str, alias: str = "champion", tags: Map
     other aliases are set.
     """
     client = MlflowClient()
-    mv = mlflow.register_model(model_uri, name)
+    try:
+        mv = mlflow.register_model(model_uri, name)
+    except mlflow.exceptions.MlflowException:
+        if not model_uri.startswith("runs:/"):
+            raise
+        # MLflow 3 registers only *logged models* through register_model; a plain artifact folder (our
+        # safetensors victim / purifier folders) becomes a model version pointing at that run's artifacts.
+        run_id, _, artifact_path = model_uri[len("runs:/") :].partition("/")
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            pass  # already registered
+        mv = client.create_model_version(name, source, run_id=run_id)
     client.set_registered_model_alias(name, alias, mv.version)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, mv.version, key, str(value))

@@ -49,7 +49,8 @@ def train_victim(
     key = hashlib.sha256(json.dumps([version, split, victim_cfg, attack_cfg], sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_root) / key
     start = time.perf_counter()
-    model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0])
+    model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0],
+                                    seed=cfg.seed, width=cfg.width)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
     model = _train(models, model, train, cfg, attack)
     models.save_classifier(model, out)
@@ -58,6 +59,5 @@ def train_victim(
 
 
 def _train(models, model, train, cfg, attack):
-    result = models.train_classifier(model, train, cfg, attack=attack, progress=False)
-    # train_classifier returns the model or (model, history)
-    return result[0] if isinstance(result, tuple) else result
+    models.train_classifier(model, train, cfg, attack=attack, progress=False)  # trains in place
+    return model

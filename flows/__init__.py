@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks in ``tasks/``; each is runnable as ``python -m flows.<name>``."""
