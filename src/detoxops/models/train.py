@@ -77,7 +77,7 @@ def train_classifier(
     model.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    images = torch.from_numpy(np.ascontiguousarray(train.images)).permute(0, 3, 1, 2)  # uint8, stays on CPU
+    images = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2)  # uint8 copy (source may be a read-only memmap), on CPU
     labels = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
     opt = torch.optim.SGD(model.parameters(), lr=lr or cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs) if cfg.scheduler == "cosine" else None
