@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from detoxops.config import DiffusionConfig
+from detoxops.data.imageset import atomic_dir
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
@@ -167,21 +166,12 @@ def _save_checkpoint(
     ckpt: Path, unet: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
     gen: torch.Generator, step: int, history: dict[str, Any],
 ) -> None:
-    tmp = ckpt.parent / f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
-    torch.save({"optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
-    if ckpt.exists():
-        old = ckpt.parent / f".{ckpt.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(ckpt, old)
-        os.replace(tmp, ckpt)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, ckpt)
+    with atomic_dir(ckpt, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
+                  tmp / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+        torch.save({"optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
 
 
 def _load_checkpoint(

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from detoxops.data.imageset import atomic_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "classifier.json"
@@ -24,21 +23,9 @@ def save_classifier(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
     if spec is None:
         raise ValueError("save_classifier needs a model built by detoxops.models.build_classifier")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(dest, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps({**spec, "meta": meta or {}}, indent=1, default=str))
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

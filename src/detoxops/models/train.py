@@ -8,9 +8,6 @@ and channels_last.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from tqdm.auto import tqdm
 
 from detoxops.config import VictimConfig
 from detoxops.data import ImageSet
+from detoxops.data.imageset import atomic_dir
 
 __all__ = ["train_classifier", "random_crop_flip", "resolve_device"]
 
@@ -131,22 +129,15 @@ def train_classifier(
 
 
 def _save_state(ckpt: Path, model, opt, sched, gen, epoch: int, history: dict[str, Any]) -> None:
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.parent / f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(
-        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else {}, "rng": gen.get_state()},
-        tmp / "trainer.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
-    if ckpt.exists():
-        old = ckpt.parent / f".{ckpt.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(ckpt, old)
-        os.replace(tmp, ckpt)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, ckpt)
+    with atomic_dir(ckpt, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  tmp / "model.safetensors")
+        torch.save(
+            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else {},
+             "rng": gen.get_state()},
+            tmp / "trainer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
 
 
 def _load_state(ckpt: Path, model, opt, sched, gen, dev) -> tuple[int, dict[str, Any]]:
