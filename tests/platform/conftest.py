@@ -4,8 +4,16 @@ MLflow, DVC remote, datasets) in a temporary folder so nothing leaks between run
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# tasks/ and flows/ are top-level packages of the checkout (not installed): pytest's importlib mode does
+# not put the project root on sys.path, so do it here.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
