@@ -123,11 +123,15 @@ class SampDetox:
 
         Pixels at level 0 are returned exactly as ``base``.
         """
-        from detoxops.diffusion import denoise
+        from detoxops.diffusion import denoise, snap_levels
 
         t_max = int(levels.max()) if levels.numel() else 0
         if t_max <= 0:
             return base
+        if self.cfg.sampler == "ddim":
+            # strided sampling: put every level on the DDIM grid before noising, so the noise added and the
+            # step that removes it agree (see detoxops.diffusion.snap_levels)
+            levels = snap_levels(levels, t_max, self._stride())
         x_m = self.noise_per_pixel(base, levels, g)
         out = denoise(
             self.purifier, x_m, t_max, mode=self.cfg.sampler, stride=self._stride(), t_map=levels, generator=g
