@@ -2,8 +2,8 @@
 measure CA / PA / ASR next to a clean model. Resumable: finished entries are skipped.
 
 Every entry is also left under ``--work`` (default ``runs/shared/cifar10_cpu/<name>/``) as
-``train/``, ``test/`` (ImageSets), ``victim/`` (safetensors classifier) and ``metrics.json`` — the victims the
-SampDetox and DataElixir experiments use.
+``train/``, ``test/`` (ImageSets), ``victim/`` (safetensors classifier) and ``metrics.json``, with the clean
+test split in ``clean_test/`` — the victims the SampDetox and DataElixir experiments use.
 
     python benchmarks/attack_table.py --archive ../shared/datasets/cifar10-jpeg.tar.gz \
         --attacks clean badnets blended sig wanet bpp ftrojan refool --train-per-class 500 --epochs 15
@@ -44,7 +44,7 @@ def machine() -> dict[str, str | int]:
 
 
 def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespace, work: Path) -> dict:
-    entry = work / name
+    entry = work / name.partition("=")[0]
     if (entry / "metrics.json").is_file():
         return json.loads((entry / "metrics.json").read_text())
     entry.mkdir(parents=True, exist_ok=True)
@@ -52,8 +52,11 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
     attack = None
     train_set, triggered = train, None
     if name != "clean":
-        attack = registry.create(name, target=0, poison_ratio=args.poison_ratio, seed=args.seed,
-                                 image_size=train.images.shape[1], num_classes=train.num_classes)
+        alias, _, attack_name = name.partition("=")  # "alias=attack": a variant with its own --attack-options
+        attack_name = attack_name or alias
+        options = json.loads(dict(o.split("=", 1) for o in args.attack_options).get(alias, "{}"))
+        attack = registry.create(attack_name, target=0, poison_ratio=args.poison_ratio, seed=args.seed,
+                                 image_size=train.images.shape[1], num_classes=train.num_classes, options=options)
         if attack.needs_fit and not attack.is_fitted:
             if attack.needs_model:
                 surrogate = load_classifier(work / "clean" / "victim")
@@ -71,7 +74,7 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
                              width=args.width)
     train_classifier(model, train_set, cfg, attack=attack if attack is not None and attack.kind == "loop" else None,
                      checkpoint_dir=entry / "checkpoint", progress=args.progress)
-    metrics = {"attack": name, "kind": attack.kind if attack else "-",
+    metrics = {"attack": name.partition("=")[0], "kind": attack.kind if attack else "-",
                "ca": clean_accuracy(predict(model, test.images), test.labels)}
     if triggered is not None:
         pred = predict(model, triggered.images)
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (BackdoorBench: 0.01)")
     ap.add_argument("--no-augment", action="store_true",
                     help="train without crop + flip (a CPU-sized victim otherwise rarely learns a corner patch)")
+    ap.add_argument("--attack-options", nargs="*", default=[], metavar="ALIAS=JSON",
+                    help="options of an entry, e.g. badnets_natural='{\"color\": [120, 100, 80]}' with the entry "
+                    "badnets_natural=badnets in --attacks")
     ap.add_argument("--poison-ratio", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(args.archive, data_cfg, progress=args.progress)
     train, test = splits["train"], splits["test"]
     work = Path(args.work)
+    if not (work / "clean_test").exists():  # the clean test split the defense benchmarks score CA on
+        test.save(work / "clean_test")
     rows = []
     names = ["clean"] + [a for a in args.attacks if a != "clean"]  # the clean victim first: surrogates need it
     for name in names:

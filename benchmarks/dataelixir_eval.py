@@ -50,7 +50,8 @@ def run_entry(name: str, args, params, purifier, clean_test: ImageSet, out_work:
     if args.limit and args.limit < len(train):
         train = train.subset(np.arange(args.limit))
     t0 = time.time()
-    victim_cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed)
+    victim_cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed,
+                              augment=not args.no_augment)
     elixir = DataElixir(purifier, params.dataelixir, victim_cfg.model_copy(
         update={"epochs": params.dataelixir.relabel_epochs}))
     res = elixir.sanitize(train, victim, out_work / name / "work", progress=args.progress)
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="params override")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dataelixir_cifar10_cpu.json"))
+    ap.add_argument("--no-augment", action="store_true", help="retrain without crop + flip (as attack_table.py "
+                    "--no-augment trained the victims)")
+    ap.add_argument("--md", default=None, help="also write a markdown table here")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -131,7 +135,31 @@ def main(argv: list[str] | None = None) -> int:
               "clean_model_acc": clean_ref, "hardware": "2-core CPU, no GPU", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=float))
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(markdown_table(report))
     return 0
+
+
+def markdown_table(report: dict) -> str:
+    """The results as the docs show them (percentages)."""
+    lines = [
+        f"Command: `{report['command']}`",
+        "",
+        f"Clean model (same subset, no poisoning): ACC {100 * report['clean_model_acc']:.1f}",
+        "",
+        "| attack | n | poisoned | true target | detected target(s) | TPR | FPR | label acc | retrained ACC "
+        "| retrained ASR | victim ASR | sanitise s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        pct = lambda k: f"{100 * r[k]:.1f}" if k in r and r[k] is not None else "–"  # noqa: E731
+        lines.append(
+            f"| {r['attack']} | {r['n']} | {r['poisoned']} | {r.get('true_target', '–')} | "
+            f"{r['target_labels'] or 'none'} | {pct('tpr')} | {pct('fpr')} | {pct('label_acc')} | {pct('acc')} | "
+            f"{pct('asr')} | {pct('victim_asr')} | {r['seconds_sanitize']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """SampDetox results at CPU scale: the comparison table, the localiser / stage-2 sweep, and the default's selection.
 
-Inputs: CIFAR-10 victims and triggered test sets under ``--runs`` (one folder per attack, made by the victim
-pipeline: see that folder's README.txt) and a purifier checkpoint.
+Inputs: CIFAR-10 victims and triggered test sets under ``--runs`` as ``benchmarks/attack_table.py`` leaves them
+(``<runs>/clean_test``, ``<runs>/<attack>/{test,victim}``) and a purifier checkpoint.
 
 The test split is cut in two, per class, by ``detoxops.data.stratified_split_indices(labels, 0.5, seed=0)``:
 ``val`` is used only to choose settings (``sweep``), ``test`` only to report (``table``). A triggered image
@@ -42,7 +42,7 @@ from detoxops.defenses.base import make_generator
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.defenses.sampdetox import SampDetox, noise_levels_from_map
 
-DEFAULT_RUNS = Path("runs/shared/cifar10_cpu")
+DEFAULT_RUNS = Path("runs/shared/cifar10_cpu_noaug")
 DEFAULT_PURIFIER = Path("runs/shared/purifier_cifar10")
 
 
@@ -80,9 +80,10 @@ def load_runs(runs: Path, attacks: list[str]) -> tuple[ImageSet, list[AttackRun]
         folder = runs / name
         if not folder.is_dir():
             raise FileNotFoundError(f"no run folder for attack {name!r}: {folder}")
-        meta = json.loads((folder / "attack.json").read_text()) if (folder / "attack.json").exists() else {}
-        clean_i = ImageSet.load(_first(folder, ["test_clean", "clean_test", "test"]))
-        poisoned = ImageSet.load(_first(folder, ["test_poisoned", "poisoned_test", "test_bd"]))
+        # layout of benchmarks/attack_table.py: <runs>/clean_test, <runs>/<attack>/{test,victim}
+        clean_i = ImageSet.load(runs / "clean_test" if (runs / "clean_test").is_dir() else folder / "test_clean")
+        poisoned = ImageSet.load(_first(folder, ["test", "test_poisoned"]))
+        meta = dict(poisoned.meta.get("attack", {}))
         model = load_classifier(_first(folder, ["victim", "model", "victim.safetensors"]))
         target = int(meta.get("target", 0))
         clean = clean if clean is not None else clean_i
@@ -91,9 +92,8 @@ def load_runs(runs: Path, attacks: list[str]) -> tuple[ImageSet, list[AttackRun]
         counterparts = np.asarray(clean_i.images[[by_source[int(s)] for s in poisoned.source_index]])
         mask = None
         try:
-            attack = registry.create(
-                name, **{k: meta[k] for k in ("target", "poison_ratio", "seed", "options") if k in meta}
-            )
+            keys = ("target", "poison_ratio", "seed", "image_size", "num_classes", "options")
+            attack = registry.create(meta.get("name", name), **{k: meta[k] for k in keys if k in meta})
             mask = attack.trigger_mask(counterparts)
         except Exception:  # noqa: BLE001 - an attack we cannot rebuild still has a changed-pixel mask
             mask = None

@@ -1,10 +1,17 @@
-"""An MLflow pyfunc model "detox + classifier": SampDetox in front of the victim, served with
-``mlflow models serve -m models:/detoxops-guard@champion --env-manager local``.
+"""An MLflow pyfunc model "detox + classifier": SampDetox (or another catalog defense, or none) in front of the
+victim, served with ``mlflow models serve -m models:/detoxops-guard@champion --env-manager local``.
 
-The artifacts are folders of safetensors weights (classifier via ``detoxops.models.save_classifier``,
-purifier as a diffusers folder) and a JSON defense config; MLflow itself stores this class with cloudpickle
-(``python_model.pkl``, our own code, not user data). Input: uint8 images (N, H, W, 3) as nested lists
-(``{"inputs": …}``); output: int64 labels (N,).
+Threat model: a served model must never unpickle a file. So
+
+* the model is logged **as code** (MLflow's "models from code"): this file is copied into the model and
+  executed at load time (it ends with ``mlflow.models.set_model(...)``); no ``python_model.pkl`` is written
+  (MLflow 3.17 refuses to load one anyway unless ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``);
+* the artifacts are folders of **safetensors** weights (classifier via ``detoxops.models.save_classifier``,
+  purifier as a diffusers folder) and a JSON defense spec; :func:`check_artifacts` refuses any other weight
+  file (``.pt``, ``.pth``, ``.bin``, ``.pkl``, ``.ckpt``) before anything is loaded;
+* the model code imports only ``detoxops`` (which must be installed where the model is served) and MLflow.
+
+Input: uint8 images (N, H, W, 3), e.g. ``{"inputs": [[[[r, g, b], ...]]]}`` over HTTP; output: int64 labels (N,).
 """
 
 from __future__ import annotations
@@ -16,45 +23,115 @@ from typing import Any
 import mlflow
 import numpy as np
 
-__all__ = ["DetoxClassifier", "log_guard_model"]
+__all__ = ["DetoxClassifier", "log_guard_model", "check_artifacts", "MODEL_CODE", "UNSAFE_SUFFIXES"]
+
+MODEL_CODE = Path(__file__).resolve()
+UNSAFE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def check_artifacts(*folders: str | Path) -> None:
+    """Raise ``ValueError`` if a model folder holds a weight format that would be unpickled."""
+    for folder in folders:
+        folder = Path(folder)
+        files = [folder] if folder.is_file() else list(folder.rglob("*"))
+        bad = [str(f) for f in files if f.suffix.lower() in UNSAFE_SUFFIXES]
+        if bad:
+            raise ValueError(f"refusing pickle-capable weight files (safetensors only): {', '.join(bad)}")
 
 
 class DetoxClassifier(mlflow.pyfunc.PythonModel):
+    """``predict(images) -> labels`` through ``Detoxifier(classifier, defense)`` (see detoxops.defenses.guard)."""
+
     def load_context(self, context) -> None:
+        import torch
+
         from detoxops.config import SampDetoxConfig
         from detoxops.defenses.catalog import build_defense
         from detoxops.defenses.guard import Detoxifier
-        from detoxops.diffusion import load_purifier
         from detoxops.models import load_classifier
 
         spec = json.loads(Path(context.artifacts["defense"]).read_text())
-        classifier = load_classifier(context.artifacts["classifier"]).eval()
-        purifier = load_purifier(context.artifacts["purifier"]) if spec["defense"] != "none" else None
+        folders = [context.artifacts["classifier"]]
+        if "purifier" in context.artifacts:
+            folders.append(context.artifacts["purifier"])
+        check_artifacts(*folders)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        classifier = load_classifier(context.artifacts["classifier"], device=device).eval()
+        purifier = None
+        if "purifier" in context.artifacts:
+            from detoxops.diffusion import load_purifier
+
+            purifier = load_purifier(context.artifacts["purifier"], device=device)
         cfg = SampDetoxConfig(**spec["sampdetox"])
+        self.defense_name = spec["defense"]
         self.guard = Detoxifier(classifier, build_defense(spec["defense"], purifier, cfg), batch_size=cfg.batch_size)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        if isinstance(model_input, dict):  # {"inputs": {"images": ...}} style
+            model_input = next(iter(model_input.values()))
         images = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected images (N, H, W, 3), got shape {images.shape}")
-        if images.min() < 0 or images.max() > 255:
+        if images.size and (images.min() < 0 or images.max() > 255):
             raise ValueError("expected uint8 pixel values in [0, 255]")
-        return self.guard.predict(images.astype(np.uint8))
+        return np.asarray(self.guard.predict(images.astype(np.uint8)), dtype=np.int64)
 
 
-def log_guard_model(classifier_dir: str, purifier_dir: str, defense: str, sampdetox_cfg: dict, example: np.ndarray, workdir: Path):
-    """Log the guard on the active run; returns MLflow's ModelInfo."""
+def log_guard_model(
+    classifier_dir: str | Path,
+    purifier_dir: str | Path | None,
+    defense: str,
+    sampdetox_cfg: dict,
+    example: np.ndarray,
+    workdir: str | Path,
+    name: str = "guard",
+    registered_model_name: str | None = None,
+):
+    """Log the guard on the active run (models-from-code, safetensors artifacts); returns MLflow's ModelInfo.
+
+    ``defense`` is a catalog name (``none``, ``sampdetox``, ``faithful`` …); ``purifier_dir`` may be None for
+    defenses that need no diffusion model. ``example`` (uint8 (N, H, W, 3)) fixes the tensor signature.
+    """
     from mlflow.models import infer_signature
 
+    from detoxops.defenses.catalog import _NEEDS_PURIFIER
+
+    base = defense.partition("-")[0]
+    if base in _NEEDS_PURIFIER and purifier_dir is None:
+        raise ValueError(f"defense {defense!r} needs a purifier folder")
+    artifacts = {"classifier": str(classifier_dir)}
+    if purifier_dir is not None and base in _NEEDS_PURIFIER:
+        artifacts["purifier"] = str(purifier_dir)
+    check_artifacts(*artifacts.values())
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     spec = workdir / "defense.json"
     spec.write_text(json.dumps({"defense": defense, "sampdetox": sampdetox_cfg}, indent=2))
-    signature = infer_signature(example.astype(np.uint8), np.zeros(len(example), dtype=np.int64))
+    artifacts["defense"] = str(spec)
+    example = np.asarray(example, dtype=np.uint8)
+    signature = infer_signature(example, np.zeros(len(example), dtype=np.int64))
     return mlflow.pyfunc.log_model(
-        name="guard",
-        python_model=DetoxClassifier(),
-        artifacts={"classifier": classifier_dir, "purifier": purifier_dir, "defense": str(spec)},
+        name=name,
+        python_model=str(MODEL_CODE),
+        artifacts=artifacts,
         signature=signature,
-        code_paths=[str(Path(__file__).resolve().parent)],
-        pip_requirements=[],
+        pip_requirements=_requirements(),
+        registered_model_name=registered_model_name,
     )
+
+
+def _requirements() -> list[str]:
+    """Pins of what the model code imports (for non-local env managers; detoxops itself must be installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "numpy", "torch", "safetensors", "diffusers", "pydantic", "scikit-image"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
+# Models from code: MLflow executes this file when it loads the model and serves what is set here.
+mlflow.models.set_model(DetoxClassifier())

@@ -1,0 +1,195 @@
+"""The attack × defense matrix (the papers' table style): CA / PA / ASR of a victim trained under every attack of
+``params.benchmark.attacks``, behind every defense of ``params.benchmark.defenses``.
+
+ingest → purifier → per attack: poison → train victim → CA / PA / ASR per defense (``detox-eval``) → MLflow
+(experiment ``detoxops/benchmark``: a parent run with the matrix as ``results/benchmark.md`` / ``.csv`` / a
+logged table, one nested run per attack × defense) + a Prefect markdown artifact ``benchmark-matrix``.
+
+    python -m flows.benchmark [--params params.yaml] [--set key=value ...] [--attacks badnets,blended]
+                              [--defenses none,sampdetox] [--max-images N] [--runner thread|dask]
+
+Poisoned sets, victims, the purifier and evaluations are the cached tasks of ``tasks/`` (inputs + code
+version): a matrix that shares attacks with an earlier run (or with the demo) re-uses those stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks import PROJECT_ROOT, configure_environment
+
+configure_environment()
+
+from prefect import flow  # noqa: E402
+
+from detoxops.config import load_params  # noqa: E402
+
+__all__ = ["benchmark", "prepare_attacks", "matrix_markdown", "main"]
+
+METRICS = ("ca", "pa", "asr")
+
+
+def _abs(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def attack_config(params, name: str) -> dict[str, Any]:
+    """``params.attack`` with another attack name (target, ratio, seed and per-attack options kept)."""
+    from detoxops.config import AttackConfig
+
+    return AttackConfig(**{**params.attack.model_dump(mode="json"), "name": name}).model_dump(mode="json")
+
+
+def prepare_attacks(params, attacks: list[str]) -> dict[str, Any]:
+    """Ingest, purifier, and a poisoned set + victim per attack (submitted to the flow's task runner, in
+    waves: every poison, then every victim). Returns ``{"ingested", "purifier", "attacks": {name: {...}}}``."""
+    from tasks.attack_tasks import poison_dataset
+    from tasks.data_tasks import ingest_dataset
+    from tasks.purifier_tasks import get_purifier
+    from tasks.victim_tasks import train_victim
+
+    data_root = str(_abs(params.data.root))
+    runs_root = _abs(params.tracking.runs_dir)
+    ingested = ingest_dataset(params.data.source, params.data.model_dump(mode="json"), data_root)
+    purifier_f = get_purifier.submit(params.diffusion.model_dump(mode="json"), ingested["path"],
+                                     str(runs_root / "purifiers"))
+    cfgs = {name: attack_config(params, name) for name in attacks}
+    poison_f = {name: poison_dataset.submit(ingested["path"], cfg, data_root) for name, cfg in cfgs.items()}
+    poisoned = {name: f.result() for name, f in poison_f.items()}
+    victim_cfg = params.victim.model_dump(mode="json")
+    victim_f = {name: train_victim.submit(poisoned[name]["path"], victim_cfg, cfgs[name], str(runs_root / "victims"))
+                for name in attacks}
+    out = {name: {"attack_cfg": cfgs[name], "poisoned": poisoned[name], "victim": victim_f[name].result()}
+           for name in attacks}
+    return {"ingested": ingested, "purifier": purifier_f.result(), "attacks": out}
+
+
+def matrix_markdown(rows: list[dict[str, Any]], attacks: list[str], defenses: list[str]) -> str:
+    """Rows = attacks (+ the mean), column groups = defenses, cells CA / PA / ASR in %."""
+    by = {(r["attack"], r["defense"]): r for r in rows}
+    head = "| Attack | " + " | ".join(f"{d} {m.upper()}" for d in defenses for m in METRICS) + " |"
+    sep = "|---|" + "---:|" * (len(defenses) * len(METRICS))
+    lines = [head, sep]
+
+    def cell(v: Any) -> str:
+        return "-" if v is None or v != v else f"{v:.1f}"
+
+    for a in attacks:
+        lines.append(f"| {a} | " + " | ".join(cell(by.get((a, d), {}).get(m)) for d in defenses for m in METRICS)
+                     + " |")
+    means = []
+    for d in defenses:
+        for m in METRICS:
+            vals = [by[(a, d)][m] for a in attacks if (a, d) in by and by[(a, d)].get(m) == by[(a, d)].get(m)]
+            means.append(cell(sum(vals) / len(vals)) if vals else "-")
+    lines.append("| **mean** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+@flow(name="benchmark", log_prints=True)
+def benchmark(
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    attacks: list[str] | None = None,
+    defenses: list[str] | None = None,
+    max_images: int | None = 200,
+) -> dict[str, Any]:
+    """Run the matrix; returns ``{"rows", "markdown", "run_id"}`` (rows: attack, defense, CA / PA / ASR in %)."""
+    import csv
+
+    import mlflow
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.detox_tasks import evaluate_defenses_task
+    from tasks.tracking import log_dataset, run, setup_tracking
+
+    params = load_params(_abs(params_path), list(overrides or []))
+    setup_tracking(params.tracking)
+    attacks = list(attacks or params.benchmark.attacks)
+    defenses = list(defenses or params.benchmark.defenses)
+    runs_root = _abs(params.tracking.runs_dir)
+    out_dir = runs_root / "benchmark"
+    started = time.perf_counter()
+
+    prep = prepare_attacks(params, attacks)
+    sampdetox_cfg = params.sampdetox.model_dump(mode="json")
+    eval_f = {
+        name: evaluate_defenses_task.submit(
+            a["poisoned"]["path"], a["victim"]["path"], prep["purifier"]["path"], defenses, sampdetox_cfg,
+            a["attack_cfg"], max_images, str(out_dir / "samples" / name))
+        for name, a in prep["attacks"].items()
+    }
+    rows = []
+    for name in attacks:
+        for r in eval_f[name].result():
+            rows.append({"attack": name, **r})
+    seconds = time.perf_counter() - started
+    markdown = matrix_markdown(rows, attacks, defenses)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmark.md").write_text(markdown + "\n")
+    cols = ["attack", "defense", "ca", "pa", "asr", "images_per_s", "seconds", "n_clean", "n_poisoned"]
+    with (out_dir / "benchmark.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    prefix = params.tracking.experiment_prefix
+    ingested = prep["ingested"]
+    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
+            "detoxops.model": params.victim.arch, "detoxops.purifier": prep["purifier"]["origin"]}
+    with run("benchmark", f"benchmark {len(attacks)}x{len(defenses)}", kind="benchmark", prefix=prefix, tags=tags,
+             params=params.to_dict()) as parent:
+        log_dataset(ingested["path"], ingested["name"], ingested["hash"], "evaluation")
+        mlflow.log_params({"benchmark.attacks_run": ",".join(attacks), "benchmark.defenses_run": ",".join(defenses),
+                           "benchmark.max_images": str(max_images)})
+        mlflow.log_metric("seconds", seconds)
+        mlflow.log_artifact(str(out_dir / "benchmark.md"), "results")
+        mlflow.log_artifact(str(out_dir / "benchmark.csv"), "results")
+        mlflow.log_table({c: [r.get(c) for r in rows] for c in ("attack", "defense", "ca", "pa", "asr")},
+                         "results/benchmark_table.json")
+        for r in rows:
+            with run("benchmark", f"{r['attack']} x {r['defense']}", kind="defense", prefix=prefix,
+                     parent_run_id=parent.info.run_id,
+                     tags={**tags, "detoxops.attack": r["attack"], "detoxops.defense": r["defense"]}):
+                mlflow.log_metrics({m: r[m] / 100.0 for m in METRICS if r.get(m) == r.get(m)})
+                for key in ("images_per_s", "seconds", "map_auc"):
+                    if isinstance(r.get(key), float) and r[key] == r[key]:
+                        mlflow.log_metric(key, r[key])
+                if r.get("samples_dir") and Path(r["samples_dir"]).is_dir():
+                    mlflow.log_artifacts(r["samples_dir"], "samples")
+        run_id = parent.info.run_id
+    create_markdown_artifact(markdown=f"# Attack × defense (CA / PA / ASR %)\n\n{markdown}\n",
+                             key="benchmark-matrix", description="attack × defense matrix")
+    print("\n" + markdown + f"\n\n{seconds:.0f} s; MLflow run {run_id}")
+    return {"rows": rows, "markdown": markdown, "run_id": run_id}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flows.runners import RUNNERS, make_task_runner, worker_api
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
+    ap.add_argument("--attacks", help="comma-separated (default: benchmark.attacks)")
+    ap.add_argument("--defenses", help="comma-separated (default: benchmark.defenses)")
+    ap.add_argument("--max-images", type=int, default=200, help="clean / triggered test images per attack (0 = all)")
+    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
+    ap.add_argument("--dask-workers", type=int, default=None)
+    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    args = ap.parse_args(argv)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    runner = make_task_runner(args.runner, args.dask_workers, args.dask_address)
+    with worker_api(args.runner):
+        benchmark.with_options(task_runner=runner)(
+            args.params, args.overrides, split(args.attacks), split(args.defenses), args.max_images or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Task runners selectable by a flag in the benchmark / sweep flows (``--runner thread|dask``).
+
+* ``thread`` (default): Prefect's ``ThreadPoolTaskRunner`` — submitted tasks run in threads of the flow process.
+* ``dask``: ``prefect_dask.DaskTaskRunner`` — a temporary ``LocalCluster`` (``--dask-workers`` processes, one
+  thread each), or an existing scheduler with ``--dask-address tcp://host:8786``. Workers import ``tasks``
+  and ``detoxops``, so they need the project on ``PYTHONPATH`` (set here for a local cluster) and the same
+  environment; tasks exchange only paths and small dicts, and MLflow logging stays in the flow process.
+
+Without ``PREFECT_API_URL`` every Dask worker process would start its own temporary Prefect server (~20 s
+each, all on one SQLite file); :func:`worker_api` starts one first and exports its URL to the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from tasks import PROJECT_ROOT
+
+__all__ = ["RUNNERS", "make_task_runner", "worker_api"]
+
+RUNNERS = ("thread", "dask")
+
+
+def make_task_runner(kind: str = "thread", workers: int | None = None, address: str | None = None):
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # spawned workers import tasks/
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": ":0"})
+    raise ValueError(f"unknown task runner {kind!r}; choose one of {', '.join(RUNNERS)}")
+
+
+@contextlib.contextmanager
+def worker_api(kind: str = "thread"):
+    """For ``dask``: make sure worker processes report to the flow's Prefect API (``PREFECT_API_URL`` in the
+    environment they inherit), starting one temporary server when none is configured. No-op for ``thread``."""
+    if kind != "dask":
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, server = PREFECT_API_URL.value(), None
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        url = server.api_url
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        if server is not None:
+            server.stop()

@@ -1,0 +1,119 @@
+"""Defense evaluation on a validation / held-out split of the test set (parameter sweeps and their final check).
+
+The clean test split of a poisoned version is split per class (``data.val_fraction``, ``data.seed``) into
+``val`` (parameter selection) and ``test`` (held out); a triggered test image goes to the side its clean
+source image is on (matched by ``source_index``), so no image, clean or triggered, is seen by both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from tasks.caching import HEAVY_CACHE
+
+__all__ = ["split_eval_sets", "evaluate_point", "evaluate_point_fn", "grid_points", "point_label"]
+
+
+def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, attack=None) -> dict[str, Any]:
+    """``{"val": EvalSet, "test": EvalSet}`` from a clean test ImageSet and its triggered non-target version."""
+    from detoxops.data import stratified_split_indices
+    from detoxops.defenses.evaluation import EvalSet
+
+    rest, held = stratified_split_indices(clean.labels, fraction, seed)
+    out = {}
+    for split, idx in (("val", held), ("test", rest)):
+        sources = set(np.asarray(clean.source_index)[idx].tolist())
+        trig_idx = np.flatnonzero(np.isin(np.asarray(triggered.source_index), list(sources)))
+        out[split] = EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
+                                            name=split)
+    return out
+
+
+def _limit(data, max_images: int | None, seed: int):
+    if max_images is None:
+        return data
+    rng = np.random.default_rng(seed)
+
+    def pick(n: int) -> np.ndarray:
+        return np.arange(n) if n <= max_images else np.sort(rng.choice(n, size=max_images, replace=False))
+
+    return data.subset(pick(len(data.clean_images)), pick(len(data.poisoned_images)))
+
+
+def evaluate_point_fn(
+    poisoned_version: str,
+    victim_path: str,
+    purifier_path: str | None,
+    attack_cfg: dict[str, Any],
+    sampdetox_cfg: dict[str, Any],
+    defense: str,
+    split: str,
+    val_fraction: float,
+    split_seed: int,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """CA / PA / ASR (%) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``)."""
+    import torch
+
+    from detoxops.config import SampDetoxConfig
+    from detoxops.data import load_version
+    from detoxops.defenses.catalog import build_defense
+    from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.models import load_classifier
+    from tasks.attack_tasks import build_attack
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    splits = load_version(poisoned_version)
+    clean, triggered = splits["clean_test"], splits["test"]
+    attack = build_attack(attack_cfg, clean.image_shape[0], clean.num_classes)
+    state = Path(poisoned_version) / "attack_state"
+    if state.is_dir():
+        attack.load_state(state)
+    data = split_eval_sets(clean, triggered, attack_cfg["target"], val_fraction, split_seed, attack=attack)[split]
+    data = _limit(data, max_images, split_seed)
+    cfg = SampDetoxConfig(**sampdetox_cfg)
+    purifier = None
+    if defense != "none" and purifier_path:
+        from detoxops.diffusion import load_purifier
+
+        purifier = load_purifier(purifier_path, device=device)
+    classifier = load_classifier(victim_path).to(device).eval()
+    row = evaluate_defense(classifier, build_defense(defense, purifier, cfg), data, batch_size=cfg.batch_size,
+                           name=defense)
+    row.update(split=split, attack=attack_cfg["name"])
+    return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()}
+
+
+@task(name="sweep-point", cache_policy=HEAVY_CACHE, result_serializer="json")
+def evaluate_point(
+    poisoned_version: str,
+    victim_path: str,
+    purifier_path: str | None,
+    attack_cfg: dict[str, Any],
+    sampdetox_cfg: dict[str, Any],
+    defense: str,
+    split: str,
+    val_fraction: float,
+    split_seed: int,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Cached :func:`evaluate_point_fn` (inputs + code version)."""
+    return evaluate_point_fn(poisoned_version, victim_path, purifier_path, attack_cfg, sampdetox_cfg, defense,
+                             split, val_fraction, split_seed, max_images)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of ``{"t1": [10, 20], "t2": [80]}`` in key order → ``[{"t1": 10, "t2": 80}, …]``."""
+    import itertools
+
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``t1=10,t2=80`` (the setting name used in selection rows and run names)."""
+    return ",".join(f"{k}={v}" for k, v in point.items()) or "params"

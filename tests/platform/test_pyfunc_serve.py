@@ -1,0 +1,161 @@
+"""The served guard: a tiny digits-sized "SampDetox + victim" pyfunc, logged as code with safetensors artifacts,
+registered, served by ``mlflow models serve --env-manager local`` and queried over HTTP.
+
+No Prefect server is needed (the ``platform_env`` harness is not used); MLflow lives in a temporary SQLite DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.platform, pytest.mark.timeout(180)]
+
+MODEL_NAME = "detoxops-guard-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def _tiny_guard_parts(tmp_path: Path):
+    import torch
+
+    from detoxops.diffusion.unet import shipped_purifier_dir
+    from detoxops.models import build_classifier, save_classifier
+
+    torch.manual_seed(0)
+    clf = build_classifier("small_cnn", 10, 3, 16, seed=0, width=8)
+    classifier_dir = save_classifier(clf, tmp_path / "victim")
+    purifier_dir = shipped_purifier_dir("digits-16")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    # cheap SampDetox: faithful profile (no t_mask=500 restoration), DDIM with a coarse stride
+    cfg = {"profile": "faithful", "sampler": "ddim", "ddim_stride": 20, "batch_size": 8, "seed": 0}
+    return classifier_dir, purifier_dir, images, cfg
+
+
+def test_check_artifacts_refuses_pickle_weights(tmp_path):
+    from tasks.pyfunc_model import check_artifacts
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "model.safetensors").write_bytes(b"x")
+    check_artifacts(tmp_path / "ok")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="safetensors only"):
+        check_artifacts(tmp_path / "bad")
+
+
+def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
+    import mlflow
+    import torch
+
+    from tasks.pyfunc_model import log_guard_model
+    from tasks.tracking import ensure_experiment
+
+    torch.set_num_threads(1)
+    classifier_dir, purifier_dir, images, cfg = _tiny_guard_parts(tmp_path)
+    exp_id = ensure_experiment("detoxops/test-serve", root=tmp_path)
+    with mlflow.start_run(experiment_id=exp_id):
+        info = log_guard_model(classifier_dir, purifier_dir, "sampdetox", cfg, images, tmp_path / "work",
+                               registered_model_name=MODEL_NAME)
+    version = info.registered_model_version
+    assert str(version) == "1"
+
+    # logged as code + safetensors: nothing in the model folder would be unpickled
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", dst_path=str(tmp_path / "dl")))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".pth", ".bin", ".ckpt"))], files
+    assert any(f.endswith("/model.safetensors") for f in files), files  # the victim
+    assert any(f.endswith("/diffusion_pytorch_model.safetensors") for f in files), files  # the purifier
+    assert "pyfunc_model.py" in files and "python_model.pkl" not in files
+
+    expected = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").predict(images)
+    expected = np.asarray(expected).astype(int).tolist()
+    assert all(0 <= y < 10 for y in expected)
+
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_store, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    mlflow_bin = shutil.which("mlflow", path=env["PATH"])
+    assert mlflow_bin, "mlflow CLI not found next to the interpreter"
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [mlflow_bin, "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow models serve exited {server.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after 90 s:\n{(tmp_path / 'serve.log').read_text()}")
+            time.sleep(0.5)
+        body = json.dumps({"inputs": images.tolist()}).encode()
+        req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            reply = json.loads(r.read())
+        served = [int(y) for y in reply["predictions"]]
+        assert all(0 <= y < 10 for y in served)
+        assert served == expected
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the CLI spawns uvicorn in its own process group
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=5)
+        log.close()
+
+
+def test_plain_victim_guard_needs_no_purifier(tmp_path, mlflow_store):
+    import mlflow
+
+    from detoxops.defenses.guard import Detoxifier
+    from detoxops.models import load_classifier
+    from tasks.pyfunc_model import log_guard_model
+    from tasks.tracking import ensure_experiment
+
+    classifier_dir, _, images, cfg = _tiny_guard_parts(tmp_path)
+    exp_id = ensure_experiment("detoxops/test-serve", root=tmp_path)
+    with mlflow.start_run(experiment_id=exp_id):
+        info = log_guard_model(classifier_dir, None, "none", cfg, images, tmp_path / "work")
+    pred = mlflow.pyfunc.load_model(info.model_uri).predict(images)
+    direct = Detoxifier(load_classifier(classifier_dir), None).predict(images)
+    assert np.asarray(pred).tolist() == np.asarray(direct).tolist()
