@@ -1,0 +1,342 @@
+"""LIRA (Doan et al. 2021) as in BackdoorBench ``attack/lira.py`` — a training-loop attack whose trigger is a
+bounded, input-dependent perturbation made by an autoencoder trained with the platform's own code.
+
+Generator (spec §2.12, sizes scaled to the image): ``layers`` Conv 4×4 / stride 2 / pad 1 layers with BN + ReLU
+(channels ``width``·2^i: 3→16→32→64→128 at 32 px), down to 2×2, mirrored by ConvTranspose 4×4 / stride 2 layers,
+BN + ReLU on all but the last, tanh output in [−1, 1]. ``layers`` = None gives log2(S) − 1 (4 at 32 px, 3 at 16).
+
+Trigger: BackdoorBench computes x_bd = clip(x + ε·G(x)) in *normalised* space with ε = 0.01; in [0, 1] pixels that
+is x + ε·σ_c·G(x) with σ = CIFAR-10's std (0.247, 0.243, 0.261), i.e. at most ε·σ_c·255 ≈ 0.67 grey levels, clipped
+to [0, 1] (BackdoorBench clips to one hard-coded normalised range ≈ [0, 1]). Stored uint8 by truncation, so at the
+default ε a pixel stays at k where the perturbation is ≥ 0 and drops to k − 1 where it is negative (spec §2.12):
+|x_bd − x| ≤ ceil(ε·max σ·255) grey levels (:meth:`LIRA.linf_bound_u8`).
+
+:meth:`LIRA.fit` is BackdoorBench's **stage 1** (joint bilevel training) at CPU scale, ``steps`` batches
+(BackdoorBench: 50 epochs), each batch after the PostTensorTransform (crop pad 5 p 0.8, rotation ±10° p 0.5, flip
+p 0.5, see :mod:`detoxops.attacks.loop`):
+
+1. the generator copy G_tgt takes an Adam step (``lr_generator``; BackdoorBench 1e-4) on CE(C(x + ε·G_tgt(x)), t);
+2. the classifier C takes an SGD step (0.01, momentum 0.9, no weight decay) on
+   α·CE(C(x), y) + (1 − α)·CE(C(x + ε·G_atk(x)), t), α = 0.5;
+3. every ``sync_every`` steps (BackdoorBench: every epoch; None = one pass over the fit images) G_atk ← G_tgt.
+
+C is ``fit(..., model=...)`` trained in place (BackdoorBench's stage-1 ``clsmodel``) or a fresh
+``classifier_arch``; only G_atk is kept (safetensors). **Stage 2** (C fine-tuned with G fixed) is the victim's
+training through :meth:`batch_transform`: the platform trains the victim from scratch with the fixed generator
+instead of fine-tuning the stage-1 classifier, and expresses BackdoorBench's every-sample α-loss as the loop
+attacks' per-batch rule: after the PostTensorTransform, the first int(ratio·B) samples get the trigger and the
+target label (ratio = ``poison_ratio``; α = 0.5 corresponds to every sample seen clean and poisoned once). With
+``quantize`` (default) those samples are truncated to the uint8 grid exactly as the test images are; false trains on
+BackdoorBench's float perturbation. BackdoorBench saves no poisoned training set; here the saved snapshot follows
+the loop convention (first num_bd of every ``batch_size`` block triggered and relabelled, no cross samples).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from detoxops.attacks.base import FLOAT_GUARD, Attack, AttackOptions, truncate_float_pipeline
+from detoxops.attacks.inputaware import (
+    ClassifierArch,
+    attacker_classifier,
+    fit_pool,
+    load_modules,
+    save_modules,
+    to01,
+)
+from detoxops.attacks.loop import check_batch, post_tensor_transform, snapshot_indices, uniform
+from detoxops.attacks.registry import register
+
+WEIGHTS_FILE = "lira_generator.safetensors"
+CIFAR_STD = (0.247, 0.243, 0.261)
+"""BackdoorBench's CIFAR-10 normalisation std: ε is in these units."""
+
+
+class LIRAOptions(AttackOptions):
+    eps: float = Field(default=0.01, gt=0.0)
+    """Perturbation bound in normalised units (BackdoorBench ``eps`` = ``test_eps`` = 0.01 ≈ 0.67 grey levels)."""
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Clean-loss weight of the classifier step in ``fit``."""
+    width: int = Field(default=16, ge=2)
+    """Channels of the first encoder layer (then ×2 per layer); BackdoorBench 16."""
+    layers: int | None = Field(default=None, ge=1)
+    """Encoder / decoder depth; ``None`` = log2(S) − 1 (4 at 32 px, as BackdoorBench)."""
+    steps: int = Field(default=1000, ge=0)
+    """Joint stage batches (BackdoorBench: 50 epochs ≈ 19.5k batches on CIFAR-10)."""
+    batch_size: int = Field(default=128, ge=2)
+    """Batch of the joint stage and block length of the saved snapshot."""
+    lr_generator: float = Field(default=1e-3, gt=0.0)
+    """Adam lr of G (BackdoorBench 1e-4 over 50 epochs; 1e-3 at CPU scale, see docs/attacks.md)."""
+    lr_classifier: float = Field(default=0.01, gt=0.0)
+    sync_every: int | None = Field(default=None, ge=1)
+    """Steps between G_atk ← G_tgt; ``None`` = one pass over the fit images (BackdoorBench: every epoch)."""
+    classifier_arch: ClassifierArch = "small_cnn"
+    classifier_width: int = Field(default=16, ge=4)
+    max_train_images: int | None = Field(default=5000, ge=1)
+    quantize: bool = True
+    """Truncate the backdoored samples of ``batch_transform`` to the uint8 grid, as the test images."""
+    post_transform: bool = True
+    """BackdoorBench's batch-level crop / rotation / flip in ``fit`` and ``batch_transform``."""
+    random_crop: int = Field(default=5, ge=0)
+    random_rotation: float = Field(default=10.0, ge=0.0)
+    device: str = "cpu"
+    state_path: str | None = None
+    """A saved ``state/`` folder (or the .safetensors file); skips fitting."""
+
+
+class Autoencoder(nn.Module):
+    """BackdoorBench's LIRA autoencoder, ``layers`` deep; output tanh ∈ [−1, 1]."""
+
+    def __init__(self, width: int, layers: int) -> None:
+        super().__init__()
+        chans = [3] + [width * 2**i for i in range(layers)]
+        enc: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            enc += [nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        dec: list[nn.Module] = []
+        rev = chans[::-1]
+        for i, (cin, cout) in enumerate(zip(rev[:-1], rev[1:], strict=True)):
+            dec.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1))
+            dec += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)] if i < layers - 1 else [nn.Tanh()]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def default_layers(size: int, layers: int | None) -> int:
+    lv = layers if layers is not None else max(1, int(math.log2(size / 2)))
+    if size % 2**lv:
+        if layers is not None:
+            raise ValueError(f"image size {size} is not divisible by 2^{lv} (layers = {lv})")
+        while lv > 1 and size % 2**lv:
+            lv -= 1
+        if size % 2**lv:
+            raise ValueError(f"image size {size} must be even for the LIRA autoencoder")
+    return lv
+
+
+@register
+class LIRA(Attack):
+    name: ClassVar[str] = "lira"
+    kind: ClassVar[Literal["data", "loop"]] = "loop"
+    needs_fit: ClassVar[bool] = True
+    replaces_augmentation: ClassVar[bool] = True
+    Options: ClassVar[type[AttackOptions]] = LIRAOptions
+    options: LIRAOptions
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        o = self.options
+        self.layers = default_layers(self.image_size, o.layers)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.generator_net = Autoencoder(o.width, self.layers).eval()
+        self._fitted = False
+        self.fit_report: dict[str, Any] = {}
+        if o.state_path:
+            self.load_state(o.state_path)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise ValueError("attack 'lira' has no trained generator yet: call fit(train_images, train_labels) "
+                             "or set options.lira.state_path to a saved state/ folder")
+
+    def scale01(self, device=None) -> torch.Tensor:
+        """ε·σ_c as a (1, 3, 1, 1) tensor: the per-channel bound of the perturbation on the [0, 1] scale."""
+        return self.options.eps * torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+
+    def linf_bound_u8(self) -> int:
+        """Largest |triggered − clean| in grey levels after truncation: ceil(ε·max σ·255)."""
+        return math.ceil(self.options.eps * max(CIFAR_STD) * 255)
+
+    def perturb01(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        """clip(x + ε·σ·G(x), 0, 1) on float [0, 1] NCHW (differentiable)."""
+        g = (net or self.generator_net)(x)
+        return (x + self.scale01(x.device) * g).clamp(0, 1)
+
+    # -------------------------------------------------------------- fitting
+    def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        o = self.options
+        if not o.post_transform:
+            return x
+        return post_tensor_transform(x, generator, crop_pad=o.random_crop, rotation_deg=o.random_rotation)
+
+    def fit(self, train_images: np.ndarray, train_labels: np.ndarray, model: nn.Module | None = None,
+            progress: bool = True, **resources: Any) -> None:
+        """BackdoorBench's stage 1: joint generator / classifier training (see the module docstring)."""
+        import copy
+
+        if self.options.state_path:
+            return
+        self.check_images(train_images)
+        labels = np.asarray(train_labels)
+        if labels.shape != (len(train_images),):
+            raise ValueError(f"train_labels must have shape ({len(train_images)},), got {labels.shape}")
+        if len(train_images) < 2:
+            raise ValueError("attack 'lira' needs at least 2 training images to fit its generator")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"train_labels must lie in [0, {self.num_classes})")
+        o = self.options
+        dev = torch.device(o.device)
+        pick = fit_pool(train_images, o.max_train_images, self.seed)
+        data, ys = to01(train_images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
+        gen = torch.Generator().manual_seed(self.seed)
+        bs = min(o.batch_size, len(data))
+        sync = o.sync_every or max(1, len(data) // bs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            clf = attacker_classifier(model, o.classifier_arch, o.classifier_width, self.num_classes,
+                                      self.image_size, self.seed)
+        was_training = clf.training
+        clf_dev = next((p.device for p in clf.parameters()), dev)
+        clf.to(dev)
+        g_atk = self.generator_net.to(dev)
+        g_tgt = copy.deepcopy(g_atk)
+        opt_g = torch.optim.Adam(g_tgt.parameters(), lr=o.lr_generator)
+        opt_c = torch.optim.SGD(clf.parameters(), lr=o.lr_classifier, momentum=0.9)
+        hist: list[tuple[float, float]] = []
+        try:
+            g_tgt.train()
+            g_atk.eval()
+            perm, pos = torch.randperm(len(data), generator=gen), 0
+            bar = tqdm(range(o.steps), desc="lira: generator + classifier", disable=not progress)
+            for step in bar:
+                if pos + bs > len(data):
+                    perm, pos = torch.randperm(len(data), generator=gen), 0
+                idx = perm[pos : pos + bs]
+                pos += bs
+                x = self._augment(data[idx], gen).to(dev)
+                y = ys[idx].to(dev)
+                t = torch.full_like(y, self.target)
+                # 1. attacker step on G_tgt against the current classifier
+                clf.eval()
+                loss_g = F.cross_entropy(clf(self.perturb01(x, g_tgt)), t)
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                # 2. classifier step with the fixed G_atk
+                clf.train()
+                with torch.no_grad():
+                    x_bd = self.perturb01(x, g_atk)
+                loss_c = o.alpha * F.cross_entropy(clf(x), y) + (1 - o.alpha) * F.cross_entropy(clf(x_bd), t)
+                opt_c.zero_grad(set_to_none=True)
+                loss_c.backward()
+                opt_c.step()
+                # 3. G_atk <- G_tgt once per pass
+                if (step + 1) % sync == 0:
+                    g_atk.load_state_dict(g_tgt.state_dict())
+                hist.append((float(loss_g.detach()), float(loss_c.detach())))
+                if step % 20 == 0:
+                    bar.set_postfix(loss_g=f"{hist[-1][0]:.3f}", loss_c=f"{hist[-1][1]:.3f}")
+            g_atk.load_state_dict(g_tgt.state_dict())
+            g_atk.eval()
+            g_atk.cpu()
+            self._fitted = True
+            report = self._evaluate(clf, data, ys, dev)
+        finally:
+            self.generator_net.eval()
+            self.generator_net.cpu()
+            clf.to(clf_dev)
+            clf.train(was_training)
+        tail = lambda i: float(np.mean([v[i] for v in hist[-20:]])) if hist else None  # noqa: E731
+        self.fit_report = {"fit_images": int(len(data)), "steps": o.steps, "sync_every": sync,
+                           "generator_loss": tail(0), "classifier_loss": tail(1), **report}
+
+    @torch.no_grad()
+    def _evaluate(self, clf: nn.Module, data: torch.Tensor, ys: torch.Tensor, dev) -> dict[str, float]:
+        """The attacker classifier's accuracy and ASR (uint8 triggers) on up to 512 of the fit images."""
+        clf.eval()
+        x, y = data[:512], ys[:512]
+        u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        bd = to01(self.apply_trigger(u8))
+        pred_clean = clf(x.to(dev)).argmax(1).cpu()
+        pred_bd = clf(bd.to(dev)).argmax(1).cpu()
+        keep = y != self.target
+        return {"attacker_clean_acc": float((pred_clean == y).float().mean()),
+                "attacker_asr": float((pred_bd[keep] == self.target).float().mean()) if keep.any() else 0.0}
+
+    # -------------------------------------------------------------- state
+    def save_state(self, folder: str | Path) -> list[Path]:
+        if not self._fitted:
+            raise ValueError("attack 'lira' is not fitted: nothing to save")
+        meta = {"width": str(self.options.width), "layers": str(self.layers), "size": str(self.image_size)}
+        return [save_modules(Path(folder) / WEIGHTS_FILE, {"generator": self.generator_net}, meta)]
+
+    def load_state(self, folder: str | Path) -> None:
+        path = Path(folder)
+        load_modules(path / WEIGHTS_FILE if path.is_dir() else path, {"generator": self.generator_net}, "LIRA")
+        self._fitted = True
+
+    # -------------------------------------------------------------- uint8 images
+    @torch.no_grad()
+    def apply_trigger(self, images: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256
+                      ) -> np.ndarray:
+        """clip(x + ε·σ·G(x)) truncated to uint8 (see the module docstring)."""
+        self.check_images(images)
+        self._require_fitted()
+        out = np.empty_like(images)
+        for i in range(0, len(images), batch_size):
+            sl = slice(i, i + batch_size)
+            g = self.generator_net(to01(images[sl])).double()
+            res = torch.from_numpy(images[sl].astype(np.float64)).permute(0, 3, 1, 2)
+            res = (res + self.scale01().double() * 255 * g).clamp(0, 255)
+            out[sl] = truncate_float_pipeline(res.permute(0, 2, 3, 1).numpy())
+        return out
+
+    # -------------------------------------------------------------- snapshot
+    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(backdoored, cross = none) indices of the saved training set (see :mod:`detoxops.attacks.loop`)."""
+        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, lambda _nb, _l: 0, self.seed)
+
+    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
+        return self.snapshot_indices(len(labels))[0]
+
+    def poison_train_arrays(self, images, labels):
+        self.check_images(images)
+        self._require_fitted()
+        bd, _ = self.snapshot_indices(len(labels))
+        out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
+        flags = np.zeros(len(labels), dtype=bool)
+        if len(bd):
+            out_images[bd] = self.apply_trigger(images[bd])
+            out_labels[bd] = self.target
+            flags[bd] = True
+        return out_images, out_labels, flags
+
+    # -------------------------------------------------------------- training loop
+    @torch.no_grad()
+    def batch_transform(self, x, y, generator=None):
+        """PostTensorTransform, then the first num_bd samples get the trigger and the target label."""
+        check_batch(x, y, self.image_size, self.name)
+        self._require_fitted()
+        x = self._augment(x, generator)
+        b = x.shape[0]
+        expected = self.poison_ratio * b
+        nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
+        x, y = x.clone(), y.clone()
+        if nb:
+            dev = next(self.generator_net.parameters()).device
+            xb = x[:nb].to(dev)
+            if self.options.quantize:  # exactly apply_trigger's arithmetic on the 0..255 scale, then back to [0, 1]
+                g = self.generator_net(xb).double()
+                res = (xb.double() * 255 + self.scale01(dev).double() * 255 * g).clamp(0, 255)
+                xb = torch.floor(res + FLOAT_GUARD).clamp(0, 255) / 255
+            else:
+                xb = self.perturb01(xb)
+            x[:nb] = xb.to(x)
+            y[:nb] = self.target
+        return x, y
