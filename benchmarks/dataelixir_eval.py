@@ -153,7 +153,7 @@ def markdown_table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        pct = lambda k: f"{100 * r[k]:.1f}" if k in r and r[k] is not None else "–"  # noqa: E731
+        pct = lambda k, r=r: f"{100 * r[k]:.1f}" if k in r and r[k] is not None else "–"  # noqa: E731
         lines.append(
             f"| {r['attack']} | {r['n']} | {r['poisoned']} | {r.get('true_target', '–')} | "
             f"{r['target_labels'] or 'none'} | {pct('tpr')} | {pct('fpr')} | {pct('label_acc')} | {pct('acc')} | "

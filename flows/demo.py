@@ -1,6 +1,7 @@
 """The README's main job: the whole story on the embedded offline default (digits), in one Prefect flow.
 
-ingest → DVC version → poison (params.attack) → train the victim → purifier (shipped, or trained) → DataElixir
+ingest → DVC version → poison (params.attack) → train the victim → trigger visibility / robustness (SampDetox
+figure 2, on at most ``max_images`` triggered test images) → purifier (shipped, or trained) → DataElixir
 (training-time: target label, TPR / FPR, a clean model retrained on the purified set) → SampDetox evaluation
 (inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``).
 
@@ -44,14 +45,15 @@ DEFENSES = ["none", "sampdetox", "faithful"]
 def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, max_images: int = 200) -> list[dict]:
     import mlflow
 
-    from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
     from tasks.attack_tasks import poison_dataset
+    from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
     from tasks.detox_tasks import evaluate_defenses_task, log_defense_rows
     from tasks.purifier_tasks import get_purifier
     from tasks.report_tasks import format_table, results_table, write_table
     from tasks.sanitize_tasks import sanitize_dataset
     from tasks.tracking import log_dataset, run, setup_tracking
     from tasks.victim_tasks import train_victim
+    from tasks.visibility_tasks import log_visibility_rows, visibility_rows_task
 
     params = load_params(_abs(params_path), DEMO_OVERRIDES + list(overrides or []))
     uri = setup_tracking(params.tracking)
@@ -70,6 +72,8 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
     poisoned = poison_dataset(ingested["path"], attack_cfg, data_root)
     victim = train_victim(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
                           str(runs_root / "victims"))
+    visibility = visibility_rows_task(poisoned["path"], victim["path"], attack_cfg, max_images,
+                                      int(params.attack.seed))
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     sanitized = sanitize_dataset(poisoned["path"], victim["path"], purifier["path"],
                                  params.dataelixir.model_dump(mode="json"), data_root)
@@ -95,10 +99,14 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
         mlflow.log_metric("seconds", seconds)
         table_path = write_table(table, runs_root / "demo" / "results.csv")
         mlflow.log_artifact(str(table_path), "results")
+        log_visibility_rows(visibility)  # robustness/visibility_robustness.csv: the dashboard's figure 2
         log_defense_rows(defense_rows, "demo", parent.info.run_id, tags, params.tracking.experiment_prefix)
         _log_sanitize(sanitized, retrained, parent.info.run_id, tags, params.tracking.experiment_prefix, victim)
 
     print("\n" + format_table(table))
+    vis = visibility["summary"]
+    print(f"\ntrigger visibility v {vis['v_mean']:.4f} (mean of {vis['n']}); robustness η_r {vis['eta_r_mean']:.3f} "
+          f"(mean of the {vis['hits']} images the victim sends to the target, {vis['n_inf']} never flipped)")
     print(f"\ndata version {data_version}; target label detected: {sanitized.get('target_label')}; "
           f"{seconds:.0f} s")
     print(f"\nMLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")

@@ -25,7 +25,8 @@ except store.StoreUnavailable as exc:
     st.stop()
 if candidates.empty:
     ui.no_runs("visibility / robustness measurements", f"Runs that measure them store `{CSV}` "
-               "(the main job, `make demo`, and `python -m flows.benchmark` do).")
+               "(the main job, `make demo`, does; `detoxops attack visibility` writes the same rows as a "
+               "CSV outside MLflow).")
     st.stop()
 
 labels = {row.run_id: ui.run_label(row) for _, row in candidates.iterrows()}

@@ -57,8 +57,10 @@ def robustness(
     seed: int = 0,
     space: Literal["diffusion", "unit"] = "diffusion",
     batch_size: int = 512,
+    progress: bool = False,
 ) -> np.ndarray:
-    """η_r per sample (see the module docstring). ``predict_fn`` maps float [0, 1] NCHW → labels."""
+    """η_r per sample (see the module docstring). ``predict_fn`` maps float [0, 1] NCHW → labels.
+    ``progress`` shows a bar over the η grid (the samples still hitting the target as its postfix)."""
     grid = np.linspace(0.0, 1.0, 101) if etas is None else np.sort(np.asarray(list(etas), dtype=np.float64))
     if grid.size == 0 or grid.min() < 0 or grid.max() > 1:
         raise ValueError("robustness: etas must be a non-empty set of values in [0, 1]")
@@ -69,9 +71,16 @@ def robustness(
     eps = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed))
     eta_r = np.full(len(x), np.inf)
     todo = np.arange(len(x))
-    for eta in grid:  # samples are batched; only the grid is walked
+    steps = grid
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(grid, desc="eta grid", unit="eta", leave=False)
+    for eta in steps:  # samples are batched; only the grid is walked
         if todo.size == 0:
             break
+        if progress:
+            steps.set_postfix(hitting=int(todo.size))
         mixed = (1 - eta) * base[todo] + eta * eps[todo]
         x01 = ((mixed + 1) / 2 if space == "diffusion" else mixed).clamp(0, 1)
         pred = np.concatenate([np.asarray(torch.as_tensor(predict_fn(x01[i : i + batch_size])).cpu())
@@ -100,6 +109,60 @@ def visibility_robustness_rows(
     v = visibility(clean, poisoned)
     eta = robustness(poisoned, predict_fn, target, **kwargs)
     return [{"attack": attack, "index": i, "v": float(v[i]), "eta_r": float(eta[i])} for i in range(len(v))]
+
+
+def paired_rows(
+    attack: str,
+    clean,
+    triggered,
+    predict_fn: PredictFn,
+    target: int,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    **robustness_kwargs,
+) -> list[dict[str, float | int | str]]:
+    """Figure-2 rows for a triggered test ``ImageSet`` and the clean ``ImageSet`` it was made from.
+
+    Each triggered image is paired with its clean counterpart by ``source_index``; ``index`` in the rows is that
+    ``source_index`` (the same image has the same index under every attack). ``max_images`` keeps a seeded random
+    subset (in source order); ``seed`` also fixes η_r's noise. Raises ValueError when a triggered image has no
+    clean counterpart or the shapes differ.
+    """
+    src = np.asarray(triggered.source_index, dtype=np.int64)
+    pick = np.arange(len(src))
+    if max_images is not None and len(src) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(src), size=max_images, replace=False))
+    src = src[pick]
+    by_source = {int(s): i for i, s in enumerate(np.asarray(clean.source_index))}
+    missing = [int(s) for s in src if int(s) not in by_source]
+    if missing:
+        raise ValueError(f"{attack}: {len(missing)} triggered image(s) have no clean counterpart with the same "
+                         f"source_index (first: {missing[:5]}); is the clean set the one the attack was applied to?")
+    clean_u8 = np.ascontiguousarray(clean.images[[by_source[int(s)] for s in src]])
+    poisoned_u8 = np.ascontiguousarray(triggered.images[pick])
+    if clean_u8.shape != poisoned_u8.shape:
+        raise ValueError(f"{attack}: clean images {clean_u8.shape[1:]} and triggered images "
+                         f"{poisoned_u8.shape[1:]} differ in shape")
+    rows = visibility_robustness_rows(attack, clean_u8, poisoned_u8, predict_fn, target, seed=seed,
+                                      **robustness_kwargs)
+    for row, s in zip(rows, src, strict=True):
+        row["index"] = int(s)
+    return rows
+
+
+def attack_summary(rows: list[dict]) -> dict[str, float]:
+    """Per-attack figure-2 summary of ``rows`` (one attack): ``n``, ``hits`` (η_r > 0: the victim sends the
+    triggered image to the target), v mean / median over all rows, η_r mean / median over the hits with finite
+    η_r, and ``n_inf`` (hits that no η on the grid flips)."""
+    v = np.array([r["v"] for r in rows], dtype=np.float64)
+    eta = np.array([r["eta_r"] for r in rows], dtype=np.float64)
+    hit = eta > 0
+    sv, se = summarise(v), summarise(eta[hit])
+    nan = float("nan")
+    return {"n": int(v.size), "hits": int(hit.sum()), "n_inf": int(se["n_inf"]),
+            "v_mean": sv.get("mean", nan), "v_median": sv.get("median", nan),
+            "eta_r_mean": se.get("mean", nan), "eta_r_median": se.get("median", nan)}
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:

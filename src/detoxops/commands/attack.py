@@ -104,5 +104,157 @@ def run(
                f"poisoned, {len(triggered_test)} triggered test images → {out}")
 
 
+def _imageset_dir(path: Path, prefer: tuple[str, ...], what: str) -> Path:
+    """``path`` itself when it is an ImageSet folder, else its first ``prefer`` sub-folder that is one."""
+    if (path / "meta.json").is_file():
+        return path
+    for name in prefer:
+        if (path / name / "meta.json").is_file():
+            return path / name
+    fail(f"{what}: {path} is not an ImageSet folder (no meta.json) and has none of "
+         f"{', '.join(p + '/' for p in prefer)}")
+    raise AssertionError  # unreachable
+
+
+def _visibility_inputs(runs: Path | None, attacks: str | None, clean: Path | None, poisoned: Path | None,
+                       victim: Path | None, name: str | None) -> list[tuple[str, Path, Path, Path]]:
+    """(attack, clean ImageSet, triggered ImageSet, victim) per attack, from either input mode."""
+    single = [o for o, v in (("--clean", clean), ("--poisoned", poisoned), ("--victim", victim)) if v is not None]
+    if runs is not None:
+        if single:
+            fail(f"--runs cannot be combined with {', '.join(single)}", code=2)
+        if not attacks:
+            fail("--runs needs --attacks a,b,c (the attack folders under --runs to measure)", code=2)
+        if not runs.is_dir():
+            fail(f"--runs folder not found: {runs}")
+        names = [a.strip() for a in attacks.split(",") if a.strip()]
+        out = []
+        for attack in names:
+            folder = runs / attack
+            if not folder.is_dir():
+                fail(f"no folder for attack {attack!r} under {runs} (expected {folder}/test and {folder}/victim)")
+            out.append((attack, _imageset_dir(runs, ("clean_test",), "clean test set"),
+                        _imageset_dir(folder, ("test",), f"{attack} triggered test set"), folder / "victim"))
+        return out
+    if attacks:
+        fail("--attacks goes with --runs; for one attack give --clean, --poisoned and --victim", code=2)
+    if len(single) != 3:
+        missing = sorted({"--clean", "--poisoned", "--victim"} - set(single))
+        fail(f"give either --runs DIR --attacks a,b or all of --clean, --poisoned, --victim (missing: "
+             f"{', '.join(missing)})", code=2)
+    for option, path in (("--clean", clean), ("--poisoned", poisoned), ("--victim", victim)):
+        if not path.exists():
+            fail(f"{option} not found: {path}")
+    return [(name or "", _imageset_dir(clean, ("clean_test", "test"), "--clean"),
+             _imageset_dir(poisoned, ("test",), "--poisoned"), victim)]
+
+
+@attack_app.command("visibility")
+def visibility_cmd(
+    runs: Path = typer.Option(None, "--runs", help="folder laid out as benchmarks/attack_table.py leaves it: "
+                              "clean_test/, <attack>/test, <attack>/victim"),
+    attacks: str = typer.Option(None, "--attacks", help="comma-separated attack folders under --runs"),
+    clean: Path = typer.Option(None, "--clean", help="clean test ImageSet (or a data version with clean_test/)"),
+    poisoned: Path = typer.Option(None, "--poisoned", help="triggered non-target test ImageSet (or a folder "
+                                  "with test/, e.g. the output of `detoxops attack run`)"),
+    victim: Path = typer.Option(None, "--victim", help="the attack's victim classifier folder (safetensors)"),
+    name: str = typer.Option(None, "--name", help="attack name for --poisoned (default: the set's meta)"),
+    target: int = typer.Option(None, "--target", help="target label (default: the triggered set's meta)"),
+    out: Path = typer.Option(..., "--out", "-o", help="per-sample CSV: attack, index, visibility, robustness"),
+    summary_json: Path = typer.Option(None, "--summary-json", help="also write the per-attack summary as JSON"),
+    max_images: int = typer.Option(None, "--max-images", min=1,
+                                   help="at most N triggered images per attack (seeded random subset)"),
+    eta_step: float = typer.Option(0.01, "--eta-step", min=1e-4, max=1.0, help="spacing of the η grid on [0, 1]"),
+    space: str = typer.Option("diffusion", "--space", help="noise space: diffusion ([-1, 1]) or unit ([0, 1])"),
+    seed: int = typer.Option(0, "--seed", help="subset and noise seed"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, …"),
+    force: bool = typer.Option(False, "--force", help="replace --out / --summary-json if they exist"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Trigger visibility v and sample robustness η_r per triggered test image (SampDetox figure 2).
+
+    v = (1 − SSIM(clean, triggered)) / 2; η_r = the smallest η on the grid at which
+    (1 − η)·triggered + η·noise is no longer classified as the target by the attack's victim (0: the victim
+    already misses the target; inf: no η flips it). Prints a per-attack summary; η_r statistics are over the hits
+    (η_r > 0)."""
+    import csv
+    import time
+
+    import numpy as np
+    import torch
+
+    from detoxops.attacks.visibility import attack_summary, paired_rows
+    from detoxops.data import ImageSet
+    from detoxops.models import load_classifier, predict
+
+    if space not in ("diffusion", "unit"):
+        fail(f"--space must be 'diffusion' or 'unit', got {space!r}", code=2)
+    for path in (out, summary_json):
+        if path is not None and path.exists() and not force:
+            fail(f"{path} already exists (pass --force to replace it)")
+    inputs = _visibility_inputs(runs, attacks, clean, poisoned, victim, name)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    etas = np.round(np.arange(0.0, 1.0 + eta_step / 2, eta_step), 10).clip(0, 1)
+    all_rows: list[dict] = []
+    summary: dict[str, dict] = {}
+    clean_cache: dict[Path, ImageSet] = {}
+    for attack, clean_dir, poisoned_dir, victim_dir in inputs:
+        try:
+            if clean_dir not in clean_cache:
+                clean_cache[clean_dir] = ImageSet.load(clean_dir)
+            clean_set = clean_cache[clean_dir]
+            triggered = ImageSet.load(poisoned_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"{attack or poisoned_dir}: cannot load: {exc}")
+        meta = triggered.meta.get("attack", {}) if isinstance(triggered.meta.get("attack"), dict) else {}
+        attack = attack or str(meta.get("name") or poisoned_dir.parent.name)
+        attack_target = target if target is not None else meta.get("target")
+        if attack_target is None:
+            fail(f"{attack}: {poisoned_dir} records no attack target in its meta; pass --target")
+        try:
+            model = load_classifier(victim_dir, device=device)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+            fail(f"{attack}: cannot load the victim classifier {victim_dir}: {exc}")
+
+        def predict_fn(x01, model=model):
+            return predict(model, x01, batch_size=batch_size)
+
+        start = time.perf_counter()
+        if progress:
+            typer.echo(f"{attack}: {min(len(triggered), max_images or len(triggered))} triggered images…", err=True)
+        try:
+            rows = paired_rows(attack, clean_set, triggered, predict_fn, int(attack_target), max_images=max_images,
+                               seed=seed, etas=etas, space=space, batch_size=batch_size, progress=progress)
+        except ValueError as exc:
+            fail(str(exc))
+        summary[attack] = attack_summary(rows) | {"target": int(attack_target),
+                                                  "seconds": round(time.perf_counter() - start, 2)}
+        all_rows += rows
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["attack", "index", "visibility", "robustness"])
+        writer.writeheader()
+        writer.writerows({"attack": r["attack"], "index": r["index"], "visibility": r["v"],
+                          "robustness": r["eta_r"]} for r in all_rows)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        settings = {"eta_step": eta_step, "space": space, "seed": seed, "max_images": max_images}
+        summary_json.write_text(json.dumps({"settings": settings, "attacks": summary}, indent=2) + "\n")
+
+    def fmt(x: float, digits: int) -> str:
+        return "–" if x != x else f"{x:.{digits}f}"
+
+    typer.echo("| attack | n | hits | v mean / median | η_r mean / median (finite hits) | inf | seconds |")
+    typer.echo("|---|---|---|---|---|---|---|")
+    for attack, s in summary.items():
+        typer.echo(f"| {attack} | {s['n']} | {s['hits']} | {fmt(s['v_mean'], 4)} / {fmt(s['v_median'], 4)} | "
+                   f"{fmt(s['eta_r_mean'], 3)} / {fmt(s['eta_r_median'], 3)} | {s['n_inf']} | {s['seconds']} |")
+    typer.echo(f"{len(all_rows)} rows → {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(attack_app, name="attack")
