@@ -61,7 +61,9 @@ def test_unfitted_and_mismatched(cifar_small):
 @pytest.mark.parametrize("name", ["badnets", "wanet"])
 def test_cli_attack_run(tmp_path, name):
     out = tmp_path / "out"
-    args = ["attack", "run", "--out", str(out), "--no-progress", "--set", f"attack.name={name}",
+    # both spellings of the attack choice: --set attack.name=… and the --attack shortcut
+    choice = ["--set", f"attack.name={name}"] if name == "badnets" else ["--attack", name]
+    args = ["attack", "run", "--out", str(out), "--no-progress", *choice,
             "--set", "data.image_size=16", "--set", f"data.root={tmp_path / 'data'}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

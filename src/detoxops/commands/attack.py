@@ -55,12 +55,15 @@ def run(
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="folder to write train/, test/, attack.json into"),
-    surrogate: Path = typer.Option(None, "--surrogate", help="clean classifier for attacks that need one (LF)"),
+    attack_name: str = typer.Option(None, "--attack", "-a", help="attack name (short for --set attack.name=…)"),
+    surrogate: Path = typer.Option(
+        None, "--surrogate", help="clean classifier for attacks that need one (LF, LC, TrojanNN)"
+    ),
     force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Load ``params.data``, apply ``params.attack`` and write the poisoned train / triggered test sets."""
-    params = params_from_cli(params_path, overrides)
+    params = params_from_cli(params_path, list(overrides or []) + ([f"attack.name={attack_name}"] if attack_name else []))
     from detoxops.attacks import registry
     from detoxops.attacks.poisoning import poison_datasets
     from detoxops.data import load_splits
