@@ -14,7 +14,8 @@
 
 Grid: ``--grid sampdetox.t2=80,120 --grid localiser=diff,pixel_ssim`` (repeatable; values parsed as YAML
 scalars; the ``sampdetox.`` prefix is optional) and/or ``--spec sweep.yaml`` with
-``{grid: {t1: [10, 20], ...}, attacks: [...], max_ca_drop: 3}``; without either, ``DEFAULT_GRID``.
+``{grid: {t1: [10, 20], ...}, attacks: [...], max_ca_drop: 3}``; without either, ``params.sweep`` (whose
+default grid is ``DEFAULT_GRID``).
 
     python -m flows.sweep [--params params.yaml] [--set key=value ...] [--grid key=v1,v2 ...] [--spec FILE]
                           [--attacks badnets,blended] [--max-ca-drop 3] [--max-images N] [--runner thread|dask]
@@ -35,19 +36,13 @@ configure_environment()
 
 from prefect import flow  # noqa: E402
 
-from detoxops.config import load_params, parse_override  # noqa: E402
+from detoxops.config import SweepConfig, load_params, parse_override  # noqa: E402
 from flows.benchmark import _abs, prepare_attacks  # noqa: E402
 
 __all__ = ["sweep", "DEFAULT_GRID", "normalise_grid", "parse_grid_args", "main"]
 
-# The swept axes of issue #10 (t1, t_loc, t2, localiser, stage-2 option): 2^5 = 32 points.
-DEFAULT_GRID: dict[str, list[Any]] = {
-    "t1": [10, 20],
-    "t_loc": [60, 120],
-    "t2": [80, 120],
-    "localiser": ["diff", "pixel_ssim"],
-    "stage2": ["soft", "mask"],
-}
+# The swept axes of issue #10 (t1, t_loc, t2, localiser, stage-2 option): 2^5 = 32 points; params.sweep.grid.
+DEFAULT_GRID: dict[str, list[Any]] = SweepConfig().grid
 BASELINE = "none"
 
 
@@ -91,7 +86,7 @@ def sweep(
     overrides: list[str] | None = None,
     grid: dict[str, Any] | None = None,
     attacks: list[str] | None = None,
-    max_ca_drop: float = 3.0,
+    max_ca_drop: float | None = None,
     max_images: int | None = None,
 ) -> dict[str, Any]:
     """Returns ``{"chosen", "overrides", "why", "val_rows", "summaries", "heldout", "run_id"}``."""
@@ -104,9 +99,10 @@ def sweep(
 
     params = load_params(_abs(params_path), list(overrides or []))
     setup_tracking(params.tracking)
-    grid = normalise_grid(grid or DEFAULT_GRID)
+    grid = normalise_grid(grid or params.sweep.grid)
     points = grid_points(grid)
-    attacks = list(attacks or params.benchmark.attacks)
+    attacks = list(attacks or params.sweep.attacks or params.benchmark.attacks)
+    max_ca_drop = params.sweep.max_ca_drop if max_ca_drop is None else max_ca_drop
     val_fraction, split_seed = params.data.val_fraction, params.data.seed
     base_cfg = params.sampdetox.model_dump(mode="json")
     started = time.perf_counter()
@@ -227,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     spec: dict[str, Any] = yaml.safe_load(Path(args.spec).read_text()) if args.spec else {}
     grid = {**(spec.get("grid") or {}), **parse_grid_args(args.grid)} or None
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else spec.get("attacks")
-    max_ca_drop = args.max_ca_drop if args.max_ca_drop is not None else float(spec.get("max_ca_drop", 3.0))
+    max_ca_drop = args.max_ca_drop if args.max_ca_drop is not None else spec.get("max_ca_drop")
     runner = make_task_runner(args.runner, args.dask_workers, args.dask_address)
     with worker_api(args.runner):
         sweep.with_options(task_runner=runner)(args.params, args.overrides, grid, attacks, max_ca_drop,

@@ -42,7 +42,6 @@ def evaluate_defenses_task(
     from detoxops.defenses.guard import Detoxifier
     from detoxops.diffusion import load_purifier
     from detoxops.models import load_classifier
-
     from tasks.artifacts import write_samples
     from tasks.attack_tasks import build_attack
 

@@ -13,7 +13,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["sanitize_dataset", "detection_rates"]
+__all__ = ["sanitize_dataset", "detection_rates", "accuracy_task"]
 
 
 def detection_rates(flagged: np.ndarray, poisoned: np.ndarray) -> dict[str, float]:
@@ -67,10 +67,27 @@ def sanitize_dataset(
         "decisions": str(decisions),
         "target_label": None if target is None else int(target),
         "n_flagged": int(flagged.sum()),
+        "n_train": len(train),
+        "sets": _jsonable((getattr(purified, "meta", None) or {}).get("sanitize", {}).get("sets")),
         "anomaly_index": _jsonable(anomaly),
         **detection_rates(flagged, train.poisoned),
     }
     return summary
+
+
+@task(name="accuracy", cache_policy=HEAVY_CACHE, result_serializer="json")
+def accuracy_task(version: str, model_path: str, split: str = "test", max_images: int | None = None) -> dict[str, Any]:
+    """Accuracy (%) of a saved classifier on ``<version>/<split>`` (a seeded subset of ``max_images``), for
+    datasets without an attack (no triggered split, so no PA / ASR)."""
+    from detoxops.data import load_version
+    from detoxops.models import load_classifier, predict
+
+    ds = load_version(version)[split]
+    idx = np.arange(len(ds))
+    if max_images is not None and len(ds) > max_images:
+        idx = np.sort(np.random.default_rng(0).choice(len(ds), size=max_images, replace=False))
+    pred = predict(load_classifier(model_path).eval(), np.asarray(ds.images[idx]))
+    return {"ca": 100.0 * float((pred == np.asarray(ds.labels)[idx]).mean()), "n": int(len(idx))}
 
 
 def _jsonable(value: Any) -> Any:

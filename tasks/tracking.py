@@ -58,8 +58,13 @@ def experiment_name(flow: str, prefix: str = "detoxops") -> str:
 
 
 def _artifact_root(uri: str, root: Path) -> str | None:
-    """Artifacts of a local SQLite store go to ``<root>/mlartifacts`` (a folder), not the CWD's ``mlruns``."""
-    if uri.startswith("sqlite:"):
+    """Artifacts of a local SQLite store go to ``mlartifacts/`` next to the database file (a relative database path
+    is taken from ``root``), not the CWD's ``mlruns``: a store in a temp dir keeps its artifacts there too."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db = db if db.is_absolute() else root / db
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    if uri.startswith("sqlite:"):  # in-memory or unusual forms
         return (root / "mlartifacts").resolve().as_uri()
     return None
 

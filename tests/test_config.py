@@ -137,3 +137,12 @@ def test_assignment_is_validated():
     cfg = DataConfig()
     with pytest.raises(ValueError, match="image_size"):
         cfg.image_size = 1
+
+
+def test_sweep_grid_keys_must_be_sampdetox_keys():
+    params = load_params(None, ["sweep.grid={t2: [80, 120], sampdetox.t1: [20]}", "sweep.max_ca_drop=2"])
+    assert params.sweep.grid["t2"] == [80, 120] and params.sweep.max_ca_drop == 2.0
+    with pytest.raises(ConfigError, match="t9 is not a sampdetox key"):
+        load_params(None, ["sweep.grid={t9: [1]}"])
+    with pytest.raises(ConfigError, match="no values"):
+        load_params(None, ["sweep.grid={t2: []}"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -257,6 +257,33 @@ class BenchmarkConfig(_Section):
     defenses: list[str] = Field(default_factory=lambda: ["none", "sampdetox"])
 
 
+class SweepConfig(_Section):
+    """The SampDetox sweep (``flows/sweep.py``): grid axes over ``sampdetox.*`` keys, the attacks, and the bound of
+    the selection rule (lowest mean ASR subject to a mean CA drop vs no defense of at most ``max_ca_drop`` points,
+    scored on the validation split ``data.val_fraction``)."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {
+            "t1": [10, 20], "t_loc": [60, 120], "t2": [80, 120],
+            "localiser": ["diff", "pixel_ssim"], "stage2": ["soft", "mask"],
+        }
+    )
+    attacks: list[str] | None = None
+    """``None`` = ``benchmark.attacks``."""
+    max_ca_drop: float = Field(default=3.0, ge=0)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_keys_are_sampdetox_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            name = key.removeprefix("sampdetox.")
+            if name not in SampDetoxConfig.model_fields:
+                raise ValueError(f"grid: sampdetox.{name} is not a sampdetox key")
+            if not values:
+                raise ValueError(f"grid: sampdetox.{name} has no values")
+        return grid
+
+
 # ------------------------------------------------------------------------------------------- params
 class Params(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
@@ -267,6 +294,7 @@ class Params(_Section):
     dataelixir: DataElixirConfig = Field(default_factory=DataElixirConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], origin: str = "params") -> Params:

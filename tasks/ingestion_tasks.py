@@ -1,0 +1,277 @@
+"""Ingestion checks: resolve a (possibly DVC-tracked) source, record the verdict next to the data version,
+publish it as MLflow artifacts and Prefect artifacts.
+
+The verdict of a check lives in three places:
+
+* **next to the DVC version**: ``<root>/<name>/<hash12>.check.json`` beside ``<hash12>/`` and ``<hash12>.dvc``
+  (a sibling file, so the version's content and DVC hash stay untouched; commit it with the ``.dvc`` file);
+  ``status`` is ``quarantined`` or ``passed``, with the target label, the anomaly indices, the purified
+  version and the runs that produced it. :func:`check_status` reads it back for downstream gates;
+* **MLflow**: a run tagged ``detoxops.kind=ingestion`` / ``detoxops.status`` / ``detoxops.target_label``
+  (what the dashboard's Overview reads), with ``anomaly/anomaly_index.{json,png}`` and
+  ``decisions/decisions.csv``;
+* **Prefect**: a markdown report and a per-label table artifact on the flow run (key
+  ``ingestion-check-<dataset>``), and the flow run's final state (Failed when quarantined).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks import PROJECT_ROOT
+
+__all__ = [
+    "resolve_source",
+    "find_dvc_root",
+    "marker_path",
+    "write_check_marker",
+    "check_status",
+    "anomaly_rows",
+    "anomaly_figure",
+    "log_dataelixir_artifacts",
+    "check_markdown",
+    "publish_check_artifacts",
+    "artifact_key",
+    "default_dvc_root",
+    "version_best_effort",
+]
+
+CHECK_SUFFIX = ".check.json"
+
+
+# ------------------------------------------------------------------------------------------------ source
+def find_dvc_root(path: str | Path) -> Path | None:
+    """The nearest folder at or above ``path`` that holds a ``.dvc/`` repo, or None."""
+    path = Path(path).resolve()
+    for candidate in (path, *path.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    return None
+
+
+def _dvc_out(dvc_file: Path) -> Path:
+    import yaml
+
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    if len(outs) != 1 or not outs[0].get("path"):
+        raise ValueError(f"{dvc_file}: expected exactly one output in a .dvc file, found {len(outs)}")
+    return (dvc_file.parent / outs[0]["path"]).resolve()
+
+
+@task(name="resolve-source", retries=2, retry_delay_seconds=[2, 10])
+def resolve_source(source: str) -> str:
+    """The path (or builtin name) to ingest. A ``.dvc`` file, or a DVC-tracked path (one with a sibling
+    ``<path>.dvc``) that is missing from the workspace, is pulled from the repo's default remote first
+    (``dvc pull``; a plain ``checkout`` when the cache already has it)."""
+    text = str(source)
+    path = Path(text).expanduser()
+    dvc_file = None
+    if text.endswith(".dvc") and path.is_file():
+        dvc_file = path.resolve()
+    elif not path.exists() and Path(text + ".dvc").is_file():
+        dvc_file = Path(text + ".dvc").resolve()
+    if dvc_file is None:
+        return str(path.resolve()) if path.exists() else text
+    target = _dvc_out(dvc_file)
+    if not target.exists():
+        from dvc.repo import Repo
+
+        root = find_dvc_root(dvc_file.parent)
+        if root is None:
+            raise FileNotFoundError(f"{dvc_file} is not inside a DVC repository (no .dvc/ above it)")
+        with Repo(str(root), _wait_for_lock=True) as repo:
+            repo.pull(targets=[str(dvc_file)])
+        if not target.exists():
+            raise FileNotFoundError(f"dvc pull of {dvc_file} did not produce {target}")
+    return str(target)
+
+
+# ------------------------------------------------------------------------------------------------ marker
+def marker_path(version: str | Path) -> Path:
+    """``<root>/<name>/<hash12>.check.json`` — beside the version folder and its ``.dvc`` file."""
+    version = Path(version)
+    return version.with_name(version.name + CHECK_SUFFIX)
+
+
+def write_check_marker(version: str | Path, record: dict[str, Any]) -> Path:
+    """Write the latest check of ``version`` next to it (atomically) and return the marker's path."""
+    path = marker_path(version)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def check_status(version: str | Path) -> dict[str, Any] | None:
+    """The recorded verdict of the latest ingestion check of ``version`` (None when never checked).
+
+    ``check_status(v)["status"] == "quarantined"`` is the gate for downstream jobs that must not train on it.
+    """
+    path = marker_path(version)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------ anomaly index
+def anomaly_rows(anomaly: dict[str, Any] | None, class_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per label: the KL / count metrics, their MAD anomaly indices, their mean (the default
+    ``target_rule``) and whether the label was detected as a target."""
+    if not anomaly or not anomaly.get("kl"):
+        return []
+    targets = set(anomaly.get("target_labels") or [])
+    rows = []
+    for label, (kl, count, kl_idx, count_idx) in enumerate(
+        zip(anomaly["kl"], anomaly["count"], anomaly["kl_index"], anomaly["count_index"], strict=True)
+    ):
+        rows.append({
+            "label": label,
+            "class": class_names[label] if class_names and label < len(class_names) else str(label),
+            "kl": round(float(kl), 4),
+            "count": int(count),
+            "kl_index": round(float(kl_idx), 2),
+            "count_index": round(float(count_idx), 2),
+            "mean_index": round((float(kl_idx) + float(count_idx)) / 2.0, 2),
+            "target": label in targets,
+        })
+    return rows
+
+
+def anomaly_figure(anomaly: dict[str, Any], threshold: float, path: str | Path, title: str = "") -> Path:
+    """Bar chart of the KL and count anomaly indices per label with the detection threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = anomaly_rows(anomaly)
+    labels = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(labels - 0.2, [r["kl_index"] for r in rows], width=0.4, label="KL index")
+    ax.bar(labels + 0.2, [r["count_index"] for r in rows], width=0.4, label="count index")
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    for r in rows:
+        if r["target"]:
+            ax.annotate("target", (r["label"], max(r["kl_index"], r["count_index"])), ha="center", va="bottom",
+                        color="red", fontsize=8)
+    ax.set_xticks(labels)
+    ax.set_xlabel("label")
+    ax.set_ylabel("MAD anomaly index")
+    ax.set_title(title or "DataElixir anomaly index per label", fontsize=9)
+    ax.legend(fontsize=7)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def log_dataelixir_artifacts(sanitized: dict[str, Any], threshold: float, staging: str | Path) -> None:
+    """On the active MLflow run: ``decisions/decisions.csv``, ``anomaly/anomaly_index.json`` and
+    ``anomaly/anomaly_index.png`` (the conventions the dashboard reads)."""
+    import mlflow
+
+    staging = Path(staging)
+    if sanitized.get("decisions") and Path(sanitized["decisions"]).is_file():
+        mlflow.log_artifact(sanitized["decisions"], "decisions")
+    anomaly = sanitized.get("anomaly_index")
+    if anomaly:
+        folder = staging / "anomaly"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "anomaly_index.json").write_text(json.dumps(anomaly, indent=1))
+        anomaly_figure(anomaly, threshold, folder / "anomaly_index.png")
+        mlflow.log_artifacts(str(folder), "anomaly")
+
+
+# ------------------------------------------------------------------------------------- Prefect artifacts
+def artifact_key(dataset: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "dataset"
+    return f"ingestion-check-{slug}"[:100]
+
+
+def check_markdown(record: dict[str, Any]) -> str:
+    """The human-readable report of one check (also the Prefect markdown artifact)."""
+    quarantined = record["status"] == "quarantined"
+    lines = [
+        f"# Ingestion check: `{record['dataset']}` — **{record['status'].upper()}**",
+        "",
+        ("Poisoning detected: DataElixir found an outlying label, the likely **backdoor target "
+         f"{record['target_labels']}**. The version is quarantined; do not train on it. A purified version was "
+         "recorded next to it." if quarantined else
+         "No target label found: the dataset looks clean (no label's anomaly index exceeds the threshold)."),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source | `{record['source']}` |",
+        f"| data version | `{record['version']}` (DVC `{record.get('dvc_md5') or '-'}`) |",
+        f"| finding | {'backdoor target label(s) ' + str(record['target_labels']) if quarantined else 'clean'} |",
+        f"| training images | {record['counts'].get('train', '-')} |",
+        f"| flagged (label restored) | {record['counts'].get('flagged', '-')} |",
+    ]
+    for name, value in (record["counts"].get("sets") or {}).items():
+        lines.append(f"| DataElixir set `{name}` | {value} |")
+    if quarantined:
+        lines.append(f"| purified version | `{record.get('purified_version') or '-'}` "
+                     f"(DVC `{record.get('purified_dvc_md5') or '-'}`) |")
+    lines.append(f"| marker | `{record.get('marker') or '-'}` |")
+    lines.append(f"| MLflow run | `{record.get('mlflow_run_id') or '-'}` |")
+    rows = record.get("anomaly_rows") or []
+    if rows:
+        lines += ["", f"## Anomaly index per label (threshold {record.get('threshold')}, rule "
+                      f"`{record.get('target_rule')}`)", "",
+                  "| label | KL | count | KL index | count index | mean index | target |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['class']} | {r['kl']} | {r['count']} | {r['kl_index']} | {r['count_index']} | "
+                         f"{r['mean_index']} | {'**yes**' if r['target'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_check_artifacts(record: dict[str, Any]) -> dict[str, str]:
+    """A markdown report and a per-label table artifact on the current flow run; returns their ids."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = artifact_key(record["dataset"])
+    ids = {
+        "markdown": str(create_markdown_artifact(
+            markdown=check_markdown(record), key=key,
+            description=f"Ingestion check of {record['dataset']}: {record['status']}",
+        )),
+    }
+    if record.get("anomaly_rows"):
+        ids["table"] = str(create_table_artifact(
+            table=record["anomaly_rows"], key=f"{key}-anomaly"[:100],
+            description=f"DataElixir anomaly index per label ({record['status']})",
+        ))
+    return ids
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def default_dvc_root(data_root: str | Path) -> Path:
+    """The DVC repo a data root belongs to: the nearest ``.dvc/`` above it, else the project."""
+    return find_dvc_root(data_root) or PROJECT_ROOT
+
+
+def version_best_effort(path: str, dvc_root: str | None, remote: str) -> dict[str, Any] | None:
+    """DVC-version ``path`` as the demo does: best effort (the content hash still identifies the data). A path
+    outside the DVC repository is skipped at once rather than through the task's retries."""
+    from tasks.data_tasks import version_dataset
+
+    root = Path(dvc_root).resolve() if dvc_root else default_dvc_root(path)
+    if root not in Path(path).resolve().parents:
+        print(f"DVC versioning of {path} skipped: outside the DVC repository {root} (see --dvc-root)")
+        return None
+    try:
+        return version_dataset(path, str(root), remote)
+    except Exception as exc:  # noqa: BLE001 - any DVC failure leaves the flow running on the content hash
+        print(f"DVC versioning of {path} skipped: {exc}")
+        return None
