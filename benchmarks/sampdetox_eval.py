@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,10 +411,7 @@ def main() -> None:
             "seconds": time.perf_counter() - started,
             "machine": "2-core CPU, no GPU",
             "threads": args.threads,
-            "command": "benchmarks/sampdetox_eval.py "
-            + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "mode"
-            ).replace("--", args.mode + " --", 1),
+            "command": "python " + shlex.join(sys.argv),
         }
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

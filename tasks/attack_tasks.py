@@ -9,7 +9,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["poison_dataset", "build_attack"]
+__all__ = ["poison_dataset", "build_attack", "load_attack_state", "load_test_splits"]
 
 
 def build_attack(attack_cfg: dict[str, Any], image_size: int, num_classes: int):
@@ -26,6 +26,24 @@ def build_attack(attack_cfg: dict[str, Any], image_size: int, num_classes: int):
         num_classes=num_classes,
         options=(attack_cfg.get("options") or {}).get(name, {}),
     )
+
+
+def load_attack_state(attack, version: str):
+    """``attack`` with the fitted state saved next to ``version`` (``attack_state/``) loaded, when there is one."""
+    state = Path(version) / "attack_state"
+    if state.is_dir():
+        attack.load_state(state)
+    return attack
+
+
+def load_test_splits(poisoned_version: str, attack_cfg: dict[str, Any]):
+    """(clean test ImageSet, triggered test ImageSet, attack with its saved state) of a poisoned version."""
+    from detoxops.data import load_version
+
+    splits = load_version(poisoned_version)
+    clean, triggered = splits["clean_test"], splits["test"]
+    attack = build_attack(attack_cfg, clean.image_shape[0], clean.num_classes)
+    return clean, triggered, load_attack_state(attack, poisoned_version)
 
 
 @task(name="poison", cache_policy=HEAVY_CACHE, result_serializer="json")

@@ -36,22 +36,16 @@ def evaluate_defenses_task(
     import torch
 
     from detoxops.config import SampDetoxConfig
-    from detoxops.data import load_version
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import EvalSet, evaluate_defense
     from detoxops.defenses.guard import Detoxifier
     from detoxops.diffusion import load_purifier
     from detoxops.models import load_classifier
     from tasks.artifacts import write_samples
-    from tasks.attack_tasks import build_attack
+    from tasks.attack_tasks import load_test_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    splits = load_version(poisoned_version)
-    clean, triggered = splits["clean_test"], splits["test"]
-    attack = build_attack(attack_cfg, clean.image_shape[0], clean.num_classes)
-    state = Path(poisoned_version) / "attack_state"
-    if state.is_dir():
-        attack.load_state(state)
+    clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
     seed = int(sampdetox_cfg.get("seed", 0))
     clean = clean.subset(_eval_subset(len(clean), max_images, seed))
     triggered = triggered.subset(_eval_subset(len(triggered), max_images, seed + 1))

@@ -7,7 +7,6 @@ source image is on (matched by ``source_index``), so no image, clean or triggere
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,19 +59,13 @@ def evaluate_point_fn(
     import torch
 
     from detoxops.config import SampDetoxConfig
-    from detoxops.data import load_version
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import evaluate_defense
     from detoxops.models import load_classifier
-    from tasks.attack_tasks import build_attack
+    from tasks.attack_tasks import load_test_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    splits = load_version(poisoned_version)
-    clean, triggered = splits["clean_test"], splits["test"]
-    attack = build_attack(attack_cfg, clean.image_shape[0], clean.num_classes)
-    state = Path(poisoned_version) / "attack_state"
-    if state.is_dir():
-        attack.load_state(state)
+    clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
     data = split_eval_sets(clean, triggered, attack_cfg["target"], val_fraction, split_seed, attack=attack)[split]
     data = _limit(data, max_images, split_seed)
     cfg = SampDetoxConfig(**sampdetox_cfg)
@@ -88,22 +81,8 @@ def evaluate_point_fn(
     return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()}
 
 
-@task(name="sweep-point", cache_policy=HEAVY_CACHE, result_serializer="json")
-def evaluate_point(
-    poisoned_version: str,
-    victim_path: str,
-    purifier_path: str | None,
-    attack_cfg: dict[str, Any],
-    sampdetox_cfg: dict[str, Any],
-    defense: str,
-    split: str,
-    val_fraction: float,
-    split_seed: int,
-    max_images: int | None = None,
-) -> dict[str, Any]:
-    """Cached :func:`evaluate_point_fn` (inputs + code version)."""
-    return evaluate_point_fn(poisoned_version, victim_path, purifier_path, attack_cfg, sampdetox_cfg, defense,
-                             split, val_fraction, split_seed, max_images)
+evaluate_point = task(name="sweep-point", cache_policy=HEAVY_CACHE, result_serializer="json")(evaluate_point_fn)
+"""Cached :func:`evaluate_point_fn` (inputs + code version)."""
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -38,14 +38,11 @@ def train_victim(
     train = splits[split]
     attack = None
     if attack_cfg is not None:
-        from tasks.attack_tasks import build_attack
+        from tasks.attack_tasks import build_attack, load_attack_state
 
         probe = build_attack(attack_cfg, train.image_shape[0], train.num_classes)
         if probe.kind == "loop":
-            attack = probe
-            state = Path(version) / "attack_state"
-            if state.is_dir():
-                attack.load_state(state)
+            attack = load_attack_state(probe, version)
     key = hashlib.sha256(json.dumps([version, split, victim_cfg, attack_cfg], sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_root) / key
     start = time.perf_counter()

@@ -52,3 +52,18 @@ def digits16():
     raw = (d.images / 16.0 * 255).astype(np.uint8)
     up = np.stack([np.asarray(Image.fromarray(im).resize((16, 16), Image.BILINEAR)) for im in raw])
     return np.repeat(up[..., None], 3, axis=-1), d.target.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def fit_digits(digits16):
+    """``fit_digits(name, options, n, seed=0)``: attack ``name`` at 16 px fitted on the first ``n`` digits."""
+    from detoxops.attacks import registry
+
+    x, y = digits16
+
+    def fit(name: str, options: dict, n: int, seed: int = 0):
+        attack = registry.create(name, image_size=16, seed=seed, options=options)
+        attack.fit(x[:n], y[:n], progress=False)
+        return attack
+
+    return fit

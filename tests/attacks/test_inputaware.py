@@ -12,11 +12,8 @@ TINY = {"mask_steps": 6, "steps": 6, "width": 4, "batch_size": 16, "classifier_w
 
 
 @pytest.fixture(scope="module")
-def fitted(digits16):
-    x, y = digits16
-    attack = registry.create("inputaware", image_size=16, seed=0, options=FAST)
-    attack.fit(x[:1000], y[:1000], progress=False)
-    return attack
+def fitted(fit_digits):
+    return fit_digits("inputaware", FAST, 1000)
 
 
 def _batch(x, y):
@@ -148,13 +145,11 @@ def test_state_round_trip_is_bit_identical(fitted, digits16, tmp_path):
         registry.create("inputaware", image_size=16, options={"state_path": str(tmp_path / "missing")})
 
 
-def test_deterministic_given_the_seed(digits16):
-    x, y = digits16
+def test_deterministic_given_the_seed(fit_digits, digits16):
+    x, _ = digits16
 
     def fitted_trigger(seed):
-        attack = registry.create("inputaware", image_size=16, seed=seed, options=TINY)
-        attack.fit(x[:200], y[:200], progress=False)
-        return attack.apply_trigger(x[300:320])
+        return fit_digits("inputaware", TINY, 200, seed).apply_trigger(x[300:320])
 
     first = fitted_trigger(0)
     assert np.array_equal(first, fitted_trigger(0))

@@ -14,11 +14,8 @@ TINY = {"steps": 6, "width": 4, "batch_size": 16, "classifier_width": 4, "max_tr
 
 
 @pytest.fixture(scope="module")
-def fitted(digits16):
-    x, y = digits16
-    attack = registry.create("lira", image_size=16, seed=0, options=FAST)
-    attack.fit(x[:1000], y[:1000], progress=False)
-    return attack
+def fitted(fit_digits):
+    return fit_digits("lira", FAST, 1000)
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +130,11 @@ def test_state_round_trip_is_bit_identical(fitted, digits16, state_dir):
         registry.create("lira", image_size=16, options={"width": 16, "state_path": str(state_dir)})
 
 
-def test_deterministic_given_the_seed(digits16):
-    x, y = digits16
+def test_deterministic_given_the_seed(fit_digits, digits16):
+    x, _ = digits16
 
     def fitted_trigger(seed):
-        attack = registry.create("lira", image_size=16, seed=seed, options=TINY | {"eps": 0.5})
-        attack.fit(x[:200], y[:200], progress=False)
-        return attack.apply_trigger(x[300:320])
+        return fit_digits("lira", TINY | {"eps": 0.5}, 200, seed).apply_trigger(x[300:320])
 
     first = fitted_trigger(0)
     assert np.array_equal(first, fitted_trigger(0))

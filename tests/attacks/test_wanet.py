@@ -89,3 +89,22 @@ def test_wrong_batch_size_rejected():
     attack = registry.create("wanet", image_size=16)
     with pytest.raises(ValueError, match="16x16"):
         attack.batch_transform(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("ratio", "b"), [(0.1, 128), (0.003, 64), (0.5, 3)])
+def test_loop_batch_helpers_draw_like_the_inline_rule(ratio, b):
+    """batch_counts / batch_donors make the same draws, in the same order, as the rule they replaced."""
+    from detoxops.attacks.loop import batch_counts, batch_donors, uniform
+
+    g, ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(30):
+        nb, nc = batch_counts(b, ratio, g, lambda _n, ln: int(ln * 0.2))
+        expected = ratio * b
+        nb_ref = int(expected) if expected >= 1 else int(uniform(ref, 0, 1) < expected)
+        assert (nb, nc) == (nb_ref, min(int(b * 0.2), b - nb_ref))
+        if nc:
+            donors = batch_donors(nb, nc, b, g, "cpu")
+            shift = torch.randint(1, b, (nc,), generator=ref)
+            positions = torch.arange(nb, nb + nc)
+            assert torch.equal(donors, (positions + shift) % b) and not (donors == positions).any()
+    assert torch.equal(g.get_state(), ref.get_state())

@@ -12,17 +12,11 @@ TINY = ["victim.epochs=15", "data.train_per_class=40", "data.test_per_class=8"]
 ATTACKS = ["badnets", "blended"]
 
 
-def test_detox_flow_records_attack_x_defense_rows(platform_env, tmp_path):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+def test_detox_flow_records_attack_x_defense_rows(tmp_stores, tmp_path):
     from flows.detox import detox
 
-    client = MlflowClient(mlflow.get_tracking_uri())
-    if client.get_experiment_by_name("detoxops/detox") is None:  # artifacts in tmp, not the project
-        client.create_experiment("detoxops/detox", artifact_location=(tmp_path / "artifacts").as_uri())
-    overrides = TINY + [f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}",
-                        f"tracking.dvc_remote={tmp_path / 'remote'}"]
+    client, stores = tmp_stores(tmp_path, "detox")
+    overrides = TINY + stores
     table = detox(ATTACKS, ["sampdetox"], "digits", "params.yaml", overrides, max_images=16, dvc_root=str(tmp_path))
 
     assert [(r["attack"], r["defense"]) for r in table] == [(a, d) for a in ATTACKS for d in ("none", "sampdetox")]

@@ -11,39 +11,14 @@ import pytest
 
 pytestmark = pytest.mark.platform
 
-# Smallest budget at which DataElixir still finds BadNets' target on 400 digits (measured: target 0, mean anomaly
-# index ~6 vs threshold 2, TPR ~97 %; the clean set's largest index stays below 2).
-TINY = [
-    "victim.epochs=8",
-    "dataelixir.T=40",
-    "dataelixir.rounds=2",
-    "dataelixir.keep_last=5",
-    "dataelixir.ddim_stride=8",
-    "dataelixir.relabel_epochs=3",
-    "dataelixir.finetune_epochs=1",
-]
 TARGET = 0
 
 
-def tmp_experiments(root: Path, *flows: str) -> None:
-    """Create the experiments with their artifacts in ``root`` (not the project's mlartifacts)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(mlflow.get_tracking_uri())
-    for flow in flows:
-        name = f"detoxops/{flow}"
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name, artifact_location=(root / "artifacts" / flow).as_uri())
-
-
 @pytest.fixture(scope="module")
-def workspace(platform_env, tmp_path_factory):
+def workspace(tmp_stores, tiny_dataelixir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ingestion")
-    tmp_experiments(root, "ingestion_check")
-    overrides = TINY + [f"data.root={root / 'data'}", f"tracking.runs_dir={root / 'runs'}",
-                        f"tracking.dvc_remote={root / 'remote'}"]
-    return {"root": root, "overrides": overrides}
+    _, stores = tmp_stores(root, "ingestion_check")
+    return {"root": root, "overrides": tiny_dataelixir + stores}
 
 
 def write_class_folders(folder: Path, splits: dict) -> Path:

@@ -9,30 +9,14 @@ import pytest
 
 pytestmark = pytest.mark.platform
 
-TINY = [  # as in test_ingestion_check.py: the smallest budget that still finds BadNets' target on 400 digits
-    "victim.epochs=8",
-    "dataelixir.T=40",
-    "dataelixir.rounds=2",
-    "dataelixir.keep_last=5",
-    "dataelixir.ddim_stride=8",
-    "dataelixir.relabel_epochs=3",
-    "dataelixir.finetune_epochs=1",
-    "data.train_per_class=40",
-    "data.test_per_class=8",
-]
+DATA = ["data.train_per_class=40", "data.test_per_class=8"]
 
 
-def test_sanitize_flow_registers_a_clean_model(platform_env, tmp_path):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+def test_sanitize_flow_registers_a_clean_model(tmp_stores, tiny_dataelixir, tmp_path):
     from flows.sanitize import CLEAN_MODEL, sanitize
 
-    client = MlflowClient(mlflow.get_tracking_uri())
-    if client.get_experiment_by_name("detoxops/sanitize") is None:  # artifacts in tmp, not the project
-        client.create_experiment("detoxops/sanitize", artifact_location=(tmp_path / "artifacts").as_uri())
-    overrides = TINY + [f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}",
-                        f"tracking.dvc_remote={tmp_path / 'remote'}"]
+    client, stores = tmp_stores(tmp_path, "sanitize")
+    overrides = tiny_dataelixir + DATA + stores
     summary = sanitize("digits", "params.yaml", overrides, poison=True, max_images=32, dvc_root=str(tmp_path))
 
     assert summary["target_label"] == 0
@@ -58,20 +42,14 @@ def test_sanitize_flow_registers_a_clean_model(platform_env, tmp_path):
     assert victim.data.tags["detoxops.attack"] == run.data.tags["detoxops.attack"] == "badnets"
 
 
-def test_sanitize_flow_without_an_attack(platform_env, tmp_path):
+def test_sanitize_flow_without_an_attack(tmp_stores, tmp_path):
     """``poison=False`` sanitises the data as it is: accuracy on its own test split, no ASR / TPR; still registers."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     from flows.sanitize import CLEAN_MODEL, sanitize
 
-    client = MlflowClient(mlflow.get_tracking_uri())
-    if client.get_experiment_by_name("detoxops/sanitize") is None:
-        client.create_experiment("detoxops/sanitize", artifact_location=(tmp_path / "artifacts").as_uri())
+    client, stores = tmp_stores(tmp_path, "sanitize", dvc_remote=False)
     overrides = ["victim.epochs=2", "data.train_per_class=10", "data.test_per_class=4", "dataelixir.T=8",
                  "dataelixir.rounds=1", "dataelixir.keep_last=2", "dataelixir.ddim_stride=4",
-                 "dataelixir.relabel_epochs=1", "dataelixir.finetune_epochs=1",
-                 f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}"]
+                 "dataelixir.relabel_epochs=1", "dataelixir.finetune_epochs=1"] + stores
     summary = sanitize("digits", "params.yaml", overrides, poison=False, max_images=None)
     assert 0.0 <= summary["after"]["ca"] <= 100.0 and summary["after"]["n"] == 40
     assert "asr" not in summary["after"] and summary["tpr"] is None

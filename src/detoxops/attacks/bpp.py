@@ -14,14 +14,23 @@ without holding a quantised copy of the training set. Then the batch-level PostT
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from detoxops.attacks.base import Attack, AttackOptions, truncate_float_pipeline
-from detoxops.attacks.loop import check_batch, gen_device, post_tensor_transform, snapshot_indices, uniform
+from detoxops.attacks.base import AttackOptions, truncate_float_pipeline
+from detoxops.attacks.loop import (
+    LoopAttack,
+    batch_counts,
+    batch_donors,
+    check_batch,
+    maybe_post_transform,
+    poison_head,
+    snapshot_donors,
+    snapshot_poison,
+)
 from detoxops.attacks.registry import register
 
 
@@ -68,10 +77,8 @@ def floyd_steinberg01(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 @register
-class BPP(Attack):
+class BPP(LoopAttack):
     name: ClassVar[str] = "bpp"
-    kind: ClassVar[Literal["data", "loop"]] = "loop"
-    replaces_augmentation: ClassVar[bool] = True
     Options: ClassVar[type[AttackOptions]] = BPPOptions
     options: BPPOptions
 
@@ -95,28 +102,16 @@ class BPP(Attack):
         return np.clip(images.astype(np.int64) + residual, 0, 255).astype(np.uint8)
 
     # -------------------------------------------------------------- snapshot
-    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(quantised, negative) indices of the saved training set (see :mod:`detoxops.attacks.loop`)."""
-        neg = self.options.neg_ratio
-        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, lambda _nb, ln: int(ln * neg),
-                                self.seed)
-
-    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
-        return self.snapshot_indices(len(labels))[0]
+    def cross_count(self, _num_bd: int, length: int) -> int:
+        """Negative samples of a batch / snapshot block of ``length``: int(length · neg_ratio)."""
+        return int(length * self.options.neg_ratio)
 
     def poison_train_arrays(self, images, labels):
         self.check_images(images)
         bd, neg = self.snapshot_indices(len(labels))
-        out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
-        flags = np.zeros(len(labels), dtype=bool)
-        if len(bd):
-            out_images[bd] = self.apply_trigger(images[bd])
-            out_labels[bd] = self.target
-            flags[bd] = True
+        out_images, out_labels, flags = snapshot_poison(images, labels, bd, self.apply_trigger, self.target)
         if len(neg):
-            rng = np.random.default_rng(self.seed + 1)
-            # a random *other* training image for every negative sample
-            donors = (neg + rng.integers(1, len(labels), size=len(neg))) % len(labels)
+            donors = snapshot_donors(neg, len(labels), self.seed + 1)  # a random *other* training image
             out_images[neg] = self.negative_samples(images[neg], images[donors])
         return out_images, out_labels, flags
 
@@ -125,21 +120,11 @@ class BPP(Attack):
         """First num_bd quantised → target, next int(B·neg_ratio) negatives (true label), then augmentation."""
         check_batch(x, y, self.image_size, self.name)
         b = x.shape[0]
-        expected = self.poison_ratio * b
-        nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
-        n_neg = min(int(b * self.options.neg_ratio), b - nb)
+        nb, n_neg = batch_counts(b, self.poison_ratio, generator, self.cross_count)
         clean = x
-        x, y = x.clone(), y.clone()
-        if nb:
-            x[:nb] = self.squeeze01(x[:nb])
-            y[:nb] = self.target
+        x, y = poison_head(x, y, nb, self.target, self.squeeze01)
         if n_neg and b > 1:
-            # donor of position i: another batch position (shift by 1..b-1, so never itself)
-            shift = torch.randint(1, b, (n_neg,), generator=generator, device=gen_device(generator)).to(x.device)
-            donors = (torch.arange(nb, nb + n_neg, device=x.device) + shift) % b
+            donors = batch_donors(nb, n_neg, b, generator, x.device)  # another batch position, never itself
             src = clean[donors]
             x[nb : nb + n_neg] = (x[nb : nb + n_neg] + self.squeeze01(src) - src).clamp(0, 1)
-        if self.options.post_transform:
-            x = post_tensor_transform(x, generator, crop_pad=self.options.random_crop,
-                                      rotation_deg=self.options.random_rotation)
-        return x, y
+        return maybe_post_transform(x, generator, self.options), y

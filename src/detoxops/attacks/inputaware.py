@@ -39,9 +39,7 @@ the §1.4 round-off artefact that is not reproduced).
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,16 +48,30 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from detoxops.attacks.base import Attack, AttackOptions, truncate_float_pipeline
-from detoxops.attacks.loop import bd_count, check_batch, gen_device, snapshot_indices, uniform
+from detoxops.attacks.base import AttackOptions, truncate_float_pipeline
+from detoxops.attacks.generators import (
+    ClassifierArch,
+    GeneratorAttack,
+    attacker_scores,
+    network_depth,
+    recent_mean,
+    to01,
+)
+from detoxops.attacks.loop import (
+    batch_counts,
+    batch_donors,
+    bd_count,
+    check_batch,
+    poison_head,
+    snapshot_donors,
+    snapshot_poison,
+)
 from detoxops.attacks.registry import register
 
 WEIGHTS_FILE = "inputaware_generators.safetensors"
 EPSILON = 1e-7
 MIN_CHANGE = 1e-3
 """Grey levels: smaller changes (the never-exactly-zero mask outside its support) are dropped before truncation."""
-
-ClassifierArch = Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"]
 
 
 class InputAwareOptions(AttackOptions):
@@ -142,41 +154,6 @@ def diversity_loss(x1: torch.Tensor, x2: torch.Tensor, out1: torch.Tensor, out2:
     return (_rms_per_sample(x1, x2) / (_rms_per_sample(out1, out2) + EPSILON)).mean()
 
 
-def default_levels(size: int, levels: int | None, bottleneck: int = 4) -> int:
-    """Levels so that the bottleneck is ``bottleneck`` px (at least 1); the side must divide by 2^levels."""
-    lv = levels if levels is not None else max(1, int(math.log2(size / bottleneck)))
-    if size % 2**lv:
-        if levels is not None:
-            raise ValueError(f"image size {size} is not divisible by 2^{lv} (levels = {lv})")
-        while lv > 1 and size % 2**lv:
-            lv -= 1
-        if size % 2**lv:
-            raise ValueError(f"image size {size} must be even for the generator networks")
-    return lv
-
-
-def to01(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC → float32 [0, 1] NCHW."""
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).div(255)
-
-
-def fit_pool(images: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:
-    """Indices of the training images an attacker fits on (all, or a seeded random subset, in order)."""
-    n = len(images)
-    if max_images is None or n <= max_images:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
-
-
-def attacker_classifier(model: nn.Module | None, arch: str, width: int, num_classes: int, size: int,
-                        seed: int) -> nn.Module:
-    if model is not None:
-        return model
-    from detoxops.models import build_classifier
-
-    return build_classifier(arch, num_classes=num_classes, in_channels=3, image_size=size, seed=seed, width=width)
-
-
 def crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """BackdoorBench's per-sample train transform (RandomCrop pad S/8 + flip), as the victim loop does it."""
     from detoxops.models.train import random_crop_flip
@@ -186,65 +163,20 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return random_crop_flip(x, generator)
 
 
-def save_modules(path: Path, modules: dict[str, nn.Module], metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
-               for prefix, module in modules.items() for k, v in module.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
-    return path
-
-
-def load_modules(path: Path, modules: dict[str, nn.Module], what: str) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found: {path}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{what} weights {path}: not a readable safetensors file: {exc}") from None
-    for prefix, module in modules.items():
-        sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        try:
-            module.load_state_dict(sub)
-        except RuntimeError as exc:
-            raise ValueError(f"{what} weights {path} do not fit the configured networks: {exc}") from None
-        module.eval()
-
-
 @register
-class InputAware(Attack):
+class InputAware(GeneratorAttack):
     name: ClassVar[str] = "inputaware"
-    kind: ClassVar[Literal["data", "loop"]] = "loop"
-    needs_fit: ClassVar[bool] = True
-    replaces_augmentation: ClassVar[bool] = True
+    networks: ClassVar[str] = "generators"
+    weights_file: ClassVar[str] = WEIGHTS_FILE
+    weights_label: ClassVar[str] = "Input-Aware"
     Options: ClassVar[type[AttackOptions]] = InputAwareOptions
     options: InputAwareOptions
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def build_networks(self) -> None:
         o = self.options
-        self.levels = default_levels(self.image_size, o.levels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.pattern_net = EncoderDecoder(3, o.width, self.levels).eval()
-            self.mask_net = EncoderDecoder(1, o.width, self.levels).eval()
-        self._fitted = False
-        self.fit_report: dict[str, Any] = {}
-        if o.state_path:
-            self.load_state(o.state_path)
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _require_fitted(self) -> None:
-        if not self._fitted:
-            raise ValueError("attack 'inputaware' has no trained generators yet: call fit(train_images, "
-                             "train_labels) or set options.inputaware.state_path to a saved state/ folder")
+        self.levels = network_depth(self.image_size, o.levels, 4, "levels", "the generator networks")
+        self.pattern_net = EncoderDecoder(3, o.width, self.levels).eval()
+        self.mask_net = EncoderDecoder(1, o.width, self.levels).eval()
 
     # -------------------------------------------------------------- float [0, 1] tensors
     def masks01(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,23 +189,10 @@ class InputAware(Attack):
         return x + (self.pattern_net(d) - x) * self.masks01(d)
 
     # -------------------------------------------------------------- fitting
-    def fit(self, train_images: np.ndarray, train_labels: np.ndarray, model: nn.Module | None = None,
-            progress: bool = True, **resources: Any) -> None:
+    def train_networks(self, data: torch.Tensor, ys: torch.Tensor, clf: nn.Module, dev: torch.device,
+                       progress: bool) -> dict[str, Any]:
         """Mask pre-training, then joint G + classifier training (see the module docstring)."""
-        if self.options.state_path:
-            return
-        self.check_images(train_images)
-        labels = np.asarray(train_labels)
-        if labels.shape != (len(train_images),):
-            raise ValueError(f"train_labels must have shape ({len(train_images)},), got {labels.shape}")
-        if len(train_images) < 2:
-            raise ValueError("attack 'inputaware' needs at least 2 training images to fit its generators")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"train_labels must lie in [0, {self.num_classes})")
         o = self.options
-        dev = torch.device(o.device)
-        pick = fit_pool(train_images, o.max_train_images, self.seed)
-        data, ys = to01(train_images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
         gen = torch.Generator().manual_seed(self.seed)
         bs = min(o.batch_size, len(data))
         draw = lambda: torch.randint(0, len(data), (bs,), generator=gen)  # noqa: E731
@@ -282,13 +201,6 @@ class InputAware(Attack):
             x = data[idx]
             return (crop_flip(x, gen) if o.augment else x).to(dev)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            clf = attacker_classifier(model, o.classifier_arch, o.classifier_width, self.num_classes,
-                                      self.image_size, self.seed)
-        was_training = clf.training
-        clf_dev = next((p.device for p in clf.parameters()), dev)
-        clf.to(dev)
         self.pattern_net.to(dev)
         self.mask_net.to(dev)
         mask_hist: list[tuple[float, float]] = []
@@ -328,7 +240,7 @@ class InputAware(Attack):
                 x1, x2 = batch(i1), batch(i2)
                 y = ys[i1].to(dev)
                 nb = bd_count(bs, self.poison_ratio, rng)
-                nc = min(int(nb * o.cross_ratio), bs - nb)
+                nc = min(self.cross_count(nb, bs), bs - nb)
                 parts, loss_div = [], torch.zeros((), device=dev)
                 if nb:
                     pat1 = self.pattern_net(x1[:nb])
@@ -366,12 +278,9 @@ class InputAware(Attack):
             self.pattern_net.eval()
             self.mask_net.cpu()
             self.pattern_net.cpu()
-            clf.to(clf_dev)
-            clf.train(was_training)
-        tail = lambda h, i: float(np.mean([v[i] for v in h[-20:]])) if h else None  # noqa: E731
-        self.fit_report = {"fit_images": int(len(data)), "mask_steps": o.mask_steps, "steps": o.steps,
-                           "mask_norm_loss": tail(mask_hist, 0), "mask_div_loss": tail(mask_hist, 1),
-                           "ce_loss": tail(joint_hist, 0), "div_loss": tail(joint_hist, 1), **report}
+        return {"mask_steps": o.mask_steps, "steps": o.steps,
+                "mask_norm_loss": recent_mean(mask_hist, 0), "mask_div_loss": recent_mean(mask_hist, 1),
+                "ce_loss": recent_mean(joint_hist, 0), "div_loss": recent_mean(joint_hist, 1), **report}
 
     @torch.no_grad()
     def _evaluate(self, clf: nn.Module, data: torch.Tensor, ys: torch.Tensor, dev: torch.device) -> dict[str, float]:
@@ -379,28 +288,15 @@ class InputAware(Attack):
         clf.eval()
         x, y = data[:512], ys[:512]
         m = self.masks01(x)
-        bd = self.poison01(x)
-        pred_clean = clf(x.to(dev)).argmax(1).cpu()
-        pred_bd = clf(bd.to(dev)).argmax(1).cpu()
-        keep = y != self.target
         return {"mask_mean": float(m.mean()), "mask_fraction": float((m > 0.5).float().mean()),
-                "attacker_clean_acc": float((pred_clean == y).float().mean()),
-                "attacker_asr": float((pred_bd[keep] == self.target).float().mean()) if keep.any() else 0.0}
+                **attacker_scores(clf, x, self.poison01(x), y, self.target, dev)}
 
     # -------------------------------------------------------------- state
-    def _modules(self) -> dict[str, nn.Module]:
+    def state_modules(self) -> dict[str, nn.Module]:
         return {"pattern": self.pattern_net, "mask": self.mask_net}
 
-    def save_state(self, folder: str | Path) -> list[Path]:
-        if not self._fitted:
-            raise ValueError("attack 'inputaware' is not fitted: nothing to save")
-        meta = {"width": str(self.options.width), "levels": str(self.levels), "size": str(self.image_size)}
-        return [save_modules(Path(folder) / WEIGHTS_FILE, self._modules(), meta)]
-
-    def load_state(self, folder: str | Path) -> None:
-        path = Path(folder)
-        load_modules(path / WEIGHTS_FILE if path.is_dir() else path, self._modules(), "Input-Aware")
-        self._fitted = True
+    def state_metadata(self) -> dict[str, str]:
+        return {"width": str(self.options.width), "levels": str(self.levels), "size": str(self.image_size)}
 
     # -------------------------------------------------------------- uint8 images
     @torch.no_grad()
@@ -440,28 +336,17 @@ class InputAware(Attack):
                           for i in range(0, len(images), 256)]).numpy()
 
     # -------------------------------------------------------------- snapshot
-    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(backdoored, cross) indices of the saved training set (see :mod:`detoxops.attacks.loop`)."""
-        cr = self.options.cross_ratio
-        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, lambda nb, _l: int(nb * cr),
-                                self.seed)
-
-    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
-        return self.snapshot_indices(len(labels))[0]
+    def cross_count(self, num_bd: int, _length: int) -> int:
+        """Cross samples of a batch / snapshot block with ``num_bd`` backdoored: int(num_bd · cross_ratio)."""
+        return int(num_bd * self.options.cross_ratio)
 
     def poison_train_arrays(self, images, labels):
         self.check_images(images)
         self._require_fitted()
         bd, cross = self.snapshot_indices(len(labels))
-        out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
-        flags = np.zeros(len(labels), dtype=bool)
-        if len(bd):
-            out_images[bd] = self.apply_trigger(images[bd])
-            out_labels[bd] = self.target
-            flags[bd] = True
+        out_images, out_labels, flags = snapshot_poison(images, labels, bd, self.apply_trigger, self.target)
         if len(cross) and len(labels) > 1:
-            rng = np.random.default_rng(self.seed + 1)
-            donors = (cross + rng.integers(1, len(labels), size=len(cross))) % len(labels)  # never itself
+            donors = snapshot_donors(cross, len(labels), self.seed + 1)  # never itself
             out_images[cross] = self.apply_cross(images[cross], images[donors])
         return out_images, out_labels, flags
 
@@ -474,17 +359,11 @@ class InputAware(Attack):
         if self.options.augment:
             x = crop_flip(x, generator)
         b = x.shape[0]
-        expected = self.poison_ratio * b
-        nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
-        nc = min(int(nb * self.options.cross_ratio), b - nb)
-        clean = x
-        x, y = x.clone(), y.clone()
+        nb, nc = batch_counts(b, self.poison_ratio, generator, self.cross_count)
         dev = next(self.pattern_net.parameters()).device  # the generators stay where they are (CPU)
-        if nb:
-            x[:nb] = self.poison01(clean[:nb].to(dev)).clamp(0, 1).to(x)
-            y[:nb] = self.target
+        clean = x
+        x, y = poison_head(x, y, nb, self.target, lambda xb: self.poison01(xb.to(dev)).clamp(0, 1).to(xb))
         if nc and b > 1:
-            shift = torch.randint(1, b, (nc,), generator=generator, device=gen_device(generator)).to(x.device)
-            donors = (torch.arange(nb, nb + nc, device=x.device) + shift) % b
+            donors = batch_donors(nb, nc, b, generator, x.device)
             x[nb : nb + nc] = self.poison01(clean[nb : nb + nc].to(dev), clean[donors].to(dev)).clamp(0, 1).to(x)
         return x, y

@@ -34,8 +34,7 @@ the loop convention (first num_bd of every ``batch_size`` block triggered and re
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,16 +43,22 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from detoxops.attacks.base import FLOAT_GUARD, Attack, AttackOptions, truncate_float_pipeline
-from detoxops.attacks.inputaware import (
+from detoxops.attacks.base import FLOAT_GUARD, AttackOptions, truncate_float_pipeline
+from detoxops.attacks.generators import (
     ClassifierArch,
-    attacker_classifier,
-    fit_pool,
-    load_modules,
-    save_modules,
+    GeneratorAttack,
+    attacker_scores,
+    network_depth,
+    recent_mean,
     to01,
 )
-from detoxops.attacks.loop import check_batch, post_tensor_transform, snapshot_indices, uniform
+from detoxops.attacks.loop import (
+    batch_counts,
+    check_batch,
+    maybe_post_transform,
+    poison_head,
+    snapshot_poison,
+)
 from detoxops.attacks.registry import register
 
 WEIGHTS_FILE = "lira_generator.safetensors"
@@ -113,47 +118,17 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def default_layers(size: int, layers: int | None) -> int:
-    lv = layers if layers is not None else max(1, int(math.log2(size / 2)))
-    if size % 2**lv:
-        if layers is not None:
-            raise ValueError(f"image size {size} is not divisible by 2^{lv} (layers = {lv})")
-        while lv > 1 and size % 2**lv:
-            lv -= 1
-        if size % 2**lv:
-            raise ValueError(f"image size {size} must be even for the LIRA autoencoder")
-    return lv
-
-
 @register
-class LIRA(Attack):
+class LIRA(GeneratorAttack):
     name: ClassVar[str] = "lira"
-    kind: ClassVar[Literal["data", "loop"]] = "loop"
-    needs_fit: ClassVar[bool] = True
-    replaces_augmentation: ClassVar[bool] = True
+    weights_file: ClassVar[str] = WEIGHTS_FILE
+    weights_label: ClassVar[str] = "LIRA"
     Options: ClassVar[type[AttackOptions]] = LIRAOptions
     options: LIRAOptions
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        o = self.options
-        self.layers = default_layers(self.image_size, o.layers)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.generator_net = Autoencoder(o.width, self.layers).eval()
-        self._fitted = False
-        self.fit_report: dict[str, Any] = {}
-        if o.state_path:
-            self.load_state(o.state_path)
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _require_fitted(self) -> None:
-        if not self._fitted:
-            raise ValueError("attack 'lira' has no trained generator yet: call fit(train_images, train_labels) "
-                             "or set options.lira.state_path to a saved state/ folder")
+    def build_networks(self) -> None:
+        self.layers = network_depth(self.image_size, self.options.layers, 2, "layers", "the LIRA autoencoder")
+        self.generator_net = Autoencoder(self.options.width, self.layers).eval()
 
     def scale01(self, device=None) -> torch.Tensor:
         """ε·σ_c as a (1, 3, 1, 1) tensor: the per-channel bound of the perturbation on the [0, 1] scale."""
@@ -169,41 +144,15 @@ class LIRA(Attack):
         return (x + self.scale01(x.device) * g).clamp(0, 1)
 
     # -------------------------------------------------------------- fitting
-    def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        o = self.options
-        if not o.post_transform:
-            return x
-        return post_tensor_transform(x, generator, crop_pad=o.random_crop, rotation_deg=o.random_rotation)
-
-    def fit(self, train_images: np.ndarray, train_labels: np.ndarray, model: nn.Module | None = None,
-            progress: bool = True, **resources: Any) -> None:
+    def train_networks(self, data: torch.Tensor, ys: torch.Tensor, clf: nn.Module, dev: torch.device,
+                       progress: bool) -> dict[str, Any]:
         """BackdoorBench's stage 1: joint generator / classifier training (see the module docstring)."""
         import copy
 
-        if self.options.state_path:
-            return
-        self.check_images(train_images)
-        labels = np.asarray(train_labels)
-        if labels.shape != (len(train_images),):
-            raise ValueError(f"train_labels must have shape ({len(train_images)},), got {labels.shape}")
-        if len(train_images) < 2:
-            raise ValueError("attack 'lira' needs at least 2 training images to fit its generator")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"train_labels must lie in [0, {self.num_classes})")
         o = self.options
-        dev = torch.device(o.device)
-        pick = fit_pool(train_images, o.max_train_images, self.seed)
-        data, ys = to01(train_images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
         gen = torch.Generator().manual_seed(self.seed)
         bs = min(o.batch_size, len(data))
         sync = o.sync_every or max(1, len(data) // bs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            clf = attacker_classifier(model, o.classifier_arch, o.classifier_width, self.num_classes,
-                                      self.image_size, self.seed)
-        was_training = clf.training
-        clf_dev = next((p.device for p in clf.parameters()), dev)
-        clf.to(dev)
         g_atk = self.generator_net.to(dev)
         g_tgt = copy.deepcopy(g_atk)
         opt_g = torch.optim.Adam(g_tgt.parameters(), lr=o.lr_generator)
@@ -219,7 +168,7 @@ class LIRA(Attack):
                     perm, pos = torch.randperm(len(data), generator=gen), 0
                 idx = perm[pos : pos + bs]
                 pos += bs
-                x = self._augment(data[idx], gen).to(dev)
+                x = maybe_post_transform(data[idx], gen, o).to(dev)
                 y = ys[idx].to(dev)
                 t = torch.full_like(y, self.target)
                 # 1. attacker step on G_tgt against the current classifier
@@ -250,11 +199,8 @@ class LIRA(Attack):
         finally:
             self.generator_net.eval()
             self.generator_net.cpu()
-            clf.to(clf_dev)
-            clf.train(was_training)
-        tail = lambda i: float(np.mean([v[i] for v in hist[-20:]])) if hist else None  # noqa: E731
-        self.fit_report = {"fit_images": int(len(data)), "steps": o.steps, "sync_every": sync,
-                           "generator_loss": tail(0), "classifier_loss": tail(1), **report}
+        return {"steps": o.steps, "sync_every": sync,
+                "generator_loss": recent_mean(hist, 0), "classifier_loss": recent_mean(hist, 1), **report}
 
     @torch.no_grad()
     def _evaluate(self, clf: nn.Module, data: torch.Tensor, ys: torch.Tensor, dev) -> dict[str, float]:
@@ -262,24 +208,14 @@ class LIRA(Attack):
         clf.eval()
         x, y = data[:512], ys[:512]
         u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        bd = to01(self.apply_trigger(u8))
-        pred_clean = clf(x.to(dev)).argmax(1).cpu()
-        pred_bd = clf(bd.to(dev)).argmax(1).cpu()
-        keep = y != self.target
-        return {"attacker_clean_acc": float((pred_clean == y).float().mean()),
-                "attacker_asr": float((pred_bd[keep] == self.target).float().mean()) if keep.any() else 0.0}
+        return attacker_scores(clf, x, to01(self.apply_trigger(u8)), y, self.target, dev)
 
     # -------------------------------------------------------------- state
-    def save_state(self, folder: str | Path) -> list[Path]:
-        if not self._fitted:
-            raise ValueError("attack 'lira' is not fitted: nothing to save")
-        meta = {"width": str(self.options.width), "layers": str(self.layers), "size": str(self.image_size)}
-        return [save_modules(Path(folder) / WEIGHTS_FILE, {"generator": self.generator_net}, meta)]
+    def state_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator_net}
 
-    def load_state(self, folder: str | Path) -> None:
-        path = Path(folder)
-        load_modules(path / WEIGHTS_FILE if path.is_dir() else path, {"generator": self.generator_net}, "LIRA")
-        self._fitted = True
+    def state_metadata(self) -> dict[str, str]:
+        return {"width": str(self.options.width), "layers": str(self.layers), "size": str(self.image_size)}
 
     # -------------------------------------------------------------- uint8 images
     @torch.no_grad()
@@ -298,45 +234,30 @@ class LIRA(Attack):
         return out
 
     # -------------------------------------------------------------- snapshot
-    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(backdoored, cross = none) indices of the saved training set (see :mod:`detoxops.attacks.loop`)."""
-        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, lambda _nb, _l: 0, self.seed)
-
-    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
-        return self.snapshot_indices(len(labels))[0]
-
     def poison_train_arrays(self, images, labels):
         self.check_images(images)
         self._require_fitted()
         bd, _ = self.snapshot_indices(len(labels))
-        out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
-        flags = np.zeros(len(labels), dtype=bool)
-        if len(bd):
-            out_images[bd] = self.apply_trigger(images[bd])
-            out_labels[bd] = self.target
-            flags[bd] = True
-        return out_images, out_labels, flags
+        return snapshot_poison(images, labels, bd, self.apply_trigger, self.target)
 
     # -------------------------------------------------------------- training loop
+    def _trigger01(self, xb: torch.Tensor) -> torch.Tensor:
+        """The backdoored version of float [0, 1] samples ``xb`` (uint8-quantised with ``quantize``)."""
+        dev = next(self.generator_net.parameters()).device
+        out = xb.to(dev)
+        if self.options.quantize:  # exactly apply_trigger's arithmetic on the 0..255 scale, then back to [0, 1]
+            g = self.generator_net(out).double()
+            res = (out.double() * 255 + self.scale01(dev).double() * 255 * g).clamp(0, 255)
+            out = torch.floor(res + FLOAT_GUARD).clamp(0, 255) / 255
+        else:
+            out = self.perturb01(out)
+        return out.to(xb)
+
     @torch.no_grad()
     def batch_transform(self, x, y, generator=None):
         """PostTensorTransform, then the first num_bd samples get the trigger and the target label."""
         check_batch(x, y, self.image_size, self.name)
         self._require_fitted()
-        x = self._augment(x, generator)
-        b = x.shape[0]
-        expected = self.poison_ratio * b
-        nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
-        x, y = x.clone(), y.clone()
-        if nb:
-            dev = next(self.generator_net.parameters()).device
-            xb = x[:nb].to(dev)
-            if self.options.quantize:  # exactly apply_trigger's arithmetic on the 0..255 scale, then back to [0, 1]
-                g = self.generator_net(xb).double()
-                res = (xb.double() * 255 + self.scale01(dev).double() * 255 * g).clamp(0, 255)
-                xb = torch.floor(res + FLOAT_GUARD).clamp(0, 255) / 255
-            else:
-                xb = self.perturb01(xb)
-            x[:nb] = xb.to(x)
-            y[:nb] = self.target
-        return x, y
+        x = maybe_post_transform(x, generator, self.options)
+        nb, _ = batch_counts(x.shape[0], self.poison_ratio, generator)
+        return poison_head(x, y, nb, self.target, self._trigger01)

@@ -1,5 +1,6 @@
-"""Shared machinery of the training-loop attacks (WaNet, BPP): per-batch counts, the snapshot convention for the
-saved poisoned training set, and BackdoorBench's batch-level ``PostTensorTransform``.
+"""Shared machinery of the training-loop attacks (WaNet, BPP, Input-Aware, LIRA): per-batch counts and poisoning,
+the snapshot convention for the saved poisoned training set, and BackdoorBench's batch-level
+``PostTensorTransform``.
 
 **Per batch** (BackdoorBench ``attack/wanet.py`` / ``attack/bpp.py``): the loader is shuffled; the first
 ``num_bd = int(ratio · B)`` samples of a batch are backdoored and relabelled to the target, the next ``num_cross``
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from detoxops.attacks.base import Attack
 
 
 def bd_count(batch_len: int, ratio: float, rng: np.random.Generator | None = None) -> int:
@@ -59,6 +63,50 @@ def snapshot_indices(
             np.concatenate(cross).astype(np.int64) if cross else empty)
 
 
+class LoopAttack(Attack):
+    """Base of the training-loop attacks: ``kind`` "loop", their own augmentation, and the snapshot convention
+    above with ``options.batch_size`` blocks and :meth:`cross_count` cross / negative samples per block."""
+
+    kind: ClassVar[Literal["data", "loop"]] = "loop"
+    replaces_augmentation: ClassVar[bool] = True
+
+    def cross_count(self, num_bd: int, length: int) -> int:
+        """Cross / negative samples of a batch or snapshot block of ``length`` with ``num_bd`` backdoored (none
+        by default; capped at ``length − num_bd`` by the callers)."""
+        return 0
+
+    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(backdoored, cross) indices of the saved training set of ``n`` samples."""
+        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, self.cross_count, self.seed)
+
+    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
+        return self.snapshot_indices(len(labels))[0]
+
+
+def snapshot_poison(
+    images: np.ndarray,
+    labels: np.ndarray,
+    bd: np.ndarray,
+    trigger: Callable[[np.ndarray], np.ndarray],
+    target: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, flags) of the snapshot with ``trigger`` applied to ``images[bd]``, relabelled to ``target``
+    and flagged; the caller fills in its cross / negative samples (true labels, no flag)."""
+    out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
+    flags = np.zeros(len(labels), dtype=bool)
+    if len(bd):
+        out_images[bd] = trigger(images[bd])
+        out_labels[bd] = target
+        flags[bd] = True
+    return out_images, out_labels, flags
+
+
+def snapshot_donors(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A random *other* training index for every index of ``idx`` (shift by 1..n − 1 modulo ``n``, seeded)."""
+    rng = np.random.default_rng(seed)
+    return (idx + rng.integers(1, n, size=len(idx))) % n
+
+
 def gen_device(generator: torch.Generator | None) -> torch.device:
     """The device random numbers must be drawn on for ``generator`` (CPU when there is none)."""
     return generator.device if generator is not None else torch.device("cpu")
@@ -67,6 +115,46 @@ def gen_device(generator: torch.Generator | None) -> torch.device:
 def uniform(generator: torch.Generator | None, low: float, high: float) -> float:
     """One uniform draw in [low, high) from ``generator`` (on its own device)."""
     return float(torch.empty(1, device=gen_device(generator)).uniform_(low, high, generator=generator))
+
+
+def batch_counts(
+    b: int,
+    ratio: float,
+    generator: torch.Generator | None,
+    cross_count: Callable[[int, int], int] | None = None,
+) -> tuple[int, int]:
+    """(num_bd, num_cross) of a training batch of ``b`` samples: ``int(ratio · b)`` backdoored (below one, one
+    with probability ``ratio · b``, one uniform draw from ``generator``) and ``min(cross_count(num_bd, b),
+    b − num_bd)`` cross / negative samples (none without ``cross_count``), as :func:`snapshot_indices` counts a
+    block."""
+    expected = ratio * b
+    nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
+    nc = min(cross_count(nb, b), b - nb) if cross_count is not None else 0
+    return nb, nc
+
+
+def poison_head(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    nb: int,
+    target: int,
+    trigger: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of the batch whose first ``nb`` samples are ``trigger(x[:nb])`` with label ``target``."""
+    x, y = x.clone(), y.clone()
+    if nb:
+        x[:nb] = trigger(x[:nb])
+        y[:nb] = target
+    return x, y
+
+
+def batch_donors(
+    start: int, count: int, b: int, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """Donor positions for batch positions ``start`` .. ``start + count − 1``: another position of the batch of
+    ``b`` (a random shift by 1..b − 1 modulo ``b``, so never itself), one ``randint`` draw from ``generator``."""
+    shift = torch.randint(1, b, (count,), generator=generator, device=gen_device(generator)).to(device)
+    return (torch.arange(start, start + count, device=device) + shift) % b
 
 
 def post_tensor_transform(
@@ -100,6 +188,14 @@ def post_tensor_transform(
     if flip_p > 0 and uniform(generator, 0, 1) < flip_p:
         x = x.flip(-1)
     return x.contiguous()
+
+
+def maybe_post_transform(x: torch.Tensor, generator: torch.Generator | None, options: Any) -> torch.Tensor:
+    """:func:`post_tensor_transform` with an attack's ``post_transform`` / ``random_crop`` / ``random_rotation``
+    options (``x`` itself when ``post_transform`` is off)."""
+    if not options.post_transform:
+        return x
+    return post_tensor_transform(x, generator, crop_pad=options.random_crop, rotation_deg=options.random_rotation)
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, size: int, name: str) -> None:

@@ -14,15 +14,23 @@ batch-level PostTensorTransform (see :mod:`detoxops.attacks.loop`). float → ui
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from detoxops.attacks.base import Attack, AttackOptions, truncate_float_pipeline
-from detoxops.attacks.loop import check_batch, gen_device, post_tensor_transform, snapshot_indices, uniform
+from detoxops.attacks.base import AttackOptions, truncate_float_pipeline
+from detoxops.attacks.loop import (
+    LoopAttack,
+    batch_counts,
+    check_batch,
+    gen_device,
+    maybe_post_transform,
+    poison_head,
+    snapshot_poison,
+)
 from detoxops.attacks.registry import register
 
 
@@ -43,10 +51,8 @@ class WaNetOptions(AttackOptions):
 
 
 @register
-class WaNet(Attack):
+class WaNet(LoopAttack):
     name: ClassVar[str] = "wanet"
-    kind: ClassVar[Literal["data", "loop"]] = "loop"
-    replaces_augmentation: ClassVar[bool] = True
     Options: ClassVar[type[AttackOptions]] = WaNetOptions
     options: WaNetOptions
 
@@ -104,24 +110,14 @@ class WaNet(Attack):
         return self._warp_u8(images, self._noise_grids(len(images), gen, torch.float64, "cpu"))
 
     # -------------------------------------------------------------- snapshot
-    def snapshot_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(backdoored, noise-mode) indices of the saved training set (see :mod:`detoxops.attacks.loop`)."""
-        cr = self.options.cross_ratio
-        return snapshot_indices(n, self.options.batch_size, self.poison_ratio, lambda nb, _l: int(nb * cr),
-                                self.seed)
-
-    def poison_indices(self, labels: np.ndarray) -> np.ndarray:
-        return self.snapshot_indices(len(labels))[0]
+    def cross_count(self, num_bd: int, _length: int) -> int:
+        """Noise-mode samples of a batch / snapshot block with ``num_bd`` backdoored: int(num_bd · cross_ratio)."""
+        return int(num_bd * self.options.cross_ratio)
 
     def poison_train_arrays(self, images, labels):
         self.check_images(images)
         bd, cross = self.snapshot_indices(len(labels))
-        out_images, out_labels = images.copy(), labels.astype(np.int64, copy=True)
-        flags = np.zeros(len(labels), dtype=bool)
-        if len(bd):
-            out_images[bd] = self.apply_trigger(images[bd])
-            out_labels[bd] = self.target
-            flags[bd] = True
+        out_images, out_labels, flags = snapshot_poison(images, labels, bd, self.apply_trigger, self.target)
         if len(cross):
             out_images[cross] = self.apply_noise_mode(images[cross])
         return out_images, out_labels, flags
@@ -130,19 +126,9 @@ class WaNet(Attack):
     def batch_transform(self, x, y, generator=None):
         """First num_bd of the batch warped → target, next num_bd·cross_ratio noise-warped, then augmentation."""
         check_batch(x, y, self.image_size, self.name)
-        b = x.shape[0]
-        expected = self.poison_ratio * b
-        nb = int(expected) if expected >= 1 else int(uniform(generator, 0, 1) < expected)
-        nc = min(int(nb * self.options.cross_ratio), b - nb)
-        x, y = x.clone(), y.clone()
-        if nb:
-            x[:nb] = self._sample(x[:nb], self.warp_grid())
-            y[:nb] = self.target
+        nb, nc = batch_counts(x.shape[0], self.poison_ratio, generator, self.cross_count)
+        x, y = poison_head(x, y, nb, self.target, lambda xb: self._sample(xb, self.warp_grid()))
         if nc:
             grids = self._noise_grids(nc, generator, x.dtype, x.device)
             x[nb : nb + nc] = self._sample(x[nb : nb + nc], grids)
-        if self.options.post_transform:
-            x = post_tensor_transform(x, generator, crop_pad=self.options.random_crop,
-                                      rotation_deg=self.options.random_rotation)
-        return x, y
-
+        return maybe_post_transform(x, generator, self.options), y
