@@ -2,6 +2,7 @@
 
     python -m dashboards.screenshots --out docs/screenshots            # the store params.yaml points at
     MLFLOW_TRACKING_URI=sqlite:////abs/mlflow.db python -m dashboards.screenshots --out /tmp/shots
+    DETOXOPS_PARAMS=/other/project/params.yaml python -m dashboards.screenshots   # that project's store and data
 
 Uses Playwright with Debian's Chromium (``/usr/bin/chromium``, or ``DETOXOPS_CHROMIUM``); it never downloads a
 browser. The end-to-end test (tests/dashboards/test_e2e_browser.py) drives the app through the same functions.

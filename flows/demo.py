@@ -3,7 +3,8 @@
 ingest → DVC version → poison (params.attack) → train the victim → trigger visibility / robustness (SampDetox
 figure 2, on at most ``max_images`` triggered test images) → purifier (shipped, or trained) → DataElixir
 (training-time: target label, TPR / FPR, a clean model retrained on the purified set) → SampDetox evaluation
-(inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``).
+(inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``), with the
+victim and the purifier registered (``detoxops-victim``, ``detoxops-purifier``) for the dashboard's *Try it*.
 
     python -m flows.demo [--params params.yaml] [--set key=value ...] [--max-images N]
 
@@ -102,6 +103,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
         log_visibility_rows(visibility)  # robustness/visibility_robustness.csv: the dashboard's figure 2
         log_defense_rows(defense_rows, "demo", parent.info.run_id, tags, params.tracking.experiment_prefix)
         _log_sanitize(sanitized, retrained, parent.info.run_id, tags, params.tracking.experiment_prefix, victim)
+        _register_purifier(purifier, parent.info.run_id)
 
     print("\n" + format_table(table))
     vis = visibility["summary"]
@@ -131,6 +133,19 @@ def _log_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], parent_i
             mlflow.log_artifact(sanitized["decisions"], "decisions")
         mlflow.log_artifacts(victim["path"], "victim")
         register_model(f"runs:/{r.info.run_id}/victim", "detoxops-victim", tags={"arch": victim.get("arch")})
+
+
+def _register_purifier(purifier: dict[str, Any], run_id: str) -> str:
+    """The purifier the run used (a diffusers UNet folder, safetensors) as artifact ``purifier/`` of the parent run,
+    registered as ``detoxops-purifier`` (alias ``champion``): with ``detoxops-victim`` what the dashboard's
+    *Try it* page detoxifies with."""
+    import mlflow
+
+    from tasks.tracking import register_model
+
+    mlflow.log_artifacts(purifier["path"], "purifier")
+    return register_model(f"runs:/{run_id}/purifier", "detoxops-purifier",
+                          tags={"origin": purifier.get("origin", "")})
 
 
 def _abs(path: str | Path) -> Path:

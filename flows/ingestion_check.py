@@ -149,8 +149,12 @@ def ingestion_check(
         log_dataset(ingested["path"], ingested["name"], data_version, "ingestion")
         metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),
                    "n_train": float(sanitized.get("n_train") or 0)}
-        metrics |= {k: sanitized[k] / 100.0 for k in ("tpr", "fpr")  # only with ground-truth poison flags
-                    if isinstance(sanitized.get(k), float) and math.isfinite(sanitized[k])}
+        # TPR / FPR only with ground-truth poison flags (a stored version that records its poisoned images):
+        # a folder or archive carries none, so TPR is NaN and "FPR" would merely be the flagged share
+        tpr = sanitized.get("tpr")
+        if isinstance(tpr, float) and math.isfinite(tpr):
+            metrics |= {k: sanitized[k] / 100.0 for k in ("tpr", "fpr")
+                        if isinstance(sanitized.get(k), float) and math.isfinite(sanitized[k])}
         mlflow.log_metrics(metrics)
         staging = runs_root / FLOW / data_version[:16]
         log_dataelixir_artifacts(sanitized, params.dataelixir.anomaly_threshold, staging)

@@ -46,12 +46,20 @@ else:
     except store.StoreUnavailable as exc:
         ui.show_unavailable(exc)
     view = checks.assign(verdict=checks["status"].fillna("unknown"))
-    metric_cols = [c for c in ("tpr", "fpr", "seconds") if c in view]
+    # TPR / FPR exist only for sources with ground-truth poison flags; shown in % like the other pages
+    metric_cols = [c for c in ("tpr", "fpr", "n_flagged", "seconds") if c in view and view[c].notna().any()]
+    for c in ("tpr", "fpr"):
+        if c in metric_cols:
+            view[c] = view[c] * 100.0
     st.dataframe(
         view[["start_time", "dataset", "data_version", "verdict", "target_label", *metric_cols, "run_id"]],
         hide_index=True, width="stretch",
         column_config={"start_time": st.column_config.DatetimeColumn("checked", format="YYYY-MM-DD HH:mm"),
-                       "target_label": "detected target label"},
+                       "target_label": "detected target label",
+                       "tpr": st.column_config.NumberColumn("TPR %", format="%.1f"),
+                       "fpr": st.column_config.NumberColumn("FPR %", format="%.1f"),
+                       "n_flagged": st.column_config.NumberColumn("flagged", format="%d"),
+                       "seconds": st.column_config.NumberColumn("seconds", format="%.0f")},
     )
 
 # -------------------------------------------------------------------------------------- dataset versions

@@ -27,13 +27,17 @@ runs = ui.load_runs()
 uri = ui.tracking_uri()
 
 
-def pick_run(candidates: pd.DataFrame, key: str) -> pd.Series:
+def pick_run(candidates: pd.DataFrame, key: str, prefer: pd.Series | None = None) -> pd.Series:
+    """A run picker (newest first); the default is the newest run where ``prefer`` is true, else the newest."""
     def label(rid: str) -> str:
         row = candidates[candidates["run_id"] == rid].iloc[0]
         what = " · ".join(str(v) for v in (row["attack"], row["defense"]) if isinstance(v, str))
         return f"{what or row['kind'] or ''} — {ui.run_label(row)}"
 
-    rid = st.selectbox("Run", list(candidates.run_id), format_func=label, key=key)
+    default = 0
+    if prefer is not None and prefer.to_numpy(dtype=bool).any():
+        default = int(prefer.to_numpy(dtype=bool).argmax())
+    rid = st.selectbox("Run", list(candidates.run_id), index=default, format_func=label, key=key)
     return candidates.set_index("run_id").loc[rid]
 
 
@@ -52,7 +56,8 @@ except store.StoreUnavailable as exc:
 if with_samples.empty:
     ui.no_runs("sample images", f"Defense runs store `{SAMPLES_NPZ}` and `{GRID_PNG}`; run `make demo`.")
 else:
-    run = pick_run(with_samples, "samples_run")
+    # by default the platform's own SampDetox profile (`sampdetox`), not the paper's `faithful` variant
+    run = pick_run(with_samples, "samples_run", prefer=with_samples["defense"].eq("sampdetox"))
     try:
         arrays = store.artifact_npz(uri, run.name, SAMPLES_NPZ)
     except store.ArtifactMissing:
@@ -88,7 +93,9 @@ if with_decisions.empty:
     ui.no_runs("sanitisation decisions", f"Sanitize runs store `{DECISIONS_CSV}`; run `python -m flows.sanitize`.")
     st.stop()
 
-run = pick_run(with_decisions, "decisions_run")
+# by default a run that found something: a sanitize run, or an ingestion check that quarantined its dataset
+run = pick_run(with_decisions, "decisions_run",
+               prefer=with_decisions["kind"].eq("sanitize") | with_decisions["status"].eq("quarantined"))
 decisions = store.artifact_csv(uri, run.name, DECISIONS_CSV)
 flag_col = next((c for c in ("flagged", "poisoned_pred", "is_poisoned", "detected") if c in decisions), None)
 c1, c2 = st.columns([1, 3])

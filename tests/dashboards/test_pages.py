@@ -101,13 +101,20 @@ def test_visibility_scatter_table(dashboard_env):
 
     recorded = store.artifact_csv(dashboard_env["uri"], dashboard_env["run_ids"]["parent"],
                                   "robustness/visibility_robustness.csv")
-    finite = recorded[np.isfinite(recorded["eta_r"])]
-    expected = finite.groupby("attack")[["v", "eta_r"]].mean()
+    # as detoxops.attacks.visibility.attack_summary: v over every sample, η_r over the hits (η_r > 0) it flips
+    eta = recorded["eta_r"].astype(float)
+    flipped = recorded[(eta > 0) & np.isfinite(eta)]
+    expected_v = recorded.groupby("attack")["v"].mean()
+    expected_eta = flipped.groupby("attack")["eta_r"].mean().reindex(expected_v.index)
     at = run_page(PAGES[3])
     means = at.dataframe[0].value.set_index("attack")
-    assert list(means.index) == sorted(expected.index) == ["badnets", "blended"]
-    assert np.allclose(means["mean visibility"], expected["v"]) and np.allclose(means["mean robustness"], expected["eta_r"])
-    assert ("left out of the plot" in texts(at)) == bool(len(finite) < len(recorded))
+    assert list(means.index) == sorted(expected_v.index) == ["badnets", "blended"]
+    assert np.allclose(means["mean visibility"], expected_v)
+    assert np.allclose(means["mean robustness"], expected_eta, equal_nan=True)
+    assert list(means["samples"]) == list(recorded.groupby("attack").size())
+    assert list(means["never flipped"]) == list(recorded.assign(n=np.isinf(eta)).groupby("attack")["n"].sum())
+    assert ("largest noise share tried" in texts(at)) == bool(np.isinf(eta).any())
+    assert ("do not hit the target" in texts(at)) == bool((eta == 0).any())
 
 
 def test_try_it_detoxifies_a_dataset_image_with_registered_models(dashboard_env):

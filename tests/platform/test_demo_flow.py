@@ -52,6 +52,9 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tmp_pa
     assert parent.data.params["attack.name"] == "badnets"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "results")] == ["results/results.csv"]
     assert client.get_model_version_by_alias("detoxops-victim", "champion") is not None
+    purifier = client.get_model_version_by_alias("detoxops-purifier", "champion")  # what the dashboard's Try it loads
+    assert purifier.tags["origin"] and {a.path for a in client.list_artifacts(parent.info.run_id, "purifier")} >= {
+        "purifier/config.json", "purifier/diffusion_pytorch_model.safetensors"}
     # SampDetox figure 2 where the dashboard's visibility page reads it: ≤ max_images triggered test images
     fig2_path = "robustness/visibility_robustness.csv"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "robustness")] == [fig2_path]
