@@ -52,26 +52,11 @@ def ingestion_check(
 ) -> Any:
     """Check ``source`` (default ``params.data.source``); returns the check record when it passed, a Failed
     state carrying it when the dataset was quarantined."""
-    import math
-
-    import mlflow
-    from prefect.runtime import flow_run
-
     from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
-    from tasks.ingestion_tasks import (
-        anomaly_rows,
-        check_markdown,
-        default_dvc_root,
-        log_dataelixir_artifacts,
-        marker_path,
-        now_utc,
-        publish_check_artifacts,
-        resolve_source,
-        write_check_marker,
-    )
+    from tasks.ingestion_tasks import check_markdown, check_targets, default_dvc_root, record_ingestion_check, resolve_source
     from tasks.purifier_tasks import get_purifier
     from tasks.sanitize_tasks import sanitize_dataset
-    from tasks.tracking import log_dataset, run, setup_tracking
+    from tasks.tracking import setup_tracking
     from tasks.victim_tasks import train_victim
 
     params = load_params(_abs(params_path), CHECK_OVERRIDES + list(overrides or []))
@@ -95,75 +80,15 @@ def ingestion_check(
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     sanitized = sanitize_dataset(ingested["path"], victim["path"], purifier["path"],
                                  params.dataelixir.model_dump(mode="json"), str(data_root))
-    anomaly = sanitized.get("anomaly_index") or {}
-    targets = [int(t) for t in anomaly.get("target_labels") or []]
-    if not targets and sanitized.get("target_label") is not None:
-        targets = [int(sanitized["target_label"])]
-    status = "quarantined" if targets else "passed"
+    targets = check_targets(sanitized)
     purified_dvc = None
     if targets:  # the purified set becomes a version of its own, next to the quarantined one
         purified_dvc = version_dataset(sanitized["path"], str(repo_root), params.tracking.dvc_remote)
-    seconds = time.perf_counter() - started
-
-    info = ingested.get("info") or {}
-    record: dict[str, Any] = {
-        "status": status,
-        "dataset": ingested["name"],
-        "source": source,
-        "resolved_source": resolved,
-        "version": ingested["path"],
-        "hash": ingested["hash"],
-        "dvc_md5": (dvc or {}).get("md5"),
-        "dvc_file": (dvc or {}).get("dvc_file"),
-        "data_version": data_version,
-        "target_labels": targets,
-        "target_label": targets[0] if targets else None,
-        "counts": {"train": sanitized.get("n_train"), "flagged": sanitized.get("n_flagged"),
-                   "sets": sanitized.get("sets") or {}},
-        "anomaly_index": anomaly,
-        "anomaly_rows": anomaly_rows(anomaly, info.get("class_names")),
-        "threshold": params.dataelixir.anomaly_threshold,
-        "target_rule": params.dataelixir.target_rule,
-        "purified_version": sanitized["path"] if targets else None,
-        "purified_dvc_md5": (purified_dvc or {}).get("md5"),
-        "victim": victim["path"],
-        "purifier": purifier["path"],
-        "checked_at": now_utc(),
-        "seconds": round(seconds, 1),
-        "prefect_flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "marker": str(marker_path(ingested["path"])),
-    }
-
-    tags = {
-        "detoxops.dataset": ingested["name"], "detoxops.data_version": data_version, "detoxops.status": status,
-        "detoxops.target_label": ",".join(map(str, targets)) if targets else None,
-        "detoxops.model": params.victim.arch, "detoxops.seed": params.dataelixir.seed,
-        "detoxops.source": source, "detoxops.marker": record["marker"],
-        "detoxops.purified_version": record["purified_version"],
-        "detoxops.purified_data_version": record["purified_dvc_md5"],
-        "detoxops.prefect_flow_run_id": record["prefect_flow_run_id"],
-    }
-    with run(FLOW, f"check {ingested['name']}", kind="ingestion", prefix=params.tracking.experiment_prefix,
-             tags=tags, params=params.to_dict()) as active:
-        record["mlflow_run_id"] = active.info.run_id
-        log_dataset(ingested["path"], ingested["name"], data_version, "ingestion")
-        metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),
-                   "n_train": float(sanitized.get("n_train") or 0)}
-        # TPR / FPR only with ground-truth poison flags (a stored version that records its poisoned images):
-        # a folder or archive carries none, so TPR is NaN and "FPR" would merely be the flagged share
-        tpr = sanitized.get("tpr")
-        if isinstance(tpr, float) and math.isfinite(tpr):
-            metrics |= {k: sanitized[k] / 100.0 for k in ("tpr", "fpr")
-                        if isinstance(sanitized.get(k), float) and math.isfinite(sanitized[k])}
-        mlflow.log_metrics(metrics)
-        staging = runs_root / FLOW / data_version[:16]
-        log_dataelixir_artifacts(sanitized, params.dataelixir.anomaly_threshold, staging)
-        marker = write_check_marker(ingested["path"], record)
-        mlflow.log_artifact(str(marker), "check")
-        (staging / "check.md").write_text(check_markdown(record))
-        mlflow.log_artifact(str(staging / "check.md"), "check")
-
-    publish_check_artifacts(record)
+    record = record_ingestion_check(
+        flow=FLOW, params=params, source=source, resolved_source=resolved, dataset=ingested, dvc=dvc,
+        data_version=data_version, sanitized=sanitized, victim=victim, purifier=purifier,
+        purified_dvc=purified_dvc, seconds=time.perf_counter() - started, runs_root=runs_root,
+    )
     print("\n" + check_markdown(record))
     print(f"MLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     if targets:

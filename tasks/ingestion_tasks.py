@@ -40,6 +40,8 @@ __all__ = [
     "artifact_key",
     "default_dvc_root",
     "version_best_effort",
+    "check_targets",
+    "record_ingestion_check",
 ]
 
 CHECK_SUFFIX = ".check.json"
@@ -275,3 +277,107 @@ def version_best_effort(path: str, dvc_root: str | None, remote: str) -> dict[st
     except Exception as exc:  # noqa: BLE001 - any DVC failure leaves the flow running on the content hash
         print(f"DVC versioning of {path} skipped: {exc}")
         return None
+
+
+# ------------------------------------------------------------------------------------------------ record
+def check_targets(sanitized: dict[str, Any]) -> list[int]:
+    """The backdoor target label(s) a DataElixir result found ([] when the data looks clean)."""
+    anomaly = sanitized.get("anomaly_index") or {}
+    targets = [int(t) for t in anomaly.get("target_labels") or []]
+    if not targets and sanitized.get("target_label") is not None:
+        targets = [int(sanitized["target_label"])]
+    return targets
+
+
+def record_ingestion_check(
+    *,
+    flow: str,
+    params: Any,
+    source: str,
+    resolved_source: str,
+    dataset: dict[str, Any],
+    dvc: dict[str, Any] | None,
+    data_version: str,
+    sanitized: dict[str, Any],
+    victim: dict[str, Any],
+    purifier: dict[str, Any],
+    purified_dvc: dict[str, Any] | None,
+    seconds: float,
+    runs_root: str | Path,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Record the verdict of a DataElixir scan of ``dataset`` (``path`` / ``hash`` / ``name`` / ``info`` of a
+    stored version) as an ingestion check: the MLflow run ``detoxops.kind=ingestion`` in ``<prefix>/<flow>``
+    (tags, metrics, anomaly / decisions / check artifacts), the ``.check.json`` marker next to the version and
+    the Prefect artifacts. Returns the check record (``status`` quarantined / passed). Shared by
+    ``flows.ingestion_check`` and ``flows.demo`` (which re-uses the DataElixir result it already computed)."""
+    import math
+
+    import mlflow
+    from prefect.runtime import flow_run
+
+    from tasks.tracking import log_dataset, run
+
+    targets = check_targets(sanitized)
+    status = "quarantined" if targets else "passed"
+    anomaly = sanitized.get("anomaly_index") or {}
+    info = dataset.get("info") or {}
+    record: dict[str, Any] = {
+        "status": status,
+        "dataset": dataset["name"],
+        "source": source,
+        "resolved_source": resolved_source,
+        "version": dataset["path"],
+        "hash": dataset["hash"],
+        "dvc_md5": (dvc or {}).get("md5"),
+        "dvc_file": (dvc or {}).get("dvc_file"),
+        "data_version": data_version,
+        "target_labels": targets,
+        "target_label": targets[0] if targets else None,
+        "counts": {"train": sanitized.get("n_train"), "flagged": sanitized.get("n_flagged"),
+                   "sets": sanitized.get("sets") or {}},
+        "anomaly_index": anomaly,
+        "anomaly_rows": anomaly_rows(anomaly, info.get("class_names")),
+        "threshold": params.dataelixir.anomaly_threshold,
+        "target_rule": params.dataelixir.target_rule,
+        "purified_version": sanitized["path"] if targets else None,
+        "purified_dvc_md5": (purified_dvc or {}).get("md5"),
+        "victim": victim["path"],
+        "purifier": purifier["path"],
+        "checked_at": now_utc(),
+        "seconds": round(seconds, 1),
+        "prefect_flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "marker": str(marker_path(dataset["path"])),
+    }
+
+    tags = {
+        "detoxops.dataset": dataset["name"], "detoxops.data_version": data_version, "detoxops.status": status,
+        "detoxops.target_label": ",".join(map(str, targets)) if targets else None,
+        "detoxops.model": params.victim.arch, "detoxops.seed": params.dataelixir.seed,
+        "detoxops.source": source, "detoxops.marker": record["marker"],
+        "detoxops.purified_version": record["purified_version"],
+        "detoxops.purified_data_version": record["purified_dvc_md5"],
+        "detoxops.prefect_flow_run_id": record["prefect_flow_run_id"],
+    }
+    with run(flow, f"check {dataset['name']}", kind="ingestion", prefix=params.tracking.experiment_prefix,
+             parent_run_id=parent_run_id, tags=tags, params=params.to_dict()) as active:
+        record["mlflow_run_id"] = active.info.run_id
+        log_dataset(dataset["path"], dataset["name"], data_version, "ingestion")
+        metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),
+                   "n_train": float(sanitized.get("n_train") or 0)}
+        # TPR / FPR only with ground-truth poison flags (a stored version that records its poisoned images):
+        # a folder or archive carries none, so TPR is NaN and "FPR" would merely be the flagged share
+        tpr = sanitized.get("tpr")
+        if isinstance(tpr, float) and math.isfinite(tpr):
+            metrics |= {k: sanitized[k] / 100.0 for k in ("tpr", "fpr")
+                        if isinstance(sanitized.get(k), float) and math.isfinite(sanitized[k])}
+        mlflow.log_metrics(metrics)
+        staging = Path(runs_root) / flow / data_version[:16]
+        log_dataelixir_artifacts(sanitized, params.dataelixir.anomaly_threshold, staging)
+        marker = write_check_marker(dataset["path"], record)
+        mlflow.log_artifact(str(marker), "check")
+        (staging / "check.md").write_text(check_markdown(record))
+        mlflow.log_artifact(str(staging / "check.md"), "check")
+
+    publish_check_artifacts(record)
+    return record
