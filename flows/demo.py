@@ -2,8 +2,9 @@
 
 ingest → DVC version → poison (params.attack) → train the victim → trigger visibility / robustness (SampDetox
 figure 2, on at most ``max_images`` triggered test images) → purifier (shipped, or trained) → DataElixir
-(training-time: target label, TPR / FPR, a clean model retrained on the purified set) → SampDetox evaluation
-(inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``), with the
+(training-time: target label, TPR / FPR, a clean model retrained on the purified set; recorded as an
+ingestion check of the poisoned set, as ``flows.ingestion_check`` records one, without failing the run) →
+SampDetox evaluation (inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``), with the
 victim and the purifier registered (``detoxops-victim``, ``detoxops-purifier``) for the dashboard's *Try it*.
 
     python -m flows.demo [--params params.yaml] [--set key=value ...] [--max-images N]
@@ -78,6 +79,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     sanitized = sanitize_dataset(poisoned["path"], victim["path"], purifier["path"],
                                  params.dataelixir.model_dump(mode="json"), data_root)
+    check_seconds = time.perf_counter() - started
     clean_model = train_victim(sanitized["path"], params.victim.model_dump(mode="json"), None,
                                str(runs_root / "victims"))
     defense_rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], DEFENSES,
@@ -104,6 +106,9 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
         log_defense_rows(defense_rows, "demo", parent.info.run_id, tags, params.tracking.experiment_prefix)
         _log_sanitize(sanitized, retrained, parent.info.run_id, tags, params.tracking.experiment_prefix, victim)
         _register_purifier(purifier, parent.info.run_id)
+        # the poisoned training set DataElixir scanned, recorded as an ingestion check (the dashboard's Overview)
+        check = _record_check(params, ingested, poisoned, sanitized, victim, purifier, check_seconds, runs_root,
+                              parent.info.run_id)
 
     print("\n" + format_table(table))
     vis = visibility["summary"]
@@ -111,6 +116,8 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
           f"(mean of the {vis['hits']} images the victim sends to the target, {vis['n_inf']} never flipped)")
     print(f"\ndata version {data_version}; target label detected: {sanitized.get('target_label')}; "
           f"{seconds:.0f} s")
+    targets = ",".join(map(str, check["target_labels"]))
+    print(f"ingestion check: {check['status']}" + (f", target label {targets}" if targets else ""))
     print(f"\nMLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     print("Prefect:   .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
     print("Dashboard: .venv/bin/streamlit run dashboards/app.py")
@@ -133,6 +140,28 @@ def _log_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], parent_i
             mlflow.log_artifact(sanitized["decisions"], "decisions")
         mlflow.log_artifacts(victim["path"], "victim")
         register_model(f"runs:/{r.info.run_id}/victim", "detoxops-victim", tags={"arch": victim.get("arch")})
+
+
+def _record_check(params: Any, ingested: dict[str, Any], poisoned: dict[str, Any], sanitized: dict[str, Any],
+                  victim: dict[str, Any], purifier: dict[str, Any], seconds: float, runs_root: Path, parent_id: str) -> dict[str, Any]:
+    """The ingestion check of the poisoned training set, from the DataElixir result the demo already computed
+    (no second scan): the record ``flows.ingestion_check`` writes (nested ``detoxops.kind=ingestion`` run, marker
+    next to the poisoned version, Prefect artifacts), but the demo reports rather than failing on a target."""
+    from tasks.data_tasks import dataset_identity
+    from tasks.ingestion_tasks import check_targets, record_ingestion_check, version_best_effort
+
+    remote = params.tracking.dvc_remote
+    dataset = {"path": poisoned["path"], "hash": poisoned["hash"], "name": Path(poisoned["path"]).parent.name,
+               "info": ingested.get("info") or {}}
+    dvc = version_best_effort(poisoned["path"], str(PROJECT_ROOT), remote)
+    purified_dvc = (version_best_effort(sanitized["path"], str(PROJECT_ROOT), remote)
+                    if check_targets(sanitized) else None)
+    return record_ingestion_check(
+        flow="demo", params=params, source=f"{params.data.source} + {params.attack.name} (flows.demo)",
+        resolved_source=poisoned["path"], dataset=dataset, dvc=dvc, data_version=dataset_identity(dataset, dvc),
+        sanitized=sanitized, victim=victim, purifier=purifier, purified_dvc=purified_dvc, seconds=seconds,
+        runs_root=runs_root, parent_run_id=parent_id,
+    )
 
 
 def _register_purifier(purifier: dict[str, Any], run_id: str) -> str:

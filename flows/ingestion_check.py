@@ -53,7 +53,13 @@ def ingestion_check(
     """Check ``source`` (default ``params.data.source``); returns the check record when it passed, a Failed
     state carrying it when the dataset was quarantined."""
     from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
-    from tasks.ingestion_tasks import check_markdown, check_targets, default_dvc_root, record_ingestion_check, resolve_source
+    from tasks.ingestion_tasks import (
+        check_markdown,
+        check_targets,
+        default_dvc_root,
+        record_ingestion_check,
+        resolve_source,
+    )
     from tasks.purifier_tasks import get_purifier
     from tasks.sanitize_tasks import sanitize_dataset
     from tasks.tracking import setup_tracking

@@ -3,6 +3,7 @@ their metrics, artifacts and the registered victim, and a second run re-uses the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -14,23 +15,15 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.platform
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 
-TINY = [
-    "victim.epochs=3",
-    "dataelixir.T=8",
-    "dataelixir.rounds=2",
-    "dataelixir.keep_last=2",
-    "dataelixir.ddim_stride=4",
-    "dataelixir.relabel_epochs=1",
-    "dataelixir.finetune_epochs=1",
-    "data.train_per_class=20",
-    "data.test_per_class=8",
-]
+# conftest's tiny_dataelixir budget on 400 images: the smallest at which DataElixir still finds BadNets' target,
+# so the demo's ingestion check of its poisoned training set is quarantined (target 0)
+DATA = ["data.train_per_class=40", "data.test_per_class=8"]
 
 
-def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tmp_path, monkeypatch):
+def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_dataelixir, tmp_path, monkeypatch):
     from flows.demo import demo
 
-    overrides = TINY + [f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}",
+    overrides = tiny_dataelixir + DATA + [f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}",
                         f"tracking.dvc_remote={tmp_path / 'remote'}"]
     table = demo("params.yaml", overrides, max_images=16)
     defenses = [row["defense"] for row in table]
@@ -52,6 +45,25 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tmp_pa
     assert parent.data.params["attack.name"] == "badnets"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "results")] == ["results/results.csv"]
     assert client.get_model_version_by_alias("detoxops-victim", "champion") is not None
+    # the poisoned training set DataElixir scanned, recorded as an ingestion check (nested, no second scan)
+    checks = [r for r in runs if r.data.tags.get("detoxops.kind") == "ingestion"]
+    assert len(checks) == 1
+    check = checks[0]
+    assert check.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert check.data.tags["detoxops.status"] == "quarantined" and check.data.tags["detoxops.target_label"] == "0"
+    assert check.data.tags["detoxops.dataset"].endswith("-badnets")
+    assert {"seconds", "n_flagged", "n_train", "tpr", "fpr"} <= set(check.data.metrics)  # ground-truth flags
+    marker = Path(check.data.tags["detoxops.marker"])
+    saved = json.loads(marker.read_text())
+    assert saved["status"] == "quarantined" and saved["target_label"] == 0
+    assert saved["mlflow_run_id"] == check.info.run_id and marker.name == Path(saved["version"]).name + ".check.json"
+    from tasks.ingestion_tasks import check_status
+
+    assert check_status(saved["version"])["status"] == "quarantined"
+    paths = {a.path for folder in ("anomaly", "decisions", "check")
+             for a in client.list_artifacts(check.info.run_id, folder)}
+    assert {"anomaly/anomaly_index.png", "anomaly/anomaly_index.json", "decisions/decisions.csv",
+            "check/" + marker.name, "check/check.md"} <= paths
     purifier = client.get_model_version_by_alias("detoxops-purifier", "champion")  # what the dashboard's Try it loads
     assert purifier.tags["origin"] and {a.path for a in client.list_artifacts(parent.info.run_id, "purifier")} >= {
         "purifier/config.json", "purifier/diffusion_pytorch_model.safetensors"}
@@ -83,4 +95,12 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tmp_pa
     at.switch_page("pages/visibility.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.info and list(at.dataframe[0].value["attack"]) == ["badnets"]
+
+    # …and the Overview lists the demo's ingestion checks (one per run) instead of its guidance
+    at.switch_page("pages/overview.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("ingestion checks" in i.value for i in at.info)
+    listed = at.dataframe[0].value
+    assert list(listed["verdict"]) == ["quarantined", "quarantined"] and set(listed["target_label"]) == {"0"}
+    assert any("quarantined" in e.value and "**0**" in e.value for e in at.error)
     st.cache_data.clear()
