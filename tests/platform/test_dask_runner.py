@@ -25,11 +25,17 @@ def _matrix(root, kind: str) -> dict[tuple[str, str], tuple[float, float, float]
     return {(r["attack"], r["defense"]): (r["ca"], r["pa"], r["asr"]) for r in out["rows"]}
 
 
-def test_dask_runner_matches_thread_runner(platform_env, tmp_stores):
+def test_dask_runner_matches_thread_runner(platform_env, tmp_stores, monkeypatch):
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
     root = platform_env / "dask-runner"
     tmp_stores(root, "benchmark", dvc_remote=False)
-    thread = _matrix(root, "thread")
-    dask = _matrix(root, "dask")
+    # both runs compute every task: earlier tests of the session may have cached the same content-addressed inputs
+    # (the Dask workers read the environment, the thread runner the temporary setting)
+    monkeypatch.setenv("PREFECT_TASKS_REFRESH_CACHE", "true")
+    with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+        thread = _matrix(root, "thread")
+        dask = _matrix(root, "dask")
     assert sorted(thread) == sorted((a, d) for a in ATTACKS for d in DEFENSES)
     assert dask == thread
     # the Dask run computed its own stages: its data / runs dirs were filled, not the thread run's re-used
