@@ -3,35 +3,10 @@ scikit-learn digits upscaled to 16×16 RGB (always available)."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _read_cifar(archive, split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    taken = {c: 0 for c in CIFAR_CLASSES}
-    images, labels = [], []
-    with tarfile.open(archive, "r:gz") as tf:
-        for member in tf:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 3 or parts[0] != split or parts[1] not in taken:
-                continue
-            if taken[parts[1]] >= per_class:
-                continue
-            data = tf.extractfile(member).read()
-            images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8))
-            labels.append(CIFAR_CLASSES.index(parts[1]))
-            taken[parts[1]] += 1
-            if split == "train" and all(v >= per_class for v in taken.values()):
-                break
-    order = np.lexsort((np.arange(len(labels)), labels))
-    return np.stack(images)[order], np.asarray(labels, dtype=np.int64)[order]
+from detoxops.data.archive_sample import read_per_class as _read_cifar
 
 
 @pytest.fixture(scope="session")

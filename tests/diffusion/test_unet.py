@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -118,27 +117,12 @@ def test_default_purifier_shipped_digits():
     assert isinstance(p.unet, UNet2DModel)
 
 
-def _first_cifar_test_images(archive, n: int) -> np.ndarray:
-    import io
-    import tarfile
-
-    from PIL import Image
-
-    images = []
-    with tarfile.open(archive, "r:gz") as tf:
-        for member in tf:
-            if member.isfile() and member.name.startswith("test/") and member.name.endswith((".jpg", ".png")):
-                images.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")))
-                if len(images) == n:
-                    break
-    return np.stack(images)
-
-
 def test_shipped_cifar10_purifier_denoises_real_images(cifar_archive):
     """The shipped CIFAR-10 purifier must beat the noisy input by a wide margin at the levels the defenses use."""
+    from detoxops.data.archive_sample import read_per_class
     from detoxops.diffusion.unet import shipped_purifier_dir
 
-    cifar_test_images = _first_cifar_test_images(cifar_archive, 32)
+    cifar_test_images = read_per_class(cifar_archive, "test", 4)[0]
 
     assert (shipped_purifier_dir("cifar10-32") / "config.json").is_file()
     p = default_purifier("cifar10")
