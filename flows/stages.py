@@ -6,7 +6,8 @@ of the test split (the same split as ``flows/sweep.py``), with ``params.sampdeto
 ``defenses.csv``.
 
 ``report``: joins the victim's metrics (``pipeline/metrics.json``) and the held-out defense rows into
-``report/defenses.csv`` (one row per defense, for ``dvc plots show``) and ``report/report.md``.
+``report/defenses.csv`` (one row per defense, for ``dvc plots show``) and ``report/report.md``, with the
+``sanitize`` stage's finding (target labels, TPR / FPR) when its summary is given.
 
     python -m flows.stages defenses --poisoned pipeline/poisoned --victim pipeline/victim --split val \
         --defenses none,sampdetox --out pipeline/sweep
@@ -37,7 +38,8 @@ def _purifier(params, purifier: str | None, image_size: int):
 
 def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str], out: Path,
                    params_path: str = "params.yaml", overrides: list[str] | None = None,
-                   purifier: str | None = None, max_images: int | None = None) -> dict[str, Any]:
+                   purifier: str | None = None, max_images: int | None = None,
+                   clean_source: str | None = None) -> dict[str, Any]:
     import torch
 
     from detoxops.config import load_params
@@ -50,7 +52,7 @@ def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str]
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     params = load_params(params_path, overrides)
     record = json.loads((poisoned / "attack.json").read_text())
-    clean = load_splits(params.data.source, params.data, progress=False)["test"]
+    clean = load_splits(clean_source or params.data.source, params.data, progress=False)["test"]
     triggered = ImageSet.load(poisoned / "test")
     data = split_eval_sets(clean, triggered, record["target"], params.data.val_fraction, params.data.seed)[split]
     data = _limit(data, max_images, params.data.seed)
@@ -74,7 +76,8 @@ def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str]
     return metrics
 
 
-def report_stage(victim_metrics: Path, defenses_csv: Path, out: Path) -> list[dict[str, Any]]:
+def report_stage(victim_metrics: Path, defenses_csv: Path, out: Path,
+                 sanitize_summary: Path | None = None) -> list[dict[str, Any]]:
     victim = json.loads(victim_metrics.read_text()) if victim_metrics.is_file() else {}
     with defenses_csv.open() as f:
         rows = [dict(r) for r in csv.DictReader(f)]
@@ -91,8 +94,20 @@ def report_stage(victim_metrics: Path, defenses_csv: Path, out: Path) -> list[di
         w.writerows(table)
     md = ["| defense | CA | PA | ASR |", "|---|---:|---:|---:|"]
     md += [f"| {r['defense']} | {r.get('ca', '-')} | {r.get('pa', '-')} | {r.get('asr', '-')} |" for r in table]
+    if sanitize_summary is not None and sanitize_summary.is_file():
+        md += ["", "DataElixir on the poisoned training set (`sanitize` stage):", "",
+               *_sanitize_lines(json.loads(sanitize_summary.read_text()))]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return table
+
+
+def _sanitize_lines(summary: dict[str, Any]) -> list[str]:
+    targets = summary.get("target_labels") or []
+    lines = [f"- target label(s) found: {', '.join(map(str, targets)) if targets else 'none'}",
+             f"- samples flagged: {summary.get('flagged', '-')}"]
+    if "tpr" in summary:
+        lines.append(f"- TPR {100 * summary['tpr']:.1f} %, FPR {100 * summary['fpr']:.1f} % (ground-truth poison flags)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--defenses", default="none,sampdetox")
     d.add_argument("--purifier", default=None, help="default: diffusion.purifier, else the shipped one")
     d.add_argument("--max-images", type=int, default=0, help="0 = all")
+    d.add_argument("--clean", default=None, help="data source of the clean test split (default: data.source), "
+                   "e.g. the ingest stage's pipeline/raw")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--params", default="params.yaml")
     d.add_argument("--set", dest="overrides", action="append", default=[])
@@ -112,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--victim-metrics", type=Path, required=True)
     r.add_argument("--defenses", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--sanitize", type=Path, default=None, help="summary JSON of `detoxops sanitize --summary`")
     args = ap.parse_args(argv)
     if args.cmd == "defenses":
         names = [x.strip() for x in args.defenses.split(",") if x.strip()]
         m = defenses_stage(args.poisoned, args.victim, args.split, names, args.out, args.params, args.overrides,
-                           args.purifier, args.max_images or None)
+                           args.purifier, args.max_images or None, args.clean)
         print(json.dumps(m, indent=2))
     else:
-        for row in report_stage(args.victim_metrics, args.defenses, args.out):
+        for row in report_stage(args.victim_metrics, args.defenses, args.out, args.sanitize):
             print(row)
     return 0
 

@@ -73,6 +73,17 @@ def test_ingest_then_info(tmp_path, tree):
     assert listing.exit_code == 0 and "1 version(s)" in listing.output and version.name in listing.output
 
 
+def test_ingest_to_a_fixed_folder_for_pipelines(tmp_path, tree):
+    dest = tmp_path / "pipeline" / "raw"
+    first = run("data", "ingest", tree, "--to", dest, "--no-progress", "--set", "data.image_size=8")
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines()[0] == str(dest) and (dest / "version.json").is_file()
+    other = run("data", "ingest", tree, "--to", dest, "--no-progress", "--set", "data.image_size=4")
+    assert other.exit_code == 1 and "holds other data" in other.output
+    forced = run("data", "ingest", tree, "--to", dest, "--force", "--no-progress", "--set", "data.image_size=4")
+    assert forced.exit_code == 0 and "images of 4x4x3" in forced.output
+
+
 def test_ingest_applies_set_overrides(tmp_path, tree):
     result = run(
         "data",

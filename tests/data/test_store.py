@@ -112,3 +112,22 @@ def test_ingest_keeps_its_archive_cache_under_its_root(tmp_path, mk):
     version = ingest(archive, tmp_path / "store", DataConfig(root=str(elsewhere)), progress=False)
     assert (tmp_path / "store" / ".cache").is_dir() and not elsewhere.exists()
     assert ingest(archive, tmp_path / "store", DataConfig(root=str(elsewhere)), progress=False) == version
+
+
+def test_version_at_a_fixed_folder_keeps_identical_and_guards_different(tmp_path):
+    """``at=`` (dvc.yaml's ingest stage): same content is kept untouched, other content needs ``overwrite``."""
+    a = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"])
+    b = ImageSet(np.full((4, 2, 2, 3), 7, np.uint8), np.array([0, 1, 0, 1]), ["a", "b"])
+    dest = tmp_path / "pipeline" / "raw"
+    assert save_version({"train": a}, None, "toy", source="t", at=dest) == dest
+    before = snapshot(dest)
+    assert save_version({"train": a}, None, "toy", source="t", at=dest) == dest
+    assert snapshot(dest) == before
+    with pytest.raises(FileExistsError, match="holds other data"):
+        save_version({"train": b}, None, "toy", source="t", at=dest)
+    assert snapshot(dest) == before
+    save_version({"train": b}, None, "toy", source="t", at=dest, overwrite=True)
+    assert int(load_version(dest, verify=True)["train"].images.max()) == 7
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["raw"]  # no temp or old folders left
+    with pytest.raises(ValueError, match="needs a root folder"):
+        save_version({"train": a}, None, "toy", source="t")

@@ -60,10 +60,15 @@ def run(
         None, "--surrogate", help="clean classifier for attacks that need one (LF, LC, TrojanNN)"
     ),
     force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
+    data: str = typer.Option(
+        None, "--data", "-d", help="data source to poison instead of data.source (e.g. a stored version such as "
+        "the ingest stage's pipeline/raw)"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Load ``params.data``, apply ``params.attack`` and write the poisoned train / triggered test sets."""
-    params = params_from_cli(params_path, list(overrides or []) + ([f"attack.name={attack_name}"] if attack_name else []))
+    params = params_from_cli(params_path, list(overrides or []) + ([f"attack.name={attack_name}"] if attack_name else [])
+                             + ([f"data.source={data}"] if data else []))
     from detoxops.attacks import registry
     from detoxops.attacks.poisoning import poison_datasets
     from detoxops.data import load_splits

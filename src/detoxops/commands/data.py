@@ -27,17 +27,26 @@ def ingest_command(
         None, "--out", "-o", help="root folder of dataset versions (default: data.root)"
     ),
     name: str = typer.Option(None, "--name", help="dataset name (default: derived from the source)"),
+    to: Path = typer.Option(
+        None, "--to", help="store the version in exactly this folder (a pipeline output, e.g. pipeline/raw) "
+        "instead of <out>/<name>/<hash12>/"
+    ),
+    force: bool = typer.Option(False, "--force", help="with --to: replace a different version already there"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Validate SOURCE and store it as <out>/<name>/<hash12>/ (an existing identical version is reused)."""
+    """Validate SOURCE and store it as <out>/<name>/<hash12>/ (an existing identical version is reused).
+
+    With --to the version goes to that exact folder, which is what dvc.yaml's ``ingest`` stage uses.
+    """
     from detoxops.data import ingest, version_info
 
     cfg = params_from_cli(params, overrides).data
     src = source or cfg.source
     try:
-        path = ingest(src, out if out is not None else Path(cfg.root), cfg, name=name, progress=progress)
+        path = ingest(src, out if out is not None else Path(cfg.root), cfg, name=name, progress=progress,
+                      at=to, overwrite=force)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         fail(str(exc))
         return

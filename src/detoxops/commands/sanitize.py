@@ -19,6 +19,8 @@ def sanitize(
     version_root: Path = typer.Option(None, "--version-root",
                                       help="also store the purified set as dataset version <root>/<name>/<hash12>/"),
     version_name: str = typer.Option("purified", "--version-name", help="dataset name for --version-root"),
+    summary_path: Path = typer.Option(None, "--summary", help="also write the printed summary (target labels, "
+                                      "flagged, TPR / FPR) to this JSON file, e.g. a DVC metrics file"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -57,6 +59,11 @@ def sanitize(
     if train.poisoned.any():
         tpr, fpr = detection_rates(train.labels, result.dataset.labels, train.poisoned)
         summary |= {"tpr": tpr, "fpr": fpr}
+    if summary_path is not None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = summary_path.with_name(summary_path.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(summary_path)
     typer.echo(json.dumps(summary))
 
 

@@ -22,6 +22,8 @@ def ingest(
     name: str | None = None,
     progress: bool = True,
     cache: bool = True,
+    at: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Store ``source`` under ``<root>/<name>/<hash12>/`` and return the version folder.
 
@@ -29,6 +31,7 @@ def ingest(
     written; the version is written to a temp folder and renamed into place. Ingesting the same content again
     returns the existing folder without touching it. ``root`` defaults to ``cfg.root``; ``name`` to the
     source's name (``digits``, the archive stem, …); ``cache`` as in :func:`load_source`, kept in ``<root>/.cache``.
+    ``at`` / ``overwrite``: store the version in exactly that folder (see :func:`save_version`).
     """
     from detoxops.config import DataConfig
 
@@ -44,4 +47,6 @@ def ingest(
         name or source_name(source),
         source=str(source),
         extra={"config": settings},
+        at=at,
+        overwrite=overwrite,
     )

@@ -36,9 +36,21 @@ def is_version_dir(path: Path) -> bool:
 
 
 def save_version(
-    splits: dict[str, ImageSet], root: str | Path, name: str, source: str, extra: dict[str, Any] | None = None
+    splits: dict[str, ImageSet],
+    root: str | Path | None,
+    name: str,
+    source: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    at: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Store ``splits`` as ``<root>/<name>/<hash12>/`` and return that path (the existing one if present)."""
+    """Store ``splits`` as ``<root>/<name>/<hash12>/`` and return that path (the existing one if present).
+
+    ``at`` stores the version in exactly that folder instead (a pipeline output such as ``dvc.yaml``'s
+    ``pipeline/raw``): an identical version already there is kept; a different one is an error unless
+    ``overwrite``, which replaces it atomically once the new one is complete.
+    """
     if not _NAME_RE.match(name):
         raise ValueError(
             f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (no path separators)"
@@ -48,15 +60,20 @@ def save_version(
             raise ValueError(f"split name {split!r} must be letters, digits, '.', '_' or '-'")
     split_hashes = {s: ds.content_hash() for s, ds in sorted(splits.items())}
     full = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
-    dest = Path(root) / name / full[:12]
+    if at is None and root is None:
+        raise ValueError("save_version needs a root folder or an explicit destination (at=)")
+    dest = Path(at) if at is not None else Path(root) / name / full[:12]
     if dest.exists():
         existing = _read_info(dest) if is_version_dir(dest) else None
-        if existing is None or existing.get("hash") != full:
+        if existing is not None and existing.get("hash") == full:
+            return dest
+        if at is None:
             raise FileExistsError(
                 f"{dest} exists but is not this dataset version (hash prefix collision or a foreign folder); "
                 "it was left untouched"
             )
-        return dest
+        if not overwrite:
+            raise FileExistsError(f"{dest} exists and holds other data (pass overwrite / --force to replace it)")
     first = next(iter(splits.values()))
     info = {
         "format": FORMAT_VERSION,
@@ -81,7 +98,7 @@ def save_version(
         if ds.class_names != first.class_names:
             raise ValueError(f"split {s!r} has class names {ds.class_names}, expected {first.class_names}")
     try:
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, overwrite=at is not None and overwrite) as tmp:
             for s, ds in splits.items():
                 ds._write(tmp / s)
             (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")

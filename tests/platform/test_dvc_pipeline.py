@@ -1,0 +1,117 @@
+"""`dvc repro` and `dvc exp run` on the project's real dvc.yaml, in a scratch Git + DVC copy with tiny params.
+
+The copy holds dvc.yaml, params.yaml (shrunk: 20 train / 10 test digits per class, 2 victim epochs, one DataElixir
+round, DDIM), the code the stages depend on, and a link to this checkout's .venv (the stages call
+``.venv/bin/detoxops``). Checked: every stage of ``report``'s chain runs (ingest → poison → train_victim →
+evaluate, sanitize, detox_eval → report), the report joins the held-out defense rows and the sanitize finding,
+a second ``dvc repro`` re-runs nothing, and ``dvc exp run -S sampdetox.t2=80`` records an experiment whose
+params and val metrics ``dvc exp show`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = ROOT / ".venv" / "bin" / "dvc"
+
+pytestmark = pytest.mark.skipif(
+    not DVC.is_file() or shutil.which("git") is None,
+    reason="needs the project's .venv (make setup) with dvc, and git",
+)
+
+TINY = {
+    "data": {"train_per_class": 20, "test_per_class": 10},
+    "victim": {"epochs": 2, "width": 8, "augment": False, "device": "cpu"},
+    "sampdetox": {"sampler": "ddim", "ddim_stride": 20, "batch_size": 64},
+    "dataelixir": {"T": 40, "rounds": 1, "keep_last": 2, "sampler": "ddim", "ddim_stride": 10,
+                   "relabel_epochs": 1, "finetune_epochs": 1, "batch_size": 64},
+}
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    proj = tmp_path_factory.mktemp("dvcproj")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("src", "flows", "tasks"):
+        shutil.copytree(ROOT / folder, proj / folder, ignore=ignore)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, proj / name)
+    (proj / ".venv").symlink_to(ROOT / ".venv")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["data"]["root"] = str(proj / "data")
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (proj / ".gitignore").write_text(".venv\n/data/\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}
+    _run(["git", "init", "-q", "-b", "main"], proj, env)
+    _run([str(DVC), "init", "-q"], proj, env)
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-q", "-m", "scratch project"], proj, env)
+    return proj, env
+
+
+def test_dvc_repro_runs_the_pipeline_and_caches(project):
+    proj, env = project
+    log = _run([str(DVC), "repro", "report"], proj, env)
+    for stage in ("ingest", "poison", "train_victim", "evaluate", "sanitize", "detox_eval", "report"):
+        assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
+    assert "train_purifier" not in log  # deliberate-only: report does not depend on it
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    assert {"ingest", "poison", "train_victim", "sanitize", "detox_eval", "report"} <= set(lock)
+    # the ingest stage stored a dataset version that poison read as-is
+    info = json.loads((proj / "pipeline/raw/version.json").read_text())
+    assert info["splits"]["train"]["count"] == 200 and info["splits"]["test"]["count"] == 100
+    attack = json.loads((proj / "pipeline/poisoned/attack.json").read_text())
+    assert attack["data_source"] == "pipeline/raw" and attack["train"]["num_poisoned"] == 20
+    # report: victim row + the held-out defense rows + the sanitize finding
+    report = (proj / "pipeline/report/report.md").read_text()
+    for row in ("victim (full test)", "| none |", "| sampdetox |", "| faithful |", "| blur |"):
+        assert row in report
+    summary = json.loads((proj / "pipeline/sanitize.json").read_text())
+    assert {"target_labels", "flagged", "tpr", "fpr"} <= set(summary)
+    assert "target label(s) found" in report and "TPR" in report
+    metrics = json.loads(_run([str(DVC), "metrics", "show", "--json"], proj, env, stdout_only=True))
+    files = next(iter(metrics.values()))["data"]
+    assert files["pipeline/sanitize.json"]["data"]["flagged"] == summary["flagged"]
+    assert files["pipeline/sampdetox/metrics.json"]["data"]["split"] == "test"
+    # nothing changed → nothing re-runs
+    again = _run([str(DVC), "repro", "report"], proj, env)
+    assert "Running stage" not in again, again
+    status = _run([str(DVC), "status", "report"], proj, env)
+    assert "up to date" in status.lower(), status
+
+
+def test_dvc_exp_run_sweeps_a_sampdetox_param(project):
+    proj, env = project
+    _run([str(DVC), "repro", "report"], proj, env)  # no-op when the first test ran; makes this one standalone
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-q", "-m", "pipeline run"], proj, env)
+    log = _run([str(DVC), "exp", "run", "sweep", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj, env)
+    assert "Running stage 'sweep'" in log
+    for stage in ("ingest", "poison", "train_victim"):  # upstream stages come from the run cache
+        assert f"Running stage '{stage}'" not in log, log
+    rows = json.loads(_run([str(DVC), "exp", "show", "--json"], proj, env, stdout_only=True))
+    exps = [e for rev in rows for e in (rev.get("experiments") or []) for e in (e.get("revs") or [])]
+    named = [e for e in exps if e.get("name") == "t2-80"]
+    assert named, rows
+    data = named[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["sampdetox"]["t2"] == 80
+    sweep = data["metrics"]["pipeline/sweep/metrics.json"]["data"]
+    assert sweep["split"] == "val" and {"ca", "pa", "asr"} <= set(sweep["sampdetox"])
