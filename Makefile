@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint setup clean-runs
+.PHONY: demo pipeline test test-slow lint setup clean-runs
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo
+
+# the dvc.yaml pipeline (ingest → poison → victim → sanitize → detox_eval → report, + the sweep point)
+pipeline: $(STAMP)
+	$(BIN)/dvc repro report sweep
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,8 @@
 """Plain entry points (no Prefect, no MLflow) for the ``dvc.yaml`` stages that have no ``detoxops`` command.
 
+``purifier``: the purifier the flows would use (configured, shipped for the image size, or trained), as
+``pipeline/purifier``.
+
 ``defenses``: CA / PA / ASR of ``pipeline/victim`` behind each defense on the ``val`` or held-out ``test`` part
 of the test split (the same split as ``flows/sweep.py``), with ``params.sampdetox`` as it is — so
 ``dvc exp run -S sampdetox.t2=80`` scores one sweep point. Writes ``metrics.json`` (DVC metrics) and
@@ -24,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["defenses_stage", "report_stage", "main"]
+__all__ = ["purifier_stage", "defenses_stage", "report_stage", "main"]
 
 COLUMNS = ["defense", "ca", "pa", "asr", "ca_drop", "images_per_s", "n_clean", "n_poisoned"]
 
@@ -34,6 +37,34 @@ def _purifier(params, purifier: str | None, image_size: int):
 
     source = purifier or params.diffusion.purifier
     return load_purifier(source) if source else default_purifier(image_size)
+
+
+def purifier_stage(data: Path, out: Path, params_path: str = "params.yaml",
+                   overrides: list[str] | None = None) -> dict[str, Any]:
+    """``pipeline/purifier``: the purifier the flows would use (``diffusion.purifier``, else the one shipped for the
+    image size, copied), or one trained on the ingested training set when neither exists. Writes ``origin.json``."""
+    import shutil
+
+    from detoxops.config import load_params
+    from detoxops.data import load_version
+    from detoxops.data.imageset import atomic_dir
+    from detoxops.diffusion import purifier_folder, train_purifier
+
+    params = load_params(params_path, overrides)
+    train = load_version(data)["train"]
+    size = int(train.image_shape[0])
+    folder, origin = purifier_folder(params.diffusion.purifier, size)
+    with atomic_dir(out, overwrite=True) as tmp:
+        if folder is not None:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint"))
+        else:
+            cfg = params.diffusion.model_copy(update={"unet": params.diffusion.unet.model_copy(
+                update={"sample_size": size})})
+            train_purifier(train.images, cfg, tmp, progress=False)
+            origin = "trained"
+        record = {"origin": origin, "source": str(folder) if folder is not None else str(data), "image_size": size}
+        (tmp / "origin.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str], out: Path,
@@ -125,13 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--params", default="params.yaml")
     d.add_argument("--set", dest="overrides", action="append", default=[])
+    pu = sub.add_parser("purifier", help="the configured / shipped purifier (copied), else one trained on --data")
+    pu.add_argument("--data", type=Path, required=True, help="a dataset version folder (the ingest stage's)")
+    pu.add_argument("--out", type=Path, required=True)
+    pu.add_argument("--params", default="params.yaml")
+    pu.add_argument("--set", dest="overrides", action="append", default=[])
     r = sub.add_parser("report", help="the per-defense table for `dvc plots show`")
     r.add_argument("--victim-metrics", type=Path, required=True)
     r.add_argument("--defenses", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--sanitize", type=Path, default=None, help="summary JSON of `detoxops sanitize --summary`")
     args = ap.parse_args(argv)
-    if args.cmd == "defenses":
+    if args.cmd == "purifier":
+        print(json.dumps(purifier_stage(args.data, args.out, args.params, args.overrides)))
+    elif args.cmd == "defenses":
         names = [x.strip() for x in args.defenses.split(",") if x.strip()]
         m = defenses_stage(args.poisoned, args.victim, args.split, names, args.out, args.params, args.overrides,
                            args.purifier, args.max_images or None, args.clean)

@@ -18,21 +18,12 @@ def get_purifier(diffusion_cfg: dict[str, Any], version: str, out_root: str) -> 
     """``{"path", "origin"}`` of the purifier folder to use (a diffusers folder with safetensors weights)."""
     from detoxops.config import DiffusionConfig
     from detoxops.data import load_version
+    from detoxops.diffusion import purifier_folder, train_purifier
 
     cfg = DiffusionConfig(**diffusion_cfg)
-    if cfg.purifier:
-        if not Path(cfg.purifier).is_dir():
-            raise FileNotFoundError(f"diffusion.purifier: {cfg.purifier} is not a folder")
-        return {"path": str(Path(cfg.purifier).resolve()), "origin": "configured"}
-    from detoxops.diffusion import unet as unet_mod
-
-    size = int(cfg.unet.sample_size)
-    for name, shipped_size in getattr(unet_mod, "SHIPPED_PURIFIERS", {}).items():
-        folder = unet_mod.shipped_purifier_dir(name)
-        if shipped_size == size and (folder / "config.json").is_file():
-            return {"path": str(folder), "origin": f"shipped:{name}"}
-    from detoxops.diffusion import train_purifier
-
+    folder, origin = purifier_folder(cfg.purifier, int(cfg.unet.sample_size))
+    if folder is not None:
+        return {"path": str(folder), "origin": origin}
     train = load_version(version)["train"]
     out = Path(out_root) / f"tiny-{Path(version).name}"
     train_purifier(train.images, cfg, out, progress=False)

@@ -51,6 +51,9 @@ def version_path(path: str | Path, root: str | Path = PROJECT_ROOT, push: bool =
     if root not in target.parents:
         raise ValueError(f"cannot version {target}: outside the DVC repo {root}")
     with _LOCK, Repo(str(root), _wait_for_lock=True) as repo:
+        # DVC would print a "git add <file>.dvc" hint per dataset (twice, through Prefect's log capture); the
+        # .dvc pointer's path is returned instead and the flows report it once.
+        repo.scm_context.quiet = True
         stages = repo.add(str(target))
         out = stages[0].outs[0]
         if push:

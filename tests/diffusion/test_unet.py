@@ -98,6 +98,39 @@ def test_purifier_passes_level_minus_one_to_diffusers(tiny_purifier):
     assert torch.equal(tiny_purifier(x, t), direct)
 
 
+def test_cpu_chunking_gives_the_whole_batch_result(tiny_purifier):
+    """Off CUDA the UNet runs in chunks of ``cpu_chunk`` images: same ε̂ as one pass, per-sample or shared level."""
+    torch.manual_seed(0)
+    size, ch = tiny_purifier.image_size, tiny_purifier.in_channels
+    x = torch.randn(37, ch, size, size)
+    levels = torch.randint(1, 300, (37,))
+    tiny_purifier.cpu_chunk = None
+    whole, whole_scalar = tiny_purifier(x, levels), tiny_purifier(x, torch.tensor(40))
+    tiny_purifier.cpu_chunk = 8
+    try:
+        torch.testing.assert_close(tiny_purifier(x, levels), whole, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tiny_purifier(x, torch.tensor(40)), whole_scalar, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(whole[:8], tiny_purifier(x[:8], levels[:8].flip(0)))  # levels stay paired
+    finally:
+        tiny_purifier.cpu_chunk = 32
+    with pytest.raises(ValueError, match="cpu_chunk"):
+        Purifier(tiny_purifier.unet, tiny_purifier.schedule, cpu_chunk=0)
+
+
+def test_purifier_folder_rule(tmp_path):
+    """configured folder → shipped for the image size → none (the caller trains one)."""
+    from detoxops.diffusion import purifier_folder
+
+    (tmp_path / "mine").mkdir()
+    assert purifier_folder(tmp_path / "mine", 16) == ((tmp_path / "mine").resolve(), "configured")
+    folder, origin = purifier_folder(None, 16)
+    assert origin == "shipped:digits-16" and (folder / "config.json").is_file()
+    assert purifier_folder(None, 32)[1] == "shipped:cifar10-32"
+    assert purifier_folder(None, 64) == (None, "none")
+    with pytest.raises(FileNotFoundError, match="diffusion.purifier"):
+        purifier_folder(tmp_path / "missing", 16)
+
+
 def test_default_purifier_errors_and_shipped(monkeypatch):
     with pytest.raises(ValueError, match="no shipped purifier for dataset"):
         default_purifier("imagenet")

@@ -1,10 +1,10 @@
 """`dvc repro` and `dvc exp run` on the project's real dvc.yaml, in a scratch Git + DVC copy with tiny params.
 
 The copy holds dvc.yaml, params.yaml (shrunk: 20 train / 10 test digits per class, 2 victim epochs, one DataElixir
-round, DDIM), the code the stages depend on, and a link to this checkout's .venv (the stages call
-``.venv/bin/detoxops``). Checked: every stage of ``report``'s chain runs (ingest → poison → train_victim →
-evaluate, sanitize, detox_eval → report), the report joins the held-out defense rows and the sanitize finding,
-a second ``dvc repro`` re-runs nothing, and ``dvc exp run -S sampdetox.t2=80`` records an experiment whose
+round, DDIM), the code and shipped purifiers the stages depend on, and a link to this checkout's .venv (the stages call
+``.venv/bin/detoxops``). Checked: every stage runs (ingest → poison → train_victim → train_purifier (the shipped
+digits purifier, copied) → evaluate, sanitize, detox_eval → report, and sweep), the report joins the held-out defense rows and the sanitize finding,
+a second ``dvc repro`` re-runs nothing, ``dvc status`` of the whole project is clean, and ``dvc exp run -S sampdetox.t2=80`` records an experiment whose
 params and val metrics ``dvc exp show`` reports.
 """
 
@@ -69,10 +69,12 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def test_dvc_repro_runs_the_pipeline_and_caches(project):
     proj, env = project
-    log = _run([str(DVC), "repro", "report"], proj, env)
-    for stage in ("ingest", "poison", "train_victim", "evaluate", "sanitize", "detox_eval", "report"):
+    log = _run([str(DVC), "repro", "report", "sweep"], proj, env)
+    for stage in ("ingest", "poison", "train_victim", "train_purifier", "evaluate", "sanitize", "detox_eval",
+                  "report", "sweep"):
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
-    assert "train_purifier" not in log  # deliberate-only: report does not depend on it
+    # diffusion.purifier is null and a purifier ships for 16x16: the stage copies it rather than training one
+    assert json.loads((proj / "pipeline/purifier/origin.json").read_text())["origin"] == "shipped:digits-16"
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     assert {"ingest", "poison", "train_victim", "sanitize", "detox_eval", "report"} <= set(lock)
     # the ingest stage stored a dataset version that poison read as-is
@@ -92,20 +94,20 @@ def test_dvc_repro_runs_the_pipeline_and_caches(project):
     assert files["pipeline/sanitize.json"]["data"]["flagged"] == summary["flagged"]
     assert files["pipeline/sampdetox/metrics.json"]["data"]["split"] == "test"
     # nothing changed → nothing re-runs
-    again = _run([str(DVC), "repro", "report"], proj, env)
+    again = _run([str(DVC), "repro", "report", "sweep"], proj, env)
     assert "Running stage" not in again, again
-    status = _run([str(DVC), "status", "report"], proj, env)
-    assert "up to date" in status.lower(), status
+    status = _run([str(DVC), "status"], proj, env, stdout_only=True)  # the whole project
+    assert "Data and pipelines are up to date" in status, status
 
 
 def test_dvc_exp_run_sweeps_a_sampdetox_param(project):
     proj, env = project
-    _run([str(DVC), "repro", "report"], proj, env)  # no-op when the first test ran; makes this one standalone
+    _run([str(DVC), "repro", "report", "sweep"], proj, env)  # no-op after the first test; makes this one standalone
     _run(["git", "add", "-A"], proj, env)
     _run(["git", "commit", "-q", "-m", "pipeline run"], proj, env)
     log = _run([str(DVC), "exp", "run", "sweep", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj, env)
     assert "Running stage 'sweep'" in log
-    for stage in ("ingest", "poison", "train_victim"):  # upstream stages come from the run cache
+    for stage in ("ingest", "poison", "train_victim", "train_purifier"):  # upstream stages are up to date
         assert f"Running stage '{stage}'" not in log, log
     rows = json.loads(_run([str(DVC), "exp", "show", "--json"], proj, env, stdout_only=True))
     exps = [e for rev in rows for e in (rev.get("experiments") or []) for e in (e.get("revs") or [])]

@@ -8,7 +8,14 @@ from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.samplers import denoise, snap_levels, step_levels
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.train import evaluate_denoising, train_purifier
-from detoxops.diffusion.unet import build_unet, count_params, default_purifier, load_purifier, save_purifier
+from detoxops.diffusion.unet import (
+    build_unet,
+    count_params,
+    default_purifier,
+    load_purifier,
+    purifier_folder,
+    save_purifier,
+)
 
 __all__ = [
     "NoiseSchedule",
@@ -21,6 +28,7 @@ __all__ = [
     "load_purifier",
     "save_purifier",
     "default_purifier",
+    "purifier_folder",
     "train_purifier",
     "evaluate_denoising",
 ]

@@ -18,7 +18,10 @@ from detoxops.config import ScheduleConfig, UNetConfig
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 
-__all__ = ["build_unet", "load_purifier", "save_purifier", "default_purifier", "SHIPPED_PURIFIERS", "count_params"]
+__all__ = [
+    "build_unet", "load_purifier", "save_purifier", "default_purifier", "purifier_folder", "SHIPPED_PURIFIERS",
+    "count_params",
+]
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -190,6 +193,24 @@ def shipped_purifier_dir(name: str) -> Path:
 
 
 DATASET_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar-10": 32, "gtsrb": 32}
+
+
+def purifier_folder(configured: str | Path | None, image_size: int) -> tuple[Path | None, str]:
+    """Which purifier a run uses, as every flow and pipeline stage decides it: ``(folder, origin)``.
+
+    ``diffusion.purifier`` when set (origin ``configured``; a missing folder is an error), else the purifier
+    shipped for ``image_size`` (``shipped:<name>``), else ``(None, "none")``: the caller trains one.
+    """
+    if configured:
+        folder = Path(configured)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"diffusion.purifier: {folder} is not a folder")
+        return folder.resolve(), "configured"
+    for name, size in SHIPPED_PURIFIERS.items():
+        folder = shipped_purifier_dir(name)
+        if size == int(image_size) and (folder / "config.json").is_file():
+            return folder, f"shipped:{name}"
+    return None, "none"
 
 
 def default_purifier(data: int | str, *, device: str | torch.device = "cpu") -> Purifier:
