@@ -45,3 +45,12 @@ def test_sanitize_cli_names_a_missing_input(tmp_path):
     res = CliRunner().invoke(app, ["sanitize", "--data", str(tmp_path / "nope"), "--victim", str(tmp_path / "v"),
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_sanitize_cli_refuses_an_existing_out_before_any_work(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    res = CliRunner().invoke(app, ["sanitize", "--data", str(tmp_path / "nope"), "--victim", str(tmp_path / "v"),
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "already exists" in res.output and "--force" in res.output
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"

@@ -23,10 +23,13 @@ def sanitize(
                                       "flagged, TPR / FPR) to this JSON file, e.g. a DVC metrics file"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
+    force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Find the poisoned samples and the target label, purify their images, restore their labels."""
     params = params_from_cli(params_path, overrides)
+    if out.exists() and not force:  # before hours of work, not after
+        fail(f"{out} already exists (pass --force to replace it)")
     from detoxops.data import ImageSet
     from detoxops.defenses.dataelixir import DataElixir
     from detoxops.diffusion import default_purifier, load_purifier
@@ -43,9 +46,12 @@ def sanitize(
     result = DataElixir(pur, params.dataelixir, params.victim.model_copy(
         update={"epochs": params.dataelixir.relabel_epochs})).sanitize(
         train, model, workdir or out.with_name(out.name + ".work"), progress=progress)
-    result.dataset.save(out)
-    (out / "decisions.csv").write_text(result.decisions_csv())
-    (out / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
+    from detoxops.data.imageset import atomic_dir
+
+    with atomic_dir(out, overwrite=force) as tmp:  # the purified set and its decisions appear together or not at all
+        result.dataset._write(tmp)
+        (tmp / "decisions.csv").write_text(result.decisions_csv())
+        (tmp / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
     summary = {"target_labels": result.target_labels, "flagged": int(result.flagged.sum())}
     if version_root is not None:
         from detoxops.data import save_version
