@@ -112,7 +112,7 @@ def test_cpu_chunking_gives_the_whole_batch_result(tiny_purifier):
         torch.testing.assert_close(tiny_purifier(x, torch.tensor(40)), whole_scalar, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(whole[:8], tiny_purifier(x[:8], levels[:8].flip(0)))  # levels stay paired
     finally:
-        tiny_purifier.cpu_chunk = 32
+        tiny_purifier.cpu_chunk = 64
     with pytest.raises(ValueError, match="cpu_chunk"):
         Purifier(tiny_purifier.unet, tiny_purifier.schedule, cpu_chunk=0)
 
