@@ -23,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/dataelixir_throughput_cpu.json")
     ap.add_argument("--note", default="", help="free text stored with the machine (e.g. how loaded it was)")
     a = ap.parse_args()
+    load_at_start = list(os.getloadavg())
     if a.batch < 256:
         raise SystemExit("--batch must be ≥ 256 (the acceptance criterion compares batch ≥ 256 with batch 1)")
     torch.set_num_threads(a.threads)
@@ -134,9 +137,9 @@ def main() -> None:
                 1000 * paper_passes / samplers["ddpm"]["batched_unet_image_passes_per_s"], 1),
             "note": "extrapolated from the measured batched DDPM pass rate, not run",
         },
-        "command": "nice -n 10 .venv/bin/python benchmarks/dataelixir_throughput.py " + " ".join(
-            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
-            for k, v in vars(a).items() if v is not None),
+        "command": "python " + shlex.join(sys.argv),  # as run (relative paths from the project root)
+        "niceness": os.nice(0),
+        "load_average_at_start": load_at_start,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -122,7 +122,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
         data_dir = Path(dvc["dvc_file"]).parent.parent
         data_dir = data_dir.relative_to(PROJECT_ROOT) if PROJECT_ROOT in data_dir.parents else data_dir
         print(f"DVC:       dataset versions tracked by {data_dir}/*/*.dvc, pushed to {params.tracking.dvc_remote}; "
-              f"`git add {data_dir}` records them, `.venv/bin/dvc status {data_dir}` checks them")
+              f"`git add {data_dir}` records them, `.venv/bin/dvc status -R {data_dir}` checks them")
     print(f"\nMLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     print("Prefect:   .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
     print("Dashboard: .venv/bin/streamlit run dashboards/app.py")
