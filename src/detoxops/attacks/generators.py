@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from detoxops.attacks.loop import LoopAttack
+from detoxops.seeding import seeded
 
 ClassifierArch = Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"]
 
@@ -37,8 +38,7 @@ class GeneratorAttack(LoopAttack):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             self.build_networks()
         self._fitted = False
         self.fit_report: dict[str, Any] = {}
@@ -106,8 +106,7 @@ class GeneratorAttack(LoopAttack):
         ``options.classifier_arch`` built from the attack seed (the global RNG is left as it was). On exit it
         goes back to its device and train / eval mode."""
         o: Any = self.options
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             clf = attacker_classifier(model, o.classifier_arch, o.classifier_width, self.num_classes,
                                       self.image_size, self.seed)
         was_training = clf.training

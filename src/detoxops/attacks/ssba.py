@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from detoxops.attacks.base import Attack, AttackOptions, truncate_to_uint8
 from detoxops.attacks.registry import register
+from detoxops.seeding import seeded
 
 WEIGHTS_FILE = "ssba_stegastamp.safetensors"
 
@@ -136,8 +137,7 @@ class SSBA(Attack):
         super().__init__(**kwargs)
         o = self.options
         self.fingerprint = fingerprint_bits(o.secret, o.bits)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             self.encoder = StegaEncoder(self.image_size, o.bits, o.width)
             self.decoder = StegaDecoder(self.image_size, o.bits, o.width)
         self._fitted = False

@@ -24,6 +24,7 @@ from detoxops.data.imageset import atomic_dir
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
+from detoxops.seeding import seeded
 
 __all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion", "write_sample_grid"]
 
@@ -85,8 +86,8 @@ def train_purifier(
     schedule = NoiseSchedule.from_config(cfg.schedule)
     max_t = min(tc.max_t or schedule.T, schedule.T)
 
-    torch.manual_seed(tc.seed)
-    unet = build_unet(cfg.unet).to(device)
+    with seeded(tc.seed):  # the initial weights; everything after draws from ``gen``
+        unet = build_unet(cfg.unet).to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)

@@ -17,6 +17,7 @@ from detoxops.models.resnet import ResNet34
 from detoxops.models.small_cnn import SmallCNN
 from detoxops.models.train import random_crop_flip, resolve_device, train_classifier
 from detoxops.models.vgg import VGG19BN
+from detoxops.seeding import seeded
 
 __all__ = [
     "ARCHITECTURES",
@@ -50,8 +51,7 @@ def build_classifier(
         raise ValueError(f"unknown classifier arch {arch!r}; available: {', '.join(ARCHITECTURES)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         extra = {"width": int(width)} if arch == "small_cnn" and width is not None else {}
         model = ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels, **extra)
     model.detoxops_spec = {

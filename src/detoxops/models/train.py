@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from detoxops.config import VictimConfig
 from detoxops.data import ImageSet
 from detoxops.data.imageset import atomic_dir
+from detoxops.seeding import seed_global
 
 __all__ = ["train_classifier", "random_crop_flip", "resolve_device"]
 
@@ -71,7 +72,7 @@ def train_classifier(
     n_epochs = cfg.epochs if epochs is None else epochs
     if len(train) == 0:
         raise ValueError("cannot train a classifier on an empty dataset")
-    torch.manual_seed(cfg.seed)
+    seed_global(cfg.seed)
     model.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
