@@ -226,10 +226,9 @@ def default_purifier(data: int | str, *, device: str | torch.device = "cpu") -> 
         image_size = DATASET_IMAGE_SIZES[key]
     else:
         image_size = int(data)
-    for name, size in SHIPPED_PURIFIERS.items():
-        folder = shipped_purifier_dir(name)
-        if size == image_size and (folder / "config.json").is_file():
-            return load_purifier(folder, device=device)
+    folder, _ = purifier_folder(None, image_size)
+    if folder is not None:
+        return load_purifier(folder, device=device)
     available = [n for n in SHIPPED_PURIFIERS if (shipped_purifier_dir(n) / "config.json").is_file()]
     raise FileNotFoundError(
         f"no shipped purifier for {image_size}x{image_size} images (shipped: {available or 'none'}); "
