@@ -293,6 +293,8 @@ def main() -> None:
         default="none,faithful,faithful-ddim,public_code-ddim,stage1-ddim,noise*,"
         "noising,shrinkpad,blur,sampdetox-ddim,sampdetox",
     )
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="table: override params.yaml, e.g. sampdetox.ddim_eta=1 (repeatable)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
@@ -382,7 +384,7 @@ def main() -> None:
             )
             print("selected:", chosen["setting"], "--", why, flush=True)
     else:
-        params = load_params("params.yaml")
+        params = load_params("params.yaml", args.overrides)
         names = [n.strip() for n in args.defenses.split(",") if n.strip()]
         for seed in seeds:
             cfg = params.sampdetox.model_copy(update={"seed": seed, "batch_size": args.batch})

@@ -149,6 +149,30 @@ def test_tiny_unet_shapes_determinism_and_seed():
         assert not torch.equal(a.images, c.images)
 
 
+def test_ddim_eta_one_stride_one_is_ddpm():
+    """``sampdetox.ddim_eta`` reaches the sampler: DDIM with eta = 1 and stride 1 takes DDPM's steps (same
+    posterior mean and variance, same noise draws); eta 0 is a different, deterministic process."""
+    from detoxops.config import UNetConfig
+
+    _, poisoned, _ = _images()
+    torch.manual_seed(0)
+    unet = diffusion.build_unet(UNetConfig(sample_size=H, block_out_channels=[8, 16, 16]))
+    purifier = diffusion.Purifier(unet, _schedule())
+    base = _cfg(profile="faithful", t1=4, t2=6)
+    ddpm = SampDetox(purifier, base.model_copy(update={"sampler": "ddpm"}))(poisoned)
+    ddim1 = SampDetox(purifier, base.model_copy(update={"sampler": "ddim", "ddim_stride": 1, "ddim_eta": 1.0}))(
+        poisoned
+    )
+    ddim0 = SampDetox(purifier, base.model_copy(update={"sampler": "ddim", "ddim_stride": 1}))(poisoned)
+    torch.testing.assert_close(ddim1.noise_levels, ddpm.noise_levels)
+    # equal up to where x̂_0 clipping bites (DDIM keeps the unclipped ε, as diffusers does: see test_samplers)
+    gap_eta1 = float((ddim1.images - ddpm.images).abs().mean())
+    gap_eta0 = float((ddim0.images - ddpm.images).abs().mean())
+    assert gap_eta1 < 1e-3 and gap_eta1 < gap_eta0 / 10, (gap_eta1, gap_eta0)
+    with pytest.raises(ValueError):
+        _cfg(ddim_eta=1.5)
+
+
 def test_batching_concatenates_outputs():
     clean, poisoned, _ = _images(b=3)
     purifier = OraclePurifier(_schedule(), clean[:1])  # broadcast to any batch size
@@ -172,6 +196,13 @@ def test_catalog_and_config_errors():
     clean, _, _ = _images()
     purifier = OraclePurifier(_schedule(), clean)
     assert build_defense("faithful-ddim", purifier).cfg.sampler == "ddim"
+    assert build_defense("faithful-ddim", purifier).cfg.ddim_stride == 20  # the configured stride
+    strided = build_defense("faithful-ddim10", purifier)
+    assert (strided.cfg.sampler, strided.cfg.ddim_stride, strided.cfg.resolved().t1) == ("ddim", 10, 20)
+    assert build_defense("sampdetox-ddpm", purifier, _cfg(sampler="ddim")).cfg.sampler == "ddpm"
+    for bad in ("faithful-ddpm10", "faithful-ddim0", "faithful-ddimx", "faithful-dd"):
+        with pytest.raises(ValueError, match="defense"):
+            build_defense(bad, purifier)
     assert build_defense("faithful", purifier, _cfg(t2=300)).cfg.t2 == 120  # named profile wins
     assert build_defense("sampdetox", purifier, _cfg(t2=300)).cfg.t2 == 300
     assert build_defense("public_code", purifier).cfg.t1 == 120

@@ -61,6 +61,20 @@ def test_ddim_trajectory_matches_diffusers(tiny_purifier, eta):
     torch.testing.assert_close(ours, y, rtol=0, atol=ATOL)
 
 
+def test_ddim_with_eta_one_and_stride_one_is_ddpm(tiny_purifier):
+    """DDIM's eta = 1 variance at stride 1 is DDPM's posterior variance and its mean is DDPM's posterior mean
+    (algebraically, for any x̂_0), with the same noise draws: the trajectories agree when x̂_0 is not clipped
+    (with clipping DDIM keeps the unclipped ε, as diffusers does, so the two differ where clipping bites)."""
+    x = _batch(2) * 0.5
+    kw = dict(clip_x0=False)
+    ddpm = denoise(tiny_purifier, x, 8, mode="ddpm", generator=torch.Generator().manual_seed(3), **kw)
+    ddim = denoise(tiny_purifier, x, 8, mode="ddim", stride=1, eta=1.0, generator=torch.Generator().manual_seed(3),
+                   **kw)
+    torch.testing.assert_close(ddim, ddpm, rtol=0, atol=ATOL)
+    deterministic = denoise(tiny_purifier, x, 8, mode="ddim", stride=1, eta=0.0, **kw)
+    assert (deterministic - ddpm).abs().max() > 100 * ATOL
+
+
 @pytest.mark.parametrize(("mode", "stride"), [("ddpm", 1), ("ddim", 4)])
 def test_constant_map_and_per_sample_levels_equal_global(tiny_purifier, mode, stride):
     x = _batch(2)

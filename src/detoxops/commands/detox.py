@@ -100,7 +100,7 @@ def eval_command(
     defenses: str = typer.Option(
         "none,sampdetox,sampdetox-ddim,faithful,faithful-ddim,stage1,noise*,noising,shrinkpad,blur",
         "--defenses",
-        help="comma-separated defense names",
+        help="comma-separated defense names; a suffix -ddim / -ddimN (stride N) / -ddpm picks the sampler",
     ),
     limit: int = typer.Option(None, "--limit", help="score at most N clean and N triggered images"),
     out: Path = typer.Option(None, "--out", "-o", help="write the rows as JSON here"),

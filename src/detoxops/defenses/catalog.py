@@ -1,6 +1,7 @@
 """Defenses by name, for the CLI, flows and benchmark tables.
 
-Names (a suffix ``-ddim`` switches any SampDetox variant to DDIM with the configured stride):
+Names (a suffix ``-ddim`` switches any SampDetox variant to DDIM with the configured stride, ``-ddimN`` to DDIM
+with stride N, e.g. ``faithful-ddim10``; ``-ddpm`` to DDPM):
 
 =================  ============================================================================================
 ``none``           no defense
@@ -16,6 +17,8 @@ Names (a suffix ``-ddim`` switches any SampDetox variant to DDIM with the config
 """
 
 from __future__ import annotations
+
+import re
 
 from detoxops.config import SampDetoxConfig
 from detoxops.defenses.base import NoDefense
@@ -34,6 +37,7 @@ DEFENSE_NAMES = (
     "blur",
 )
 _NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"}
+_SAMPLER_SUFFIX = re.compile(r"(ddpm|ddim)(\d*)")
 
 
 def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
@@ -44,14 +48,16 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
 
     cfg = cfg or SampDetoxConfig()
     base, _, suffix = name.partition("-")
-    if suffix not in ("", "ddim", "ddpm"):
+    sampler = _SAMPLER_SUFFIX.fullmatch(suffix) if suffix else None
+    if base not in DEFENSE_NAMES or (suffix and sampler is None):
         raise ValueError(
-            f"unknown defense {name!r}; known: {', '.join(DEFENSE_NAMES)} (optionally -ddim / -ddpm)"
+            f"unknown defense {name!r}; known: {', '.join(DEFENSE_NAMES)} (optionally -ddim, -ddimN for stride N, "
+            "or -ddpm)"
         )
-    if base not in DEFENSE_NAMES:
-        raise ValueError(
-            f"unknown defense {name!r}; known: {', '.join(DEFENSE_NAMES)} (optionally -ddim / -ddpm)"
-        )
+    if sampler is not None and sampler.group(1) == "ddpm" and sampler.group(2):
+        raise ValueError(f"defense {name!r}: a stride applies to DDIM only (-ddimN)")
+    if sampler is not None and sampler.group(2) and int(sampler.group(2)) < 1:
+        raise ValueError(f"defense {name!r}: the DDIM stride must be >= 1")
     if suffix and base not in _NEEDS_PURIFIER:
         raise ValueError(f"defense {base!r} has no sampler to choose ({name!r})")
     if base in _NEEDS_PURIFIER and purifier is None:
@@ -65,7 +71,9 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
         return ShrinkPad(pad=4, seed=seed)
     if base == "blur":
         return Blur(kernel=5, sigma=1.0)
-    update: dict = {"sampler": suffix} if suffix else {}
+    update: dict = {"sampler": sampler.group(1)} if sampler else {}
+    if sampler is not None and sampler.group(2):
+        update["ddim_stride"] = int(sampler.group(2))
     if base in ("faithful", "stage1", "noise*"):
         update["profile"] = "faithful"
     elif base == "public_code":

@@ -116,7 +116,8 @@ class SampDetox:
         from detoxops.diffusion import denoise
 
         x_t = self.schedule.q_sample(x, int(t), self._noise_like(x, g))
-        return denoise(self.purifier, x_t, int(t), mode=self.cfg.sampler, stride=self._stride(), generator=g)
+        return denoise(self.purifier, x_t, int(t), mode=self.cfg.sampler, stride=self._stride(),
+                       eta=self.cfg.ddim_eta, generator=g)
 
     def local_detox(self, base: torch.Tensor, levels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Lines 10-21: noise pixel i to level m[i], denoise updating pixel i only below m[i].
@@ -134,7 +135,8 @@ class SampDetox:
             levels = snap_levels(levels, t_max, self._stride())
         x_m = self.noise_per_pixel(base, levels, g)
         out = denoise(
-            self.purifier, x_m, t_max, mode=self.cfg.sampler, stride=self._stride(), t_map=levels, generator=g
+            self.purifier, x_m, t_max, mode=self.cfg.sampler, stride=self._stride(), t_map=levels,
+            eta=self.cfg.ddim_eta, generator=g,
         )
         return torch.where(levels > 0, out, base)
 
