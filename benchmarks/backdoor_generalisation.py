@@ -22,23 +22,27 @@ import numpy as np
 import torch
 
 from detoxops.data import ImageSet
+from detoxops.metrics import attack_success_rate, clean_accuracy
 from detoxops.models import load_classifier, predict
 
 
 def entry_rates(folder: Path) -> dict[str, float | int]:
     train, test = ImageSet.load(folder / "train"), ImageSet.load(folder / "test")
-    meta = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
-    target = int(meta.get("target", 0))
+    poisoned = train.poisoned.astype(bool)
+    targets = np.unique(train.labels[poisoned])  # all-to-one: every poisoned sample carries the target label
+    if len(targets) != 1:
+        raise SystemExit(f"{folder}: poisoned training samples carry labels {targets.tolist()}, not one target")
+    target = int(targets[0])
     model = load_classifier(folder / "victim").eval()
     pred_train = predict(model, train.images)
-    poisoned = train.poisoned.astype(bool)
     relabelled = poisoned & (train.original_labels != target)
-    pred_test = predict(model, test.images)
     return {
-        "train_clean_acc": float((pred_train[~poisoned] == train.labels[~poisoned]).mean()),
-        "train_poisoned_to_target": float((pred_train[relabelled] == target).mean()) if relabelled.any() else float("nan"),
+        "target": target,
+        "train_clean_acc": clean_accuracy(pred_train[~poisoned], train.labels[~poisoned]),
+        "train_poisoned_to_target": (attack_success_rate(pred_train[relabelled], target) if relabelled.any()
+                                     else float("nan")),
         "train_poisoned": int(relabelled.sum()),
-        "test_asr": float((pred_test == target).mean()),
+        "test_asr": attack_success_rate(predict(model, test.images), target),
         "test_triggered": int(len(test.images)),
     }
 
