@@ -123,6 +123,23 @@ def test_save_is_atomic_and_refuses_overwrite(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no temp folders left behind
 
 
+def test_write_into_assembles_several_sets_in_one_atomic_folder(tmp_path):
+    from detoxops.data.imageset import atomic_dir
+
+    a, b = make(seed=1), make(seed=2)
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_dir(tmp_path / "both") as tmp:
+        a.write_into(tmp / "a")
+        raise RuntimeError("interrupted")  # a writer failing half-way leaves nothing behind
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(tmp_path / "both") as tmp:
+        a.write_into(tmp / "a")
+        b.write_into(tmp / "b")
+        (tmp / "extra.txt").write_text("decisions")
+    assert ImageSet.load(tmp_path / "both" / "a").content_hash() == a.content_hash()
+    assert ImageSet.load(tmp_path / "both" / "b").content_hash() == b.content_hash()
+    assert (tmp_path / "both" / "extra.txt").read_text() == "decisions"
+
+
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="ImageSet folder not found"):
         ImageSet.load(tmp_path / "missing")

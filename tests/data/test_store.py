@@ -78,7 +78,7 @@ def test_failure_while_writing_leaves_no_partial_version(tmp_path, monkeypatch):
         (folder / "images.npy").write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ImageSet, "_write", explode)
+    monkeypatch.setattr(ImageSet, "write_into", explode)
     with pytest.raises(OSError, match="disk full"):
         save_version({"train": ds, "test": ds}, tmp_path / "store", "toy", source="test")
     assert list((tmp_path / "store" / "toy").iterdir()) == []

@@ -49,7 +49,7 @@ def sanitize(
     from detoxops.data.imageset import atomic_dir
 
     with atomic_dir(out, overwrite=force) as tmp:  # the purified set and its decisions appear together or not at all
-        result.dataset._write(tmp)
+        result.dataset.write_into(tmp)
         (tmp / "decisions.csv").write_text(result.decisions_csv())
         (tmp / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
     summary = {"target_labels": result.target_labels, "flagged": int(result.flagged.sum())}

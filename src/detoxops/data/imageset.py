@@ -189,10 +189,14 @@ class ImageSet:
         if dest.exists() and not overwrite:
             raise FileExistsError(f"ImageSet.save: {dest} already exists (pass overwrite=True to replace it)")
         with atomic_dir(dest, overwrite=overwrite) as tmp:
-            self._write(tmp)
+            self.write_into(tmp)
         return dest
 
-    def _write(self, folder: Path) -> None:
+    def write_into(self, folder: str | Path) -> None:
+        """Write the arrays and ``meta.json`` into ``folder`` (created if missing) as they are, without the
+        temp-folder-and-rename step of :meth:`save`: for writers that assemble several sets (and their own
+        files) in one :func:`atomic_dir`, so the whole folder appears at once or not at all."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name in _ARRAY_FILES:
             np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(self, name)), allow_pickle=False)

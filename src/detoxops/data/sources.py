@@ -311,7 +311,7 @@ def _load_archive_cached(
     try:
         with atomic_dir(folder, overwrite=True) as tmp:
             for s, ds in splits.items():
-                ds._write(tmp / s)
+                ds.write_into(tmp / s)
             (tmp / "splits.json").write_text(json.dumps(sorted(splits)))
     except OSError:
         pass  # the cache is an optimisation: an unwritable cache root must not fail the load

@@ -100,7 +100,7 @@ def save_version(
     try:
         with atomic_dir(dest, overwrite=at is not None and overwrite) as tmp:
             for s, ds in splits.items():
-                ds._write(tmp / s)
+                ds.write_into(tmp / s)
             (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")
     except FileExistsError:  # a concurrent writer stored the same content first: theirs is as good as ours
         if is_version_dir(dest) and _read_info(dest).get("hash") == full:
