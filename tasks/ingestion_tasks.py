@@ -138,6 +138,8 @@ def anomaly_rows(anomaly: dict[str, Any] | None, class_names: list[str] | None =
             "kl_index": round(float(kl_idx), 2),
             "count_index": round(float(count_idx), 2),
             "mean_index": round((float(kl_idx) + float(count_idx)) / 2.0, 2),
+            # anomalous samples of the label, gated by dataelixir.min_target_share (absent in older records)
+            "anomalous_samples": int(anomaly["support"][label]) if anomaly.get("support") else None,
             "target": label in targets,
         })
     return rows

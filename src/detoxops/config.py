@@ -240,6 +240,9 @@ class DataElixirConfig(_Section):
     anomaly_threshold: float = Field(default=2.0, gt=0)
     target_rule: Literal["mean", "both", "either"] = "mean"
     """How the KL and count anomaly indices combine into a target-label decision."""
+    min_target_share: float = Field(default=0.005, ge=0, lt=1)
+    """A target label needs at least this share of the dataset among its anomalous (P ∪ S) samples: the
+    smallest poison ratio defended against (BackdoorBench's lowest studied ratio is 0.5 %). 0 = no gate."""
     select_percentile: float = Field(default=80.0, ge=0, le=100)
     shard_size: int = Field(default=1024, ge=1)
     batch_size: int = Field(default=256, ge=1)

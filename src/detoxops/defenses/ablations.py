@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from detoxops.config import SampDetoxConfig
-from detoxops.defenses.base import check_batch, make_generator
-from detoxops.defenses.sampdetox import SampDetox, SampDetoxOutput, _to01, noise_levels_from_map
+from detoxops.defenses.sampdetox import SampDetox, SampDetoxOutput, _to01
 
 __all__ = ["Stage1Only", "NoiseOnly"]
 
@@ -26,7 +25,7 @@ class Stage1Only(SampDetox):
         self.name = f"stage1[t1={self.cfg.t1}/{self.cfg.sampler}]"
 
     def _detox(self, x01: torch.Tensor, g: torch.Generator) -> SampDetoxOutput:
-        x0 = x01.to(self.purifier.dtype) * 2 - 1
+        x0 = x01 * 2 - 1
         stage1 = self.restore(x0, self.cfg.t1, g)
         zeros = torch.zeros_like(x0[:, :1])
         return SampDetoxOutput(
@@ -45,22 +44,9 @@ class NoiseOnly(SampDetox):
         super().__init__(purifier, cfg)
         self.name = f"noise*[{self.cfg.profile}]"
 
-    def __call__(self, x01: torch.Tensor, generator: torch.Generator | None = None) -> SampDetoxOutput:
-        check_batch(x01)
-        g = generator if generator is not None else make_generator(self.cfg.seed, x01.device)
-        x0 = x01.to(torch.float32) * 2 - 1
-        noised = self.restore(x0, self.cfg.t1, g)
-        trigger_map = self.localiser(x0, noised, lambda x, t: self.restore(x, t, g))
-        levels = noise_levels_from_map(trigger_map, self.cfg)
-        base = noised if self.cfg.stage2_base == "stage1" else x0
-        out = self.local_detox(base, levels, g)
-        return SampDetoxOutput(
-            images=_to01(out),
-            maps={"trigger_map": trigger_map, "noise_levels": levels.to(torch.float32)},
-            trigger_map=trigger_map,
-            noise_levels=levels,
-            stage1=_to01(noised),
-        )
+    def _placement(self, x01: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        """No network runs, so the batch stays where it is, in float32."""
+        return x01.device, torch.float32
 
     def restore(self, x: torch.Tensor, t: int, g: torch.Generator) -> torch.Tensor:
         """Equation 2 only: the noisy sample at level t, not denoised."""

@@ -17,6 +17,7 @@ Read next to the paper's four stages (module per stage in ``detoxops.defenses.el
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ class DataElixir:
 
         # stage 3: target label(s) by MAD outliers of the per-label KL and count metrics
         detection = detect_target_labels(tr.counts, labels, anomalous, num_classes, c.anomaly_threshold,
-                                         c.target_rule)
+                                         c.target_rule, min_support=math.ceil(c.min_target_share * len(labels)))
 
         # stage 4: purified dataset — only target-label samples in P ∪ S change
         images = np.array(train.images, copy=True)

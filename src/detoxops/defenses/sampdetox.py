@@ -75,17 +75,21 @@ class SampDetox:
     # ------------------------------------------------------------------------------------------ public
     def __call__(self, x01: torch.Tensor, generator: torch.Generator | None = None) -> SampDetoxOutput:
         check_batch(x01)
-        device = self.purifier.device
+        device, dtype = self._placement(x01)
         g = generator if generator is not None else make_generator(self.cfg.seed, device)
-        outputs = [self._detox(chunk.to(device), g) for chunk in x01.split(self.cfg.batch_size)]
+        outputs = [self._detox(chunk.to(device, dtype), g) for chunk in x01.split(self.cfg.batch_size)]
         if len(outputs) == 1:
             return outputs[0]
         return _concat(outputs)
 
+    def _placement(self, x01: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        """Where and in which precision the batch is processed: the purifier's."""
+        return self.purifier.device, self.purifier.dtype
+
     # ----------------------------------------------------------------------------------- the algorithm
     def _detox(self, x01: torch.Tensor, g: torch.Generator) -> SampDetoxOutput:
         c = self.cfg
-        x0 = x01.to(self.purifier.dtype) * 2 - 1  # diffusion space [-1, 1]
+        x0 = x01 * 2 - 1  # diffusion space [-1, 1]
 
         # lines 1-6: global detoxification, noise everything to t1 and denoise
         stage1 = self.restore(x0, c.t1, g)

@@ -66,6 +66,31 @@ def test_target_label_detected_for_chaotic_target_and_none_on_clean_data():
     assert det.target_labels == [] and np.all(np.isfinite(det.kl_index))
 
 
+def test_a_label_with_too_few_anomalous_samples_is_not_a_target():
+    # a clean set with a good victim: two samples of label 3 have candidates split between 3 and another label
+    # (KL ≈ 0.7 from two samples), every other label has at most one anomalous sample with a unimodal pool
+    num_classes, k = 10, 15
+    labels = np.repeat(np.arange(num_classes), 100)
+    cand = np.repeat(labels[:, None], k, axis=1)
+    for row, other in ((300, 8), (301, 5)):
+        cand[row, 1::2] = other
+    for label in (1, 2):
+        cand[label * 100, :] = (label + 1) % num_classes
+    tr = analyse_transitions(cand, labels, num_classes, tau=5)
+    anomalous = tr.sets != BENIGN
+    ungated = detect_target_labels(tr.counts, labels, anomalous, num_classes, threshold=2.0)
+    assert ungated.target_labels == [3]  # the MAD index alone calls two noisy samples an attack
+    gated = detect_target_labels(tr.counts, labels, anomalous, num_classes, threshold=2.0, min_support=5)
+    assert gated.target_labels == []
+    assert gated.to_dict()["support"][3] == 2 and gated.to_dict()["min_support"] == 5
+    # a real target (20 chaotic samples) passes the same gate
+    rng = np.random.default_rng(0)
+    cand[:20, 7:] = rng.integers(1, num_classes, (20, 1))
+    tr = analyse_transitions(cand, labels, num_classes, tau=5)
+    det = detect_target_labels(tr.counts, labels, tr.sets != BENIGN, num_classes, threshold=2.0, min_support=5)
+    assert det.target_labels == [0]
+
+
 def test_several_target_labels_can_be_found():
     num_classes, k = 10, 50
     labels = np.repeat(np.arange(num_classes), 20)
