@@ -51,12 +51,17 @@ def parse_sampler(spec: str) -> dict:
     return {"sampler": "ddim", "ddim_stride": int(stride)}
 
 
-def train_victim(train, victim_cfg, folder: Path, attack=None):
-    if (folder / "model.safetensors").is_file():
-        return load_classifier(folder)
+def fit_classifier(train, victim_cfg, attack=None):
     model = build_classifier(victim_cfg.arch, train.num_classes, 3, train.images.shape[1], seed=victim_cfg.seed,
                              width=victim_cfg.width)
     train_classifier(model, train, victim_cfg, attack=attack, progress=False)
+    return model
+
+
+def train_victim(train, victim_cfg, folder: Path, attack=None):
+    if (folder / "model.safetensors").is_file():
+        return load_classifier(folder)
+    model = fit_classifier(train, victim_cfg, attack)
     save_classifier(model, folder)
     return model
 
@@ -82,20 +87,15 @@ def run(attack_name: str, spec: str, args, params, purifier, splits, work: Path)
         train, victim, done.parent / "work", progress=args.progress)
     seconds = time.time() - t0
     passes = len(step_levels(cfg.T, cfg.sampler, cfg.ddim_stride if cfg.sampler == "ddim" else 1))
+    # on the clean set nothing is poisoned, so FPR is the share of relabelled images and TPR is undefined
+    tpr, fpr = detection_rates(train.labels, res.dataset.labels, train.poisoned)
     row = {"attack": attack_name, "sampler": spec, "unet_passes_per_image": cfg.rounds * passes,
            "victim_ca": clean_accuracy(predict(victim, test.images), test.labels),
            "target_labels": res.target_labels, "anomaly_index": res.anomaly_index,
-           "n_flagged": int((res.dataset.labels != train.labels).sum()),
-           "seconds_sanitize": round(seconds, 1)}
-    if triggered is None:  # no ground truth poison: every relabelled image is a false positive
-        row["fpr"] = float((res.dataset.labels != train.labels).mean())
-    else:
-        tpr, fpr = detection_rates(train.labels, res.dataset.labels, train.poisoned)
-        retrained = build_classifier(victim_cfg.arch, train.num_classes, 3, train.images.shape[1],
-                                     seed=args.seed, width=victim_cfg.width)
-        train_classifier(retrained, res.dataset, victim_cfg, progress=False)
-        row |= {"victim_asr": attack_success_rate(predict(victim, triggered.images), attack.target),
-                "tpr": tpr, "fpr": fpr,
+           "n_flagged": int(res.flagged.sum()), "seconds_sanitize": round(seconds, 1), "fpr": fpr}
+    if triggered is not None:
+        retrained = fit_classifier(res.dataset, victim_cfg)
+        row |= {"victim_asr": attack_success_rate(predict(victim, triggered.images), attack.target), "tpr": tpr,
                 "label_acc": float((res.dataset.labels == train.original_labels).mean()),
                 "retrained_acc": clean_accuracy(predict(retrained, test.images), test.labels),
                 "retrained_asr": attack_success_rate(predict(retrained, triggered.images), attack.target)}

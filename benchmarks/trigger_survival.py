@@ -36,22 +36,14 @@ from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from diffusion_throughput import machine_info
 
 from detoxops.attacks import registry
+from detoxops.data.tensors import to_tensor
 from detoxops.diffusion import denoise
+from detoxops.diffusion.train import psnr
 from detoxops.diffusion.unet import default_purifier, load_purifier
 from detoxops.metrics import attack_success_rate, clean_accuracy
 from detoxops.models import load_classifier, predict
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def to_diffusion(images_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_u8.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1
-
-
-def psnr01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of two [-1, 1] batches, on the [0, 1] range."""
-    mse = ((a - b) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return -10 * torch.log10(mse)
 
 
 @torch.no_grad()
@@ -85,7 +77,7 @@ def survival(purifier, clean: torch.Tensor, triggered: torch.Tensor, T: int, rou
         x_c, x_t = torch.cat(next_c), torch.cat(next_t)
         remaining = (x_t - x_c).flatten(1).norm(dim=1) / gap0
         out.append({"round": len(out), "trigger_remaining": round(remaining.mean().item(), 4),
-                    "clean_psnr_db": round(psnr01(x_c, clean[keep]).mean().item(), 2)} | victim_view(x_c, x_t))
+                    "clean_psnr_db": round(psnr(x_c, clean[keep]).mean().item(), 2)} | victim_view(x_c, x_t))
     return out
 
 
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     purifier = load_purifier(args.purifier) if args.purifier else default_purifier("cifar10")
     images, labels = read_cifar(args.archive, "test", args.per_class)
     images, labels = images[labels != 0], labels[labels != 0]  # the triggered test set: non-target images only
-    clean = to_diffusion(images)
+    clean = to_tensor(images) * 2 - 1  # diffusion space [-1, 1]
     victims = {k: load_classifier(v) for k, v in (spec.split("=", 1) for spec in args.victim)}
     rows = []
     for name in args.attacks:
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if attack.needs_fit:
             print(f"{name}: skipped (needs fitting)", file=sys.stderr)
             continue
-        triggered = to_diffusion(attack.apply_trigger(images))
+        triggered = to_tensor(attack.apply_trigger(images)) * 2 - 1
         for T in args.levels:  # noqa: N806
             t0 = time.time()
             per_round = survival(purifier, clean, triggered, T, args.rounds, args.stride, args.seed, args.batch,

@@ -215,7 +215,7 @@ def write_sample_grid(
     return path
 
 
-def _psnr(a: Tensor, b: Tensor) -> Tensor:
+def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (data range 2)."""
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return 10 * torch.log10(4.0 / mse)
@@ -251,11 +251,11 @@ def evaluate_denoising(
             x_t = purifier.schedule.q_sample(x0, t, noise)
             eps = purifier(x_t, torch.full((len(x0),), t, dtype=torch.long, device=x0.device))
             x0_hat = purifier.schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
-            sums["psnr_noisy"] += float(_psnr(x_t.clamp(-1, 1), x0).sum())
-            sums["psnr_x0_oneshot"] += float(_psnr(x0_hat, x0).sum())
+            sums["psnr_noisy"] += float(psnr(x_t.clamp(-1, 1), x0).sum())
+            sums["psnr_x0_oneshot"] += float(psnr(x0_hat, x0).sum())
             if restore:
                 restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
-                sums["psnr_restored"] += float(_psnr(restored.clamp(-1, 1), x0).sum())
+                sums["psnr_restored"] += float(psnr(restored.clamp(-1, 1), x0).sum())
             sums["eps_mse"] += float((eps - noise).pow(2).flatten(1).mean(1).sum())
         out[int(t)] = {k: v / len(x_all) for k, v in sums.items()}
     return out
