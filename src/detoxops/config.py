@@ -8,17 +8,31 @@ Overrides use the same dotted names as the CLI's ``--set section.key=value``.
 from __future__ import annotations
 
 import copy
+import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DataLimits",
+    "ServeConfig",
     "AttackConfig",
     "VictimConfig",
+    "AirbenchConfig",
     "UNetConfig",
     "ScheduleConfig",
     "DiffusionTrainConfig",
@@ -41,8 +55,43 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true / false as 1 / 0 for int and float fields, so a typo such as
+        # `--set sampdetox.t1=true` would silently run with t1 = 1; a boolean is never a number here.
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if _wants_number_not_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError(
+                    f"expected a number, got the boolean {str(value).lower()} (booleans are not read as 0 / 1)"
+                )
+        return value
+
+
+def _wants_number_not_bool(annotation: Any) -> bool:
+    """True for ``int``, ``float``, ``int | None`` …; False when ``bool`` or ``Any`` is allowed too."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    kinds = set(args) if args else {annotation}
+    return bool(kinds & {int, float}) and not kinds & {bool, Any}
+
 
 # --------------------------------------------------------------------------------------------- data
+class DataLimits(_Section):
+    """Resource limits for untrusted datasets (docs/security.md). A refused input names the limit it hit and the
+    ``--set data.limits.<key>=<value>`` that raises it. Not part of a dataset version's identity."""
+
+    member_bytes: int = Field(default=64 * 2**20, ge=1)
+    """Largest archive member / file that is read (images only: skipped members are never read)."""
+    archive_bytes: int = Field(default=16 * 2**30, ge=1)
+    """Decompressed bytes in one archive, every member counted from its header (skipped ones too)."""
+    image_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Largest image (width x height), checked from its header before it is decoded."""
+    dataset_pixels: int = Field(default=2**31, ge=1)
+    """Pixels kept (after resizing) over the whole dataset: 2**31 ≈ 6.4 GB of uint8 RGB."""
+    dataset_images: int = Field(default=5_000_000, ge=1)
+    """Images in one dataset."""
+
+
 class DataConfig(_Section):
     """Where images come from and how they are brought to one shape."""
 
@@ -63,6 +112,8 @@ class DataConfig(_Section):
     val_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Fraction of the (subset) test split held out as a validation split for parameter selection."""
     seed: int = 0
+    limits: DataLimits = Field(default_factory=DataLimits)
+    """Resource limits for untrusted sources (archive bombs, pixel bombs)."""
 
 
 # ------------------------------------------------------------------------------------------- attack
@@ -94,10 +145,43 @@ class AttackConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------- victim
-class VictimConfig(_Section):
-    """Classifier and BackdoorBench's training recipe (SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128)."""
+class AirbenchConfig(_Section):
+    """airbench94's training recipe (Jordan 2024, arXiv 2404.00498), used for ``fast_cnn``. Learning rate and
+    weight decay are *decoupled*, per 1,024 examples, as in the paper: the loop converts them for Nesterov SGD."""
 
-    arch: Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    epochs: float = Field(default=9.9, gt=0)
+    batch_size: int = Field(default=1024, ge=2)
+    lr: float = Field(default=11.5, gt=0)
+    momentum: float = Field(default=0.85, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0153, ge=0)
+    bias_scaler: float = Field(default=64.0, gt=0)
+    """BatchNorm biases learn this many times faster (their weight decay is not scaled)."""
+    label_smoothing: float = Field(default=0.2, ge=0, lt=1)
+    whiten_bias_epochs: int = Field(default=3, ge=0)
+    """Epochs the whitening layer's bias trains before it is frozen too."""
+    whiten_images: int = Field(default=5000, ge=1)
+    """Training images whose 2x2 patches set the whitening layer."""
+    translate: int = Field(default=2, ge=0)
+    """Random translation (reflect padding) in pixels; flips alternate epoch by epoch."""
+    widths: list[int] = Field(default_factory=lambda: [64, 256, 256])
+    lookahead_every: int = Field(default=5, ge=1)
+    """Steps between lookahead (EMA) syncs of the weights."""
+
+
+class VictimConfig(_Section):
+    """Classifier and its training recipe: BackdoorBench's (SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128)
+    or, for ``fast_cnn``, airbench94's (``victim.airbench``)."""
+
+    arch: Literal["small_cnn", "fast_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    recipe: Literal["auto", "backdoorbench", "airbench"] = "auto"
+    """``auto``: airbench for ``fast_cnn``, BackdoorBench for the rest. ``airbench`` needs ``fast_cnn`` (its
+    whitening layer); the BackdoorBench fields below (epochs … scheduler) apply to the ``backdoorbench`` recipe."""
+    airbench: AirbenchConfig = Field(default_factory=AirbenchConfig)
+    tta: int = Field(default=0, ge=0, le=2)
+    """Test-time augmentation of the deployed model (0 none, 1 mirror, 2 mirror + 1-px translate): what
+    ``detoxops evaluate`` and the defenses' victim queries use. Attack tables report 0 and 2."""
+    threads: int | None = Field(default=None, ge=1)
+    """CPU threads for training (``None``: torch's default)."""
     width: int = Field(default=32, ge=4)
     """Base channel width of ``small_cnn`` (ignored by the other architectures)."""
     epochs: int = Field(default=10, ge=1)
@@ -109,6 +193,19 @@ class VictimConfig(_Section):
     augment: bool = True
     seed: int = 0
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _recipe_fits_arch(self) -> VictimConfig:
+        if self.recipe == "airbench" and self.arch != "fast_cnn":
+            raise ValueError(f"recipe 'airbench' needs arch 'fast_cnn' (its whitening layer), not {self.arch!r}")
+        return self
+
+    @property
+    def training_recipe(self) -> str:
+        """The recipe that trains this victim (``auto`` resolved)."""
+        if self.recipe != "auto":
+            return self.recipe
+        return "airbench" if self.arch == "fast_cnn" else "backdoorbench"
 
 
 # ---------------------------------------------------------------------------------------- diffusion
@@ -293,6 +390,25 @@ class SweepConfig(_Section):
         return grid
 
 
+# -------------------------------------------------------------------------------------------- serve
+class ServeConfig(_Section):
+    """The served guard (``python -m tasks.serve_guard``; contract in docs/security.md). Limits are enforced
+    before any work: an oversized body is refused from its Content-Length without being read."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5001, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1)
+    """Largest request body (413 above it)."""
+    max_batch: int = Field(default=256, ge=1)
+    """Most images in one request (413 above it)."""
+    max_image_side: int = Field(default=512, ge=1)
+    """Largest height / width accepted (413 above it); the model's own input size applies too (400)."""
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest a request may take, upload and queueing included (503 past it)."""
+    concurrency: int = Field(default=1, ge=1)
+    """Requests the model processes at once; the others queue (within the timeout)."""
+
+
 # ------------------------------------------------------------------------------------------- params
 class Params(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
@@ -304,6 +420,7 @@ class Params(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], origin: str = "params") -> Params:
@@ -373,15 +490,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
-def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Load and validate ``params.yaml`` (or defaults when ``path`` is None) with dotted overrides."""
+def load_params(
+    path: str | Path | None = "params.yaml", overrides: list[str] | None = None, *, announce: bool = True
+) -> Params:
+    """Load and validate ``params.yaml`` (or defaults when ``path`` is None) with dotted overrides.
+
+    ``announce``: print the params file read (absolute path) and the overrides to stderr, so a run's log says
+    which hyperparameters it used; with ``path=None`` nothing is printed (the caller chose the defaults).
+    """
     raw: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"params file not found: {p}")
+            raise ConfigError(f"params file not found: {p.resolve()}")
         origin = str(p)
+        if announce:
+            extra = f" with --set {' '.join(overrides)}" if overrides else ""
+            print(f"detoxops: params from {p.resolve()}{extra}", file=sys.stderr)
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:

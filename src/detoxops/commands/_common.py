@@ -13,9 +13,15 @@ SET_OPTION = typer.Option(None, "--set", "-s", help="override a param, e.g. --se
 
 
 def params_from_cli(path: Path, overrides: list[str] | None) -> Params:
-    """Load params (defaults when the file is absent and no explicit path was given); exit 2 on a bad key."""
+    """Load params (defaults when the file is absent and no explicit path was given, with a loud warning: the
+    built-in defaults differ from the shipped params.yaml); exit 2 on a bad key. Says which file it read."""
     try:
         if not path.exists() and path == Path("params.yaml"):
+            typer.secho(
+                f"WARNING: no params.yaml in {Path.cwd()}: using detoxops's built-in defaults, which differ from "
+                "the project's params.yaml (e.g. data.image_size). Run from the project folder or pass --params.",
+                fg=typer.colors.YELLOW, err=True, bold=True,
+            )
             return load_params(None, overrides)
         return load_params(path, overrides)
     except ConfigError as exc:

@@ -11,11 +11,15 @@ Two explicit policies bring images to the stored convention (uint8 RGB, one size
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from detoxops.data.limits import InputLimitError, limit_error
 
 __all__ = [
     "ImagePolicy",
@@ -63,12 +67,24 @@ class DecodedImage:
     size: tuple[int, int]  # (width, height) before resizing
 
 
-def decode_image(data: bytes, name: str, policy: ImagePolicy) -> DecodedImage:
-    """Decode one encoded image fully (so truncation is caught here) and apply the colour / size policy."""
+def decode_image(data: bytes, name: str, policy: ImagePolicy, max_pixels: int | None = None) -> DecodedImage:
+    """Decode one encoded image fully (so truncation is caught here) and apply the colour / size policy.
+
+    ``max_pixels``: refuse an image whose header declares more than this many pixels (width x height) before
+    any pixel is decoded, with an :class:`~detoxops.data.limits.InputLimitError` naming ``data.limits.image_pixels``
+    (a 10 kB PNG can declare 10000 x 10000 pixels)."""
     # Another library may have relaxed PIL globally; a truncated image must still fail here (restored below).
     relaxed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # PIL warns above ~89M pixels; the configured limit below is the check that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_file = Image.open(io.BytesIO(data))
+        with img_file as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise limit_error(name, f"the image's size ({width}x{height} pixels, from its header)",
+                                  width * height, "image_pixels", int(max_pixels))
             img.load()
             mode, size = img.mode, img.size
             if mode != "RGB":
@@ -83,8 +99,22 @@ def decode_image(data: bytes, name: str, policy: ImagePolicy) -> DecodedImage:
             if policy.image_size is not None and img.size != (policy.image_size, policy.image_size):
                 img = img.resize((policy.image_size, policy.image_size), Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
+    except InputLimitError:
+        raise
     except _PolicyError as exc:
         raise ValueError(str(exc)) from None
+    except Image.DecompressionBombError as exc:  # PIL's own hard bound (2 x MAX_IMAGE_PIXELS), checked at open
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        found = int(declared.group(1)) if declared else None
+        pil_bound = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels is not None and found is not None and found > max_pixels:
+            raise limit_error(name, "the image's size in pixels (from its header)", found, "image_pixels",
+                              int(max_pixels)) from None
+        raise InputLimitError(
+            f"{name}: the image is too large: {found or 'more than ' + format(pil_bound, ',')} pixels (from its "
+            f"header), over Pillow's hard bound of {pil_bound:,} pixels (PIL.Image.MAX_IMAGE_PIXELS x 2), which "
+            "data.limits.image_pixels does not raise"
+        ) from None
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, …
         raise ValueError(
             f"{name}: unreadable, corrupt or truncated image ({type(exc).__name__}: {exc})"
