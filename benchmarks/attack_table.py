@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -22,10 +23,10 @@ import torch
 
 from detoxops.attacks import registry
 from detoxops.attacks.poisoning import poison_datasets
-from detoxops.config import DataConfig, VictimConfig
+from detoxops.config import AirbenchConfig, DataConfig, VictimConfig
 from detoxops.data import ImageSet, load_splits
 from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
-from detoxops.models import build_classifier, load_classifier, predict, save_classifier, train_classifier
+from detoxops.models import build_victim, load_classifier, predict, save_classifier, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,23 +69,37 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
         train_set, triggered = poison_datasets(attack, train, test)
         train_set.save(entry / "train")
         triggered.save(entry / "test")
-    cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed,
-                       lr=getattr(args, "lr", 0.01), augment=not getattr(args, "no_augment", False))
-    model = build_classifier("small_cnn", train.num_classes, 3, train.images.shape[1], seed=args.seed,
-                             width=args.width)
+    cfg = victim_config(args)
+    model = build_victim(cfg, train.num_classes, 3, train.images.shape[1])
+    t_train, cpu0, load0 = time.time(), time.process_time(), os.getloadavg()
     train_classifier(model, train_set, cfg, attack=attack if attack is not None and attack.kind == "loop" else None,
                      checkpoint_dir=entry / "checkpoint", progress=args.progress)
-    metrics = {"attack": name.partition("=")[0], "kind": attack.kind if attack else "-",
-               "ca": clean_accuracy(predict(model, test.images), test.labels)}
+    train_seconds, cpu_seconds = time.time() - t_train, time.process_time() - cpu0
+    metrics = {"attack": name.partition("=")[0], "kind": attack.kind if attack else "-"}
+    for tta in args.tta:
+        suffix = "" if tta == 0 else f"_tta{tta}"
+        metrics["ca" + suffix] = clean_accuracy(predict(model, test.images, tta=tta), test.labels)
+        if triggered is not None:
+            pred = predict(model, triggered.images, tta=tta)
+            metrics |= {"pa" + suffix: poisoned_accuracy(pred, triggered.original_labels),
+                        "asr" + suffix: attack_success_rate(pred, attack.target)}
     if triggered is not None:
-        pred = predict(model, triggered.images)
-        metrics |= {"pa": poisoned_accuracy(pred, triggered.original_labels),
-                    "asr": attack_success_rate(pred, attack.target),
-                    "num_poisoned": int(train_set.poisoned.sum())}
-    metrics["seconds"] = round(time.time() - t0, 1)
+        metrics["num_poisoned"] = int(train_set.poisoned.sum())
+    # seconds: the whole entry (poisoning, training, evaluation); train_*: training alone, resumed parts excluded
+    metrics |= {"seconds": round(time.time() - t0, 1), "train_seconds": round(train_seconds, 1),
+                "train_cpu_seconds": round(cpu_seconds, 1), "load_avg_start": [round(v, 2) for v in load0],
+                "load_avg_end": [round(v, 2) for v in os.getloadavg()], "seed": args.seed}
     save_classifier(model, entry / "victim", meta=metrics)
     (entry / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def victim_config(args: argparse.Namespace) -> VictimConfig:
+    """The victim recipe the command line describes: ``small_cnn`` with BackdoorBench's recipe, or ``fast_cnn``
+    with airbench94's (``--airbench-epochs`` overrides its 9.9 epochs)."""
+    airbench = AirbenchConfig() if args.airbench_epochs is None else AirbenchConfig(epochs=args.airbench_epochs)
+    return VictimConfig(arch=args.arch, width=args.width, epochs=args.epochs, seed=args.seed, lr=args.lr,
+                        augment=not args.no_augment, threads=args.threads, airbench=airbench)
 
 
 def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> None:
@@ -129,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--arch", default="small_cnn", choices=["small_cnn", "fast_cnn", "preact_resnet18"],
+                    help="fast_cnn trains with airbench94's recipe (--epochs / --lr / --no-augment then unused)")
+    ap.add_argument("--airbench-epochs", type=float, default=None, help="fast_cnn epochs (default 9.9)")
+    ap.add_argument("--tta", type=int, nargs="+", default=[0],
+                    help="TTA levels to evaluate (0 plain, 2 mirror + translate); the first is the headline")
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (BackdoorBench: 0.01)")
     ap.add_argument("--no-augment", action="store_true",
                     help="train without crop + flip (a CPU-sized victim otherwise rarely learns a corner patch)")

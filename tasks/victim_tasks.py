@@ -47,7 +47,7 @@ def train_victim(
     out = Path(out_root) / key
     start = time.perf_counter()
     model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0],
-                                    seed=cfg.seed, width=cfg.width)
+                                    seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
     model = _train(models, model, train, cfg, attack)
     models.save_classifier(model, out)

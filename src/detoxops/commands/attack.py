@@ -41,7 +41,8 @@ def _surrogate(path: Path | None, train: Any, params: Any) -> Any:
         return loaded[0] if isinstance(loaded, tuple) else loaded
     typer.echo(f"training a clean surrogate classifier ({params.victim.arch}, {params.victim.epochs} epochs)…")
     model = build_classifier(params.victim.arch, num_classes=train.num_classes, in_channels=3,
-                             image_size=int(train.images.shape[1]))
+                             image_size=int(train.images.shape[1]), seed=params.victim.seed,
+                             width=params.victim.width, widths=params.victim.airbench.widths)
     result = train_classifier(model, train, params.victim)
     import torch
 

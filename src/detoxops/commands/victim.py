@@ -54,7 +54,8 @@ def train(
         triggered = ImageSet.load(poisoned / "test")
         attack = attack_from_record(poisoned)
     model = build_classifier(params.victim.arch, train_set.num_classes, train_set.images.shape[-1],
-                             train_set.images.shape[1], seed=params.victim.seed, width=params.victim.width)
+                             train_set.images.shape[1], seed=params.victim.seed, width=params.victim.width,
+                             widths=params.victim.airbench.widths)
     history = train_classifier(model, train_set, params.victim, attack=attack, checkpoint_dir=checkpoint_dir,
                                progress=progress)
     metrics = {"ca": clean_accuracy(predict(model, clean_test.images), clean_test.labels)}

@@ -42,7 +42,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
     cfg = read_classifier_config(path)
     model = build_classifier(cfg["arch"], cfg["num_classes"], cfg.get("in_channels", 3), cfg.get("image_size", 32),
-                             width=cfg.get("width"))
+                             width=cfg.get("width"), widths=cfg.get("widths"))
     model.load_state_dict(load_file(Path(path) / WEIGHTS, device=str(device)))
     model.detoxops_meta = cfg.get("meta", {})
     return model.to(device).eval()

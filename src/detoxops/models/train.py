@@ -60,15 +60,30 @@ def train_classifier(
     epochs: int | None = None,
     lr: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on ``train`` (its current labels) and return the history.
+    """Train ``model`` in place on ``train`` (its current labels) and return the history, with the recipe
+    ``cfg.training_recipe`` names (``airbench``: :func:`detoxops.models.fast_train.train_fast_classifier`).
 
     ``attack`` with ``kind == "loop"`` transforms every training batch (``attack.batch_transform``); attacks
     that set ``replaces_augmentation`` bring their own augmentation. With ``checkpoint_dir`` the state is
     saved after every epoch (safetensors weights; optimizer/scheduler/RNG via ``torch.save`` read back with
     ``weights_only=True``) and an interrupted run resumes where it stopped, giving the same final weights.
-    ``epochs`` / ``lr`` override the config (fine-tuning).
+    ``epochs`` / ``lr`` override the config (fine-tuning; for airbench ``lr`` scales its decoupled rate by
+    ``lr / cfg.lr`` and the whitening layer is kept).
     """
     dev = resolve_device(device if device is not None else cfg.device)
+    if cfg.training_recipe == "airbench":
+        from detoxops.models.fast_train import train_fast_classifier
+
+        recipe = cfg.airbench
+        fine_tune = epochs is not None or lr is not None
+        if fine_tune:  # continue from the current weights: same whitening layer, the given epochs / lr scale
+            recipe = recipe.model_copy(update={"epochs": float(epochs or recipe.epochs),
+                                               "lr": recipe.lr * (lr / cfg.lr if lr is not None else 1.0)})
+        return train_fast_classifier(model, train, recipe, seed=cfg.seed, attack=attack,
+                                     checkpoint_dir=checkpoint_dir, progress=progress, device=dev,
+                                     threads=cfg.threads, init_whitening=not fine_tune)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     n_epochs = cfg.epochs if epochs is None else epochs
     if len(train) == 0:
         raise ValueError("cannot train a classifier on an empty dataset")

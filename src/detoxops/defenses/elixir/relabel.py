@@ -25,7 +25,7 @@ def relabel_suspicious(
     if len(suspicious_images) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     model = build_classifier(arch, purified.num_classes, purified.images.shape[-1], purified.images.shape[1],
-                             seed=cfg.seed, width=cfg.width)
+                             seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     train_classifier(model, purified, cfg, progress=progress)
     y_m = predict(model, suspicious_images)
     agree = y_m == votes
