@@ -90,8 +90,25 @@ def run_entry(name: str, train: ImageSet, test: ImageSet, args: argparse.Namespa
                 "train_cpu_seconds": round(cpu_seconds, 1), "load_avg_start": [round(v, 2) for v in load0],
                 "load_avg_end": [round(v, 2) for v in os.getloadavg()], "seed": args.seed}
     save_classifier(model, entry / "victim", meta=metrics)
+    if args.export:
+        metrics |= export_victim(model, name.partition("=")[0], train_set, test, triggered, attack, cfg, args)
     (entry / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def export_victim(model, name: str, train_set: ImageSet, test: ImageSet, triggered: ImageSet | None, attack,
+                  cfg: VictimConfig, args: argparse.Namespace) -> dict:
+    """Store the victim in fp16 under ``<export>/<name>`` with its training record, and measure CA / ASR of the
+    stored (fp16) weights, which is what the experiments load."""
+    record = {"command": args.command, "victim": cfg.model_dump(mode="json"), "train_hash": train_set.content_hash(),
+              "test_hash": test.content_hash(), "attack_record": attack.describe() if attack is not None else None}
+    dest = Path(args.export) / name
+    save_classifier(model, dest, meta=record, half=True)
+    stored = load_classifier(dest)
+    out = {"ca_fp16": clean_accuracy(predict(stored, test.images), test.labels)}
+    if triggered is not None:
+        out["asr_fp16"] = attack_success_rate(predict(stored, triggered.images), attack.target)
+    return out
 
 
 def victim_config(args: argparse.Namespace) -> VictimConfig:
@@ -102,34 +119,52 @@ def victim_config(args: argparse.Namespace) -> VictimConfig:
                         augment=not args.no_augment, threads=args.threads, airbench=airbench)
 
 
+def _recipe_line(args: argparse.Namespace) -> str:
+    if args.arch == "fast_cnn":
+        ab = victim_config(args).airbench
+        return (f"victim `fast_cnn` (airbench94's 1.97M-parameter net, widths {ab.widths}), airbench94 recipe "
+                f"({ab.epochs} epochs, batch {ab.batch_size}, label smoothing {ab.label_smoothing}, lookahead, "
+                f"alternating flip + {ab.translate}-px translate)")
+    width = f" width {args.width}" if args.arch == "small_cnn" else ""
+    return (f"victim `{args.arch}`{width}, {args.epochs} epochs, BackdoorBench recipe (SGD lr {args.lr}, momentum "
+            f"0.9, wd 5e-4, cosine, {'no augmentation' if args.no_augment else 'crop + flip'})")
+
+
+def _pct(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.1f}" if key in row else "–"
+
+
 def write_reports(rows: list[dict], args: argparse.Namespace, command: str) -> None:
     results = {"machine": machine(), "command": command, "scale": {
-        "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "victim": "small_cnn",
-        "width": args.width, "epochs": args.epochs, "lr": getattr(args, "lr", 0.01), "poison_ratio": args.poison_ratio, "seed": args.seed}, "rows": rows}
+        "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "victim": args.arch,
+        "width": args.width, "epochs": args.epochs, "lr": args.lr, "poison_ratio": args.poison_ratio,
+        "seed": args.seed, "recipe": victim_config(args).training_recipe}, "rows": rows}
     out_json = Path(args.out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1))
     clean_ca = next((r["ca"] for r in rows if r["attack"] == "clean"), float("nan"))
+    extra = [t for t in args.tta if t != 0]
+    tta_head = "".join(f" CA / PA / ASR with TTA {t} |" for t in extra)
     lines = [
         "# Attacks on CIFAR-10 at CPU scale",
         "",
         f"Command: `{command}`",
         "",
         f"Hardware: {results['machine']['cpu']}, {results['machine']['cores']} threads, no GPU (machine shared with"
-        " other jobs while this ran).",
+        " other jobs while this ran; each row's load average is in the JSON).",
         f"Scale: {args.train_per_class} train / {args.test_per_class} test images per class (stratified, seed "
-        f"{args.seed}), victim `small_cnn` width {args.width}, {args.epochs} epochs, BackdoorBench recipe "
-        f"(SGD lr {getattr(args, 'lr', 0.01)}, momentum 0.9, wd 5e-4, cosine, {'no augmentation' if getattr(args, 'no_augment', False) else 'crop + flip'}), poison ratio {args.poison_ratio}, target 0.",
+        f"{args.seed}), {_recipe_line(args)}, poison ratio {args.poison_ratio}, target 0. CA / PA / ASR of the plain "
+        "network (no test-time augmentation) unless a column says otherwise.",
         "",
-        "| attack | kind | CA | ΔCA vs clean | PA | ASR | poisoned train samples | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attack | kind | CA | ΔCA vs clean | PA | ASR |" + tta_head + " poisoned train samples | train s | seconds |",
+        "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|",
     ]
     for r in rows:
-        pa = f"{100 * r['pa']:.1f}" if "pa" in r else "–"
-        asr = f"{100 * r['asr']:.1f}" if "asr" in r else "–"
         delta = f"{100 * (r['ca'] - clean_ca):+.1f}" if r["attack"] != "clean" else "–"
-        lines.append(f"| {r['attack']} | {r['kind']} | {100 * r['ca']:.1f} | {delta} | {pa} | {asr} | "
-                     f"{r.get('num_poisoned', '–')} | {r['seconds']} |")
+        tta_cells = "".join(f" {_pct(r, f'ca_tta{t}')} / {_pct(r, f'pa_tta{t}')} / {_pct(r, f'asr_tta{t}')} |"
+                            for t in extra)
+        lines.append(f"| {r['attack']} | {r['kind']} | {_pct(r, 'ca')} | {delta} | {_pct(r, 'pa')} | {_pct(r, 'asr')} |"
+                     f"{tta_cells} {r.get('num_poisoned', '–')} | {r.get('train_seconds', '–')} | {r['seconds']} |")
     out_md = Path(args.out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines) + "\n")
@@ -147,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="small_cnn", choices=["small_cnn", "fast_cnn", "preact_resnet18"],
                     help="fast_cnn trains with airbench94's recipe (--epochs / --lr / --no-augment then unused)")
     ap.add_argument("--airbench-epochs", type=float, default=None, help="fast_cnn epochs (default 9.9)")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="also store each victim in fp16 under DIR/<attack> with its training record "
+                    "(e.g. victims/cifar10-fast)")
     ap.add_argument("--tta", type=int, nargs="+", default=[0],
                     help="TTA levels to evaluate (0 plain, 2 mirror + translate); the first is the headline")
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (BackdoorBench: 0.01)")
@@ -165,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/attack_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = command
     data_cfg = DataConfig(source=args.archive, image_size=None, train_per_class=args.train_per_class,
                           test_per_class=args.test_per_class, seed=args.seed, root=str(ROOT / "data"))
     splits = load_splits(args.archive, data_cfg, progress=args.progress)

@@ -68,5 +68,45 @@ def train(
     typer.echo(" ".join(f"{k.upper()}={v:.4f}" for k, v in metrics.items()) + f" → {out}")
 
 
+@victim_app.command("export")
+def export(
+    source: Path = typer.Argument(..., help="a saved classifier folder (e.g. runs/.../victim)"),
+    name: str = typer.Option(..., "--name", help="name in the victim store, e.g. cifar10-fast/badnets"),
+    store: Path = typer.Option(None, "--store", help="victim store folder (default $DETOXOPS_VICTIMS or victims/)"),
+    half: bool = typer.Option(True, "--half/--full", help="fp16 weights (BatchNorm statistics stay fp32)"),
+) -> None:
+    """Copy a trained classifier into the victim store under NAME, with its training record."""
+    from detoxops.models import load_classifier, save_classifier
+    from detoxops.models.store import victim_store
+
+    try:
+        model = load_classifier(source)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        fail(f"{source}: cannot load the classifier: {exc}")
+    dest = (store or victim_store()) / name
+    meta = {**model.detoxops_meta, "exported_from": str(source), "fp16_weights": half}
+    save_classifier(model, dest, meta=meta, half=half)
+    size = sum(f.stat().st_size for f in dest.iterdir())
+    typer.echo(f"{name} → {dest} ({size / 2**20:.1f} MiB)")
+
+
+@victim_app.command("list")
+def list_store(
+    store: Path = typer.Option(None, "--store", help="victim store folder (default $DETOXOPS_VICTIMS or victims/)"),
+) -> None:
+    """The classifiers in the victim store, loadable by name wherever a classifier folder is expected."""
+    from detoxops.models.store import list_victims, victim_store
+
+    root = store or victim_store()
+    rows = list_victims(root)
+    if not rows:
+        typer.echo(f"no classifiers under {root}")
+        return
+    for r in rows:
+        ca = f"CA {100 * r['ca']:.1f}" if r["ca"] is not None else ""
+        asr = f"ASR {100 * r['asr']:.1f}" if r["asr"] is not None else ""
+        typer.echo(f"{r['name']:40s} {r['arch'] or '?':16s} {ca:10s} {asr}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(victim_app, name="victim")

@@ -1,0 +1,52 @@
+"""A victim store: trained classifiers kept under one folder and loaded by name (``cifar10-fast/badnets``).
+
+The repository commits its CIFAR-10 victims under ``victims/`` (fp16 weights, a few MB each, with their training
+record), so the SampDetox and DataElixir experiments start from them instead of retraining. The store folder is
+``$DETOXOPS_VICTIMS`` when set, else ``victims/`` under the working directory; a reference that is an existing
+folder is always used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STORE_ENV", "victim_store", "resolve_classifier_path", "list_victims"]
+
+STORE_ENV = "DETOXOPS_VICTIMS"
+_CONFIG = "classifier.json"
+
+
+def victim_store() -> Path:
+    """The folder names are looked up in."""
+    return Path(os.environ.get(STORE_ENV) or "victims")
+
+
+def list_victims(store: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every classifier under ``store`` (default :func:`victim_store`): name (its path relative to the store),
+    arch and the metrics of its training record."""
+    root = Path(store) if store is not None else victim_store()
+    found = []
+    for config in sorted(root.glob(f"**/{_CONFIG}")):
+        spec = json.loads(config.read_text())
+        meta = spec.get("meta", {})
+        found.append({"name": config.parent.relative_to(root).as_posix(), "arch": spec.get("arch"),
+                      "ca": meta.get("ca"), "asr": meta.get("asr"), "attack": meta.get("attack")})
+    return found
+
+
+def resolve_classifier_path(ref: str | Path, store: str | Path | None = None) -> Path:
+    """``ref`` itself when it is an existing folder, else ``<store>/<ref>``; a clear error lists the store's
+    names when neither exists."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    root = Path(store) if store is not None else victim_store()
+    named = root / str(ref)
+    if (named / _CONFIG).is_file():
+        return named
+    names = [v["name"] for v in list_victims(root)] if root.is_dir() else []
+    hint = f"; victims in {root}: {', '.join(names)}" if names else f" (no victim store at {root}; set {STORE_ENV})"
+    raise FileNotFoundError(f"{ref}: no such classifier folder or victim name{hint}")
