@@ -158,3 +158,27 @@ def test_config_rules():
     assert VictimConfig(arch="small_cnn").training_recipe == "backdoorbench"
     with pytest.raises(ConfigError, match="airbench"):
         load_params(None, ["victim.arch=small_cnn", "victim.recipe=airbench"])
+
+
+def test_loop_attack_transforms_every_training_batch():
+    """WaNet's hook gets every clean shuffled batch, un-augmented (WaNet brings its own augmentation), with the
+    images' own labels, once per training step."""
+    from detoxops.attacks import registry
+
+    data, cfg = _toy_set(), _cfg(epochs=2)
+    attack = registry.create("wanet", target=1, poison_ratio=0.25, image_size=16, num_classes=2)
+    seen = []
+    real = attack.batch_transform
+
+    def spy(x, y, generator=None):
+        seen.append((x.clone(), y.clone()))
+        return real(x, y, generator=generator)
+
+    attack.batch_transform = spy
+    train_classifier(_model(cfg), data, cfg, attack=attack, progress=False)
+    assert len(seen) == 2 * (len(data) // 16)
+    originals = torch.from_numpy(np.asarray(data.images)).permute(0, 3, 1, 2).float() / 255
+    for x, y in seen:  # each batch is a set of untouched training images with their own labels
+        match = (x[:, None] - originals[None]).abs().flatten(2).amax(-1) < 1e-6
+        assert bool(match.any(1).all())
+        assert torch.equal(y, torch.from_numpy(data.labels)[match.float().argmax(1)])
