@@ -1,6 +1,6 @@
 """Training throughput of the victims on this machine: images / s of one optimiser step (forward, backward,
-Nesterov SGD) on random 32x32 batches, for ``fast_cnn`` in channels_last vs contiguous memory and 1 vs 2 threads,
-next to ``small_cnn`` and ``preact_resnet18``. Writes JSON with the machine and the load average.
+Nesterov SGD) on random 32x32 batches, for ``fast_cnn`` contiguous fp32 / channels_last fp32 / channels_last with
+bf16 autocast and 1 vs 2 threads, next to ``small_cnn`` and ``preact_resnet18``. Writes JSON with the machine and the load average.
 
     python benchmarks/victim_throughput.py --out benchmarks/results/victim_throughput_cpu.json
 """
@@ -23,7 +23,7 @@ from attack_table import machine  # noqa: E402
 from detoxops.models import build_classifier  # noqa: E402
 
 
-def images_per_second(arch: str, batch: int, threads: int, channels_last: bool, steps: int) -> float:
+def images_per_second(arch: str, batch: int, threads: int, channels_last: bool, bf16: bool, steps: int) -> float:
     torch.set_num_threads(threads)
     model = build_classifier(arch, 10, 3, 32, seed=0).train()
     if arch == "fast_cnn":
@@ -37,7 +37,9 @@ def images_per_second(arch: str, batch: int, threads: int, channels_last: bool, 
     times = []
     for _ in range(steps + 1):  # the first step warms up the allocator and kernels
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -50,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/victim_throughput_cpu.json")
     args = ap.parse_args(argv)
-    cases = [("fast_cnn", 1024, t, cl) for t in (1, 2) for cl in (True, False)]
-    cases += [("small_cnn", 128, 2, False), ("preact_resnet18", 128, 2, True)]
+    cases = [("fast_cnn", 1024, t, cl, bf) for t in (1, 2) for cl, bf in ((False, False), (True, False), (True, True))]
+    cases += [("small_cnn", 128, 2, False, False), ("preact_resnet18", 128, 2, True, True)]
     rows = []
     load0 = os.getloadavg()
-    for arch, batch, threads, cl in cases:
-        ips = images_per_second(arch, batch, threads, cl, args.steps)
-        rows.append({"arch": arch, "batch": batch, "threads": threads, "channels_last": cl,
+    for arch, batch, threads, cl, bf16 in cases:
+        ips = images_per_second(arch, batch, threads, cl, bf16, args.steps)
+        rows.append({"arch": arch, "batch": batch, "threads": threads, "channels_last": cl, "bf16_autocast": bf16,
                      "images_per_s": round(ips, 1), "epoch_50k_minutes": round(50_000 / ips / 60, 1)})
         print(json.dumps(rows[-1]), flush=True)
     out = {"command": "python benchmarks/victim_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
