@@ -17,6 +17,7 @@ Read next to the paper's four stages (module per stage in ``detoxops.defenses.el
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +25,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from detoxops.config import DataElixirConfig, VictimConfig
 from detoxops.data import ImageSet
 from detoxops.defenses.elixir.candidates import build_candidates
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
-from detoxops.defenses.elixir.shards import ShardStore
+from detoxops.defenses.elixir.shards import DamagedShardError, open_work_store
 from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels
 from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SUSPICIOUS, analyse_transitions
+from detoxops.progress import tqdm
 
 __all__ = ["DataElixir", "SanitizeResult"]
 
+log = logging.getLogger(__name__)
+
+SHARD_ARRAYS = ("labels", "distances", "selected", "images")
 CANDIDATE_FIELDS = {"T", "rounds", "keep_last", "sampler", "ddim_stride", "select_percentile", "shard_size",
                     "batch_size", "seed"}
 
@@ -98,23 +102,33 @@ class DataElixir:
         """Per sample: candidate labels (N, K), distances (N, K), the selected candidate index and image."""
         c = self.cfg
         victim = victim.to(self.purifier.device).eval()
-        store = ShardStore(Path(workdir) / "candidates", {
+        # the work folder is keyed by everything the candidates depend on (workdir/candidates/<key>/): a re-run
+        # with other data, models or settings gets its own folder, an identical one resumes from finished shards
+        store = open_work_store(Path(workdir) / "candidates", {
             "data": train.content_hash(), "victim": _fingerprint_module(victim),
             "purifier": _fingerprint_module(self.purifier.unet),
+            "schedule": hashlib.sha256(self.purifier.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:16],
             # only what changes the candidates: later stages (tau, rules, relabelling) can be re-run on them
             "cfg": c.model_dump(mode="json", include=CANDIDATE_FIELDS),
         })
         n = len(train)
         shards = range(0, n, c.shard_size)
+        loaded: dict[int, dict[str, np.ndarray]] = {}
         bar = tqdm(total=n, desc="DataElixir candidates", unit="img", disable=not progress)
         for k, start in enumerate(shards):
+            stop = min(start + c.shard_size, n)
             if store.done(k):
-                bar.update(min(c.shard_size, n - start))
-                continue
+                try:
+                    loaded[k] = store.load(k, keys=set(SHARD_ARRAYS), length=stop - start)
+                except DamagedShardError as exc:  # a killed disk write, a corrupted file: recompute it
+                    log.warning("%s; recomputing shard %d", exc, k)
+                    store.discard(k)
+                else:
+                    bar.update(stop - start)
+                    continue
             # one generator per shard: a resumed run draws exactly the noise an uninterrupted one would
             gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
-            parts: dict[str, list[np.ndarray]] = {"labels": [], "distances": [], "selected": [], "images": []}
-            stop = min(start + c.shard_size, n)
+            parts: dict[str, list[np.ndarray]] = {key: [] for key in SHARD_ARRAYS}
             for b in range(start, stop, c.batch_size):
                 x = np.array(train.images[b : min(b + c.batch_size, stop)])  # copy: the source may be a read-only memmap
                 x01 = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
@@ -129,10 +143,10 @@ class DataElixir:
                     (chosen.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
                 )
                 bar.update(len(x))
-            store.save(k, **{key: np.concatenate(v) for key, v in parts.items()})
+            loaded[k] = {key: np.concatenate(v) for key, v in parts.items()}
+            store.save(k, **loaded[k])
         bar.close()
-        loaded = [store.load(k) for k in range(len(shards))]
-        return {key: np.concatenate([s[key] for s in loaded]) for key in loaded[0]}
+        return {key: np.concatenate([loaded[k][key] for k in range(len(shards))]) for key in SHARD_ARRAYS}
 
     # ------------------------------------------------------------------ stages 2-4
     def sanitize(

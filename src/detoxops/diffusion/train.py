@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from detoxops.config import DiffusionConfig
 from detoxops.data.imageset import atomic_dir
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
+from detoxops.progress import tqdm
 from detoxops.seeding import seeded
 
 __all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion", "write_sample_grid"]
