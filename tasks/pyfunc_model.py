@@ -11,7 +11,15 @@ Threat model: a served model must never unpickle a file. So
   file (``.pt``, ``.pth``, ``.bin``, ``.pkl``, ``.ckpt``) before anything is loaded;
 * the model code imports only ``detoxops`` (which must be installed where the model is served) and MLflow.
 
-Input: uint8 images (N, H, W, 3), e.g. ``{"inputs": [[[[r, g, b], ...]]]}`` over HTTP; output: int64 labels (N,).
+Input: images (N, H, W, 3) under the served guard's contract (:mod:`detoxops.serving`, docs/security.md):
+uint8 / integers in 0..255, e.g. ``{"inputs": [[[[r, g, b], ...]]]}`` over HTTP, or floats with a declared range
+(``"params": {"pixel_range": "0,1"}``); anything else is refused, never cast. Output: int64 labels (N,).
+
+The model is logged **without an input schema** on purpose: MLflow parses JSON inputs with the schema's dtype, so
+a uint8 schema turned [0, 1] floats into zeros (a black image, classified with HTTP 200). The contract is enforced
+in :meth:`DetoxClassifier.predict` instead. ``mlflow models serve`` has no body-size limit and echoes a request's
+data in some of its own error messages; untrusted clients should reach the guard through
+``python -m tasks.serve_guard`` (limits from ``params.serve``), which serves the same model.
 """
 
 from __future__ import annotations
@@ -64,17 +72,22 @@ class DetoxClassifier(mlflow.pyfunc.PythonModel):
             purifier = load_purifier(context.artifacts["purifier"], device=device)
         cfg = SampDetoxConfig(**spec["sampdetox"])
         self.defense_name = spec["defense"]
+        self.image_size = int(getattr(classifier, "detoxops_spec", {}).get("image_size") or 0) or None
         self.guard = Detoxifier(classifier, build_defense(spec["defense"], purifier, cfg), batch_size=cfg.batch_size)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        from detoxops.serving import ContractError, check_shape, parse_pixel_range, to_uint8_images
+
         if isinstance(model_input, dict):  # {"inputs": {"images": ...}} style
             model_input = next(iter(model_input.values()))
         images = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected images (N, H, W, 3), got shape {images.shape}")
-        if images.size and (images.min() < 0 or images.max() > 255):
-            raise ValueError("expected uint8 pixel values in [0, 255]")
-        return np.asarray(self.guard.predict(images.astype(np.uint8)), dtype=np.int64)
+        try:
+            check_shape(images.shape, max_batch=len(images) or 1, max_image_side=max(images.shape[1:3], default=1),
+                        image_size=self.image_size)
+            images = to_uint8_images(images, parse_pixel_range((params or {}).get("pixel_range")))
+        except ContractError as exc:  # a plain ValueError: MLflow answers 400 without echoing the input
+            raise ValueError(exc.message) from None
+        return np.asarray(self.guard.predict(np.ascontiguousarray(images)), dtype=np.int64)
 
 
 def log_guard_model(
@@ -92,7 +105,8 @@ def log_guard_model(
     ``defense`` is a catalog name (``none``, ``sampdetox``, ``faithful`` …); ``purifier_dir`` may be None for
     defenses that need no diffusion model. ``example`` (uint8 (N, H, W, 3)) fixes the tensor signature.
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
     from detoxops.defenses.catalog import _NEEDS_PURIFIER
 
@@ -109,7 +123,12 @@ def log_guard_model(
     spec.write_text(json.dumps({"defense": defense, "sampdetox": sampdetox_cfg}, indent=2))
     artifacts["defense"] = str(spec)
     example = np.asarray(example, dtype=np.uint8)
-    signature = infer_signature(example, np.zeros(len(example), dtype=np.int64))
+    # No input schema (see the module docstring): the contract is checked in predict, not by a silent cast.
+    signature = ModelSignature(
+        inputs=None,
+        outputs=infer_signature(example, np.zeros(len(example), dtype=np.int64)).outputs,
+        params=ParamSchema([ParamSpec("pixel_range", "string", "")]),
+    )
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(MODEL_CODE),

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ import torch
 from detoxops.defenses.base import DefenseOutput
 from detoxops.defenses.guard import Detoxifier, HttpClassifier
 from detoxops.defenses.transforms import Blur
+from detoxops.serving import GuardHTTPError
 
 
 def brightness_labels(images_u8: np.ndarray) -> np.ndarray:
@@ -68,38 +66,16 @@ def test_module_classifier_argmax_and_memmap(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server API
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers["Content-Type"] == "application/x-npy":
-            images = np.load(io.BytesIO(body), allow_pickle=False)
-            buf = io.BytesIO()
-            np.save(buf, brightness_labels(images))
-            reply, ctype = buf.getvalue(), "application/x-npy"
-        elif self.path == "/broken":
-            reply, ctype = b'{"oops": 1}', "application/json"
-        else:
-            images = np.asarray(json.loads(body)["images"], dtype=np.uint8)
-            reply, ctype = (
-                json.dumps({"labels": brightness_labels(images).tolist()}).encode(),
-                "application/json",
-            )
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-
 @pytest.fixture()
 def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    """The project's guard server (detoxops.serving) around the brightness black box, on loopback."""
+    from detoxops.config import ServeConfig
+    from detoxops.serving import make_server
+
+    server = make_server(brightness_labels, ServeConfig(max_batch=4), image_size=8, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server.url
     server.shutdown()
     server.server_close()
 
@@ -107,18 +83,26 @@ def endpoint():
 @pytest.mark.parametrize("wire", ["npy", "json"])
 def test_http_endpoint_matches_local_callable(endpoint, wire):
     images = _images(11, seed=1)
-    remote = Detoxifier(endpoint + "/classify", Darken(), batch_size=4, http_wire=wire).predict(images)
+    remote = Detoxifier(endpoint, Darken(), batch_size=4, http_wire=wire).predict(images)
     local = Detoxifier(brightness_labels, Darken(), batch_size=4).predict(images)
     np.testing.assert_array_equal(remote, local)
+    # a guard batch larger than the server's max_batch is split by the client (max_batch=4 on the server)
+    split = Detoxifier(HttpClassifier(endpoint, wire=wire, max_batch=4), Darken(), batch_size=11).predict(images)
+    np.testing.assert_array_equal(split, local)
 
 
 def test_http_errors_are_clear(endpoint):
-    with pytest.raises(ValueError, match="no 'labels' key"):
-        HttpClassifier(endpoint + "/broken", wire="json")(_images(2))
-    with pytest.raises(RuntimeError, match="unreachable"):
+    with pytest.raises(GuardHTTPError, match="HTTP 413.*max_batch = 4") as info:
+        HttpClassifier(endpoint)(_images(5))
+    assert info.value.status == 413 and info.value.code == "batch_too_large"
+    with pytest.raises(GuardHTTPError, match="HTTP 400.*takes \\(N, 8, 8, 3\\)"):
+        HttpClassifier(endpoint)(np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(GuardHTTPError, match="unreachable"):
         HttpClassifier("http://127.0.0.1:9/x", timeout=2)(_images(2))
     with pytest.raises(ValueError, match="http://"):
         HttpClassifier("ftp://host/x")
+    with pytest.raises(ValueError, match="uint8"):
+        HttpClassifier(endpoint)(_images(2).astype(np.float32))
 
 
 def test_bad_inputs():

@@ -6,9 +6,10 @@
   logits are arg-maxed;
 * any other Python callable -- called on uint8 NHWC numpy batches (what a black box is sent), returning labels
   (N,) or scores (N, K) that are arg-maxed;
-* an ``http://`` / ``https://`` URL (or an :class:`HttpClassifier`) -- the batch is POSTed as a ``.npy`` body
-  (``Content-Type: application/x-npy``) or as JSON ``{"images": [...]}``; the reply is ``.npy`` labels or JSON
-  ``{"labels": [...]}`` (or a bare list).
+* an ``http://`` / ``https://`` URL (or an :class:`HttpClassifier`) -- a detoxops guard endpoint: the batch is
+  POSTed under the served guard's contract (:mod:`detoxops.serving`, docs/security.md) as a ``.npy`` body or as
+  MLflow-style JSON ``{"inputs": [...]}``, the reply is ``{"predictions": [...]}``. The same client talks to
+  ``python -m tasks.serve_guard`` and to ``mlflow models serve`` of the guard model (JSON wire).
 
 Detoxified images are quantised to uint8 (rounding, as ``detoxops.data.from_tensor``) before they reach the
 classifier, as they would be on the wire, so a module and its HTTP deployment see the same pixels. Images are
@@ -17,72 +18,41 @@ processed ``batch_size`` at a time; with a memory-mapped input only one batch is
 
 from __future__ import annotations
 
-import io
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from detoxops.data import from_tensor, to_tensor
 from detoxops.defenses.base import Defense, NoDefense
+from detoxops.progress import tqdm
+from detoxops.serving import classify_over_http, invocations_url
 
 __all__ = ["Detoxifier", "HttpClassifier"]
 
-NPY_CONTENT_TYPE = "application/x-npy"
-
-
 class HttpClassifier:
-    """A classifier behind an HTTP endpoint: POST a uint8 (N, H, W, C) batch, get N labels back."""
+    """A classifier behind a detoxops guard endpoint (the contract in :mod:`detoxops.serving`): POST a uint8
+    (N, H, W, 3) batch, get N labels back. ``url`` is the server (``http://127.0.0.1:5001``, ``/invocations`` is
+    appended) or the full endpoint. ``wire``: ``npy`` (compact; ``python -m tasks.serve_guard``) or ``json``
+    (also understood by ``mlflow models serve`` of the guard model). ``max_batch`` splits larger batches into
+    several requests (the server's ``serve.max_batch``)."""
 
-    def __init__(self, url: str, wire: str = "npy", timeout: float = 60.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"HttpClassifier: url must start with http:// or https://, got {url!r}")
+    def __init__(self, url: str, wire: str = "npy", timeout: float = 60.0, max_batch: int | None = None) -> None:
         if wire not in ("npy", "json"):
             raise ValueError(f"HttpClassifier: wire must be 'npy' or 'json', got {wire!r}")
-        self.url, self.wire, self.timeout = url, wire, float(timeout)
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"HttpClassifier: max_batch must be >= 1, got {max_batch}")
+        self.url = invocations_url(url)
+        self.wire, self.timeout, self.max_batch = wire, float(timeout), max_batch
 
     def __call__(self, images_u8: np.ndarray) -> np.ndarray:
-        if self.wire == "npy":
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(images_u8), allow_pickle=False)
-            body, content_type = buf.getvalue(), NPY_CONTENT_TYPE
-        else:
-            body, content_type = json.dumps({"images": images_u8.tolist()}).encode(), "application/json"
-        request = urllib.request.Request(
-            self.url, data=body, method="POST", headers={"Content-Type": content_type}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply, reply_type = response.read(), response.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(
-                f"classifier endpoint {self.url} answered HTTP {exc.code}: {exc.reason}"
-            ) from None
-        except urllib.error.URLError as exc:
-            raise RuntimeError(f"classifier endpoint {self.url} unreachable: {exc.reason}") from None
-        return _decode_labels(reply, reply_type, self.url)
-
-
-def _decode_labels(reply: bytes, content_type: str, url: str) -> np.ndarray:
-    if content_type.startswith(NPY_CONTENT_TYPE):
-        return np.load(io.BytesIO(reply), allow_pickle=False)
-    try:
-        payload = json.loads(reply)
-    except json.JSONDecodeError:
-        raise ValueError(
-            f"classifier endpoint {url}: reply is neither .npy nor JSON ({content_type!r})"
-        ) from None
-    if isinstance(payload, dict):
-        if "labels" not in payload:
-            raise ValueError(
-                f"classifier endpoint {url}: JSON reply has no 'labels' key (keys: {sorted(payload)})"
-            )
-        payload = payload["labels"]
-    return np.asarray(payload)
+        if not isinstance(images_u8, np.ndarray) or images_u8.dtype != np.uint8:
+            raise ValueError("HttpClassifier sends uint8 images (use detoxops.serving.classify_over_http with "
+                             "pixel_range= for floats)")
+        step = self.max_batch or max(len(images_u8), 1)
+        parts = [classify_over_http(self.url, images_u8[i : i + step], wire=self.wire, timeout=self.timeout)
+                 for i in range(0, len(images_u8), step)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _module_classifier(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
