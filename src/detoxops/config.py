@@ -41,6 +41,7 @@ __all__ = [
     "DataElixirConfig",
     "TrackingConfig",
     "BenchmarkConfig",
+    "VictimZooConfig",
     "Params",
     "load_params",
     "apply_overrides",
@@ -367,6 +368,22 @@ class BenchmarkConfig(_Section):
     defenses: list[str] = Field(default_factory=lambda: ["none", "sampdetox"])
 
 
+class VictimZooConfig(_Section):
+    """The committed victim store's recipe (``victims/dvc.yaml``): one victim per attack, trained with
+    ``params.victim`` (``arch`` overridden) on ``source`` and poisoned with ``params.attack``'s target and ratio."""
+
+    source: str = "cifar10"
+    """Where the images come from (``cifar10`` downloads through torchvision; a path to a class-folder archive works
+    offline)."""
+    arch: Literal["small_cnn", "fast_cnn", "preact_resnet18", "resnet34", "vgg19"] = "fast_cnn"
+    attacks: list[str] = Field(default_factory=lambda: [
+        "badnets", "blended", "sig", "lc", "trojannn", "lf", "ssba", "ftrojan", "refool",
+        "wanet", "bpp", "inputaware", "lira"])
+    """Attacks with a stored victim (the clean victim is always trained: LC / TrojanNN / LF use it as surrogate)."""
+    name: str = "cifar10-fast"
+    """Folder under ``victims/`` holding ``clean/`` and one folder per attack."""
+
+
 class SweepConfig(_Section):
     """The SampDetox sweep (``flows/sweep.py``): grid axes over ``sampdetox.*`` keys, the attacks, and the bound of
     the selection rule (lowest mean ASR subject to a mean CA drop vs no defense of at most ``max_ca_drop`` points,
@@ -424,6 +441,7 @@ class Params(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    victims: VictimZooConfig = Field(default_factory=VictimZooConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @classmethod

@@ -182,3 +182,16 @@ def test_loop_attack_transforms_every_training_batch():
         match = (x[:, None] - originals[None]).abs().flatten(2).amax(-1) < 1e-6
         assert bool(match.any(1).all())
         assert torch.equal(y, torch.from_numpy(data.labels)[match.float().argmax(1)])
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    data, cfg = _toy_set(), _cfg(epochs=1)
+    ckpt = tmp_path / "ckpt"
+    train_classifier(_model(cfg), data, cfg, progress=False, checkpoint_dir=ckpt)
+    other = _cfg(epochs=1, label_smoothing=0.1)  # another recipe: the old checkpoint must not be picked up
+    fresh, reused = _model(other), _model(other)
+    train_classifier(fresh, data, other, progress=False)
+    with pytest.warns(UserWarning, match="different run"):
+        train_classifier(reused, data, other, progress=False, checkpoint_dir=ckpt)
+    for a, b in zip(fresh.state_dict().values(), reused.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

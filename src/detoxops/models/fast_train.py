@@ -21,9 +21,11 @@ bf16 (``precision: auto``; 2x fp32's speed on this project's AVX512-BF16 machine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +120,8 @@ def train_fast_classifier(
     ``attack`` with ``kind == "loop"`` transforms every clean shuffled batch before augmentation
     (``attack.batch_transform``); attacks with ``replaces_augmentation`` bring their own. With
     ``checkpoint_dir`` everything (weights, lookahead average, optimizer, schedule, RNG) is saved after every
-    epoch and an interrupted run resumes there with the same final weights. ``init_whitening=False`` keeps the
+    epoch and an interrupted run resumes there with the same final weights; a checkpoint of another run (other
+    data, recipe, seed, attack or network) is ignored with a warning and overwritten. ``init_whitening=False`` keeps the
     current whitening layer (fine-tuning a trained model).
     """
     if not isinstance(model, FastCNN):
@@ -157,7 +160,17 @@ def train_fast_classifier(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     history: dict[str, Any] = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
     start_epoch, step = 0, 0
-    if ckpt is not None and (ckpt / "state.json").is_file():
+    # what the checkpoint must belong to: a checkpoint of other data, recipe, seed or attack is not resumed
+    fingerprint = hashlib.sha256(json.dumps(
+        [train.content_hash(), cfg.model_dump(mode="json"), seed, init_whitening,
+         attack.describe() if hasattr(attack, "describe") else None, type(model).__name__,
+         {k: list(v.shape) for k, v in model.state_dict().items()}], sort_keys=True, default=str).encode()).hexdigest()
+    saved = ckpt is not None and (ckpt / "state.json").is_file()
+    if saved and _fingerprint(ckpt) != fingerprint:
+        warnings.warn(f"{ckpt}: checkpoint of a different run (data, recipe, seed or attack changed); starting afresh",
+                      stacklevel=2)
+        saved = False
+    if saved:
         lookahead = _Lookahead(model)
         start_epoch, step, history = _load_state(ckpt, model, lookahead, opt, sched, gen, dev)
     else:
@@ -210,19 +223,27 @@ def train_fast_classifier(
         history["train_acc"].append(correct / max(seen, 1))
         history["seconds"].append(round(time.perf_counter() - t0, 2))
         if ckpt is not None:
-            _save_state(ckpt, model, lookahead, opt, sched, gen, epoch + 1, step, history)
+            _save_state(ckpt, model, lookahead, opt, sched, gen, epoch + 1, step, history, fingerprint)
     model.eval()
     return history
 
 
+def _fingerprint(ckpt: Path) -> str | None:
+    try:
+        return json.loads((ckpt / "state.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
 def _save_state(ckpt: Path, model, lookahead: _Lookahead, opt, sched, gen, epoch: int, step: int,
-                history: dict[str, Any]) -> None:
+                history: dict[str, Any], fingerprint: str) -> None:
     with atomic_dir(ckpt, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         save_file({k: v.detach().cpu().contiguous() for k, v in lookahead.ema.items()}, tmp / "lookahead.safetensors")
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": gen.get_state()},
                    tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "history": history}))
+        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "history": history,
+                                                    "fingerprint": fingerprint}))
 
 
 def _load_state(ckpt: Path, model, lookahead: _Lookahead, opt, sched, gen, dev) -> tuple[int, int, dict[str, Any]]:
