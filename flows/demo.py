@@ -7,15 +7,20 @@ ingestion check of the poisoned set, as ``flows.ingestion_check`` records one, w
 SampDetox evaluation (inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``), with the
 victim and the purifier registered (``detoxops-victim``, ``detoxops-purifier``) for the dashboard's *Try it*.
 
-    python -m flows.demo [--params params.yaml] [--set key=value ...] [--max-images N]
+    python -m flows.demo [--params params.yaml] [--overlay params.demo.yaml] [--set key=value ...] [--max-images N]
 
-Demo-sized settings (``DEMO_OVERRIDES``) keep it within minutes on a 2-core CPU; ``--set`` overrides them.
+Demo-sized settings (the overlay ``params.demo.yaml`` on ``params.yaml``, chosen by measurement: see
+docs/platform.md) keep it within minutes on a 2-core CPU; ``--set`` overrides them. It ends with one line per
+defense saying what it showed, and where on the dashboard to see it.
 Heavy tasks are cached on inputs + code version: a second run re-uses finished stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,26 +30,56 @@ from tasks import PROJECT_ROOT, configure_environment
 
 configure_environment()
 
+import yaml  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from detoxops.config import load_params  # noqa: E402
+from detoxops.config import ConfigError, load_params  # noqa: E402
 
-# Reduced DataElixir / SampDetox budgets for the demo (the paper settings are in params.yaml).
-DEMO_OVERRIDES = [
-    "victim.epochs=15",
-    "dataelixir.T=40",
-    "dataelixir.rounds=3",
-    "dataelixir.keep_last=5",
-    "dataelixir.sampler=ddim",
-    "dataelixir.ddim_stride=4",
-    "dataelixir.relabel_epochs=10",
-    "sampdetox.sampler=ddim",
-]
+# The demo's overlay on params.yaml: reduced DataElixir / SampDetox budgets (the paper settings are in params.yaml).
+DEMO_OVERLAY = PROJECT_ROOT / "params.demo.yaml"
 DEFENSES = ["none", "sampdetox", "faithful"]
+# where the closing lines point: `streamlit run dashboards/app.py`, pages by their file name (dashboards/pages/)
+DASHBOARD_URL = "http://localhost:8501"
+
+
+def overlay_overrides(path: str | Path | None) -> list[str]:
+    """A params overlay (a YAML mapping of ``params.yaml`` sections holding only the keys it changes) as dotted
+    ``key=value`` overrides, applied after ``params.yaml`` and before ``--set``. Nested mappings merge key by key;
+    ``None`` / ``"none"`` is no overlay. Keys are validated with the rest of the params (a typo is an error)."""
+    if path is None or str(path).lower() in ("", "none"):
+        return []
+    p = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+    if not p.is_file():
+        raise ConfigError(f"params overlay not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return []
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+        raise ConfigError(f"{p}: top level must be a mapping of params.yaml sections (e.g. 'dataelixir:')")
+
+    def flatten(node: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                out += flatten(value, f"{prefix}{key}.")
+            else:  # JSON is YAML: parse_override reads the value back exactly (strings, null, lists, {})
+                plain = isinstance(value, str) and value and yaml.safe_load(value) == value
+                out.append(f"{prefix}{key}={value if plain else json.dumps(value)}")
+        return out
+
+    return flatten(loaded, "")
+
+
+# the demo's budgets as overrides, shared by flows.sanitize / flows.detox / flows.ingestion_check
+DEMO_OVERRIDES = overlay_overrides(DEMO_OVERLAY)
 
 
 @flow(name="demo", log_prints=True)
-def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, max_images: int = 200) -> list[dict]:
+def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, max_images: int = 200,
+         overlay: str | None = str(DEMO_OVERLAY)) -> list[dict]:
     import mlflow
 
     from tasks.attack_tasks import poison_dataset
@@ -57,7 +92,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
     from tasks.victim_tasks import train_victim
     from tasks.visibility_tasks import log_visibility_rows, visibility_rows_task
 
-    params = load_params(_abs(params_path), DEMO_OVERRIDES + list(overrides or []))
+    params = load_params(_abs(params_path), overlay_overrides(overlay) + list(overrides or []))
     uri = setup_tracking(params.tracking)
     data_root = str(_abs(params.data.root))
     runs_root = _abs(params.tracking.runs_dir)
@@ -91,6 +126,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
     sanitize_row = {"defense": "dataelixir (retrained)", "ca": retrained["ca"], "pa": retrained["pa"],
                     "asr": retrained["asr"], "tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr")}
     table = results_table(defense_rows, sanitize_row, params.attack.name)
+    summaries = defense_summaries(table, sanitized, decision_counts(sanitized.get("decisions")))
     seconds = time.perf_counter() - started
 
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version,
@@ -102,6 +138,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
         mlflow.log_metric("seconds", seconds)
         table_path = write_table(table, runs_root / "demo" / "results.csv")
         mlflow.log_artifact(str(table_path), "results")
+        mlflow.log_text("\n".join(summaries) + "\n", "results/summary.txt")  # the closing lines, as printed
         log_visibility_rows(visibility)  # robustness/visibility_robustness.csv: the dashboard's figure 2
         log_defense_rows(defense_rows, "demo", parent.info.run_id, tags, params.tracking.experiment_prefix)
         _log_sanitize(sanitized, retrained, parent.info.run_id, tags, params.tracking.experiment_prefix, victim)
@@ -111,6 +148,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
                               parent.info.run_id)
 
     print("\n" + format_table(table))
+    print("\n" + "\n".join(summaries))
     vis = visibility["summary"]
     print(f"\ntrigger visibility v {vis['v_mean']:.4f} (mean of {vis['n']}); robustness η_r {vis['eta_r_mean']:.3f} "
           f"(mean of the {vis['hits']} images the victim sends to the target, {vis['n_inf']} never flipped)")
@@ -127,6 +165,60 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
     print("Prefect:   .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
     print("Dashboard: .venv/bin/streamlit run dashboards/app.py")
     return table
+
+
+def decision_counts(decisions_csv: str | Path | None) -> dict[str, int] | None:
+    """Poisoned / found / clean / wrongly flagged training samples from DataElixir's per-sample decisions
+    (columns ``flagged`` and ``poisoned_true``); None when the file or those columns are missing."""
+    if not decisions_csv or not Path(decisions_csv).is_file():
+        return None
+    with Path(decisions_csv).open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"flagged", "poisoned_true"} <= set(reader.fieldnames or ()):
+            return None
+        pairs = [(row["flagged"] == "1", row["poisoned_true"] == "1") for row in reader]
+    return {"poisoned": sum(p for _, p in pairs), "found": sum(f and p for f, p in pairs),
+            "clean": sum(not p for _, p in pairs), "false": sum(f and not p for f, p in pairs)}
+
+
+def _change(what: str, before: float, after: float) -> str:
+    if round(after, 1) == round(before, 1):
+        return f"{what} stayed at {after:.1f}"
+    return f"{what} {'fell' if after < before else 'rose'} from {before:.1f} to {after:.1f}"
+
+
+def defense_summaries(table: list[dict[str, Any]], sanitized: dict[str, Any],
+                      counts: dict[str, int] | None) -> list[str]:
+    """One line per defense saying what the run showed, in the numbers of the results table (percent), then where
+    on the dashboard the same runs are shown."""
+    rows = {r["defense"]: r for r in table}
+    none = rows["none"]
+    lines = []
+    for name, label in (("sampdetox", "SampDetox (default profile)"), ("faithful", "SampDetox (paper's Algorithm 1)")):
+        if name in rows:
+            asr = _change("the victim's ASR on purified triggered inputs", none["asr"], rows[name]["asr"])
+            ca = _change("clean accuracy", none["ca"], rows[name]["ca"])
+            lines.append(f"{label}: {asr}; {ca}.")
+    elixir = next((r for r in table if str(r["defense"]).startswith("dataelixir")), None)
+    if elixir is not None:
+        target = sanitized.get("target_label")
+        if target is None:
+            found = "found no backdoor target label (the training set is kept as is)"
+        elif counts is not None and counts["poisoned"]:
+            found = (f"found {counts['found']} / {counts['poisoned']} poisoned training samples "
+                     f"(TPR {elixir['tpr']:.1f}), flagged {counts['false']} / {counts['clean']} clean ones "
+                     f"(FPR {elixir['fpr']:.1f}), target {target}")
+        else:
+            tpr = elixir.get("tpr")
+            known = isinstance(tpr, float) and not math.isnan(tpr)
+            found = f"target {target}, {sanitized.get('n_flagged', 0)} samples relabelled" + (
+                f" (TPR {tpr:.1f})" if known else "")
+        asr = _change("the retrained model's ASR", none["asr"], elixir["asr"])
+        lines.append(f"DataElixir: {found}; {asr} (clean accuracy {elixir['ca']:.1f}, "
+                     f"{none['ca']:.1f} without defense).")
+    lines.append(f"See them on the dashboard's Defense results page ({DASHBOARD_URL}/defense_results); "
+                 f"DataElixir's per-sample decisions on Sample explorer ({DASHBOARD_URL}/sample_explorer).")
+    return lines
 
 
 def _log_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], parent_id: str, tags: dict, prefix: str,
@@ -190,10 +282,12 @@ def _abs(path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--overlay", default=str(DEMO_OVERLAY.relative_to(PROJECT_ROOT)),
+                    help="params overlay applied after --params (default: the demo's budgets); 'none' = no overlay")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
     ap.add_argument("--max-images", type=int, default=200, help="test images per split for SampDetox evaluation")
     args = ap.parse_args(argv)
-    demo(args.params, args.overrides, args.max_images)
+    demo(args.params, args.overrides, args.max_images, args.overlay)
     return 0
 
 

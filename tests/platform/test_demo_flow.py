@@ -4,16 +4,27 @@ their metrics, artifacts and the registered victim, and a second run re-uses the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.platform
-APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "dashboards" / "app.py")
+DEMO_PARAMS = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+
+
+def moved(before: float, after: float) -> str:
+    """How the demo's closing lines word a change of a percentage (one decimal, as in the results table)."""
+    if f"{before:.1f}" == f"{after:.1f}":
+        return f"stayed at {after:.1f}"
+    return f"{'fell' if after < before else 'rose'} from {before:.1f} to {after:.1f}"
 
 # conftest's tiny_dataelixir budget on 400 images: the smallest at which DataElixir still finds BadNets' target,
 # so the demo's ingestion check of its poisoned training set is quarantined (target 0)
@@ -43,7 +54,8 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     parent = next(r for r in runs if r.data.tags.get("detoxops.kind") == "report")
     assert parent.data.tags["detoxops.data_version"]
     assert parent.data.params["attack.name"] == "badnets"
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "results")] == ["results/results.csv"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "results")] == ["results/results.csv",
+                                                                                       "results/summary.txt"]
     assert client.get_model_version_by_alias("detoxops-victim", "champion") is not None
     # the poisoned training set DataElixir scanned, recorded as an ingestion check (nested, no second scan)
     checks = [r for r in runs if r.data.tags.get("detoxops.kind") == "ingestion"]
@@ -60,6 +72,32 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     from tasks.ingestion_tasks import check_status
 
     assert check_status(saved["version"])["status"] == "quarantined"
+    # the closing lines: one per defense, in the table's numbers, then the dashboard pages that show them
+    summary = client.download_artifacts(parent.info.run_id, "results/summary.txt", str(tmp_path / "summary"))
+    lines = Path(summary).read_text().splitlines()
+    rows = {row["defense"]: row for row in table}
+    none, elixir = rows["none"], rows[defenses[-1]]
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        "SampDetox (default profile)", "SampDetox (paper's Algorithm 1)", "DataElixir"]
+    assert f"ASR on purified triggered inputs {moved(none['asr'], rows['sampdetox']['asr'])};" in lines[0]
+    assert f"ASR on purified triggered inputs {moved(none['asr'], rows['faithful']['asr'])};" in lines[1]
+    found = re.search(r"^DataElixir: found (\d+) / (\d+) poisoned training samples \(TPR ([\d.]+)\), flagged (\d+) / "
+                      r"(\d+) clean ones \(FPR ([\d.]+)\), target 0; ", lines[2])
+    assert found, lines[2]
+    hit, poisoned, tpr, false, clean, fpr = (float(g) for g in found.groups())
+    from detoxops.data import load_version
+
+    truth = np.asarray(load_version(saved["version"])["train"].poisoned, bool)  # the scanned set's ground truth
+    assert (poisoned, clean) == (truth.sum(), (~truth).sum()) and hit <= poisoned and false <= clean
+    assert tpr == round(elixir["tpr"], 1) == round(100 * hit / poisoned, 1)
+    assert fpr == round(elixir["fpr"], 1) == round(100 * false / clean, 1)
+    assert f"the retrained model's ASR {moved(none['asr'], elixir['asr'])} (clean accuracy {elixir['ca']:.1f}" in lines[2]
+    assert "/defense_results" in lines[3] and "/sample_explorer" in lines[3]
+    assert all((Path(APP).parent / "pages" / page).is_file() for page in ("defense_results.py", "sample_explorer.py"))
+    # the demo's overlay is applied under the test's overrides (params.demo.yaml's SampDetox sampler, not
+    # params.yaml's; the test's --set DataElixir stride over the overlay's)
+    assert parent.data.params["sampdetox.sampler"] == DEMO_PARAMS["sampdetox"]["sampler"] == "ddim"
+    assert parent.data.params["dataelixir.ddim_stride"] == "8"
     paths = {a.path for folder in ("anomaly", "decisions", "check")
              for a in client.list_artifacts(check.info.run_id, folder)}
     assert {"anomaly/anomaly_index.png", "anomaly/anomaly_index.json", "decisions/decisions.csv",
@@ -104,3 +142,64 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     assert list(listed["verdict"]) == ["quarantined", "quarantined"] and set(listed["target_label"]) == {"0"}
     assert any("quarantined" in e.value and "**0**" in e.value for e in at.error)
     st.cache_data.clear()
+
+
+# ------------------------------------------------------------------ the overlay and the closing lines (fast)
+def test_overlay_overrides_reproduce_the_overlay_on_params_yaml(tmp_path):
+    from detoxops.config import ConfigError, load_params
+    from flows.demo import DEMO_OVERLAY, DEMO_OVERRIDES, overlay_overrides
+
+    params = load_params(ROOT / "params.yaml", DEMO_OVERRIDES)
+    for section, keys in DEMO_PARAMS.items():
+        for key, value in keys.items():
+            assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
+    assert overlay_overrides(DEMO_OVERLAY) == DEMO_OVERRIDES and overlay_overrides("none") == []
+    # --set after the overlay wins; keys the overlay does not name keep params.yaml's values
+    later = load_params(ROOT / "params.yaml", DEMO_OVERRIDES + ["dataelixir.rounds=7"])
+    assert later.dataelixir.rounds == 7 and later.dataelixir.tau == load_params(ROOT / "params.yaml").dataelixir.tau
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("attack:\n  name: blended\n  options: {blended: {alpha: 0.3}}\n"
+                      "diffusion:\n  unet: {block_out_channels: [16, 32, 32]}\n  purifier: null\n")
+    assert overlay_overrides(nested) == ["attack.name=blended", "attack.options.blended.alpha=0.3",
+                                         'diffusion.unet.block_out_channels=[16, 32, 32]', "diffusion.purifier=null"]
+    merged = load_params(ROOT / "params.yaml", overlay_overrides(nested))
+    assert merged.diffusion.unet.block_out_channels == [16, 32, 32] and merged.diffusion.unet.sample_size == 16
+
+    with pytest.raises(ConfigError, match="params overlay not found: .*missing.yaml"):
+        overlay_overrides(tmp_path / "missing.yaml")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("epochs: 3\n")
+    with pytest.raises(ConfigError, match="flat.yaml: top level must be a mapping of params.yaml sections"):
+        overlay_overrides(flat)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("dataelixir:\n  round: 2\n")
+    with pytest.raises(ConfigError, match="dataelixir.round"):
+        load_params(ROOT / "params.yaml", overlay_overrides(typo))
+
+
+def test_defense_summaries_say_what_each_defense_showed(tmp_path):
+    from flows.demo import decision_counts, defense_summaries
+
+    decisions = tmp_path / "decisions.csv"
+    # 3 poisoned (2 flagged), 5 clean (1 flagged)
+    decisions.write_text("index,flagged,poisoned_true\n" + "".join(
+        f"{i},{f},{p}\n" for i, (f, p) in enumerate([(1, 1), (1, 1), (0, 1), (1, 0), (0, 0), (0, 0), (0, 0), (0, 0)])))
+    counts = decision_counts(decisions)
+    assert counts == {"poisoned": 3, "found": 2, "clean": 5, "false": 1}
+    assert decision_counts(tmp_path / "absent.csv") is None
+
+    table = [{"defense": "none", "ca": 95.5, "asr": 95.0}, {"defense": "sampdetox", "ca": 94.0, "asr": 9.0},
+             {"defense": "faithful", "ca": 95.5, "asr": 96.5},
+             {"defense": "dataelixir (retrained)", "ca": 97.2, "asr": 0.5, "tpr": 200 / 3, "fpr": 20.0}]
+    lines = defense_summaries(table, {"target_label": 0}, counts)
+    assert lines[0] == ("SampDetox (default profile): the victim's ASR on purified triggered inputs fell from 95.0 "
+                        "to 9.0; clean accuracy fell from 95.5 to 94.0.")
+    assert lines[1] == ("SampDetox (paper's Algorithm 1): the victim's ASR on purified triggered inputs rose from "
+                        "95.0 to 96.5; clean accuracy stayed at 95.5.")
+    assert lines[2] == ("DataElixir: found 2 / 3 poisoned training samples (TPR 66.7), flagged 1 / 5 clean ones "
+                        "(FPR 20.0), target 0; the retrained model's ASR fell from 95.0 to 0.5 (clean accuracy "
+                        "97.2, 95.5 without defense).")
+    assert "http://localhost:8501/defense_results" in lines[3] and len(lines) == 4
+    nothing = defense_summaries(table, {"target_label": None, "n_flagged": 0}, counts)[2]
+    assert nothing.startswith("DataElixir: found no backdoor target label (the training set is kept as is); ")
