@@ -13,6 +13,7 @@ suffix (README, .DS_Store) are skipped and counted in ``meta["skipped_files"]``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
@@ -26,6 +27,8 @@ from detoxops.data.validate import IMAGE_SUFFIXES, ImagePolicy, check_same_size,
 __all__ = ["SPLIT_NAMES", "imagesets_from_entries"]
 
 SPLIT_NAMES = ("train", "test", "val")
+LAYOUTS = (f"expected <class>/<image> (one tree, split here) or <split>/<class>/<image> with <split> one of "
+           f"{', '.join(SPLIT_NAMES)} (train required), optionally below one wrapper folder")
 
 
 def imagesets_from_entries(
@@ -84,7 +87,10 @@ def imagesets_from_entries(
         split = parts[len(prefix)] if split_layout else "all"
         by_split.setdefault(split, {}).setdefault(parts[-2], []).append(parts)
     if split_layout and "train" not in by_split:
-        raise ValueError(f"{origin}: split layout without a train/ folder (found {sorted(by_split)})")
+        raise ValueError(
+            f"{origin}: split layout without a train/ folder (found {', '.join(s + '/' for s in sorted(by_split))}); "
+            f"recognised split names: {', '.join(SPLIT_NAMES)}, train required"
+        )
 
     class_names = sorted(
         {c for classes in by_split.values() for c in classes} | {c for s in class_dirs.values() for c in s}
@@ -136,8 +142,36 @@ def _detect_layout(paths: list[tuple[str, ...]], origin: str) -> tuple[tuple[str
             return prefixes.pop(), False
     loose = next((p for p in paths if len(p) < 2), None)
     if loose is not None:
-        raise ValueError(f"{origin}: image {'/'.join(loose)!r} is not inside a class folder")
+        raise ValueError(f"{origin}: image {'/'.join(loose)!r} is not inside a class folder ({LAYOUTS})")
+    common = _common_prefix(paths)
+    if all(len(p) == len(common) + 3 for p in paths):  # <folder>/<class>/<image> under one prefix
+        found = Counter(p[len(common)] for p in paths)
+        unknown = sorted(name for name in found if name not in SPLIT_NAMES)
+        where = "/".join(common) + "/" if common else ""
+        listed = ", ".join(f"{where}{name}/ ({n} images)" for name, n in sorted(found.items()))
+        raise ValueError(
+            f"{origin}: split folders not recognised: {', '.join(repr(u) for u in unknown)}. Found {listed}. "
+            f"Recognised split names: {', '.join(SPLIT_NAMES)} (train required): rename them (e.g. test_clean/ "
+            "-> test/), or ingest a set that is not a split on its own (`detoxops data ingest "
+            f"{where}{unknown[0]} --split test`)"
+        )
+    first_at_depth: dict[int, tuple[str, ...]] = {}
+    for p in sorted(paths):
+        first_at_depth.setdefault(len(p), p)
+    by_depth = sorted(first_at_depth.items())
+    shallow, deep = by_depth[0][1], by_depth[-1][1]
     raise ValueError(
-        f"{origin}: images at inconsistent folder depths (e.g. {'/'.join(paths[0])!r} and "
-        f"{'/'.join(max(paths, key=len))!r}); expected <class>/<image> or <split>/<class>/<image>"
+        f"{origin}: images at {len(by_depth)} different folder depths (e.g. {'/'.join(shallow)!r} and "
+        f"{'/'.join(deep)!r}); {LAYOUTS}"
     )
+
+
+def _common_prefix(paths: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The longest folder path every image lies under."""
+    first = paths[0][:-1]
+    n = len(first)
+    for p in paths[1:]:
+        n = min(n, len(p) - 1)
+        while n and p[:n] != first[:n]:
+            n -= 1
+    return first[:n]
