@@ -1,21 +1,35 @@
 """Ingestion check: is an incoming dataset poisoned? Quarantine it before anyone trains on it.
 
 source (class-folder tree, .tar.gz / .zip archive, stored version, builtin name, or a DVC-tracked path /
-``.dvc`` file, pulled when missing) → ingest → DVC version → train a victim on the untrusted training set
-(DataElixir needs a model trained on the data it checks) → purifier → DataElixir scan. Then
+``.dvc`` file, pulled when missing) → inspect (image sizes from the headers; the purifier for that size) → ingest
+(refused before versioning when the check cannot train on it: fewer than 3 classes or 10 training images per
+class) → DVC version → train a victim on the untrusted training set (DataElixir needs a model trained on the data
+it checks; its input size and class count are the data's) → DataElixir scan with the purifier. Then
 
 * a target label was found → the version is **quarantined**: ``<hash12>.check.json`` next to the version and
   its ``.dvc`` file, the purified version stored (and DVC-versioned) beside it, MLflow run tagged
   ``detoxops.status=quarantined``, a Prefect markdown / table artifact, and the flow run ends **Failed** (so
-  Prefect automations / notifications fire) — the CLI exits with 1;
-* no target label → **passed**: the same records with ``status=passed``; the flow run is Completed.
+  Prefect automations / notifications fire) — the CLI exits with 3;
+* no target label → **passed**: the same records with ``status=passed``; the flow run is Completed, exit 0;
+* anything else (bad input, no purifier for the size, a crash) → **failed**, with the reason, in MLflow
+  (``detoxops.status=failed``, ``detoxops.failure_reason``), in the marker when a version exists, and in the
+  Prefect report; the flow run ends Failed — exit 1. (2: a command-line usage error.)
+
+The data decides what depends on it, unless set explicitly with ``--set``: the image size (a source whose images
+all have one size keeps it; mixed sizes are resized to the most common one, and the log says so; params.yaml's
+``data.image_size`` — the digits demo's 16 — applies only to builtin sources), the purifier (the one shipped for
+that size — ``cifar10-32`` for 32x32, ``digits-16`` for 16x16 — else the check stops before any training with
+the command that trains one), the victim's input size and class count. Every stage logs its progress with an
+ETA and the check ends with the time each stage took.
 
     python -m flows.ingestion_check --source PATH [--params params.yaml] [--set key=value ...] [--dvc-root DIR]
     python -m flows.ingestion_check --source PATH --serve [--cron "0 * * * *"] [--name ingestion-check]
 
 ``--serve`` creates a deployment with that cron schedule and keeps serving its runs (needs a Prefect server:
 ``prefect server start`` and ``PREFECT_API_URL``; see docs/platform.md). Budgets are the demo's
-(``CHECK_OVERRIDES``); ``--set`` overrides them. Heavy tasks are cached: re-checking an unchanged source is cheap.
+(``CHECK_OVERRIDES``: params.demo.yaml); ``--set`` overrides them. Heavy tasks are cached and DataElixir's work
+folders are keyed by data, models and settings: re-checking an unchanged source is cheap, and a re-run after a
+failed one resumes (or starts clean when something changed).
 """
 
 from __future__ import annotations
@@ -39,6 +53,10 @@ from flows.demo import DEMO_OVERRIDES  # noqa: E402
 # The demo's reduced DataElixir budget (params.yaml holds the paper settings, hours per 1,000 images on a CPU).
 CHECK_OVERRIDES = list(DEMO_OVERRIDES)
 DEPLOYMENT_NAME = "ingestion-check"
+# exit statuses of the CLI, so a scheduler can tell "poisoned" from "broken" (argparse's usage errors exit 2)
+EXIT_PASSED = 0
+EXIT_ERROR = 1
+EXIT_QUARANTINED = 3
 DEFAULT_CRON = "0 * * * *"
 FLOW = "ingestion_check"  # MLflow experiment <prefix>/ingestion_check
 
@@ -51,22 +69,57 @@ def ingestion_check(
     dvc_root: str | None = None,
 ) -> Any:
     """Check ``source`` (default ``params.data.source``); returns the check record when it passed, a Failed
-    state carrying it when the dataset was quarantined."""
+    state carrying it when the dataset was quarantined. Any error ends the run Failed too (the exception), after
+    the check was recorded as ``failed`` with its reason (MLflow, the marker when a version exists, Prefect)."""
+    from tasks.ingestion_tasks import check_markdown, record_failed_check
+
+    started = time.perf_counter()
+    stages: dict[str, float] = {}
+    ctx: dict[str, Any] = {"source": source}
+    try:
+        return _check(source, params_path, list(overrides or []), dvc_root, stages, ctx, started)
+    except Exception as exc:
+        params = ctx.get("params")
+        record = record_failed_check(
+            flow=FLOW, source=str(ctx.get("source") or source or "params.data.source"), error=exc, params=params,
+            dataset=ctx.get("dataset"), data_version=ctx.get("data_version"), stages=stages,
+            seconds=time.perf_counter() - started,
+            runs_root=_abs(params.tracking.runs_dir) if params is not None else None,
+        )
+        print("\n" + check_markdown(record))
+        raise
+
+
+def _explicit_image_size(overrides: list[str]) -> bool:
+    """Whether the caller set ``data.image_size`` (``--set``); else the check follows the data's size."""
+    return any(o.partition("=")[0].strip() == "data.image_size" for o in overrides)
+
+
+def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
+           stages: dict[str, float], ctx: dict[str, Any], started: float) -> Any:
+    from detoxops.data.sources import source_name
+    from detoxops.data.store import is_version_dir
     from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
     from tasks.ingestion_tasks import (
         check_markdown,
         check_targets,
+        choose_image_size,
+        choose_purifier,
         default_dvc_root,
+        probe_image_sizes,
         record_ingestion_check,
+        refuse_untrainable,
         resolve_source,
     )
-    from tasks.purifier_tasks import get_purifier
+    from tasks.progress import format_timings, stage_progress
     from tasks.sanitize_tasks import sanitize_dataset
     from tasks.tracking import setup_tracking
     from tasks.victim_tasks import train_victim
 
-    params = load_params(_abs(params_path), CHECK_OVERRIDES + list(overrides or []))
+    params = load_params(_abs(params_path), CHECK_OVERRIDES + overrides)
+    ctx["params"] = params
     source = str(source or params.data.source)
+    ctx["source"] = source
     uri = setup_tracking(params.tracking)
     data_root = _abs(params.data.root).resolve()
     runs_root = _abs(params.tracking.runs_dir)
@@ -74,28 +127,62 @@ def ingestion_check(
     if repo_root != data_root and repo_root not in data_root.parents:
         raise ValueError(f"data.root {data_root} is outside the DVC repository {repo_root}: the check versions "
                          "what it ingests; pass --dvc-root (a folder above data.root) or move data.root")
-    started = time.perf_counter()
 
-    resolved = resolve_source(source)
-    ingested = ingest_dataset(resolved, params.data.model_dump(mode="json"), str(data_root))
-    dvc = version_dataset(ingested["path"], str(repo_root), params.tracking.dvc_remote)
+    # what the data is decides the image size and the purifier, unless set explicitly (before any heavy work)
+    with stage_progress("inspect", stages):
+        resolved = resolve_source(source)
+        sizes = probe_image_sizes(resolved)
+        image_size, size_note = choose_image_size(sizes, _explicit_image_size(overrides), params.data.image_size)
+        params = params.model_copy(update={"data": params.data.model_copy(update={"image_size": image_size})})
+        ctx["params"] = params
+        print(size_note)
+        expected = image_size or (next(iter(sizes))[0] if len(sizes) == 1 else None)
+        purifier = None
+        if expected is not None:
+            path, origin = choose_purifier(params.diffusion.purifier, int(expected))
+            purifier = {"path": path, "origin": origin}
+
+    name_dir = data_root / source_name(resolved)
+    before = {p.name for p in name_dir.iterdir() if is_version_dir(p)} if name_dir.is_dir() else set()
+    with stage_progress("ingest", stages):
+        ingested = ingest_dataset(resolved, params.data.model_dump(mode="json"), str(data_root))
+        ctx["dataset"] = ingested
+        refuse_untrainable(ingested, created=Path(ingested["path"]).name not in before)
+    info = ingested.get("info") or {}
+    size = int((info.get("image_shape") or [0])[0])
+    n_classes = len(info.get("class_names") or [])
+    if purifier is None or size != int(expected or 0):
+        path, origin = choose_purifier(params.diffusion.purifier, size)
+        purifier = {"path": path, "origin": origin}
+    image_note = f"{size}x{size}, {n_classes} classes"
+    print(f"dataset {ingested['name']} @ {ingested['hash'][:12]}: {image_note}; purifier {purifier['origin']} "
+          f"({purifier['path']})")
+
+    with stage_progress("dvc-version", stages):
+        dvc = version_dataset(ingested["path"], str(repo_root), params.tracking.dvc_remote)
     data_version = dataset_identity(ingested, dvc)
-    # DataElixir labels candidates with a model trained on the very data it checks (no attack is known here).
-    victim = train_victim(ingested["path"], params.victim.model_dump(mode="json"), None,
-                          str(runs_root / "victims"))
-    purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
-    sanitized = sanitize_dataset(ingested["path"], victim["path"], purifier["path"],
-                                 params.dataelixir.model_dump(mode="json"), str(data_root))
+    ctx["data_version"] = data_version
+    # DataElixir labels candidates with a model trained on the very data it checks (no attack is known here);
+    # its input size and class count are the data's (train_victim reads them from the version)
+    with stage_progress("victim", stages):
+        victim = train_victim(ingested["path"], params.victim.model_dump(mode="json"), None,
+                              str(runs_root / "victims"))
+    with stage_progress("dataelixir", stages):
+        sanitized = sanitize_dataset(ingested["path"], victim["path"], purifier["path"],
+                                     params.dataelixir.model_dump(mode="json"), str(data_root))
     targets = check_targets(sanitized)
     purified_dvc = None
     if targets:  # the purified set becomes a version of its own, next to the quarantined one
-        purified_dvc = version_dataset(sanitized["path"], str(repo_root), params.tracking.dvc_remote)
+        with stage_progress("dvc-version-purified", stages):
+            purified_dvc = version_dataset(sanitized["path"], str(repo_root), params.tracking.dvc_remote)
     record = record_ingestion_check(
         flow=FLOW, params=params, source=source, resolved_source=resolved, dataset=ingested, dvc=dvc,
         data_version=data_version, sanitized=sanitized, victim=victim, purifier=purifier,
         purified_dvc=purified_dvc, seconds=time.perf_counter() - started, runs_root=runs_root,
+        stages=stages, image_size=image_note,
     )
     print("\n" + check_markdown(record))
+    print(f"time per stage:\n{format_timings(stages)}")
     print(f"MLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     if targets:
         return Failed(message=f"dataset {ingested['name']} @ {data_version} quarantined: backdoor target label(s) "
@@ -144,10 +231,20 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.cron, args.name))
         return 0
     state = ingestion_check(args.source, args.params, args.overrides, args.dvc_root, return_state=True)
+    return exit_code(state)
+
+
+def exit_code(state: Any) -> int:
+    """The CLI's exit status for a finished check run: EXIT_PASSED, EXIT_QUARANTINED or EXIT_ERROR."""
     if state.is_completed():
-        return 0
-    print(f"ingestion check {state.name}: {state.message}", file=sys.stderr)
-    return 1
+        return EXIT_PASSED
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict) and result.get("status") == "quarantined":
+        print(f"ingestion check: QUARANTINED (exit {EXIT_QUARANTINED}): {state.message}", file=sys.stderr)
+        return EXIT_QUARANTINED
+    reason = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else state.message
+    print(f"ingestion check: FAILED, no verdict (exit {EXIT_ERROR}): {reason}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -42,9 +42,164 @@ __all__ = [
     "version_best_effort",
     "check_targets",
     "record_ingestion_check",
+    "record_failed_check",
+    "probe_image_sizes",
+    "choose_image_size",
+    "trainability_problems",
+    "refuse_untrainable",
+    "choose_purifier",
+    "PurifierUnavailable",
+    "UntrainableDataset",
+    "MIN_CLASSES",
+    "MIN_TRAIN_PER_CLASS",
 ]
 
 CHECK_SUFFIX = ".check.json"
+MIN_CLASSES = 3
+"""DataElixir's target-label test ranks labels against each other (a MAD anomaly index): with two labels each
+index is ±0.67 whatever the data, below any threshold, so a two-class set could never be found poisoned."""
+MIN_TRAIN_PER_CLASS = 10
+"""Training images per class below which neither the victim DataElixir needs nor its per-label statistics mean
+anything."""
+
+
+class PurifierUnavailable(RuntimeError):
+    """No purifier for the data's image size; the message gives the commands that make or choose one."""
+
+
+class UntrainableDataset(ValueError):
+    """A dataset the check cannot train on (too few classes or images per class); refused before versioning."""
+
+
+# ------------------------------------------------------------------------------------ what the data is
+def probe_image_sizes(source: str) -> dict[tuple[int, int], int]:
+    """``{(width, height): count}`` of the images in a class-folder tree or archive, from the image headers (no
+    decoding; hidden files and non-images skipped as ingestion skips them). ``{}`` for other sources (builtin
+    names, stored versions, ``.npz``), whose size is already fixed."""
+    import io
+    from collections import Counter
+    from pathlib import PurePosixPath
+
+    from PIL import Image
+
+    from detoxops.data.archives import is_archive, iter_entries
+    from detoxops.data.validate import IMAGE_SUFFIXES
+
+    path = Path(source)
+    if not (path.is_dir() and not (path / "version.json").is_file()) and not (path.is_file() and is_archive(path)):
+        return {}
+    sizes: Counter = Counter()
+    for entry in iter_entries(path):
+        parts = entry.path.split("/")
+        if entry.is_dir or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(io.BytesIO(entry.data)) as img:
+                sizes[img.size] += 1
+        except Exception:  # noqa: BLE001 - ingestion reports the unreadable file with its name
+            continue
+    return dict(sizes)
+
+
+def choose_image_size(sizes: dict[tuple[int, int], int], explicit: bool, configured: int | None
+                      ) -> tuple[int | None, str]:
+    """The ``data.image_size`` a check ingests with, and a sentence saying why.
+
+    Set explicitly (``--set data.image_size=...``): that value. Otherwise the data decides: a source whose images
+    all have one size keeps it (``None``: no resizing); mixed sizes are resized to the most common size (the
+    shorter side of a non-square one). Sources without probe-able files keep the configured value."""
+    if explicit:
+        return configured, (f"images resized to {configured}x{configured} (data.image_size set)" if configured
+                            else "images kept at their size (data.image_size=null set)")
+    if not sizes:
+        return configured, (f"image size from params: {configured}x{configured}" if configured
+                            else "images kept at their size")
+    if len(sizes) == 1:
+        (w, h), = sizes
+        if w == h:
+            return None, f"images kept at {w}x{h}, the source's size (set data.image_size to resize)"
+        return min(w, h), (f"all images are {w}x{h}, not square: resized to {min(w, h)}x{min(w, h)} "
+                           "(set data.image_size to choose)")
+    (w, h), n = max(sizes.items(), key=lambda kv: (kv[1], -kv[0][0] * kv[0][1]))
+    side = min(w, h)
+    listed = ", ".join(f"{a}x{b} ({c})" for (a, b), c in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])
+    more = f" and {len(sizes) - 4} more" if len(sizes) > 4 else ""
+    return side, (f"mixed image sizes ({listed}{more}): resized to {side}x{side}, the most common size "
+                  "(set data.image_size to choose)")
+
+
+def trainability_problems(class_counts: dict[str, int], class_names: list[str]) -> list[str]:
+    """Why the check cannot train on a training split with these per-class counts ([] when it can)."""
+    problems = []
+    if len(class_names) < MIN_CLASSES:
+        problems.append(f"{len(class_names)} class(es) ({', '.join(class_names) or 'none'}); the check needs at least "
+                        f"{MIN_CLASSES}: DataElixir finds a backdoor target by comparing labels with each other")
+    few = {name: n for name, n in class_counts.items() if n < MIN_TRAIN_PER_CLASS}
+    if few:
+        shown = ", ".join(f"{k!r}: {v}" for k, v in sorted(few.items(), key=lambda kv: kv[1])[:5])
+        more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+        problems.append(f"too few training images in {len(few)} class(es) ({shown}{more}); the check needs at least "
+                        f"{MIN_TRAIN_PER_CLASS} per class to train the model DataElixir uses")
+    return problems
+
+
+@task(name="validate-before-versioning")
+def refuse_untrainable(ingested: dict[str, Any], created: bool) -> None:
+    """Refuse (``UntrainableDataset``) a version the check cannot train on, before it is DVC-versioned; a version
+    folder this run just created is removed again, so nothing of a refused dataset stays stored."""
+    import shutil
+
+    info = ingested.get("info") or {}
+    names = list(info.get("class_names") or [])
+    train = (info.get("splits") or {}).get("train") or {}
+    counts = train.get("class_counts")
+    if counts is None:
+        from detoxops.data import load_version
+
+        ds = load_version(ingested["path"])["train"]
+        names, counts = list(ds.class_names), [int(c) for c in ds.class_counts()]
+    by_name = dict(zip(names, (int(c) for c in counts), strict=False)) if isinstance(counts, list) else dict(counts)
+    problems = trainability_problems(by_name, names)
+    if problems:
+        if created:
+            shutil.rmtree(ingested["path"], ignore_errors=True)
+        raise UntrainableDataset(f"dataset {ingested['name']} refused before versioning: " + "; ".join(problems))
+
+
+def choose_purifier(configured: str | None, image_size: int) -> tuple[str, str]:
+    """``(folder, origin)`` of the purifier for ``image_size`` images: ``diffusion.purifier`` when set (its size
+    must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
+    that train one or choose a shipped size. A check never trains a purifier on the data it checks: a purifier
+    trained on poisoned images learns to reproduce their trigger."""
+    from detoxops.diffusion import purifier_folder
+    from detoxops.diffusion.unet import SHIPPED_PURIFIERS, shipped_purifier_dir
+
+    folder, origin = purifier_folder(configured, image_size)
+    if folder is not None:
+        config = Path(folder) / "config.json"
+        size = json.loads(config.read_text()).get("sample_size") if config.is_file() else None
+        if size is not None and int(size) != int(image_size):
+            raise PurifierUnavailable(
+                f"diffusion.purifier {folder} was trained on {size}x{size} images but the data are "
+                f"{image_size}x{image_size}; use a purifier of that size or --set data.image_size={size}")
+        return str(folder), origin
+    shipped = [f"{name} ({size}x{size})" for name, size in SHIPPED_PURIFIERS.items()
+               if (shipped_purifier_dir(name) / "config.json").is_file()]
+    sizes = sorted({size for size in SHIPPED_PURIFIERS.values()})
+    out = f"purifiers/{image_size}px"
+    raise PurifierUnavailable(
+        f"no purifier for {image_size}x{image_size} images (shipped: {', '.join(shipped) or 'none'}). Either\n"
+        f"  1. train one on clean images of this kind — not on the data under check, a purifier learns to "
+        f"reproduce what it is shown, triggers included:\n"
+        f"       .venv/bin/detoxops diffusion train --data CLEAN_DATA --out {out} "
+        f"--set data.image_size={image_size} --set diffusion.unet.sample_size={image_size}\n"
+        f"     then run the check with --set diffusion.purifier={out}; or\n"
+        f"  2. resize the data to a shipped size: --set data.image_size={sizes[-1] if sizes else 32}"
+    )
+
+
 
 
 # ------------------------------------------------------------------------------------------------ source
@@ -201,6 +356,8 @@ def artifact_key(dataset: str) -> str:
 
 def check_markdown(record: dict[str, Any]) -> str:
     """The human-readable report of one check (also the Prefect markdown artifact)."""
+    if record["status"] == "failed":
+        return _failed_markdown(record)
     quarantined = record["status"] == "quarantined"
     lines = [
         f"# Ingestion check: `{record['dataset']}` — **{record['status'].upper()}**",
@@ -218,6 +375,10 @@ def check_markdown(record: dict[str, Any]) -> str:
         f"| training images | {record['counts'].get('train', '-')} |",
         f"| flagged (label restored) | {record['counts'].get('flagged', '-')} |",
     ]
+    if record.get("image_size"):
+        lines.append(f"| images | {record['image_size']} |")
+    if record.get("purifier_origin"):
+        lines.append(f"| purifier | `{record['purifier_origin']}` |")
     for name, value in (record["counts"].get("sets") or {}).items():
         lines.append(f"| DataElixir set `{name}` | {value} |")
     if quarantined:
@@ -234,6 +395,39 @@ def check_markdown(record: dict[str, Any]) -> str:
         for r in rows:
             lines.append(f"| {r['class']} | {r['kl']} | {r['count']} | {r['kl_index']} | {r['count_index']} | "
                          f"{r['mean_index']} | {'**yes**' if r['target'] else ''} |")
+    lines += _stages_markdown(record)
+    return "\n".join(lines) + "\n"
+
+
+def _stages_markdown(record: dict[str, Any]) -> list[str]:
+    stages = record.get("stages") or {}
+    if not stages:
+        return []
+    lines = ["", "## What the check did", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()]
+    lines.append(f"| **total** | {sum(stages.values()):.1f} |")
+    return lines
+
+
+def _failed_markdown(record: dict[str, Any]) -> str:
+    lines = [
+        f"# Ingestion check: `{record['dataset']}` — **FAILED**",
+        "",
+        "The check did not reach a verdict: the dataset is neither passed nor quarantined. Reason:",
+        "",
+        "```",
+        str(record.get("reason") or "unknown"),
+        "```",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source | `{record['source']}` |",
+        f"| error | `{record.get('error_type') or '-'}` |",
+        f"| data version | `{record.get('version') or '- (not ingested)'}` |",
+        f"| marker | `{record.get('marker') or '-'}` |",
+        f"| MLflow run | `{record.get('mlflow_run_id') or '-'}` |",
+    ]
+    lines += _stages_markdown(record)
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +439,7 @@ def publish_check_artifacts(record: dict[str, Any]) -> dict[str, str]:
     ids = {
         "markdown": str(create_markdown_artifact(
             markdown=check_markdown(record), key=key,
-            description=f"Ingestion check of {record['dataset']}: {record['status']}",
+            description=f"Ingestion check of {record['dataset']}: {record['status']}"[:2000],
         )),
     }
     if record.get("anomaly_rows"):
@@ -307,6 +501,8 @@ def record_ingestion_check(
     seconds: float,
     runs_root: str | Path,
     parent_run_id: str | None = None,
+    stages: dict[str, float] | None = None,
+    image_size: str | None = None,
 ) -> dict[str, Any]:
     """Record the verdict of a DataElixir scan of ``dataset`` (``path`` / ``hash`` / ``name`` / ``info`` of a
     stored version) as an ingestion check: the MLflow run ``detoxops.kind=ingestion`` in ``<prefix>/<flow>``
@@ -346,6 +542,9 @@ def record_ingestion_check(
         "purified_dvc_md5": (purified_dvc or {}).get("md5"),
         "victim": victim["path"],
         "purifier": purifier["path"],
+        "purifier_origin": purifier.get("origin"),
+        "image_size": image_size,
+        "stages": dict(stages or {}),
         "checked_at": now_utc(),
         "seconds": round(seconds, 1),
         "prefect_flow_run_id": str(flow_run.id) if flow_run.id else None,
@@ -366,7 +565,8 @@ def record_ingestion_check(
         record["mlflow_run_id"] = active.info.run_id
         log_dataset(dataset["path"], dataset["name"], data_version, "ingestion")
         metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),
-                   "n_train": float(sanitized.get("n_train") or 0)}
+                   "n_train": float(sanitized.get("n_train") or 0),
+                   **{f"seconds_{name}": float(v) for name, v in (stages or {}).items()}}
         # TPR / FPR only with ground-truth poison flags (a stored version that records its poisoned images):
         # a folder or archive carries none, so TPR is NaN and "FPR" would merely be the flagged share
         tpr = sanitized.get("tpr")
@@ -382,4 +582,79 @@ def record_ingestion_check(
         mlflow.log_artifact(str(staging / "check.md"), "check")
 
     publish_check_artifacts(record)
+    return record
+
+
+def record_failed_check(
+    *,
+    flow: str,
+    source: str,
+    error: BaseException,
+    params: Any = None,
+    dataset: dict[str, Any] | None = None,
+    data_version: str | None = None,
+    stages: dict[str, float] | None = None,
+    seconds: float = 0.0,
+    runs_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Record a check that ended without a verdict (``status`` ``failed``, with the reason): an MLflow run
+    ``detoxops.kind=ingestion`` / ``detoxops.status=failed`` / ``detoxops.failure_reason`` (what the dashboard
+    shows), the marker next to the version when one was ingested, and the Prefect report. Best effort: a store
+    that is itself broken is reported on stdout and never hides the original error."""
+    from detoxops.data.sources import source_name
+
+    reason = str(error) or type(error).__name__
+    name = (dataset or {}).get("name") or source_name(source)
+    record: dict[str, Any] = {
+        "status": "failed",
+        "dataset": name,
+        "source": source,
+        "reason": reason,
+        "error_type": type(error).__name__,
+        "version": (dataset or {}).get("path"),
+        "hash": (dataset or {}).get("hash"),
+        "data_version": data_version,
+        "target_labels": [],
+        "target_label": None,
+        "checked_at": now_utc(),
+        "seconds": round(seconds, 1),
+        "stages": dict(stages or {}),
+        "marker": str(marker_path(dataset["path"])) if dataset else None,
+    }
+    try:
+        from prefect.runtime import flow_run
+
+        record["prefect_flow_run_id"] = str(flow_run.id) if flow_run.id else None
+    except Exception:  # noqa: BLE001
+        record["prefect_flow_run_id"] = None
+    if dataset and Path(dataset["path"]).is_dir():
+        try:
+            write_check_marker(dataset["path"], record)
+        except OSError as exc:
+            print(f"could not write the check marker next to {dataset['path']}: {exc}")
+            record["marker"] = None
+    else:
+        record["marker"] = None
+    if params is not None:
+        try:
+            import mlflow
+
+            from tasks.tracking import run
+
+            tags = {"detoxops.dataset": name, "detoxops.status": "failed", "detoxops.source": source,
+                    "detoxops.failure_reason": reason[:4000], "detoxops.error_type": type(error).__name__,
+                    "detoxops.data_version": data_version, "detoxops.marker": record["marker"],
+                    "detoxops.prefect_flow_run_id": record["prefect_flow_run_id"]}
+            with run(flow, f"check {name}", kind="ingestion", prefix=params.tracking.experiment_prefix, tags=tags,
+                     params=params.to_dict()) as active:
+                record["mlflow_run_id"] = active.info.run_id
+                mlflow.log_metrics({"seconds": seconds, **{f"seconds_{k}": float(v) for k, v in (stages or {}).items()}})
+                mlflow.log_text(json.dumps(record, indent=2, default=str), "check/check.json")
+                mlflow.log_text(check_markdown(record), "check/check.md")
+        except Exception as exc:  # noqa: BLE001 - the store may be what failed
+            print(f"could not record the failed check in MLflow: {type(exc).__name__}: {exc}")
+    try:
+        publish_check_artifacts(record)
+    except Exception as exc:  # noqa: BLE001
+        print(f"could not publish the Prefect report of the failed check: {type(exc).__name__}: {exc}")
     return record

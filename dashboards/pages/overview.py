@@ -26,17 +26,23 @@ if checks.empty:
 else:
     passed = int((checks["status"] == "passed").sum())
     quarantined = int((checks["status"] == "quarantined").sum())
+    failed = int((checks["status"] == "failed").sum())
     latest = checks.iloc[0]
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("Latest check", str(latest["status"] or "unknown"),
               help=f"{latest['dataset'] or '?'} @ {latest['data_version'] or '?'}")
     c2.metric("Passed", passed)
     c3.metric("Quarantined", quarantined)
+    c4.metric("Failed", failed, help="checks that ended without a verdict (an error); the reason is in the table")
     if latest["status"] == "quarantined":
         st.error(f"Latest dataset **{latest['dataset']}** was quarantined: poisoning detected, "
                  f"target label **{latest['target_label']}**.", icon=":material/gpp_bad:")
     elif latest["status"] == "passed":
         st.success(f"Latest dataset **{latest['dataset']}** passed the check.", icon=":material/verified_user:")
+    elif latest["status"] == "failed":
+        reason = str(latest.get("failure_reason") or "unknown").splitlines()[0]
+        st.warning(f"The latest check of **{latest['dataset']}** failed without a verdict: {reason}",
+                   icon=":material/error:")
     try:
         anomaly = store.artifact_bytes(uri, latest["run_id"], "anomaly/anomaly_index.png")
         st.image(anomaly, width=420, caption="Latest check: anomaly index per label (DataElixir); "
@@ -52,10 +58,13 @@ else:
         if c in metric_cols:
             view[c] = view[c] * 100.0
     st.dataframe(
-        view[["start_time", "dataset", "data_version", "verdict", "target_label", *metric_cols, "run_id"]],
+        view[["start_time", "dataset", "data_version", "verdict", "target_label", *metric_cols,
+              *(["failure_reason"] if "failure_reason" in view and view["failure_reason"].notna().any() else []),
+              "run_id"]],
         hide_index=True, width="stretch",
         column_config={"start_time": st.column_config.DatetimeColumn("checked", format="YYYY-MM-DD HH:mm"),
                        "target_label": "detected target label",
+                       "failure_reason": "reason (failed checks)",
                        "tpr": st.column_config.NumberColumn("TPR %", format="%.1f"),
                        "fpr": st.column_config.NumberColumn("FPR %", format="%.1f"),
                        "n_flagged": st.column_config.NumberColumn("flagged", format="%d"),
