@@ -12,11 +12,21 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from detoxops.config import ScheduleConfig, UNetConfig
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
+from detoxops.modelfiles import (
+    ModelFileError,
+    bounded_int,
+    check_finite_state,
+    check_parameter_budget,
+    check_state_header,
+    load_checked_state,
+    read_json_config,
+    safetensors_header,
+)
 
 __all__ = [
     "build_unet", "load_purifier", "save_purifier", "default_purifier", "purifier_folder", "SHIPPED_PURIFIERS",
@@ -123,7 +133,7 @@ def load_purifier(
             raise ValueError(f"{unet_dir}: no .safetensors weights (pickled .bin weights are not loaded)")
         unet = _unet_from_folder(unet_dir)
         sched_file = next((f for f in (p / SCHEDULER_CONFIG, p / "scheduler" / SCHEDULER_CONFIG) if f.is_file()), None)
-        sched = NoiseSchedule.from_diffusers_config(json.loads(sched_file.read_text())) if sched_file else None
+        sched = _schedule_from_file(sched_file) if sched_file else None
     elif "/" in str(path) and not p.exists() and not str(path).startswith((".", "/")):
         unet, sched = _load_from_hub(str(path))
     else:
@@ -138,28 +148,96 @@ def load_purifier(
     return Purifier(unet, sched).to(device)
 
 
+def _schedule_from_file(path: Path) -> NoiseSchedule:
+    """A purifier's ``scheduler_config.json``, bounded (:class:`ModelFileError`) before the tables are built."""
+    cfg = read_json_config(path, "scheduler config")
+    where = str(path)
+    bounded_int(cfg, "num_train_timesteps", 2, 100_000, where, default=1000)
+    betas = cfg.get("trained_betas")
+    if betas is not None:
+        if not isinstance(betas, list) or not 2 <= len(betas) <= 100_000:
+            raise ModelFileError(f"{where}: trained_betas must be a list of 2 to 100000 numbers")
+        values = [b for b in betas if isinstance(b, int | float) and not isinstance(b, bool)]
+        if len(values) != len(betas) or not all(0.0 < float(b) < 1.0 for b in values):
+            raise ModelFileError(f"{where}: every trained_betas value must be a number in (0, 1)")
+    for key in ("beta_start", "beta_end"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0.0 < float(value) < 1.0):
+            raise ModelFileError(f"{where}: {key} must be a number in (0, 1), got {value!r}")
+    try:
+        return NoiseSchedule.from_diffusers_config(cfg)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+
+
+def check_unet_config(cfg: dict, where: str) -> None:
+    """Bounds on a diffusers ``UNet2DModel`` config.json, before anything is built (:class:`ModelFileError`)."""
+    size = cfg.get("sample_size", 32)
+    sizes = size if isinstance(size, list | tuple) else [size]
+    if not 1 <= len(sizes) <= 2:
+        raise ModelFileError(f"{where}: sample_size must be an integer or a pair, got {size!r}")
+    for i, value in enumerate(sizes):
+        bounded_int({"sample_size": value}, "sample_size", 4, 1024, where + (f" [{i}]" if len(sizes) > 1 else ""))
+    for key, hi in (("in_channels", 8), ("out_channels", 8), ("layers_per_block", 8), ("norm_num_groups", 2048),
+                    ("attention_head_dim", 2048), ("num_class_embeds", 100_000), ("time_embedding_dim", 8192)):
+        bounded_int(cfg, key, 1, hi, where, default=None)
+    chans = cfg.get("block_out_channels", [224, 448, 672, 896])  # diffusers' default
+    if not isinstance(chans, list | tuple) or not 1 <= len(chans) <= 8:
+        raise ModelFileError(f"{where}: block_out_channels must be a list of 1 to 8 integers, got {chans!r}")
+    for i, c in enumerate(chans):
+        bounded_int({f"block_out_channels[{i}]": c}, f"block_out_channels[{i}]", 1, 2048, where)
+    for key in ("down_block_types", "up_block_types"):
+        kinds = cfg.get(key)
+        if kinds is not None and (not isinstance(kinds, list | tuple) or len(kinds) != len(chans)
+                                  or not all(isinstance(k, str) for k in kinds)):
+            raise ModelFileError(f"{where}: {key} must list one block type per block_out_channels entry")
+
+
 def _unet_from_folder(folder: Path) -> UNet2DModel:
     """Build from ``config.json`` and read every ``*.safetensors`` shard as float32.
 
     Built with ``from_config`` exactly as :func:`build_unet` builds, so a saved network and its reload run
     the same modules and give bit-identical outputs (``from_pretrained`` may pick other attention kernels).
+    Untrusted folders are checked before anything is allocated (:mod:`detoxops.modelfiles`): config bounds, the
+    network's size on the meta device, every shard's header against it, then finiteness.
     """
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(folder))
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
-    missing, unexpected = unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if missing or unexpected:
+    where = str(folder / "config.json")
+    cfg = read_json_config(folder / "config.json", "UNet config")
+    check_unet_config(cfg, where)
+    try:
+        with torch.device("meta"):
+            skeleton = UNet2DModel.from_config(cfg)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many kinds on inconsistent configs
+        raise ModelFileError(f"{where}: not a buildable UNet2DModel config ({type(exc).__name__}: {exc})") from None
+    check_parameter_budget(skeleton, where)
+    expected = skeleton.state_dict()
+    shards = sorted(folder.glob("*.safetensors"))
+    headers = {shard: safetensors_header(shard) for shard in shards}
+    names = {name for header in headers.values() for name in header}
+    if names != set(expected):
         # Older diffusers checkpoints (e.g. google/ddpm-cifar10-32) use renamed attention keys, which
-        # from_pretrained converts; still safetensors only.
-        try:
-            return UNet2DModel.from_pretrained(folder, use_safetensors=True)
-        except Exception:  # noqa: BLE001 - report the mismatch below, which names the keys
-            pass
-        raise ValueError(
-            f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]})"
-        )
+        # from_pretrained converts; still safetensors only, and still checked for finiteness.
+        renamed_only = all("attention" in n for n in names ^ set(expected))
+        if renamed_only:
+            try:
+                unet = UNet2DModel.from_pretrained(folder, use_safetensors=True)
+            except Exception:  # noqa: BLE001 - report the mismatch below, which names the keys
+                unet = None
+            if unet is not None:
+                check_finite_state(unet.state_dict(), folder)
+                return unet
+        missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+        raise ModelFileError(f"{folder}: weights do not match config.json (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        check_state_header(headers[shard], expected, shard, allow_missing=True)
+        state.update(load_checked_state(shard, expected, allow_missing=True))
+    unet = UNet2DModel.from_config(cfg)
+    unet.load_state_dict({k: v.float() for k, v in state.items()})
     return unet
 
 
