@@ -27,7 +27,10 @@ def ingest_dataset(source: str, data_cfg: dict[str, Any], root: str | None = Non
     root_path = Path(root or cfg.root)
     if not root_path.is_absolute():
         root_path = PROJECT_ROOT / root_path
-    path = ingest(source, root_path, cfg, progress=False)
+    from tasks.progress import task_progress
+
+    with task_progress("ingest"):
+        path = ingest(source, root_path, cfg, progress=False)
     info = version_info(path)
     return {"path": str(path), "hash": info.get("hash", path.name), "name": path.parent.name, "info": _json_safe(info)}
 

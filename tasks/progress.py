@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import Iterator
 
-__all__ = ["stage_progress", "format_timings", "PROGRESS_INTERVAL_S"]
+__all__ = ["stage_progress", "task_progress", "format_timings", "PROGRESS_INTERVAL_S"]
 
 PROGRESS_INTERVAL_S = 10.0
+FALLBACK_LOGGER = "tasks.progress"
+"""Where lines go outside a Prefect run (not below ``detoxops``, whose records are forwarded)."""
 
 
 class _Forward(logging.Handler):
@@ -24,16 +26,24 @@ class _Forward(logging.Handler):
         self.target = target
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.target.log(record.levelno, record.getMessage())
+        if getattr(self, "_busy", False):  # a target that logs back into "detoxops": never loop
+            return
+        self._busy = True
+        try:
+            self.target.log(record.levelno, record.getMessage())
+        finally:
+            self._busy = False
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        from prefect import get_run_logger
+    from prefect import get_run_logger  # importing prefect configures logging: before the fallback is used
 
+    try:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a flow / task run: the plain logger
-        return logging.getLogger("detoxops.flows")
+        fallback = logging.getLogger(FALLBACK_LOGGER)
+        fallback.disabled = False  # prefect's logging config disables loggers that existed before it
+        return fallback
 
 
 @contextlib.contextmanager
@@ -77,3 +87,28 @@ def format_timings(timings: dict[str, float]) -> str:
     lines = [f"  {name:<{width}}  {_hms(s):>7}  ({s:.1f} s)" for name, s in timings.items()]
     lines.append(f"  {'total':<{width}}  {_hms(sum(timings.values())):>7}")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def task_progress(label: str, interval: float | None = None) -> Iterator[None]:
+    """Inside a task body: its progress bars go to the run log as lines with an ETA (and ``detoxops.*`` log records
+    with them), whichever flow calls it. Does nothing when a flow already routes them (:func:`stage_progress`)."""
+    from detoxops.progress import report_progress, reporting
+
+    if reporting():
+        yield
+        return
+    logger = _run_logger()
+    core = logging.getLogger("detoxops")
+    handler = _Forward(logger)
+    old_level = core.level
+    core.addHandler(handler)
+    if core.getEffectiveLevel() > logging.INFO:
+        core.setLevel(logging.INFO)
+    try:
+        with report_progress(lambda line: logger.info("%s | %s", label, line),
+                             interval=PROGRESS_INTERVAL_S if interval is None else interval):
+            yield
+    finally:
+        core.removeHandler(handler)
+        core.setLevel(old_level)

@@ -29,5 +29,8 @@ def get_purifier(diffusion_cfg: dict[str, Any], version: str, out_root: str) -> 
         return {"path": str(folder), "origin": origin}
     out = Path(out_root) / f"tiny-{Path(version).name}"
     cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"sample_size": size})})
-    train_purifier(train.images, cfg, out, progress=False)
+    from tasks.progress import task_progress
+
+    with task_progress("purifier"):
+        train_purifier(train.images, cfg, out, progress=False)
     return {"path": str(out), "origin": "trained"}

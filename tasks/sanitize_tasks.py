@@ -43,7 +43,11 @@ def sanitize_dataset(
     victim = load_classifier(victim_path).to(device).eval()
     purifier = load_purifier(purifier_path, device=device)
     workdir = Path(out_root) / "work" / Path(version).name
-    result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir, progress=False)
+    from tasks.progress import task_progress
+
+    with task_progress("dataelixir"):
+        result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir,
+                                                                                   progress=False)
     purified = result.purified if hasattr(result, "purified") else result.dataset
     flagged = np.asarray(result.flagged, dtype=bool)
     target = getattr(result, "target_label", None)

@@ -56,5 +56,8 @@ def train_victim(
 
 
 def _train(models, model, train, cfg, attack):
-    models.train_classifier(model, train, cfg, attack=attack, progress=False)  # trains in place
+    from tasks.progress import task_progress
+
+    with task_progress("train-victim"):
+        models.train_classifier(model, train, cfg, attack=attack, progress=False)  # trains in place
     return model

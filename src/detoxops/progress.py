@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm as _auto_tqdm
 
-__all__ = ["tqdm", "report_progress", "ProgressSink"]
+__all__ = ["tqdm", "report_progress", "reporting", "ProgressSink"]
 
 _FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f} %), elapsed {elapsed}, ETA {remaining}, {rate_fmt}"
 _FORMAT_NO_TOTAL = "{desc}: {n_fmt} {unit}, elapsed {elapsed}, {rate_fmt}"
@@ -103,3 +103,8 @@ def report_progress(emit: Callable[[str], None], interval: float = 10.0) -> Iter
         yield sink
     finally:
         _SINK.reset(token)
+
+
+def reporting() -> bool:
+    """Whether bars opened here go to a :func:`report_progress` sink."""
+    return _SINK.get() is not None

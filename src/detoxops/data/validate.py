@@ -143,7 +143,7 @@ def check_same_size(sizes: list[tuple[int, int]], names: list[str], origin: str)
 
 def resize_images(images: np.ndarray, size: int, progress: bool = False) -> np.ndarray:
     """Resize uint8 NHWC RGB images to ``size × size`` with PIL bilinear (the same filter as decoding)."""
-    from tqdm.auto import tqdm
+    from detoxops.progress import tqdm
 
     if images.shape[1:3] == (size, size):
         return images

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from detoxops.config import AirbenchConfig
 from detoxops.data import ImageSet
 from detoxops.data.imageset import atomic_dir
 from detoxops.models.fast_cnn import FastCNN
+from detoxops.progress import tqdm
 from detoxops.seeding import seed_global
 
 __all__ = ["train_fast_classifier", "alternating_flip", "random_translate", "triangular_lr"]

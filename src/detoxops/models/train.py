@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from detoxops.config import VictimConfig
 from detoxops.data import ImageSet
 from detoxops.data.imageset import atomic_dir
+from detoxops.progress import tqdm
 from detoxops.seeding import seed_global
 
 __all__ = ["train_classifier", "random_crop_flip", "resolve_device"]
