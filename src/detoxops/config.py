@@ -38,6 +38,10 @@ __all__ = [
     "DiffusionTrainConfig",
     "DiffusionConfig",
     "SampDetoxConfig",
+    "BaselinesConfig",
+    "ZipConfig",
+    "SancdifiConfig",
+    "BdmaeConfig",
     "DataElixirConfig",
     "TrackingConfig",
     "BenchmarkConfig",
@@ -329,6 +333,80 @@ class SampDetoxConfig(_Section):
         return self.model_copy(update=filled)
 
 
+# ---------------------------------------------------------------------------------------- baselines
+class ZipConfig(_Section):
+    """ZIP (Shi et al., NeurIPS 2023): linear degradations, then a reverse process guided by the degraded image.
+
+    Defaults are the public code's (sycny/ZIP ``settings.py`` / ``configs``): grayscale + average pooling by
+    ``deg_scale = 2`` (SampDetox's A.2: "set its hyperparameter to 2"), guidance fading as ᾱ_t^λ with
+    λ = ``at_threshold = 10``, 20 sampling steps with DDPM-size noise (η = 1) from pure noise."""
+
+    transforms: list[Literal["gray", "pool"]] = Field(default_factory=lambda: ["gray", "pool"], min_length=1)
+    deg_scale: int = Field(default=2, ge=1)
+    """Side of the average-pooling block (the image side must be a multiple)."""
+    at_threshold: float = Field(default=10.0, ge=0.0)
+    """λ: the guided x̂_t is blended with the unguided x_t by ᾱ_t^λ (0 = no guidance, large = always guided)."""
+    steps: int = Field(default=20, ge=1)
+    eta: float = Field(default=1.0, ge=0.0, le=1.0)
+    start_level: int | None = Field(default=None, ge=1)
+    """Level the reverse process starts from, from pure noise; None = the schedule's T (the paper)."""
+
+
+class SancdifiConfig(_Section):
+    """Sancdifi (May et al., 2023): RISE saliency of the black box's predicted class, a mask of its most salient
+    pixels, stronger diffusion there. ``n_masks`` / ``threshold`` are SampDetox's A.2 settings (2000, 0.95)."""
+
+    n_masks: int = Field(default=2000, ge=1)
+    mask_grid: int = Field(default=8, ge=2)
+    """RISE: side of the coarse random grid upsampled into each mask (RISE's s)."""
+    keep_prob: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """RISE: probability that a grid cell is kept (RISE's p1)."""
+    threshold: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Salient = min-max normalised saliency >= threshold."""
+    t_salient: int = Field(default=300, ge=1)
+    """Noise level of the salient pixels (detoxops's choice: the paper's levels were not readable here)."""
+    t_rest: int = Field(default=20, ge=0)
+    """Noise level of every other pixel (0 = kept exactly)."""
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_stride: int = Field(default=20, ge=1)
+    query_batch: int = Field(default=4096, ge=1)
+    """Masked images sent to the classifier per call (bounds memory: batch x masks are chunked)."""
+
+
+class BdmaeConfig(_Section):
+    """BDMAE (Sun et al., CVPR 2023) with the purifier's inpainting in place of the masked autoencoder. Defaults
+    are the public code's (tsun/BDMAE ``defense/BDMAE.py``): 14x14 token grid, 5 x 5 initial masks of 75 %,
+    10 refinement rounds per score, alpha = 0.5, 5 restoration thresholds from 0.4."""
+
+    grid: int = Field(default=14, ge=2)
+    mask_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)
+    rp_init_in: int = Field(default=5, ge=1)
+    rp_init_out: int = Field(default=5, ge=1)
+    rp_refine: int = Field(default=10, ge=0)
+    topo_po: float = Field(default=0.5, ge=0.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    refine_step: float = Field(default=0.05, gt=0.0)
+    restore_rounds: int = Field(default=5, ge=1)
+    restore_init: float = Field(default=0.6, gt=0.0, lt=1.0)
+    restore_delta: float = Field(default=0.05, ge=0.0)
+    max_restore_fraction: float = Field(default=0.25, gt=0.0, le=1.0)
+    inpaint_level: int | None = Field(default=None, ge=1)
+    """Level the masked tokens are noised to before inpainting; None = T (full noise: nothing of them kept)."""
+    inpaint_stride: int = Field(default=100, ge=1)
+    """DDIM stride of the inpainting (T = 1000, stride 100: 10 network passes per restoration)."""
+
+
+class BaselinesConfig(_Section):
+    """The test-time baselines of SampDetox's table 1 on detoxops's diffusion engine (docs/baselines.md)."""
+
+    zip: ZipConfig = Field(default_factory=ZipConfig)
+    sancdifi: SancdifiConfig = Field(default_factory=SancdifiConfig)
+    bdmae: BdmaeConfig = Field(default_factory=BdmaeConfig)
+    batch_size: int = Field(default=64, ge=1)
+    """Images a baseline processes at once (Sancdifi / BDMAE multiply it by their masks)."""
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------------------- dataelixir
 class DataElixirConfig(_Section):
     """DataElixir (AAAI 2024). Paper defaults: T = 150, n = 5 rounds, m = 10 kept intermediaries, tau = 5."""
@@ -437,6 +515,7 @@ class Params(_Section):
     victim: VictimConfig = Field(default_factory=VictimConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     sampdetox: SampDetoxConfig = Field(default_factory=SampDetoxConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     dataelixir: DataElixirConfig = Field(default_factory=DataElixirConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)

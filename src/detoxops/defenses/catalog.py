@@ -13,14 +13,22 @@ with stride N, e.g. ``faithful-ddim10``; ``-ddpm`` to DDPM):
 ``noising``        table 8 baseline: Gaussian noise, std 0.1
 ``shrinkpad``      table 8 baseline: shrink by 4 px, random zero-pad back
 ``blur``           table 8 baseline: Gaussian blur, kernel 5, sigma 1
+``zip``            table 1 baseline ZIP (``defenses.zip``; ``params.baselines.zip``), purifier only
+``sancdifi``       table 1 baseline Sancdifi (``defenses.sancdifi``): purifier + the classifier (queried, black box)
+``bdmae``          table 1 baseline BDMAE (``defenses.bdmae``), the purifier's inpainting for the MAE: purifier +
+                   the classifier (queried, black box)
 =================  ============================================================================================
+
+The table-1 baselines take their settings from ``baselines=`` (a :class:`~detoxops.config.BaselinesConfig`,
+``params.yaml``'s ``baselines`` section; defaults without it) and Sancdifi / BDMAE the black box as
+``classifier=`` (anything :class:`~detoxops.defenses.guard.Detoxifier` accepts); docs/baselines.md.
 """
 
 from __future__ import annotations
 
 import re
 
-from detoxops.config import SampDetoxConfig
+from detoxops.config import BaselinesConfig, SampDetoxConfig
 from detoxops.defenses.base import NoDefense
 
 __all__ = ["DEFENSE_NAMES", "build_defense"]
@@ -35,13 +43,20 @@ DEFENSE_NAMES = (
     "noising",
     "shrinkpad",
     "blur",
+    "zip",
+    "sancdifi",
+    "bdmae",
 )
-_NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"}
+_BASELINES = {"zip", "sancdifi", "bdmae"}
+_NEEDS_CLASSIFIER = {"sancdifi", "bdmae"}
+_NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"} | _BASELINES
 _SAMPLER_SUFFIX = re.compile(r"(ddpm|ddim)(\d*)")
 
 
-def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
-    """The defense called ``name`` (see the module docstring); ``purifier`` for the diffusion-based ones."""
+def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None, *, classifier=None,
+                  baselines: BaselinesConfig | None = None):
+    """The defense called ``name`` (see the module docstring); ``purifier`` for the diffusion-based ones,
+    ``classifier`` (the black box) for the query-based baselines, ``baselines`` their settings."""
     from detoxops.defenses.ablations import NoiseOnly, Stage1Only
     from detoxops.defenses.sampdetox import SampDetox
     from detoxops.defenses.transforms import Blur, Noising, ShrinkPad
@@ -58,10 +73,15 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
         raise ValueError(f"defense {name!r}: a stride applies to DDIM only (-ddimN)")
     if sampler is not None and sampler.group(2) and int(sampler.group(2)) < 1:
         raise ValueError(f"defense {name!r}: the DDIM stride must be >= 1")
-    if suffix and base not in _NEEDS_PURIFIER:
-        raise ValueError(f"defense {base!r} has no sampler to choose ({name!r})")
+    if suffix and (base not in _NEEDS_PURIFIER or base in _BASELINES):
+        raise ValueError(f"defense {base!r} has no sampler to choose ({name!r})"
+                         + (f"; set params.baselines.{base}" if base in _BASELINES else ""))
     if base in _NEEDS_PURIFIER and purifier is None:
         raise ValueError(f"defense {name!r} needs a purifier (a diffusion model)")
+    if base in _NEEDS_CLASSIFIER and classifier is None:
+        raise ValueError(f"defense {name!r} queries the classifier: pass classifier= (a black box)")
+    if base in _BASELINES:
+        return _baseline(base, purifier, classifier, baselines or BaselinesConfig())
     seed = cfg.seed
     if base == "none":
         return NoDefense()
@@ -89,3 +109,17 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None):
     defense = SampDetox(purifier, variant_cfg)
     defense.name = name
     return defense
+
+
+def _baseline(name: str, purifier, classifier, cfg: BaselinesConfig):
+    if name == "zip":
+        from detoxops.defenses.zip import Zip
+
+        return Zip(purifier, cfg.zip, batch_size=cfg.batch_size, seed=cfg.seed)
+    if name == "sancdifi":
+        from detoxops.defenses.sancdifi import Sancdifi
+
+        return Sancdifi(purifier, classifier, cfg.sancdifi, batch_size=cfg.batch_size, seed=cfg.seed)
+    from detoxops.defenses.bdmae import Bdmae
+
+    return Bdmae(purifier, classifier, cfg.bdmae, batch_size=cfg.batch_size, seed=cfg.seed)
