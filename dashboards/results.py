@@ -99,6 +99,15 @@ def paper_table(long: pd.DataFrame, metrics: tuple[str, ...] = DEFENSE_METRICS, 
     return table
 
 
+def newest_run_per_flow(flow_runs: pd.DataFrame) -> list[str]:
+    """Run ids of the newest flow run of each flow (``flow_runs`` newest first, columns ``run_id`` / ``flow``):
+    the Defense results page's default selection, so a bring-your-own evaluation (flow ``detox-byo``) shows beside
+    the latest benchmark / demo / detox run instead of hiding it."""
+    if flow_runs.empty:
+        return []
+    return list(flow_runs.drop_duplicates("flow", keep="first")["run_id"])
+
+
 def percent(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     out = df.copy()
     for c in columns:

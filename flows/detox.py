@@ -12,6 +12,18 @@ fractions, sample grids) — the rows the dashboard's *Defense results* page tab
 Attacks / defenses default to ``params.benchmark.attacks`` / ``.defenses`` (``--set
 'benchmark.attacks=[badnets,sig]'`` works too); ``none`` (no defense, the baseline) is always evaluated. Demo-sized
 budgets (``flows.demo.DEMO_OVERRIDES``); ``--set`` overrides them. Heavy tasks are cached per attack.
+
+Your model on your images (docs/byo.md), the flow ``detox-byo``: nothing is trained or poisoned here.
+
+    python -m flows.detox --clean DIR --triggered DIR --model X [--target T] [--defenses none sampdetox ...]
+                          [--purifier DIR] [--max-images N] [--image-size N] [--no-resize] [--allow-unsafe-model]
+
+``--clean`` / ``--triggered`` / ``--model`` take what ``detoxops detox eval`` takes (class-folder trees, archives,
+stored sets; a detoxops classifier folder, an ONNX file, an http(s) endpoint). Defenses default to ``none
+sampdetox``. MLflow (``detoxops/detox-byo``): a parent run (kind ``report``; params, the notes, ``results/results.json``
+and ``.csv``, ``samples/grid.png`` of SampDetox's examples), a nested run for the triggered set (kind ``attack``,
+``detoxops.attack`` = its name) and under it one per defense (kind ``defense``, with ``samples/``) — the rows the
+dashboard's *Defense results* page shows beside the benchmark's.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from detoxops.config import load_params  # noqa: E402
 from flows.demo import DEMO_OVERRIDES  # noqa: E402
 
 FLOW = "detox"
+BYO_FLOW = "detox-byo"
 
 
 @flow(name="detox", log_prints=True)
@@ -109,6 +122,94 @@ def detox(
     return table
 
 
+@flow(name="detox-byo", log_prints=True)
+def detox_byo(
+    clean: str,
+    triggered: str,
+    model: str,
+    defenses: list[str] | None = None,
+    target: str | None = None,
+    params_path: str = "params.yaml",
+    overrides: list[str] | None = None,
+    max_images: int | None = None,
+    purifier: str | None = None,
+    image_size: int | None = None,
+    resize: bool = True,
+    allow_unsafe_model: bool = False,
+    input_range: str = "0-1",
+    http_protocol: str = "auto",
+) -> list[dict[str, Any]]:
+    """CA / PA / ASR of your model behind each defense on your clean and triggered images; returns the rows (in %)
+    and records them in MLflow with example grids (see the module docstring)."""
+    import json
+
+    import mlflow
+
+    from tasks.detox_tasks import evaluate_byo_task, log_defense_rows
+    from tasks.report_tasks import format_table, results_table, write_table
+    from tasks.tracking import run, setup_tracking
+
+    params = load_params(_abs(params_path), list(overrides or []))
+    defenses = ["none", *(d for d in dict.fromkeys(defenses or ["sampdetox"]) if d != "none")]
+    uri = setup_tracking(params.tracking)
+    started = time.perf_counter()
+    staging = _abs(params.tracking.runs_dir) / BYO_FLOW / time.strftime("%Y%m%dT%H%M%S")
+    result = evaluate_byo_task(
+        _local(clean), _local(triggered), model if "://" in model else _local(model), defenses,
+        params.model_dump(mode="json"), str(staging), target=target, purifier=_local(purifier) if purifier else None,
+        max_images=max_images, image_size=image_size, resize=resize, allow_unsafe_model=allow_unsafe_model,
+        input_range=input_range, http_protocol=http_protocol,
+    )
+    seconds = time.perf_counter() - started
+    rows, attack = result["rows"], f"triggered:{result['triggered']['name']}"
+    table = results_table(rows, None, attack)
+    summary = {k: v for k, v in result.items() if k != "rows"}
+    summary["rows"] = [{k: v for k, v in r.items() if k != "samples_dir"} for r in rows]
+    results_json = staging / "results.json"
+    results_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+    tags = {"detoxops.dataset": result["clean"]["name"], "detoxops.data_version": result["data_version"],
+            "detoxops.seed": params.sampdetox.seed, "detoxops.target_label": result["target"],
+            **{f"detoxops.{k}": v for k, v in result["model"]["tags"].items()}}
+    prefix = params.tracking.experiment_prefix
+    with run(BYO_FLOW, f"byo {result['model']['name']}", kind="report", prefix=prefix, tags=tags,
+             params={"sampdetox": params.sampdetox.resolved()}) as parent:
+        mlflow.log_params({
+            "byo.clean": result["clean"]["origin"], "byo.triggered": result["triggered"]["origin"],
+            "byo.model": result["model"]["source"], "byo.model_kind": result["model"]["kind"],
+            "byo.model_digest": str(result["model"]["digest"]), "byo.target": f"{result['target']} "
+            f"({result['target_name']})", "byo.image_size": "x".join(map(str, result["image_size"])),
+            "byo.purifier": result["purifier"], "byo.max_images": str(max_images),
+            "detox.defenses": ",".join(defenses),
+        })
+        mlflow.log_metrics({"seconds": seconds, "n_clean": result["clean"]["n"],
+                            "n_triggered": result["triggered"]["n"],
+                            "dropped_target_images": result["dropped_target_images"]})
+        mlflow.log_text("\n".join(result["notes"]) + "\n", "results/notes.txt")
+        mlflow.log_artifact(str(results_json), "results")
+        mlflow.log_artifact(str(write_table(table, staging / "results.csv")), "results")
+        shown = next((r for r in rows if r["defense"] != "none"), rows[0])
+        mlflow.log_artifact(str(Path(shown["samples_dir"]) / "grid.png"), "samples")
+        with run(BYO_FLOW, f"attack={attack}", kind="attack", prefix=prefix, parent_run_id=parent.info.run_id,
+                 tags={**tags, "detoxops.attack": attack}) as attack_run:
+            log_defense_rows(rows, BYO_FLOW, attack_run.info.run_id, {**tags, "detoxops.attack": attack}, prefix)
+        parent_id = parent.info.run_id
+
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"model {result['model']['description']}; clean {result['clean']['n']} images ({result['clean']['origin']}); "
+          f"triggered {result['triggered']['n']} ({result['triggered']['origin']})")
+    print("\n" + format_table(table))
+    print(f"\nresults: {results_json}; MLflow run {parent_id} in {prefix}/{BYO_FLOW}; {seconds:.0f} s")
+    print(f"MLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
+    return table
+
+
+def _local(path: str) -> str:
+    """A path the task can open whatever its working directory (relative paths are the caller's)."""
+    return str(Path(path).expanduser().resolve())
+
+
 def _abs(path: str | Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else PROJECT_ROOT / p
@@ -117,14 +218,47 @@ def _abs(path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attacks", nargs="+", default=None, help="attack names (default: benchmark.attacks)")
-    ap.add_argument("--defenses", nargs="+", default=None, help="defense names (default: benchmark.defenses)")
+    ap.add_argument("--defenses", nargs="+", default=None,
+                    help="defense names (default: benchmark.defenses; with --clean: none sampdetox)")
     ap.add_argument("--source", default=None, help="dataset source (default: data.source)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
-    ap.add_argument("--max-images", type=int, default=200, help="test images per split for the evaluation")
+    ap.add_argument("--max-images", type=int, default=None,
+                    help="test images per split for the evaluation (default 200; with --clean: all)")
     ap.add_argument("--dvc-root", default=None, help="DVC repository (default: the nearest .dvc/ above the data)")
+    byo = ap.add_argument_group("your model and images (all three together)")
+    byo.add_argument("--clean", default=None, help="clean test images: class-folder tree, archive or stored set")
+    byo.add_argument("--triggered", "--poisoned", dest="triggered", default=None,
+                     help="triggered test images (may lack classes; target-class images are dropped)")
+    byo.add_argument("--model", "--victim", dest="model", default=None,
+                     help="detoxops classifier folder, .onnx file or http(s):// endpoint")
+    byo.add_argument("--target", default=None, help="target class: index or name (default: the one class the "
+                     "triggered images lack)")
+    byo.add_argument("--purifier", default=None, help="purifier folder (default: diffusion.purifier or shipped)")
+    byo.add_argument("--image-size", type=int, default=None, help="evaluate at this size (default: the model's)")
+    byo.add_argument("--no-resize", dest="resize", action="store_false", help="refuse images of another size")
+    byo.add_argument("--allow-unsafe-model", action="store_true",
+                     help="allow TorchScript / pickled models (they run code when loaded)")
+    byo.add_argument("--input-range", default="0-1", choices=["0-1", "0-255"])
+    byo.add_argument("--http-protocol", default="auto", choices=["auto", "mlflow", "guard"])
     args = ap.parse_args(argv)
-    detox(args.attacks, args.defenses, args.source, args.params, args.overrides, args.max_images, args.dvc_root)
+    given = [n for n in ("clean", "triggered", "model") if getattr(args, n)]
+    if given:
+        if len(given) != 3:
+            ap.error("--clean, --triggered and --model go together (missing: "
+                     f"{', '.join('--' + n for n in ('clean', 'triggered', 'model') if n not in given)})")
+        if args.attacks or args.source:
+            ap.error("--attacks / --source poison and train here; with --clean / --triggered / --model nothing is")
+        try:
+            detox_byo(args.clean, args.triggered, args.model, args.defenses, args.target, args.params,
+                      args.overrides, args.max_images, args.purifier, args.image_size, args.resize,
+                      args.allow_unsafe_model, args.input_range, args.http_protocol)
+        except (ValueError, FileNotFoundError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    max_images = 200 if args.max_images is None else args.max_images
+    detox(args.attacks, args.defenses, args.source, args.params, args.overrides, max_images, args.dvc_root)
     return 0
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["evaluate_defenses_task", "log_defense_rows"]
+__all__ = ["evaluate_defenses_task", "evaluate_byo_task", "log_defense_rows"]
 
 
 def _eval_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -38,10 +39,8 @@ def evaluate_defenses_task(
     from detoxops.config import SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import EvalSet, evaluate_defense
-    from detoxops.defenses.guard import Detoxifier
     from detoxops.diffusion import load_purifier
     from detoxops.models import load_classifier
-    from tasks.artifacts import write_samples
     from tasks.attack_tasks import load_test_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,21 +57,116 @@ def evaluate_defenses_task(
         defense = build_defense(name, purifier if name != "none" else None, cfg)
         row = evaluate_defense(classifier, defense, data, batch_size=cfg.batch_size, name=name)
         k = min(8, len(data.poisoned_images))
-        guard = Detoxifier(classifier, defense, batch_size=cfg.batch_size)
-        poisoned = np.asarray(data.poisoned_images[:k])
-        pred_detox, maps = guard.predict_with_maps(poisoned)
-        detoxified = guard.detoxify(poisoned) if name != "none" else poisoned
-        trigger_map = maps.get("trigger_map", np.zeros((k, 1, *poisoned.shape[1:3])))
-        trigger_map = trigger_map.reshape(k, -1, *poisoned.shape[1:3]).mean(axis=1)
-        pred_poisoned = Detoxifier(classifier, None).predict(poisoned)
-        folder = Path(out_dir) / name.replace("*", "star") / "samples"
-        write_samples(
-            folder, np.asarray(data.clean_images[:k]) if len(data.clean_images) >= k else poisoned,
-            poisoned, detoxified, trigger_map, data.poisoned_labels[:k], pred_poisoned, pred_detox,
-        )
-        row["samples_dir"] = str(folder)
+        clean_idx = np.arange(k) if len(data.clean_images) >= k else None
+        row["samples_dir"] = str(write_defense_samples(classifier, defense, name, data, clean_idx, np.arange(k),
+                                                       cfg.batch_size, Path(out_dir)))
         rows.append({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()})
     return rows
+
+
+def write_defense_samples(classifier, defense, name: str, data, clean_idx: np.ndarray | None, poisoned_idx: np.ndarray,
+                          batch_size: int, out_dir: Path) -> Path:
+    """``<out_dir>/<defense>/samples``: samples.npz + grid.png (clean | triggered | trigger map | detoxified) of the
+    chosen images, with the classifier's labels before and after the defense (``tasks.artifacts.write_samples``).
+    Without ``clean_idx`` the triggered images stand in for the clean column."""
+    from detoxops.defenses.guard import Detoxifier
+    from tasks.artifacts import write_samples
+
+    guard = Detoxifier(classifier, defense, batch_size=batch_size)
+    poisoned = np.asarray(data.poisoned_images[poisoned_idx])
+    k = len(poisoned)
+    pred_detox, maps = guard.predict_with_maps(poisoned)
+    detoxified = guard.detoxify(poisoned) if name != "none" else poisoned
+    trigger_map = maps.get("trigger_map", np.zeros((k, 1, *poisoned.shape[1:3])))
+    trigger_map = trigger_map.reshape(k, -1, *poisoned.shape[1:3]).mean(axis=1)
+    pred_poisoned = Detoxifier(classifier, None).predict(poisoned)
+    folder = Path(out_dir) / name.replace("*", "star") / "samples"
+    clean = np.asarray(data.clean_images[clean_idx]) if clean_idx is not None else poisoned
+    write_samples(folder, clean, poisoned, detoxified, trigger_map, data.poisoned_labels[poisoned_idx], pred_poisoned,
+                  pred_detox)
+    return folder
+
+
+@task(name="detox-byo-eval", cache_policy=NO_CACHE)
+def evaluate_byo_task(
+    clean: str,
+    triggered: str,
+    model: str,
+    defenses: list[str],
+    params: dict[str, Any],
+    out_dir: str,
+    target: str | None = None,
+    purifier: str | None = None,
+    max_images: int | None = None,
+    image_size: int | None = None,
+    resize: bool = True,
+    allow_unsafe_model: bool = False,
+    input_range: str = "0-1",
+    http_protocol: str = "auto",
+) -> dict[str, Any]:
+    """Your model on your images (``detoxops detox eval``'s rules, ``detoxops.defenses.byo``): one row per defense
+    (CA / PA / ASR in %) with its sample grid under ``out_dir``, plus what was read and decided (notes, target,
+    sizes, the sets' content hashes, the model's digest). Not cached: an endpoint may change behind its URL."""
+    import hashlib
+
+    import torch
+
+    from detoxops.config import Params
+    from detoxops.defenses.byo import byo_defenses, needs_purifier, prepare_byo
+    from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.diffusion import load_purifier
+    from detoxops.models.external import load_model
+
+    p = Params(**params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(model, allow_unsafe=allow_unsafe_model, device=device, input_range=input_range,
+                        http_protocol=http_protocol)
+    pur = load_purifier(purifier, device=device) if purifier and needs_purifier(defenses) else None
+    plan = prepare_byo(clean, triggered, target=target, model_size=loaded.input_size,
+                       model_classes=loaded.class_names, model_num_classes=loaded.num_classes, image_size=image_size,
+                       purifier_size=pur.image_size if pur is not None else None, resize=resize, progress=False,
+                       limits=p.data.limits)
+    built, purifier_origin = byo_defenses(defenses, plan.image_size, p.sampdetox, pur, p.diffusion.purifier, device)
+    data = plan.data
+    seed = p.sampdetox.seed
+    data = data.subset(_eval_subset(len(data.clean_images), max_images, seed),
+                       _eval_subset(len(data.poisoned_images), max_images, seed + 1))
+    rng = np.random.default_rng(seed)
+    k = min(8, len(data.poisoned_images), len(data.clean_images))
+    clean_idx = np.sort(rng.permutation(len(data.clean_images))[:k])
+    poisoned_idx = np.sort(rng.permutation(len(data.poisoned_images))[:k])
+    rows = []
+    for name, defense in built.items():
+        row = evaluate_defense(loaded.classifier, defense, data, batch_size=p.sampdetox.batch_size, name=name)
+        row["samples_dir"] = str(write_defense_samples(loaded.classifier, defense, name, data, clean_idx,
+                                                       poisoned_idx, p.sampdetox.batch_size, Path(out_dir)))
+        rows.append({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()})
+    clean_hash = hashlib.sha256(np.ascontiguousarray(data.clean_images).tobytes()
+                                + data.clean_labels.tobytes()).hexdigest()
+    triggered_hash = hashlib.sha256(np.ascontiguousarray(data.poisoned_images).tobytes()
+                                    + data.poisoned_labels.tobytes()).hexdigest()
+    return {
+        "rows": rows,
+        "notes": plan.notes,
+        "model": {"source": loaded.source, "kind": loaded.kind, "name": loaded.name,
+                  "description": loaded.description, "digest": loaded.digest, "tags": loaded.tracking_tags()},
+        "clean": {"path": str(clean), "origin": plan.clean_origin, "name": _set_name(clean), "n": len(data.clean_images),
+                  "hash": clean_hash},
+        "triggered": {"path": str(triggered), "origin": plan.triggered_origin, "name": data.name,
+                      "n": len(data.poisoned_images), "hash": triggered_hash},
+        "target": plan.target,
+        "target_name": plan.target_name,
+        "class_names": plan.class_names,
+        "image_size": list(plan.image_size),
+        "dropped_target_images": plan.dropped_target_images,
+        "purifier": purifier_origin,
+        "data_version": hashlib.sha256((clean_hash + triggered_hash).encode()).hexdigest(),
+    }
+
+
+def _set_name(path: str) -> str:
+    p = Path(path)
+    return p.parent.name if p.name in ("train", "test", "val") else p.name
 
 
 def log_defense_rows(rows: list[dict[str, Any]], flow: str, parent_run_id: str, tags: dict[str, Any], prefix: str) -> list[str]:

@@ -28,8 +28,10 @@ flow_runs = (runs[runs["run_id"].isin(both["root_run_id"])][["run_id", "run_name
 labels = {row.run_id: ui.run_label(row) for _, row in flow_runs.iterrows()}
 with st.container(border=True):
     c1, c2, c3 = st.columns([2, 1, 1])
-    chosen_runs = c1.multiselect("Flow run", list(labels), default=list(labels)[:1], format_func=labels.get,
-                                 key="results_runs", help="Newest first; pick several to compare.")
+    chosen_runs = c1.multiselect("Flow run", list(labels), default=results.newest_run_per_flow(flow_runs),
+                                 format_func=labels.get, key="results_runs",
+                                 help="Newest first; by default the newest run of each flow (benchmark, demo, your "
+                                 "own model and images: detox-byo), side by side.")
     datasets = sorted(both["dataset"].astype(str).unique())
     chosen_datasets = c2.multiselect("Dataset", datasets, default=datasets, key="results_datasets")
     models = sorted(both["model"].astype(str).unique())

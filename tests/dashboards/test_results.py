@@ -113,3 +113,11 @@ def test_model_folders_named_like_the_role_are_tried_first(tmp_path):
         (tmp_path / name / "w.safetensors").write_bytes(b"")
     order = [p.relative_to(tmp_path).as_posix() for p in tryit._candidate_dirs(tmp_path, ("classifier",))]
     assert order == ["artifacts/classifier", ".", "a", "artifacts/purifier"]
+
+
+def test_newest_run_per_flow_is_the_default_selection():
+    """A bring-your-own run (flow detox-byo) shows beside the newest benchmark run, not instead of it."""
+    flow_runs = pd.DataFrame({"run_id": ["byo2", "bench2", "byo1", "bench1", "demo1"],
+                              "flow": ["detox-byo", "benchmark", "detox-byo", "benchmark", "demo"]})
+    assert results.newest_run_per_flow(flow_runs) == ["byo2", "bench2", "demo1"]
+    assert results.newest_run_per_flow(flow_runs.iloc[:0]) == []

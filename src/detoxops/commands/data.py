@@ -32,21 +32,35 @@ def ingest_command(
         "instead of <out>/<name>/<hash12>/"
     ),
     force: bool = typer.Option(False, "--force", help="with --to: replace a different version already there"),
+    split: str = typer.Option(
+        None, "--split", help="store a single class-folder tree whole as this one split (train, test or val) "
+        "instead of splitting it; a class may then have no images (triggered test images)"
+    ),
+    no_split: bool = typer.Option(
+        False, "--no-split", help="impose no split: a single class-folder tree is stored whole as 'test', a "
+        "source with train/ and test/ folders as it is"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """Validate SOURCE and store it as <out>/<name>/<hash12>/ (an existing identical version is reused).
 
-    With --to the version goes to that exact folder, which is what dvc.yaml's ``ingest`` stage uses.
+    With --to the version goes to that exact folder, which is what dvc.yaml's ``ingest`` stage uses. A single
+    class-folder tree is split into train / test (data.test_fraction) unless --split NAME or --no-split.
     """
     from detoxops.data import ingest, version_info
 
     cfg = params_from_cli(params, overrides).data
     src = source or cfg.source
+    if split is not None and no_split:
+        fail("--split and --no-split exclude each other (--no-split stores a single tree as 'test')", code=2)
+    if split is not None and split not in ("train", "test", "val"):
+        fail(f"--split must be train, test or val, got {split!r}", code=2)
+    whole = "as-is" if no_split else split
     try:
         path = ingest(src, out if out is not None else Path(cfg.root), cfg, name=name, progress=progress,
-                      at=to, overwrite=force)
+                      at=to, overwrite=force, split=whole)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         fail(str(exc))
         return

@@ -27,14 +27,6 @@ def _load_purifier(path: Path):
     return load_purifier(path)
 
 
-def _load_victim(path: Path):
-    from detoxops.models import load_classifier
-
-    if not path.exists():
-        fail(f"victim model not found: {path}")
-    return load_classifier(path)
-
-
 def _load_imageset(path: Path, what: str):
     from detoxops.data import ImageSet
 
@@ -90,48 +82,96 @@ def run_command(
 
 @detox_app.command("eval")
 def eval_command(
-    victim: Path = typer.Option(
-        ..., "--victim", help="the victim classifier (detoxops.models.save_classifier)"
+    model: str = typer.Option(
+        ..., "--model", "--victim",
+        help="the classifier: a detoxops classifier folder, an .onnx file, or an http(s):// endpoint (MLflow's "
+        "/invocations, or the guard's protocol); TorchScript / pickles only with --allow-unsafe-model",
     ),
-    clean: Path = typer.Option(..., "--clean", help="clean test ImageSet folder"),
-    poisoned: Path = typer.Option(..., "--poisoned", help="triggered non-target test ImageSet folder"),
-    purifier: Path = typer.Option(None, "--purifier", help="purifier folder (needed by diffusion defenses)"),
-    target: int = typer.Option(None, "--target", help="attack target label (default: attack.target)"),
+    clean: Path = typer.Option(
+        ..., "--clean", help="clean test images: a class-folder tree, .tar.gz / .zip, saved ImageSet, stored "
+        "dataset version or .npz, read whole"
+    ),
+    triggered: Path = typer.Option(
+        ..., "--triggered", "--poisoned",
+        help="triggered test images, in any form --clean takes; may lack any class (target-class images are dropped)",
+    ),
+    purifier: Path = typer.Option(
+        None, "--purifier", help="purifier folder for the diffusion defenses (default: diffusion.purifier, else the "
+        "one shipped for the image size)"
+    ),
+    target: str = typer.Option(
+        None, "--target", help="attack target: class index or class name (default: the one class the triggered "
+        "images lack)"
+    ),
     defenses: str = typer.Option(
         "none,sampdetox,sampdetox-ddim,faithful,faithful-ddim,stage1,noise*,noising,shrinkpad,blur",
         "--defenses",
         help="comma-separated defense names; a suffix -ddim / -ddimN (stride N) / -ddpm picks the sampler",
     ),
-    limit: int = typer.Option(None, "--limit", help="score at most N clean and N triggered images"),
-    out: Path = typer.Option(None, "--out", "-o", help="write the rows as JSON here"),
+    image_size: int = typer.Option(
+        None, "--image-size", min=4, help="evaluate at this size (default: the model's input size where it says)"
+    ),
+    resize: bool = typer.Option(
+        True, "--resize/--no-resize", help="resize images of another size to the model's (a note says so); "
+        "--no-resize refuses them, naming the sizes"
+    ),
+    allow_unsafe_model: bool = typer.Option(
+        False, "--allow-unsafe-model", help="allow TorchScript / pickled torch models, which run code when loaded: "
+        "only for a file you trust"
+    ),
+    input_range: str = typer.Option(
+        "0-1", "--input-range", help="pixel range a float ONNX / TorchScript input expects: 0-1 or 0-255"
+    ),
+    http_protocol: str = typer.Option(
+        "auto", "--http-protocol", help="auto (MLflow when the URL ends in /invocations, else the guard's), mlflow, "
+        "guard"
+    ),
+    limit: int = typer.Option(None, "--limit", min=1, help="score at most N clean and N triggered images"),
+    out: Path = typer.Option(None, "--out", "-o", help="write the settings, notes and rows as JSON here"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """CA / PA / ASR (and trigger-map AUC) of the victim behind each defense."""
-    from detoxops.defenses.catalog import build_defense
-    from detoxops.defenses.evaluation import EvalSet, evaluate_defenses
+    """CA / PA / ASR (and trigger-map AUC) of a classifier behind each defense, on your clean and triggered images."""
+    from detoxops.defenses.byo import byo_defenses, needs_purifier, prepare_byo
+    from detoxops.defenses.evaluation import evaluate_defenses
+    from detoxops.models.external import load_model
 
     p = params_from_cli(params, overrides)
     names = [n.strip() for n in defenses.split(",") if n.strip()]
-    pur = _load_purifier(purifier) if purifier is not None else None
+    if not names:
+        fail("--defenses is empty", code=2)
     try:
-        built = {n: build_defense(n, pur, p.sampdetox) for n in names}
-    except ValueError as exc:
-        fail(str(exc))
-        return
-    clean_set, poisoned_set = _load_imageset(clean, "clean"), _load_imageset(poisoned, "poisoned")
-    tgt = p.attack.target if target is None else target
-    try:
-        data = EvalSet.from_imagesets(clean_set, poisoned_set, tgt, name=poisoned.name)
-    except ValueError as exc:
-        fail(str(exc))
-        return
-    if limit is not None:
-        data = data.subset(
-            np.arange(min(limit, len(data.clean_images))), np.arange(min(limit, len(data.poisoned_images)))
+        loaded = load_model(model, allow_unsafe=allow_unsafe_model, input_range=input_range,
+                            http_protocol=http_protocol)
+        pur = _load_purifier(purifier) if purifier is not None and needs_purifier(names) else None
+        plan = prepare_byo(
+            clean, triggered, target=target, model_size=loaded.input_size, model_classes=loaded.class_names,
+            model_num_classes=loaded.num_classes, image_size=image_size,
+            purifier_size=pur.image_size if pur is not None else None, resize=resize, progress=progress,
+            limits=p.data.limits,
         )
-    rows = evaluate_defenses(_load_victim(victim), built, data, p.sampdetox.batch_size, progress)
+        built, purifier_origin = byo_defenses(names, plan.image_size, p.sampdetox, pur, p.diffusion.purifier)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        fail(str(exc))
+        return
+    data = plan.data
+    if limit is not None:  # a seeded spread over the set: the first N of a class-sorted tree would be few classes
+        rng = np.random.default_rng(p.sampdetox.seed)
+        data = data.subset(*(np.sort(rng.permutation(n)[:limit]) for n in (len(data.clean_images),
+                                                                         len(data.poisoned_images))))
+    typer.echo(f"model     {loaded.description}")
+    typer.echo(f"clean     {len(data.clean_images)} images from {plan.clean_origin}")
+    typer.echo(f"triggered {len(data.poisoned_images)} images from {plan.triggered_origin}")
+    if needs_purifier(names):
+        typer.echo(f"purifier  {purifier_origin}")
+    for note in plan.notes:
+        typer.echo(f"note: {note}")
+    try:
+        rows = evaluate_defenses(loaded.classifier, built, data, p.sampdetox.batch_size, progress)
+    except (RuntimeError, ValueError) as exc:  # an endpoint that fails or answers nonsense
+        fail(f"{loaded.kind} model {loaded.source}: {exc}")
+        return
     typer.echo(f"{'defense':<22}{'CA':>8}{'PA':>8}{'ASR':>8}{'AUC':>8}{'img/s':>9}")
     for r in rows:
         auc = r.get("map_auc", float("nan"))
@@ -139,6 +179,14 @@ def eval_command(
             f"{r['defense']:<22}{r['ca']:8.2f}{r['pa']:8.2f}{r['asr']:8.2f}{auc:8.3f}{r['images_per_s']:9.1f}"
         )
     if out is not None:
+        record = {
+            "model": {"source": loaded.source, "kind": loaded.kind, "description": loaded.description,
+                      "digest": loaded.digest},
+            "clean": plan.clean_origin, "triggered": plan.triggered_origin,
+            "target": plan.target, "target_name": plan.target_name, "class_names": plan.class_names,
+            "image_size": list(plan.image_size), "dropped_target_images": plan.dropped_target_images,
+            "notes": plan.notes, "sampdetox": p.sampdetox.resolved().model_dump(mode="json"), "rows": rows,
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=2))
+        out.write_text(json.dumps(record, indent=2))
         typer.echo(f"wrote {out}")

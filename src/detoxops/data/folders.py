@@ -37,8 +37,14 @@ def imagesets_from_entries(
     policy: ImagePolicy,
     progress: bool = True,
     total: int | None = None,
+    *,
+    allow_missing_classes: bool = False,
 ) -> dict[str, ImageSet]:
-    """Decode every image in ``entries`` (one pass) and group them into splits and classes."""
+    """Decode every image in ``entries`` (one pass) and group them into splits and classes.
+
+    ``allow_missing_classes`` keeps an empty class folder, or a class that some split lacks, as a class with no
+    images (a triggered test set has none of the attack's target class) instead of raising.
+    """
     files: dict[tuple[str, ...], object] = {}
     dirs: set[tuple[str, ...]] = set()
     skipped = 0
@@ -97,14 +103,20 @@ def imagesets_from_entries(
     )
     for split in sorted(class_dirs):  # a folder that exists but holds no image
         for name in sorted(class_dirs[split]):
-            if not by_split.get(split, {}).get(name):
+            if not by_split.get(split, {}).get(name) and not allow_missing_classes:
                 where = "/".join((*prefix, *((split,) if split_layout else ()), name))
-                raise ValueError(f"{origin}: empty class folder {where!r} (no images in it)")
+                raise ValueError(
+                    f"{origin}: empty class folder {where!r} (no images in it; to keep it as a class without "
+                    "images, e.g. the target class of triggered test images, ingest with --split test or "
+                    "--no-split, or pass the folder to `detoxops detox eval --triggered`)"
+                )
     for split in sorted(by_split):  # a class that some other split has but this one lacks entirely
         missing = [name for name in class_names if not by_split[split].get(name)]
-        if missing:
+        if missing and not allow_missing_classes:
             raise ValueError(
-                f"{origin}: class {missing[0]!r} has no images in split {split!r} (every split needs every class)"
+                f"{origin}: class {missing[0]!r} has no images in split {split!r} (every split needs every class; "
+                "a set that lacks classes on purpose, such as triggered test images, is ingested alone with "
+                "--split test or --no-split, or passed as is to `detoxops detox eval --triggered`)"
             )
 
     decoded = list(files.values())

@@ -24,6 +24,7 @@ def ingest(
     cache: bool = True,
     at: str | Path | None = None,
     overwrite: bool = False,
+    split: str | None = None,
 ) -> Path:
     """Store ``source`` under ``<root>/<name>/<hash12>/`` and return the version folder.
 
@@ -31,16 +32,19 @@ def ingest(
     written; the version is written to a temp folder and renamed into place. Ingesting the same content again
     returns the existing folder without touching it. ``root`` defaults to ``cfg.root``; ``name`` to the
     source's name (``digits``, the archive stem, …); ``cache`` as in :func:`load_source`, kept in ``<root>/.cache``.
-    ``at`` / ``overwrite``: store the version in exactly that folder (see :func:`save_version`).
+    ``at`` / ``overwrite``: store the version in exactly that folder (see :func:`save_version`). ``split``: store
+    the source whole, no train / test split imposed (see :func:`load_source`; ``--split`` / ``--no-split``).
     """
     from detoxops.config import DataConfig
 
     cfg = cfg or DataConfig()
     root = Path(root if root is not None else cfg.root)
-    splits = load_source(source, cfg, progress=progress, cache=cache, cache_root=root / CACHE_DIR)
+    splits = load_source(source, cfg, progress=progress, cache=cache, cache_root=root / CACHE_DIR, split=split)
     settings = cfg.model_dump(mode="json")
     settings.pop("root", None)
     settings.pop("source", None)
+    if split is not None:
+        settings["split"] = split
     return save_version(
         splits,
         root,

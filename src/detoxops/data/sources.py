@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 BUILTIN_SOURCES = ("digits", "cifar10", "gtsrb")
+WHOLE_SPLITS = ("train", "test", "val", "as-is")
+"""Values of ``load_source(split=...)``: store a source whole (``as-is``: ``detoxops data ingest --no-split``)."""
 CACHE_DIR = ".cache"
 """Folder under a versions root holding decoded archives (hidden: dataset names start with a letter/digit)."""
 
@@ -81,8 +83,14 @@ def load_source(
     progress: bool = True,
     cache: bool = True,
     cache_root: str | Path | None = None,
+    split: str | None = None,
 ) -> dict[str, ImageSet]:
     """``{"train": ImageSet, "test": ImageSet}`` (plus ``"val"`` where a folder source has one).
+
+    ``split`` stores a source whole instead of imposing a train / test split: ``"train"`` / ``"test"`` /
+    ``"val"`` keep a single class tree (or digits, or one-set ``.npz``) as that one split; ``"as-is"`` keeps a
+    single tree as ``test`` and a source with its own splits exactly as they are. Under ``split`` a class may
+    have no images (a triggered test set lacks the target class): it stays in ``class_names``.
 
     ``cache`` keeps the decoded contents of an archive under ``cache_root`` (default ``<cfg.root>/.cache``)
     keyed by the archive's sha256 and the image policy, so the next load of the same archive memory-maps the
@@ -90,6 +98,8 @@ def load_source(
     """
     cfg = cfg or _default_config()
     policy = ImagePolicy.from_config(cfg)
+    if split is not None and split not in WHOLE_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(WHOLE_SPLITS)}, got {split!r}")
     text = str(source)
     if text == "digits":
         splits = _load_digits(policy)
@@ -108,30 +118,44 @@ def load_source(
             splits = _apply_policy(load_version(path), policy, progress)
         elif path.is_file() and path.name.lower().endswith(".npz"):
             splits = _load_npz(path, policy)
-        elif cache and path.is_file() and is_archive(path):
+        elif cache and split is None and path.is_file() and is_archive(path):
             root = Path(cache_root) if cache_root is not None else Path(cfg.root) / CACHE_DIR
             splits = _load_archive_cached(path, root, policy, progress)
         else:
-            splits = imagesets_from_entries(iter_entries(path), str(path), policy, progress=progress)
-    return _finish(splits, cfg)
+            splits = imagesets_from_entries(
+                iter_entries(path), str(path), policy, progress=progress, allow_missing_classes=split is not None
+            )
+    return _finish(splits, cfg, split, text)
 
 
 load_splits = load_source
 """Alias of :func:`load_source` (the name used in the data-layer issue)."""
 
 
-def _finish(splits: dict[str, ImageSet], cfg: DataConfig) -> dict[str, ImageSet]:
-    """Split a single-set source into train/test, then apply the per-class subsets."""
-    if "all" in splits:
+def _finish(
+    splits: dict[str, ImageSet], cfg: DataConfig, whole: str | None = None, origin: str = ""
+) -> dict[str, ImageSet]:
+    """Split a single-set source into train/test (unless ``whole``, see :func:`load_source`), then apply the
+    per-class subsets."""
+    if whole is not None:
+        if set(splits) == {"all"}:
+            name = "test" if whole == "as-is" else whole
+            splits = {name: _tag(splits["all"], name)}
+        elif whole != "as-is":
+            raise ValueError(
+                f"{origin}: --split {whole} stores a single class-folder tree whole, but this source has its own "
+                f"splits ({', '.join(sorted(splits))}); use --no-split to store them as they are"
+            )
+    elif "all" in splits:
         whole = splits.pop("all")
         train, test = stratified_split(whole, cfg.test_fraction, cfg.seed)
         splits = {"train": _tag(train, "train"), "test": _tag(test, "test"), **splits}
     elif "test" not in splits:
         train, test = stratified_split(splits["train"], cfg.test_fraction, cfg.seed)
         splits = {**splits, "train": _tag(train, "train"), "test": _tag(test, "test")}
-    if cfg.train_per_class is not None:
+    if cfg.train_per_class is not None and "train" in splits:
         splits["train"] = stratified_subset(splits["train"], cfg.train_per_class, cfg.seed)
-    if cfg.test_per_class is not None:
+    if cfg.test_per_class is not None and "test" in splits:
         splits["test"] = stratified_subset(splits["test"], cfg.test_per_class, cfg.seed)
     return splits
 
