@@ -13,12 +13,27 @@ from tasks.versioning import ensure_repo, version_path
 __all__ = ["ingest_dataset", "version_dataset", "dataset_identity"]
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[1, 5])
+def _flaky_io(task, task_run, state) -> bool:
+    """Retry only what a retry can fix (an I/O error of the file system), not bad input: a refused dataset fails
+    at once instead of being decoded three times."""
+    try:
+        state.result()
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError):
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_flaky_io)
 def ingest_dataset(source: str, data_cfg: dict[str, Any], root: str | None = None) -> dict[str, Any]:
     """Load + validate ``source`` (builtin name, folder, archive or stored version) into ``<root>/<name>/<hash12>``.
 
     Not cached by Prefect: ``ingest`` is itself content-addressed (re-ingesting the same content returns the
-    existing folder) and a folder / archive source can change between runs. Retries cover flaky file systems.
+    existing folder) and a folder / archive source can change between runs. Retries cover flaky file systems
+    (``OSError``), not bad input (``ValueError`` and the like fail at once).
     """
     from detoxops.config import DataConfig
     from detoxops.data import ingest, version_info
