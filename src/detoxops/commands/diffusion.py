@@ -131,15 +131,27 @@ def eval_command(
     mode: str = typer.Option("ddpm", "--mode", help="sampler of the full restoration: ddpm | ddim"),
     stride: int = typer.Option(1, "--stride", help="DDIM stride"),
     restore: bool = typer.Option(True, "--restore/--one-shot", help="also run the full reverse process"),
+    holes: str = typer.Option(
+        "", "--holes", help="also inpaint square holes of these sides (e.g. 3,4,8) from full noise with clean "
+        "context and report the PSNR inside the hole"
+    ),
+    inpaint_method: str = typer.Option(
+        "per-pixel", "--inpaint-method", help="per-pixel (today's sampler, t_map) | repaint (context re-noised)"
+    ),
+    resample: int = typer.Option(1, "--resample", help="RePaint's U (repeats per step) for --inpaint-method repaint"),
+    inpaint_stride: int = typer.Option(50, "--inpaint-stride", help="DDIM stride of the inpainting from t = T"),
+    inpaint_n: int = typer.Option(None, "--inpaint-n", help="images inpainted (default: --n)"),
     seed: int = typer.Option(0, "--seed"),
     json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """PSNR of noisy input vs one-shot x0 prediction vs full restoration, per noise level."""
+    """PSNR of noisy input vs one-shot x0 prediction vs full restoration, per noise level; with --holes also
+    the PSNR inside square holes inpainted from full noise (uniform and level-map purifiers alike)."""
     import torch
 
+    from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
     from detoxops.diffusion.unet import load_purifier
 
@@ -147,8 +159,13 @@ def eval_command(
         torch.set_num_threads(threads)
     if mode not in ("ddpm", "ddim"):
         fail(f"--mode must be ddpm or ddim, got {mode!r}", code=2)
+    if inpaint_method not in ("per-pixel", "repaint"):
+        fail(f"--inpaint-method must be per-pixel or repaint, got {inpaint_method!r}", code=2)
+    if resample < 1 or inpaint_stride < 1:
+        fail("--resample and --inpaint-stride must be >= 1", code=2)
     cfg = params_from_cli(params, overrides)
     eval_levels = _parse_levels(levels)
+    hole_sides = _parse_levels(holes) if holes.strip() else []
     try:
         purifier = load_purifier(purifier_path)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -165,12 +182,32 @@ def eval_command(
     except ValueError as exc:
         fail(str(exc))
         return
-    typer.echo(f"{purifier_path} on {len(images)} {split} images ({mode}, stride {stride}):")
+    kind = "level-map" if getattr(purifier, "accepts_level_map", False) else "uniform"
+    typer.echo(f"{purifier_path} ({kind} purifier) on {len(images)} {split} images ({mode}, stride {stride}):")
     typer.echo(_format_table(metrics))
+    record = {"purifier": purifier_path, "kind": kind, "n": len(images), "mode": mode, "stride": stride,
+              "levels": metrics}
+    if hole_sides:
+        inpaint_images = images[: inpaint_n or n]
+        try:
+            holes_metrics = evaluate_inpainting(
+                purifier, inpaint_images, tuple(hole_sides), method=inpaint_method, stride=inpaint_stride,
+                resample=resample, seed=seed,
+            )
+        except ValueError as exc:
+            fail(str(exc))
+            return
+        typer.echo(f"inpainting from t = {purifier.schedule.T} with clean context ({inpaint_method}"
+                   f"{f', U = {resample}' if inpaint_method == 'repaint' else ''}, DDIM stride {inpaint_stride}, "
+                   f"{len(inpaint_images)} images), PSNR inside the hole:")
+        typer.echo("hole  psnr_hole  psnr_mean_fill")
+        for side, m in holes_metrics.items():
+            typer.echo(f"{side}x{side:<3d} {m['psnr_hole']:9.2f}  {m['psnr_hole_mean_fill']:14.2f}")
+        record["inpainting"] = {"method": inpaint_method, "resample": resample, "stride": inpaint_stride,
+                                "n": len(inpaint_images), "holes": holes_metrics}
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"purifier": purifier_path, "n": len(images), "mode": mode,
-                                        "stride": stride, "levels": metrics}, indent=1))
+        json_out.write_text(json.dumps(record, indent=1))
 
 
 @diffusion_app.command("export")

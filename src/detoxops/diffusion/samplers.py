@@ -14,7 +14,7 @@ from torch import Tensor
 
 from detoxops.diffusion.schedule import NoiseSchedule
 
-__all__ = ["denoise", "step_levels", "snap_levels"]
+__all__ = ["denoise", "repaint", "step_levels", "snap_levels"]
 
 StepCallback = Callable[[int, Tensor, Tensor], None]
 
@@ -72,7 +72,10 @@ def denoise(
 
     Args:
         purifier: ``purifier(x, levels_(B,)) -> ε`` (a :class:`~detoxops.diffusion.Purifier`); its
-            ``schedule`` attribute is used unless ``schedule`` is given.
+            ``schedule`` attribute is used unless ``schedule`` is given. A purifier with
+            ``accepts_level_map`` (:class:`~detoxops.diffusion.levelmap.LevelMapPurifier`) is also given
+            ``level_map=min(t_map, t)`` at the step leaving level ``t`` — every pixel's current level — or
+            ``None`` (uniform: every pixel at ``t``) without ``t_map``.
         x_t: ``(B, C, H, W)`` batch at its noise level(s).
         t_start: the level ``x_t`` is at — an ``int`` for the whole batch or a ``(B,)`` tensor per sample
             (then the sampler runs from the largest and a sample is only updated at steps leaving a level
@@ -128,11 +131,15 @@ def denoise(
         raise ValueError(f"start level {top} outside [0, {sched.T}]")
 
     x = x_t
+    takes_map = bool(getattr(purifier, "accepts_level_map", False))
     visited = step_levels(top, mode, stride)
     for i, t in enumerate(visited):
         t_prev = visited[i + 1] if i + 1 < len(visited) else 0
         t_batch = torch.full((batch,), t, dtype=torch.long, device=x.device)
-        eps = purifier(x, t_batch).to(x.dtype)
+        if takes_map:  # a level-map purifier sees every pixel's current level (started pixels sit at t)
+            eps = purifier(x, t_batch, level_map=None if levels is None else levels.clamp_max(t)).to(x.dtype)
+        else:
+            eps = purifier(x, t_batch).to(x.dtype)
         if mode == "ddpm":
             noise = None
             if t_prev > 0:
@@ -148,4 +155,66 @@ def denoise(
         x = new_x
         if on_step is not None:
             on_step(t_prev, x, x0)
+    return x
+
+
+@torch.no_grad()
+def repaint(
+    purifier: Callable[[Tensor, Tensor], Tensor],
+    x0_known: Tensor,
+    known: Tensor,
+    t_start: int,
+    *,
+    schedule: NoiseSchedule | None = None,
+    mode: Literal["ddpm", "ddim"] = "ddim",
+    stride: int = 1,
+    eta: float = 0.0,
+    resample: int = 1,
+    x_start: Tensor | None = None,
+    clip_x0: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """RePaint-style inpainting (Lugmayr et al. 2022) with a uniformly trained purifier.
+
+    The whole image runs through the reverse process from ``t_start``; after every step the **known** pixels
+    (``known`` True, ``(B, 1|C, H, W)``) are replaced by ``x0_known`` re-noised to the level just reached
+    (``q_sample(x0_known, t_prev, fresh noise)``; level 0: ``x0_known`` itself), so the network always sees an
+    image at one consistent level. ``resample = U > 1`` repeats every step U times, jumping back from ``t_prev``
+    to ``t`` with fresh forward noise between repeats (RePaint's resampling with jump length 1), at U times the
+    network calls. ``x_start`` is the image at ``t_start`` (default: ``x0_known`` noised to ``t_start``).
+    Returns the image at level 0 (known pixels exactly ``x0_known``).
+    """
+    sched = schedule if schedule is not None else getattr(purifier, "schedule", None)
+    if sched is None:
+        raise ValueError("repaint needs a schedule: pass schedule= or a purifier with a .schedule")
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    if not 1 <= t_start <= sched.T:
+        raise ValueError(f"t_start {t_start} outside [1, {sched.T}]")
+    if known.ndim != 4 or known.shape[0] != x0_known.shape[0] or known.shape[-2:] != x0_known.shape[-2:]:
+        raise ValueError(f"known must have shape (B, 1|C, H, W) matching x0_known, got {tuple(known.shape)}")
+    known = known.to(x0_known.device).bool()
+
+    def randn() -> Tensor:
+        return torch.randn(x0_known.shape, generator=generator, device=x0_known.device, dtype=x0_known.dtype)
+
+    x = x_start if x_start is not None else sched.q_sample(x0_known, t_start, randn())
+    batch = x.shape[0]
+    visited = step_levels(t_start, mode, stride)
+    for i, t in enumerate(visited):
+        t_prev = visited[i + 1] if i + 1 < len(visited) else 0
+        t_batch = torch.full((batch,), t, dtype=torch.long, device=x.device)
+        for u in range(resample):
+            eps = purifier(x, t_batch).to(x.dtype)
+            if mode == "ddpm":
+                step_noise = randn() if t_prev > 0 else None
+                unknown, _ = sched.ddpm_step(x, t, eps, noise=step_noise, clip_x0=clip_x0)
+            else:
+                step_noise = randn() if eta > 0 and t_prev > 0 else None
+                unknown, _ = sched.ddim_step(x, t, t_prev, eps, eta=eta, noise=step_noise, clip_x0=clip_x0)
+            known_prev = sched.q_sample(x0_known, t_prev, randn()) if t_prev > 0 else x0_known
+            x = torch.where(known, known_prev, unknown)
+            if u < resample - 1:  # jump back t_prev -> t: q(x_t | x_t_prev)
+                ratio = float(sched.abar[t] / sched.abar[t_prev])
+                x = ratio ** 0.5 * x + (1 - ratio) ** 0.5 * randn()
     return x

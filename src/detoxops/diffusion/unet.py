@@ -15,6 +15,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 
 from detoxops.config import ScheduleConfig, UNetConfig
+from detoxops.diffusion.levelmap import LEVEL_MAP_ENCODING, LEVEL_MAP_FILE, LevelMapPurifier
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.modelfiles import (
@@ -98,6 +99,8 @@ def save_purifier(purifier: Purifier, path: str | Path, *, fp16: bool = False) -
             state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in unet.state_dict().items()}
             save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / SCHEDULER_CONFIG).write_text(json.dumps(purifier.schedule.to_diffusers_config(), indent=1))
+        if getattr(purifier, "accepts_level_map", False):  # the marker that makes load_purifier build one again
+            (tmp / LEVEL_MAP_FILE).write_text(json.dumps(LEVEL_MAP_ENCODING, indent=1))
         for f in tmp.iterdir():
             f.chmod(0o644)
         if dest.is_dir():
@@ -145,6 +148,12 @@ def load_purifier(
             sched = NoiseSchedule.from_config(schedule or ScheduleConfig())
     if unet.dtype != torch.float32:  # fp16 hub / folder weights run in float32
         unet = unet.to(torch.float32)
+    if p.is_dir() and (unet_dir / LEVEL_MAP_FILE).is_file():
+        encoding = json.loads((unet_dir / LEVEL_MAP_FILE).read_text())
+        if {k: encoding.get(k) for k in ("kind", "extra_channel", "timestep")} != {
+                k: LEVEL_MAP_ENCODING[k] for k in ("kind", "extra_channel", "timestep")}:
+            raise ValueError(f"{unet_dir / LEVEL_MAP_FILE}: unknown level-map encoding {encoding}")
+        return LevelMapPurifier(unet, sched).to(device)
     return Purifier(unet, sched).to(device)
 
 
