@@ -48,6 +48,7 @@ def tiny_dataelixir() -> list[str]:
         "dataelixir.T=40",
         "dataelixir.rounds=2",
         "dataelixir.keep_last=5",
+        "dataelixir.sampler=ddim",  # explicit: the demo overlay's sampler is DDPM
         "dataelixir.ddim_stride=8",
         "dataelixir.relabel_epochs=3",
         "dataelixir.finetune_epochs=1",
