@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo pipeline test test-slow lint setup clean-runs
+.PHONY: demo pipeline test test-slow lint setup clean-runs gpu-bundle
 
 setup: $(STAMP)
 
@@ -31,3 +31,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tasks flows dashboards tests benchmarks
+
+# what one lent-GPU call carries (docs/gpu.md): wheels + CIFAR-10 in gpu_bundle/ (git-ignored); prints the size
+gpu-bundle: $(STAMP)
+	$(BIN)/python benchmarks/gpu_bundle.py
