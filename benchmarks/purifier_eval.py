@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holes", default="3,4,8")
     ap.add_argument("--inpaint-stride", type=int, default=50, help="DDIM stride from t = T (50: 20 steps)")
     ap.add_argument("--repaint-resample", default="1", help="RePaint U values for uniform purifiers ('' = none)")
+    ap.add_argument("--tasks", default="denoise,inpaint", help="which tasks, in this order")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/purifier_eval_cifar10.json")
     ap.add_argument("--md", type=Path, default=ROOT / "docs/results/purifier_eval_cifar10.md")
+    ap.add_argument("--merge", type=Path, action="append", default=[], help="also take the entries of this JSON")
     ap.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
     args = ap.parse_args(argv)
 
@@ -98,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     results["data"] = (f"{args.n} CIFAR-10 test images of {Path(args.data).name}: the first {per_class} of every "
                        "class (read_per_class), classes interleaved, the first n of them")
 
+    for other in args.merge:  # entries measured by another run (e.g. one run at the same time into its own file)
+        for key, entry in json.loads(other.read_text())["entries"].items():
+            results["entries"].setdefault(key, entry)
+
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        if args.json.is_file():  # keep what a concurrent run of this script stored meanwhile
+            for key, entry in json.loads(args.json.read_text())["entries"].items():
+                results["entries"].setdefault(key, entry)
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, args.json)
@@ -125,17 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         sha = _weights_sha(folder)
         kind = "level-map" if getattr(purifier, "accepts_level_map", False) else "uniform"
         results.setdefault("purifiers", {})[label] = {"folder": str(folder), "sha": sha, "kind": kind}
-        run(f"{label}@{sha}/denoise/n{args.n}/ddim{args.restore_stride}/{args.seed}", label, "denoise",
-            lambda p=purifier: evaluate_denoising(p, images, levels, mode="ddim", stride=args.restore_stride,
-                                                  seed=args.seed, batch_size=64))
-        methods = [("per-pixel", 1)] + ([("repaint", u) for u in resamples] if kind == "uniform" else [])
-        for method, u in methods:
-            tag = method if method == "per-pixel" else f"repaint-U{u}"
-            run(f"{label}@{sha}/inpaint/{tag}/n{args.inpaint_n}/ddim{args.inpaint_stride}/{args.seed}", label,
-                f"inpaint:{tag}",
-                lambda p=purifier, m=method, u=u: evaluate_inpainting(
-                    p, images[:args.inpaint_n], sides, method=m, stride=args.inpaint_stride, resample=u,
-                    seed=args.seed))
+        for task in (t.strip() for t in args.tasks.split(",") if t.strip()):
+            if task == "denoise":
+                run(f"{label}@{sha}/denoise/n{args.n}/ddim{args.restore_stride}/{args.seed}", label, "denoise",
+                    lambda p=purifier: evaluate_denoising(p, images, levels, mode="ddim", stride=args.restore_stride,
+                                                          seed=args.seed, batch_size=64))
+                continue
+            if task != "inpaint":
+                raise SystemExit(f"--tasks: unknown task {task!r} (denoise, inpaint)")
+            methods = [("per-pixel", 1)] + ([("repaint", u) for u in resamples] if kind == "uniform" else [])
+            for method, u in methods:
+                tag = method if method == "per-pixel" else f"repaint-U{u}"
+                run(f"{label}@{sha}/inpaint/{tag}/n{args.inpaint_n}/ddim{args.inpaint_stride}/{args.seed}", label,
+                    f"inpaint:{tag}",
+                    lambda p=purifier, m=method, u=u: evaluate_inpainting(
+                        p, images[:args.inpaint_n], sides, method=m, stride=args.inpaint_stride, resample=u,
+                        seed=args.seed))
     write_markdown(results, args.md)
     return 0
 

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--ema-decay", type=float, default=0.995)
-    ap.add_argument("--loss", choices=("noisy", "all"), default="noisy")
+    ap.add_argument("--loss", choices=("image", "noisy", "all"), default="image")
+    ap.add_argument("--p-full-noise", type=float, default=0.3)
+    ap.add_argument("--p-clean-context", type=float, default=0.6)
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-budget", type=float, default=None, help="stop after this many wall seconds")
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     init = load_purifier(args.init) if Path(args.init).is_dir() else default_purifier(args.init)
     images = load_source(args.data, DataConfig(source=args.data, image_size=32), progress=False)["train"].images
     cfg = LevelMapTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                              loss=args.loss, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                              loss=args.loss, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                              p_full_noise=args.p_full_noise, p_clean_context=args.p_clean_context)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 

@@ -143,7 +143,7 @@ def _smooth_field(n: int, size: int, generator: torch.Generator, coarse: int = 4
 def random_level_maps(
     n: int, size: int, T: int, generator: torch.Generator, *,  # noqa: N803 - the papers' name
     p_full_image: float = 0.2, p_patch: float = 0.35, p_blob: float = 0.25, p_full_noise: float = 0.3,
-    low_band: int = 300, patch_sides: tuple[int, int] = (2, 8),
+    low_band: int = 300, patch_sides: tuple[int, int] = (2, 8), p_clean_context: float = 0.6,
 ) -> Tensor:
     """``(n, 1, size, size)`` integer level maps in ``[0, T]``, the training distribution of the level-map purifier.
 
@@ -152,7 +152,7 @@ def random_level_maps(
     random area of 3–50 %, ``p_blob``); else a **smooth continuous map** ``hi · u`` (``u`` a smooth field in
     [0, 1], as SampDetox's stage-2 maps are). The region's level ``hi`` is ``T`` (full noise: inpainting) with
     probability ``p_full_noise``, else uniform on ``[1, low_band]`` or ``[1, T]`` (half each). Outside the region
-    the level is 0 (clean context) for 60 % of the images and a random fraction of ``hi`` for the rest.
+    the level is 0 (clean context) for ``p_clean_context`` of the images and a random fraction of ``hi`` for the rest.
     """
     kind = torch.multinomial(torch.tensor([p_full_image, p_patch, p_blob, max(0.0, 1 - p_full_image - p_patch - p_blob)]),
                              n, replacement=True, generator=generator)
@@ -161,7 +161,8 @@ def random_level_maps(
                      torch.randint(1, T + 1, (n,), generator=generator))
     hi = torch.where(torch.rand(n, generator=generator) < p_full_noise, torch.full_like(hi, T), hi)
     lo_frac = torch.rand(n, generator=generator)
-    lo = torch.where(torch.rand(n, generator=generator) < 0.6, torch.zeros_like(hi), (lo_frac * hi).long())
+    lo = torch.where(torch.rand(n, generator=generator) < p_clean_context, torch.zeros_like(hi),
+                     (lo_frac * hi).long())
 
     # square patches (vectorised: a box test against per-image corners)
     side = torch.randint(patch_sides[0], patch_sides[1] + 1, (n,), generator=generator)
@@ -198,9 +199,14 @@ class LevelMapTrainConfig(BaseModel):
     lr: float = Field(default=1e-4, gt=0)
     ema_decay: float = Field(default=0.995, ge=0, lt=1)
     """Shorter than the uniform purifier's 0.999: a fine-tune of a few thousand CPU steps."""
-    loss: str = Field(default="noisy", pattern="^(noisy|all)$")
+    loss: str = Field(default="image", pattern="^(image|noisy|all)$")
     """``noisy``: ε-MSE over the pixels whose level is > 0 (a clean pixel's ε does not change its restoration,
-    x̂0 = x_t at ᾱ = 1); ``all``: over every pixel."""
+    x̂0 = x_t at ᾱ = 1); ``image``: the same, averaged per image first, so an image with a 2x2 hole weighs as
+    much as a fully noised one (weighted to the noisy region); ``all``: over every pixel."""
+    p_full_noise: float = Field(default=0.3, ge=0, le=1)
+    """Share of the images whose region is at full noise (level T: inpainting)."""
+    p_clean_context: float = Field(default=0.6, ge=0, le=1)
+    """Share of the images whose pixels outside the region are clean (level 0)."""
     checkpoint_every: int = Field(default=100, ge=1)
     seed: int = 0
 
@@ -255,7 +261,8 @@ def train_levelmap_purifier(
         x0 = data[idx]
         flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0).to(device)
-        maps = random_level_maps(cfg.batch_size, size, T, gen).to(device)
+        maps = random_level_maps(cfg.batch_size, size, T, gen, p_full_noise=cfg.p_full_noise,
+                                 p_clean_context=cfg.p_clean_context).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         ab = abar[maps]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -265,6 +272,10 @@ def train_levelmap_purifier(
         if cfg.loss == "noisy":
             weight = (maps > 0).float().expand_as(err)
             loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
+        elif cfg.loss == "image":
+            weight = (maps > 0).float().expand_as(err)
+            per_image = (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+            loss = per_image.mean()
         else:
             loss = err.mean()
         opt.zero_grad(set_to_none=True)
