@@ -86,3 +86,14 @@ def test_task_progress_sends_bars_and_core_records_to_the_run_log():
     assert "shard-00001.npz: damaged shard; recomputing" in messages
     assert set(timings) == {"dataelixir"} and timings["dataelixir"] >= 0.06
     assert "total" in tp.format_timings({"ingest": 1.0, "dataelixir": 65.0})
+
+
+def test_training_loops_get_an_eta_for_all_epochs():
+    """A loop with one bar per epoch: each line also carries the estimate for the whole training."""
+    from detoxops.progress import ProgressSink
+
+    sink = ProgressSink(lambda line: None)
+    assert sink._with_training_eta("epoch 1/4: 0/10 it (0 %), elapsed 00:00, ETA ?", now=100.0).endswith("ETA ?")
+    line = sink._with_training_eta("epoch 2/4: 5/10 it (50 %), elapsed 00:05, ETA 00:05", now=130.0)
+    assert line.endswith("; all 4 epochs: ETA 00:50")  # 1.5 of 4 epochs in 30 s: 2.5 left, 50 s
+    assert sink._with_training_eta("DataElixir candidates: 5/10 img", now=131.0) == "DataElixir candidates: 5/10 img"

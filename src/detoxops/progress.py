@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,14 +35,41 @@ class ProgressSink:
     interval: float = 10.0
     _last: float = field(default=float("-inf"), repr=False)
 
+    _epochs_started: float | None = field(default=None, repr=False)
+
     def offer(self, line: str, final: bool, bar_seconds: float) -> bool:
         """Emit ``line`` unless throttled; True when it was emitted."""
         now = time.monotonic()
+        line = self._with_training_eta(line, now)
         if now - self._last >= self.interval or (final and bar_seconds >= self.interval):
             self._last = now
             self.emit(line)
             return True
         return False
+
+    def _with_training_eta(self, line: str, now: float) -> str:
+        """Training loops draw one bar per epoch (``epoch k/K: n/t``), whose own ETA is the epoch's: add the
+        estimate for the whole training, from the time the first epoch started."""
+        match = _EPOCH.match(line)
+        if match is None:
+            return line
+        k, epochs, n, total = (int(match[g]) for g in ("k", "epochs", "n", "total"))
+        if k == 1 and n == 0 or self._epochs_started is None:
+            self._epochs_started = now
+        done = (k - 1 + (n / total if total else 0)) / max(epochs, 1)
+        if done <= 0:
+            return line
+        remaining = (now - self._epochs_started) * (1 - done) / done
+        return f"{line}; all {epochs} epochs: ETA {_clock(remaining)}"
+
+
+_EPOCH = re.compile(r"^.*?epoch (?P<k>\d+)/(?P<epochs>\d+): (?P<n>\d+)/(?P<total>\d+)")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
 _SINK: contextvars.ContextVar[ProgressSink | None] = contextvars.ContextVar("detoxops_progress_sink", default=None)
