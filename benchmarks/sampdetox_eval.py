@@ -14,6 +14,10 @@ each setting detoxifies the clean images once and every victim classifies them.
     # report on the held-out half: no defense, faithful (DDPM, DDIM), ablations, baselines, the new default
     nice -n 10 .venv/bin/python benchmarks/sampdetox_eval.py table --split test --seeds 0,1,2 \
         --out benchmarks/results/sampdetox_table.json
+    # SampDetox's table-1 baselines (issue #22, docs/baselines.md) are more defense names: zip, sancdifi, bdmae
+    # (params.yaml's baselines section; Sancdifi / BDMAE query each attack's own victim, queries_per_image)
+    nice -n 10 .venv/bin/python benchmarks/sampdetox_eval.py table --split test --seeds 0,1,2 \
+        --defenses none,faithful,sampdetox,zip,sancdifi,bdmae --out benchmarks/results/baselines_table.json
 """
 
 from __future__ import annotations
@@ -306,7 +310,7 @@ def main() -> None:
         ap.error("the sweep selects settings: it runs on --split val only")
 
     from detoxops.config import load_params
-    from detoxops.defenses.catalog import build_defense
+    from detoxops.defenses.catalog import _NEEDS_CLASSIFIER, build_defense
     from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
     from detoxops.diffusion import load_purifier
 
@@ -388,8 +392,26 @@ def main() -> None:
         names = [n.strip() for n in args.defenses.split(",") if n.strip()]
         for seed in seeds:
             cfg = params.sampdetox.model_copy(update={"seed": seed, "batch_size": args.batch})
+            baselines = params.baselines.model_copy(update={"seed": seed})
             for name in names:
-                d = build_defense(name, purifier, cfg)
+                if name.partition("-")[0] in _NEEDS_CLASSIFIER:
+                    # Sancdifi / BDMAE query the victim: each attack's clean + triggered images go through the
+                    # defense built around that attack's own victim (its black box)
+                    for i, r in enumerate(runs):
+                        d = build_defense(name, purifier, cfg, classifier=r.classify, baselines=baselines)
+                        imgs = np.concatenate([clean_imgs, pois[i][0]])
+                        t0 = time.perf_counter()
+                        o = detox_defense(d, imgs, args.batch)
+                        secs = time.perf_counter() - t0
+                        n0 = len(clean_imgs)
+                        row = score(name, r, clean_labels, {k: v[:n0] for k, v in o.items()}, pois[i][1],
+                                    {k: v[n0:] for k, v in o.items()}, pois[i][2])
+                        rows.append({**row, "seed": seed, "detox_images_per_s": len(imgs) / secs,
+                                     "queries_per_image": d.queries_total / len(imgs)})
+                        print(f"seed {seed} {name} {r.name}: {len(imgs) / secs:.2f} images/s, "
+                              f"{d.queries_total / len(imgs):.0f} queries/image", flush=True)
+                    continue
+                d = build_defense(name, purifier, cfg, baselines=baselines)
                 if hasattr(d, "seed"):
                     d.seed = seed
                 t0 = time.perf_counter()

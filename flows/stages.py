@@ -90,7 +90,8 @@ def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str]
     needs = any(d.partition("-")[0] in _NEEDS_PURIFIER for d in defenses)
     pur = _purifier(params, purifier, int(clean.image_shape[0])) if needs else None
     classifier = load_classifier(victim)
-    rows = [evaluate_defense(classifier, build_defense(d, pur, params.sampdetox), data,
+    rows = [evaluate_defense(classifier, build_defense(d, pur, params.sampdetox, classifier=classifier,
+                                                       baselines=params.baselines), data,
                              batch_size=params.sampdetox.batch_size, name=d) for d in defenses]
     base = next((r["ca"] for r in rows if r["defense"] == "none"), None)
     for r in rows:

@@ -54,7 +54,7 @@ def evaluate_defenses_task(
     cfg = SampDetoxConfig(**sampdetox_cfg)
     rows = []
     for name in defenses:
-        defense = build_defense(name, purifier if name != "none" else None, cfg)
+        defense = build_defense(name, purifier if name != "none" else None, cfg, classifier=classifier)
         row = evaluate_defense(classifier, defense, data, batch_size=cfg.batch_size, name=name)
         k = min(8, len(data.poisoned_images))
         clean_idx = np.arange(k) if len(data.clean_images) >= k else None

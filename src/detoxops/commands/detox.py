@@ -53,12 +53,13 @@ def run_command(
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.guard import Detoxifier
 
-    cfg = params_from_cli(params, overrides).sampdetox
+    p = params_from_cli(params, overrides)
+    cfg = p.sampdetox
     src = _load_imageset(images, "input")
     if limit is not None:
         src = src.subset(np.arange(min(limit, len(src))))
     try:
-        d = build_defense(defense, _load_purifier(purifier), cfg)
+        d = build_defense(defense, _load_purifier(purifier), cfg, baselines=p.baselines)
     except ValueError as exc:
         fail(str(exc))
         return
@@ -151,7 +152,8 @@ def eval_command(
             purifier_size=pur.image_size if pur is not None else None, resize=resize, progress=progress,
             limits=p.data.limits,
         )
-        built, purifier_origin = byo_defenses(names, plan.image_size, p.sampdetox, pur, p.diffusion.purifier)
+        built, purifier_origin = byo_defenses(names, plan.image_size, p.sampdetox, pur, p.diffusion.purifier,
+                                              classifier=loaded.classifier, baselines=p.baselines)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
         return

@@ -208,7 +208,7 @@ def needs_purifier(names: list[str]) -> bool:
 
 
 def byo_defenses(names: list[str], size: tuple[int, int], cfg, purifier=None, configured: str | None = None,
-                 device: str = "cpu") -> tuple[dict, str]:
+                 device: str = "cpu", *, classifier=None, baselines=None) -> tuple[dict, str]:
     """``({name: defense}, purifier origin)``. A diffusion defense uses ``purifier`` (loaded), else
     ``diffusion.purifier`` (``configured``), else the purifier shipped for ``size``; its size must be ``size``."""
     from detoxops.defenses.catalog import build_defense
@@ -236,4 +236,5 @@ def byo_defenses(names: list[str], size: tuple[int, int], cfg, purifier=None, co
                 f"the purifier works on {purifier.image_size}x{purifier.image_size} images, the evaluation on "
                 f"{size[0]}x{size[1]}; pass a purifier trained at {size[0]}x{size[1]} (--purifier)"
             )
-    return {n: build_defense(n, purifier, cfg) for n in names}, origin
+    # classifier / baselines: the query-based table-1 baselines (sancdifi, bdmae) ask the model (docs/baselines.md)
+    return {n: build_defense(n, purifier, cfg, classifier=classifier, baselines=baselines) for n in names}, origin
