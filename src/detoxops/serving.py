@@ -316,6 +316,15 @@ class GuardServer(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(cfg.concurrency)
         super().__init__(address, _Handler)
 
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):  # a client that went away: not the server's fault
+            _log.debug("client %s went away: %s", client_address, type(exc).__name__)
+            return
+        _log.exception("unexpected error serving %s", client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]

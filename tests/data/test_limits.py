@@ -92,13 +92,15 @@ def _ingest_in_child(tmp_path: Path, source: Path, overrides: dict | None = None
             print(json.dumps({{"error": str(exc), "type": type(exc).__name__}}))
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    out_path, err_path = tmp_path / "child.out", tmp_path / "child.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:  # files, not pipes: no reader needed
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, whatever ran before in pytest
     proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024  # Linux: kB
+    assert proc.returncode == 0, f"exit {proc.returncode}: {err_path.read_text()[-3000:]}"
+    lines = out_path.read_text().strip().splitlines()
+    assert lines, f"no outcome printed: {err_path.read_text()[-3000:]}"
+    return json.loads(lines[-1]), usage.ru_maxrss / 1024  # Linux: kB
 
 
 # ------------------------------------------------------------------------------------- archive bombs

@@ -16,13 +16,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from detoxops.data.archives import Entry
 from detoxops.data.imageset import ImageSet
+from detoxops.data.limits import default_limits, limit_error
 from detoxops.data.validate import IMAGE_SUFFIXES, ImagePolicy, check_same_size, decode_image
+
+if TYPE_CHECKING:
+    from detoxops.config import DataLimits
 
 __all__ = ["SPLIT_NAMES", "imagesets_from_entries"]
 
@@ -39,12 +44,17 @@ def imagesets_from_entries(
     total: int | None = None,
     *,
     allow_missing_classes: bool = False,
+    limits: DataLimits | None = None,
 ) -> dict[str, ImageSet]:
     """Decode every image in ``entries`` (one pass) and group them into splits and classes.
 
     ``allow_missing_classes`` keeps an empty class folder, or a class that some split lacks, as a class with no
     images (a triggered test set has none of the attack's target class) instead of raising.
+    ``limits`` (default :class:`detoxops.config.DataLimits`): ``image_pixels`` per image (from its header, before
+    decoding), ``dataset_images`` and ``dataset_pixels`` (kept, after resizing) over the whole tree.
     """
+    limits = limits if limits is not None else default_limits()
+    kept_pixels = 0
     files: dict[tuple[str, ...], object] = {}
     dirs: set[tuple[str, ...]] = set()
     skipped = 0
@@ -68,7 +78,15 @@ def imagesets_from_entries(
             continue
         if parts in files:
             raise ValueError(f"{origin}: duplicate member {entry.path!r}")
-        files[parts] = decode_image(entry.data, f"{origin}: {entry.path}", policy)
+        if len(files) >= limits.dataset_images:
+            raise limit_error(origin, "the number of images (at least)", len(files) + 1, "dataset_images",
+                              limits.dataset_images)
+        decoded_image = decode_image(entry.data, f"{origin}: {entry.path}", policy, max_pixels=limits.image_pixels)
+        kept_pixels += decoded_image.pixels.shape[0] * decoded_image.pixels.shape[1]
+        if kept_pixels > limits.dataset_pixels:
+            raise limit_error(origin, "the number of pixels kept (at least, after resizing)", kept_pixels,
+                              "dataset_pixels", limits.dataset_pixels)
+        files[parts] = decoded_image
         for depth in range(1, len(parts)):  # archives may list files without their folders
             dirs.add(parts[:depth])
     if not files:

@@ -43,6 +43,7 @@ def ingest(
     settings = cfg.model_dump(mode="json")
     settings.pop("root", None)
     settings.pop("source", None)
+    settings.pop("limits", None)  # safeguards, not part of what the version is
     if split is not None:
         settings["split"] = split
     return save_version(

@@ -26,6 +26,7 @@ import numpy as np
 from detoxops.data.archives import ARCHIVE_SUFFIXES, is_archive, iter_entries
 from detoxops.data.folders import imagesets_from_entries
 from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir
+from detoxops.data.limits import InputLimitError, default_limits, limit_error
 from detoxops.data.splits import stratified_split, stratified_subset
 from detoxops.data.store import is_version_dir, load_version
 from detoxops.data.validate import ImagePolicy, normalise_array_images, normalise_labels, resize_images
@@ -117,13 +118,14 @@ def load_source(
         if path.is_dir() and is_version_dir(path):
             splits = _apply_policy(load_version(path), policy, progress)
         elif path.is_file() and path.name.lower().endswith(".npz"):
-            splits = _load_npz(path, policy)
+            splits = _load_npz(path, policy, cfg.limits)
         elif cache and split is None and path.is_file() and is_archive(path):
             root = Path(cache_root) if cache_root is not None else Path(cfg.root) / CACHE_DIR
-            splits = _load_archive_cached(path, root, policy, progress)
+            splits = _load_archive_cached(path, root, policy, progress, cfg.limits)
         else:
             splits = imagesets_from_entries(
-                iter_entries(path), str(path), policy, progress=progress, allow_missing_classes=split is not None
+                iter_entries(path, cfg.limits), str(path), policy, progress=progress,
+                allow_missing_classes=split is not None, limits=cfg.limits,
             )
     return _finish(splits, cfg, split, text)
 
@@ -207,12 +209,17 @@ def from_arrays(
     return ImageSet(images=pixels, labels=label_arr, class_names=list(class_names), meta=info)
 
 
-def _load_npz(path: Path, policy: ImagePolicy) -> dict[str, ImageSet]:
+def _load_npz(path: Path, policy: ImagePolicy, limits=None) -> dict[str, ImageSet]:
     """``images`` + ``labels`` (one set) or ``train_images`` / ``train_labels`` / ``test_…`` (splits);
-    optional ``class_names``. Loaded without pickle."""
+    optional ``class_names``. Loaded without pickle; every array's header is checked against ``limits`` before
+    the array is inflated (an .npz member is a compressed .npy: a few kB can declare gigabytes)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                _check_npy_header(npz.zip, key, str(path), limits or default_limits())
             arrays = {k: npz[k] for k in npz.files}
+    except InputLimitError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{path}: unreadable .npz ({exc})") from None
     names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
@@ -239,6 +246,27 @@ def _load_npz(path: Path, policy: ImagePolicy) -> dict[str, ImageSet]:
         except ValueError as exc:
             raise ValueError(f"{path}: {split}: {exc}") from None
     return out
+
+
+def _check_npy_header(archive, key: str, where: str, limits) -> None:
+    """Shape and dtype of ``<key>.npy`` from its header; refuse one whose size is over ``limits``."""
+    with archive.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    name = f"{where}: array {key!r} {tuple(shape)} {dtype}"
+    if shape and shape[0] > limits.dataset_images:
+        raise limit_error(name, "its number of rows (images)", int(shape[0]), "dataset_images", limits.dataset_images)
+    if key.endswith("images") and len(shape) >= 3:
+        if shape[1] * shape[2] > limits.image_pixels:
+            raise limit_error(name, "the size of each image in pixels", int(shape[1] * shape[2]), "image_pixels",
+                              limits.image_pixels)
+        if int(np.prod(shape[:3], dtype=object)) > limits.dataset_pixels:
+            raise limit_error(name, "its number of pixels", int(np.prod(shape[:3], dtype=object)), "dataset_pixels",
+                              limits.dataset_pixels)
+    if count > 4 * limits.dataset_pixels:  # no array may hold more values than the largest RGBA dataset
+        raise limit_error(name, "its number of values / 4", count // 4, "dataset_pixels", limits.dataset_pixels)
 
 
 # --------------------------------------------------------------------------------------- digits
@@ -306,7 +334,7 @@ def _load_torchvision(name: str, root: Path, policy: ImagePolicy, progress: bool
 
 # -------------------------------------------------------------------------------------- caching
 def _load_archive_cached(
-    path: Path, cache_root: Path, policy: ImagePolicy, progress: bool
+    path: Path, cache_root: Path, policy: ImagePolicy, progress: bool, limits=None
 ) -> dict[str, ImageSet]:
     """Decode an archive once; later loads memory-map the decoded splits."""
     digest = hashlib.sha256()
@@ -331,7 +359,7 @@ def _load_archive_cached(
             return splits
         except (OSError, ValueError):
             pass  # damaged cache: decode again below and replace it
-    splits = imagesets_from_entries(iter_entries(path), str(path), policy, progress=progress)
+    splits = imagesets_from_entries(iter_entries(path, limits), str(path), policy, progress=progress, limits=limits)
     try:
         with atomic_dir(folder, overwrite=True) as tmp:
             for s, ds in splits.items():
