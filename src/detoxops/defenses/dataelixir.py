@@ -28,7 +28,7 @@ import torch
 
 from detoxops.config import DataElixirConfig, VictimConfig
 from detoxops.data import ImageSet
-from detoxops.defenses.elixir.candidates import build_candidates
+from detoxops.defenses.elixir.candidates import build_candidates, steps_per_image
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
 from detoxops.defenses.elixir.shards import DamagedShardError, open_work_store
@@ -114,7 +114,9 @@ class DataElixir:
         n = len(train)
         shards = range(0, n, c.shard_size)
         loaded: dict[int, dict[str, np.ndarray]] = {}
-        bar = tqdm(total=n, desc="DataElixir candidates", unit="img", disable=not progress)
+        per_image = steps_per_image(c)  # progress in denoising steps: it moves within a batch, too
+        bar = tqdm(total=n * per_image, desc=f"DataElixir candidates ({n} img x {per_image} denoising steps)",
+                   unit="step", disable=not progress)
         for k, start in enumerate(shards):
             stop = min(start + c.shard_size, n)
             if store.done(k):
@@ -124,7 +126,7 @@ class DataElixir:
                     log.warning("%s; recomputing shard %d", exc, k)
                     store.discard(k)
                 else:
-                    bar.update(stop - start)
+                    bar.update((stop - start) * per_image)
                     continue
             # one generator per shard: a resumed run draws exactly the noise an uninterrupted one would
             gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
@@ -132,7 +134,7 @@ class DataElixir:
             for b in range(start, stop, c.batch_size):
                 x = np.array(train.images[b : min(b + c.batch_size, stop)])  # copy: the source may be a read-only memmap
                 x01 = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
-                cand = build_candidates(self.purifier, victim, x01, c, gen)
+                cand = build_candidates(self.purifier, victim, x01, c, gen, on_step=bar.update)
                 dist = cand.distances.numpy()
                 sel = select_at_percentile(dist, c.select_percentile)
                 chosen = cand.images[torch.arange(len(sel)), torch.from_numpy(sel)]
@@ -142,7 +144,6 @@ class DataElixir:
                 parts["images"].append(
                     (chosen.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
                 )
-                bar.update(len(x))
             loaded[k] = {key: np.concatenate(v) for key, v in parts.items()}
             store.save(k, **loaded[k])
         bar.close()

@@ -174,3 +174,19 @@ def test_sanitize_end_to_end_still_resumes_in_keyed_folders(setup, tmp_path):
     assert len(folder.name) == 16 and sorted(p.name for p in folder.glob("shard-*")) == [
         "shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     assert len(res.flagged) == 24
+
+
+def test_progress_moves_within_a_batch(setup, tmp_path):
+    """One batch can be the whole dataset: the bar counts denoising steps, so its ETA is live before the batch ends."""
+    from detoxops.progress import report_progress
+
+    train, purifier, victim, cfg = setup
+    one_batch = cfg.model_copy(update={"shard_size": 64, "batch_size": 64})
+    lines: list[str] = []
+    with report_progress(lines.append, interval=0.0):
+        de.DataElixir(purifier, one_batch).candidate_sets(train, victim, tmp_path, progress=False)
+    steps = one_batch.rounds * 6  # DDPM from T = 6: 6 steps a round
+    assert lines[0].startswith(f"DataElixir candidates (24 img x {steps} denoising steps): 0/{24 * steps} step")
+    partial = [line for line in lines if f"/{24 * steps} step" in line and " 0/" not in line
+               and f" {24 * steps}/" not in line]
+    assert len(partial) >= steps - 1 and all("ETA" in line for line in partial)

@@ -9,6 +9,7 @@ per step; intermediaries are consumed as they are produced (``on_step``), never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,11 @@ def victim_features_and_labels(victim: torch.nn.Module, x01: torch.Tensor) -> tu
 
 @torch.no_grad()
 def build_candidates(
-    purifier, victim: torch.nn.Module, x01: torch.Tensor, cfg: DataElixirConfig, generator: torch.Generator
+    purifier, victim: torch.nn.Module, x01: torch.Tensor, cfg: DataElixirConfig, generator: torch.Generator,
+    on_step: Callable[[int], None] | None = None,
 ) -> CandidateBatch:
+    """``on_step(n)`` after every denoising step of the ``n`` images (progress within a batch: a batch can be the
+    whole dataset, and a round of DDPM at T = 150 is 150 UNet passes)."""
     device = purifier.device
     x01 = x01.to(device)
     keep = set(kept_levels(cfg))
@@ -64,6 +68,8 @@ def build_candidates(
         def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor, kept: list = kept) -> None:
             if t_prev in keep:
                 kept.append(((x_t.clamp(-1, 1) + 1) / 2).to(torch.float32))
+            if on_step is not None:
+                on_step(len(x_t))
 
         x = denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator, on_step=collect)
         for cand in kept:
@@ -78,3 +84,8 @@ def build_candidates(
         distances=torch.stack(dists, 1).float().cpu(),
         images=torch.stack(images, 1).cpu(),
     )
+
+
+def steps_per_image(cfg: DataElixirConfig) -> int:
+    """Denoising steps one image goes through (every round, every step): the unit of DataElixir's progress."""
+    return cfg.rounds * len(step_levels(cfg.T, cfg.sampler, cfg.ddim_stride if cfg.sampler == "ddim" else 1))
