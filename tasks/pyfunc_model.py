@@ -73,7 +73,8 @@ class DetoxClassifier(mlflow.pyfunc.PythonModel):
         cfg = SampDetoxConfig(**spec["sampdetox"])
         self.defense_name = spec["defense"]
         self.image_size = int(getattr(classifier, "detoxops_spec", {}).get("image_size") or 0) or None
-        self.guard = Detoxifier(classifier, build_defense(spec["defense"], purifier, cfg), batch_size=cfg.batch_size)
+        self.guard = Detoxifier(classifier, build_defense(spec["defense"], purifier, cfg, classifier=classifier),
+                                batch_size=cfg.batch_size)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         from detoxops.serving import ContractError, check_shape, parse_pixel_range, to_uint8_images

@@ -75,7 +75,8 @@ def evaluate_point_fn(
 
         purifier = load_purifier(purifier_path, device=device)
     classifier = load_classifier(victim_path).to(device).eval()
-    row = evaluate_defense(classifier, build_defense(defense, purifier, cfg), data, batch_size=cfg.batch_size,
+    row = evaluate_defense(classifier, build_defense(defense, purifier, cfg, classifier=classifier), data,
+                           batch_size=cfg.batch_size,
                            name=defense)
     row.update(split=split, attack=attack_cfg["name"])
     return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()}
