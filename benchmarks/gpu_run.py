@@ -883,7 +883,7 @@ def evaluate_sampdetox(ctx: Context, box_s: float) -> dict:
             clean_pred = predict(model, by_group["clean"])
             row = {"victim": victim_name, "setting": setting, "n_clean": int(len(clean_pred)),
                    "ca": round(100 * float(np.mean(clean_pred == groups["clean"][1][sel["clean"]])), 2)}
-            if victim_name in groups:
+            if victim_name != "clean" and victim_name in groups:  # the clean model has no trigger to score
                 pred = predict(model, by_group[victim_name])
                 true = groups[victim_name][1][sel[victim_name]]
                 row.update(n_triggered=int(len(pred)), pa=round(100 * float(np.mean(pred == true)), 2),
@@ -1128,10 +1128,11 @@ def parallel_phase(ctx: Context) -> None:
     write_json(ctx.work / "plan.json", {"plan": asdict(plan), "deadline": deadline, "allocation": ctx.allocation,
                                         "threads": threads})
     ctx.results.data["parallel_phase"] = {"box_s": round(box, 1), "threads_per_process": threads}
-    procs = {}
+    procs, spawned = {}, time.time()
     if plan.parallel:
         torch.set_num_threads(threads)
         procs = {stage: spawn_child(ctx, stage) for stage in CHILD_STAGES}
+    phase_start = round(ctx.clock.elapsed(), 1)
     ctx.results.data["purifiers"]["purifier"] = run_stage(
         ctx, "purifier", lambda: train_big_purifier(ctx, max(1.0, box - 8.0)), min_s=5)
     if not plan.parallel:  # one after the other, each with what is left of the box
@@ -1146,7 +1147,10 @@ def parallel_phase(ctx: Context) -> None:
             proc.kill()
             proc.wait()
         ctx.results.data["timeline"].append({"stage": stage, "status": "done" if proc.returncode == 0 else
-                                             f"exit {proc.returncode}", "start_s": None})
+                                             f"exit {proc.returncode}", "start_s": phase_start,
+                                             "joined_after_s": round(time.time() - spawned, 1),
+                                             "note": "child process, concurrent with the purifier; its own "
+                                                     "times are in victims / purifiers.purifier_small"})
     torch.set_num_threads(plan.cpu_threads or os.cpu_count() or 1)
     merge_children(ctx)
 
