@@ -365,6 +365,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive for clients that send many requests
     server: GuardServer
 
+    def setup(self) -> None:
+        # every socket read (request line, headers, idle keep-alive) times out: a slow or idle client cannot
+        # hold a thread forever
+        self.timeout = self.server.cfg.request_timeout_s
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         _log.debug("%s %s", self.address_string(), format % args)
 
@@ -461,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             except TimeoutError:
                 raise ContractError(408, "timeout", "the body did not arrive within serve.request_timeout_s") from None
             finally:
-                self.connection.settimeout(None)
+                self.connection.settimeout(self.timeout)
             if not chunk:
                 raise ContractError(400, "short_body", f"the body ended {left} bytes before its Content-Length")
             chunks.append(chunk)

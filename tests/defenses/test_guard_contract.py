@@ -197,6 +197,10 @@ def test_headers_without_length_wrong_type_and_slow_uploads(serve):
     slow = raw(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                b"Content-Length: 1000\r\n\r\n{\"inputs\"")  # and then nothing: a slow-loris upload
     assert slow.startswith(b"HTTP/1.1 408") and time.perf_counter() - started < 3
+    started = time.perf_counter()  # a connection that never sends its headers is closed after the timeout
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\n")
+        assert sock.recv(65536) == b"" and time.perf_counter() - started < 3
 
 
 def test_busy_model_answers_503_within_the_timeout(serve):
