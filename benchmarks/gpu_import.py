@@ -149,7 +149,8 @@ def markdown(results: dict, imported: list[dict], rid: str) -> str:
         "## Timeline", "", "| stage | status | start (s) | seconds | peak GPU memory (GiB) |", "|---|---|---|---|---|",
     ]
     for e in results.get("timeline", []):
-        lines.append(f"| {e['stage']} | {e.get('status')} | {_fmt(e.get('start_s'))} | {_fmt(e.get('seconds'))} | "
+        seconds = _fmt(e.get("seconds")) if "joined_after_s" not in e else f"joined after {e['joined_after_s']}"
+        lines.append(f"| {e['stage']} | {e.get('status')} | {_fmt(e.get('start_s'))} | {seconds} | "
                      f"{_fmt(e.get('peak_gpu_memory_gib'), 2)} |")
     lines += ["", "## Purifiers", "", "| purifier | params | steps | images seen | train s | images/s | "
               "max_t | transport |", "|---|---|---|---|---|---|---|---|"]

@@ -688,12 +688,20 @@ def train_big_purifier(ctx: Context, box_s: float) -> dict:
     return info
 
 
+def _denoise_images(ctx: Context) -> np.ndarray:
+    """``denoise_n`` test images, the same number from every class (seeded): what every purifier is scored on."""
+    from detoxops.data import stratified_subset_indices
+
+    per_class = max(1, ctx.plan.denoise_n // ctx.test.num_classes)
+    return np.asarray(ctx.test.images)[stratified_subset_indices(ctx.test.labels, per_class, ctx.plan.seed)]
+
+
 def _oneshot_psnr(purifier, ctx: Context) -> dict:
     """One-pass x̂0 PSNR at levels 20 / 120 / 300: cheap, to compare weights before and after transport."""
     from detoxops.diffusion import evaluate_denoising
 
-    images = np.asarray(ctx.test.images[: ctx.plan.denoise_n])
-    res = evaluate_denoising(purifier, images, (20, 120, 300), batch_size=256, seed=ctx.plan.seed, restore=False)
+    res = evaluate_denoising(purifier, _denoise_images(ctx), (20, 120, 300), batch_size=256, seed=ctx.plan.seed,
+                             restore=False)
     return {str(t): round(v["psnr_x0_oneshot"], 3) for t, v in res.items()}
 
 
@@ -704,7 +712,7 @@ def denoising_table(ctx: Context) -> dict:
 
     from detoxops.diffusion import NoiseSchedule, Purifier, default_purifier, evaluate_denoising
 
-    images = np.asarray(ctx.test.images[: ctx.plan.denoise_n])
+    images = _denoise_images(ctx)
     candidates = {"purifier": ctx.purifier}
     small = next((a for a in ctx.results.data["artifacts"] if a["name"] == "purifier_small" and a.get("returned")),
                  None)
@@ -725,7 +733,8 @@ def denoising_table(ctx: Context) -> dict:
         table[name] = {str(t): {k: round(v, 3) for k, v in row.items()} for t, row in res.items()}
         log.info("denoising %s: %s", name, {t: r["psnr_restored"] for t, r in table[name].items()})
     return {"n": len(images), "mode": "ddim", "stride": 20, "levels": [20, 120, 300],
-            "images": "the first denoise_n images of the test split", "purifiers": table}
+            "images": f"stratified_subset_indices(test.labels, {len(images) // ctx.test.num_classes}, "
+                      f"seed={ctx.plan.seed}) of the test split", "purifiers": table}
 
 
 def sampdetox_config(plan: Plan, profile: str, **fields: Any):
@@ -1046,6 +1055,7 @@ def child_small_purifier(plan: Plan, out: Path, work: Path, deadline: float, all
     info = {"unet": cfg.unet.model_dump(), "params": count_params(purifier.unet), "train": cfg.train.model_dump(),
             "steps": steps, "images_seen": steps * plan.small_batch,
             "train_seconds": round(float(history["seconds"]), 1), "wall_seconds": round(time.time() - t0, 1),
+            "images_per_s": round(steps * plan.small_batch / max(float(history["seconds"]), 1e-9), 1),
             "loss": history["loss"][-20:], "time_box_s": round(box, 1),
             "data": f"CIFAR-10 train split, {len(train)} images (clean), horizontal flips"}
     alloc = allocation.get("purifier_small", {"precision": None, "reserved_bytes": 0})
@@ -1323,7 +1333,17 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.allocation:
         finalize(ctx, "failed: could not plan the outputs")
         return 1
-    parallel_phase(ctx)
+    try:
+        parallel_phase(ctx)
+    except Exception as exc:  # noqa: BLE001 - still write what exists, and say why
+        log.error("parallel phase failed: %s: %s\n%s", type(exc).__name__, exc, traceback.format_exc())
+        for proc in ctx.children:
+            if proc.poll() is None:
+                proc.kill()
+        merge_children(ctx)
+        finalize(ctx, f"failed: {type(exc).__name__}: {exc}")
+        print("\n".join(summary_lines(results.data)))
+        return 1
     if ctx.purifier is None:
         finalize(ctx, "failed: no purifier")
         print("\n".join(summary_lines(results.data)))

@@ -165,6 +165,26 @@ def test_full_plan_fits_and_unknown_arch_is_refused():
         gpu_run.make_plan(gpu_run.parse_args(["--victim-arch", "no_such_net"]))
 
 
+def test_gpu_run_sh_refuses_a_missing_bundle(tmp_path):
+    env = {**os.environ, "BUNDLE": str(tmp_path / "no_bundle"), "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_run.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "make gpu-bundle" in (tmp_path / "out" / "run.log").read_text()
+
+
+def test_a_budget_too_small_still_writes_the_json(tmp_path):
+    archive = make_archive(tmp_path / "tiny.tar.gz", 2, 2)
+    gpu_bundle.build_data_file(archive, tmp_path / "bundle" / "cifar10.npz")
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_run.py"), "--smoke", "--budget-s", "400", "--bundle",
+                           str(tmp_path / "bundle"), "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 1
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["status"].startswith("failed: RuntimeError: no time for the parallel phase")
+    assert res["timeline"][0]["stage"] == "data" and res["timeline"][0]["status"] == "done"
+    assert res["data"]["train"] == 20 and not res["data"]["verified_against_manifest"]
+
+
 # ------------------------------------------------------------------------------------- the smoke run
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
