@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ CANDIDATES: dict[str, list[str]] = {
     "ddpm-T40-r2-k8": ["dataelixir.sampler=ddpm", "dataelixir.T=40", "dataelixir.rounds=2", "dataelixir.keep_last=8"],
     "ddpm-T30-r2-k8": ["dataelixir.sampler=ddpm", "dataelixir.T=30", "dataelixir.rounds=2", "dataelixir.keep_last=8"],
 }
+STARTUP_TIMEOUT_S = 600  # the temporary Prefect server's start (see clean_env)
 BOUNDS = {"tpr_min": 90.0, "fpr_max": 2.0, "retrained_asr_max": 5.0, "sampdetox_asr_max": 10.0,
           "sampdetox_ca_drop_max": 3.0}
 
@@ -117,6 +119,10 @@ def clean_env(repo: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "MLFLOW_", "DETOXOPS_")) and k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(repo / "src")  # ahead of the venv's editable path to this checkout's src
+    # the flows' 90 s default for the temporary Prefect server's start is too short on a CPU at load ~20 (measured:
+    # two runs failed with "Timed out while attempting to connect to ephemeral Prefect API server"); waiting
+    # longer changes nothing when it starts in time
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = str(STARTUP_TIMEOUT_S)
     return env
 
 
@@ -167,6 +173,7 @@ def run_demo(name: str, overrides: list[str], repeat: int, args, work: Path) -> 
     seconds = time.perf_counter() - t0
     row = {"candidate": name, "repeat": repeat, "overrides": overrides, "commit": commit, "exit_code": proc.returncode,
            "seconds": round(seconds, 1), "cpu_seconds": round(cpu_of_children() - cpu_before, 1),
+           "prefect_startup_timeout_s": STARTUP_TIMEOUT_S,
            "load1_before": load_before, "load1_after": load1(), "log": str(log)}
     if proc.returncode != 0:
         row["error"] = log.read_text()[-2000:]
@@ -235,8 +242,12 @@ def candidate_grid(args, work: Path) -> list[dict]:
     # the demo's own tasks (their plain functions, no Prefect): the same poisoned set and victim as `make demo`
     ingested = ingest_dataset.fn(params.data.source, params.data.model_dump(mode="json"), str(root / "data"))
     poisoned = poison_dataset.fn(ingested["path"], attack_cfg, str(root / "data"))
-    victim_info = train_victim.fn(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
-                                  str(root / "victims"))
+    victim_cfg = params.victim.model_dump(mode="json")
+    # train_victim's own folder key (tasks/victim_tasks.py): a re-run reuses the victim instead of retraining it
+    key = hashlib.sha256(json.dumps([poisoned["path"], "train", victim_cfg, attack_cfg], sort_keys=True).encode())
+    victim_dir = root / "victims" / key.hexdigest()[:12]
+    victim_info = ({"path": str(victim_dir)} if (victim_dir / "model.safetensors").is_file()
+                   else train_victim.fn(poisoned["path"], victim_cfg, attack_cfg, str(root / "victims")))
     purifier_info = get_purifier.fn(params.diffusion.model_dump(mode="json"), ingested["path"],
                                     str(root / "purifiers"))
     splits = load_version(poisoned["path"])
@@ -265,8 +276,9 @@ def candidate_grid(args, work: Path) -> list[dict]:
         np.savez(cache, **full)
     candidate_seconds = time.perf_counter() - t0
     poisoned_truth = np.asarray(train.poisoned, dtype=bool)
-    victim_asr = attack_success_rate(predict(victim, triggered.images), params.attack.target)
-    victim_ca = clean_accuracy(predict(victim, clean_test.images), clean_test.labels)
+    # in % like the demo's table (detoxops.metrics returns fractions)
+    victim_asr = 100 * attack_success_rate(predict(victim, triggered.images), params.attack.target)
+    victim_ca = 100 * clean_accuracy(predict(victim, clean_test.images), clean_test.labels)
 
     class Sliced(DataElixir):
         def __init__(self, cand: dict, *a, **kw):
@@ -288,7 +300,7 @@ def candidate_grid(args, work: Path) -> list[dict]:
             t1 = time.perf_counter()
             res = Sliced(cand, purifier, sub, params.victim.model_copy(update={"epochs": sub.relabel_epochs})
                          ).sanitize(train, victim, root / "unused", progress=False)
-            tpr, fpr = detection_rates(train.labels, res.dataset.labels, train.poisoned)
+            tpr, fpr = (100 * v for v in detection_rates(train.labels, res.dataset.labels, train.poisoned))
             row = {"candidate": f"grid ddpm-T{T}-r{r}-k{k}", "T": T, "rounds": r, "keep_last": k,
                    "unet_passes_per_image": r * T, "target_labels": res.target_labels,
                    "n_poisoned": int(np.sum(poisoned_truth)), "n_found": int(np.sum(res.flagged & poisoned_truth)),
@@ -298,8 +310,9 @@ def candidate_grid(args, work: Path) -> list[dict]:
                 model = build_classifier(params.victim.arch, train.num_classes, 3, train.images.shape[1],
                                          seed=params.victim.seed, width=params.victim.width)
                 train_classifier(model, res.dataset, params.victim, progress=False)
-                row |= {"retrained_ca": clean_accuracy(predict(model, clean_test.images), clean_test.labels),
-                        "retrained_asr": attack_success_rate(predict(model, triggered.images), params.attack.target)}
+                row |= {"retrained_ca": 100 * clean_accuracy(predict(model, clean_test.images), clean_test.labels),
+                        "retrained_asr": 100 * attack_success_rate(predict(model, triggered.images),
+                                                                   params.attack.target)}
             print(json.dumps(row, default=float), flush=True)
             rows.append(row)
     for row in rows:
@@ -322,9 +335,10 @@ def markdown(result: dict) -> str:
         "Each run: `python -m flows.demo --set …` in a fresh clone (no cache, no stored data), wall time of the "
         "whole command; seeds fixed (params.yaml's). CA / ASR on 200 test images per split, TPR / FPR on the "
         "1,438 training images, in %. Bounds: TPR ≥ 90, FPR ≤ 2, retrained ASR ≤ 5, SampDetox ASR ≤ 10 with CA "
-        "within 3 points of no defense.",
+        "within 3 points of no defense. The temporary Prefect server may take up to 600 s to start in these runs "
+        "(the flows' own default, 90 s, made two runs at load ~19 fail: those rows say so).",
         "",
-        "| candidate | overrides on params.demo.yaml | commit | flow s (CPU s) | load before / after | none CA / ASR "
+        "| candidate | overrides on the demo's budgets | commit | flow s (CPU s) | load before / after | none CA / ASR "
         "| SampDetox CA / ASR | DataElixir TPR / FPR | retrained CA / ASR | all bounds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -333,8 +347,11 @@ def markdown(result: dict) -> str:
             continue
         sets = ", ".join(o.removeprefix("dataelixir.") for o in r.get("overrides", [])) or "(overlay only)"
         if r.get("exit_code"):
-            lines.append(f"| {r['candidate']} #{r['repeat']} | {sets} | {r['commit'][:8]} | {r['seconds']} | "
-                         f"{r['load1_before']} / {r['load1_after']} | failed (exit {r['exit_code']}) | | | | no |")
+            errors = [ln.strip() for ln in r.get("error", "").splitlines() if "Error" in ln]
+            why = errors[-1][:110] if errors else f"exit {r['exit_code']}"
+            lines.append(f"| {r['candidate']} #{r['repeat']} | {sets} | {r['commit'][:8]} | {r['seconds']:.0f} "
+                         f"({f(r.get('cpu_seconds'), '{:.0f}')}) | {r['load1_before']} / {r['load1_after']} | "
+                         f"failed: {why} | | | | no |")
             continue
         lines.append(
             f"| {r['candidate']} #{r['repeat']} | {sets} | {r['commit'][:8]} | {r['seconds']:.0f} "
@@ -380,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-keep", type=int, nargs="+", default=[3, 5, 8, 10])
     ap.add_argument("--grid-retrain-all", action="store_true", help="retrain on every cell, not only passing ones")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for --grid (default: torch's)")
+    ap.add_argument("--render", action="store_true", help="only rewrite --out-md from --out-json")
     ap.add_argument("--keep", action="store_true", help="keep each run's clone (data, runs, MLflow database)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "detoxops-demo-settings"))
     ap.add_argument("--out-json", default=str(RESULTS / "demo_settings_digits_cpu.json"))
@@ -416,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         write(update)
         print(json.dumps({k: v for k, v in row.items() if k not in ("error", "log")}), flush=True)
 
+    if args.render:
+        write(lambda result: None)
+        return 0
     if args.grid:
         import torch
 
