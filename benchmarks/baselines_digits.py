@@ -37,10 +37,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--inpaint-check", action="store_true",
                     help="only measure BDMAE's substitute for the MAE: PSNR of masked tokens restored by the purifier")
+    ap.add_argument("--throughput", type=int, default=None, metavar="SIDE",
+                    help="only time each defense on --n random SIDExSIDE images (shipped purifier of that size, an "
+                         "untrained small_cnn as the black box: the cost does not depend on its weights)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.inpaint_check:
         inpaint_check(args)
+        return
+    if args.throughput:
+        throughput(args)
         return
 
     from detoxops.attacks import poison_datasets, registry
@@ -115,8 +121,8 @@ def inpaint_check(args) -> None:
     tokens = torch.zeros((len(x01), n_tok)).scatter_(1, perms, 1.0)
     mask = token_to_pixels(tokens, cfg.grid, tuple(x01.shape[-2:])) > 0.5
     t0 = time.perf_counter()
-    out = (inpaint(purifier, x01 * 2 - 1, mask, cfg.inpaint_level or purifier.schedule.T, cfg.inpaint_stride, g)
-           + 1) / 2
+    out = (inpaint(purifier, x01 * 2 - 1, mask, cfg.inpaint_level or purifier.schedule.T, cfg.inpaint_stride, g,
+                   cfg.inpaint_mode) + 1) / 2
     secs = time.perf_counter() - t0
     m = mask.expand_as(x01)
     visible_mean = (x01 * ~m).sum((2, 3), keepdim=True) / (~m).sum((2, 3), keepdim=True).clamp_min(1)
@@ -126,6 +132,7 @@ def inpaint_check(args) -> None:
         return float(10 * torch.log10(1 / mse))
 
     result = {"command": "python " + shlex.join(sys.argv), "n": len(x01), "grid": cfg.grid,
+              "inpaint_mode": cfg.inpaint_mode,
               "mask_ratio": cfg.mask_ratio, "inpaint_stride": cfg.inpaint_stride,
               "psnr_masked_inpaint": psnr(out), "psnr_masked_gray": psnr(torch.full_like(x01, 0.5)),
               "psnr_masked_visible_mean": psnr(visible_mean.expand_as(x01)),
@@ -134,6 +141,35 @@ def inpaint_check(args) -> None:
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+
+
+def throughput(args) -> None:
+    from detoxops.config import load_params
+    from detoxops.defenses.catalog import build_defense
+    from detoxops.diffusion import default_purifier
+    from detoxops.models import build_classifier
+
+    params = load_params("params.yaml", args.overrides)
+    side = int(args.throughput)
+    purifier = default_purifier(side)
+    victim = build_classifier("small_cnn", 10, 3, side, seed=args.seed, width=params.victim.width).eval()
+    x = torch.rand((args.n, 3, side, side), generator=torch.Generator().manual_seed(args.seed))
+    rows = []
+    for name in [d.strip() for d in args.defenses.split(",") if d.strip()]:
+        defense = build_defense(name, purifier, params.sampdetox, classifier=victim, baselines=params.baselines)
+        load_before = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            defense(x)
+        secs = time.perf_counter() - t0
+        rows.append({"defense": name, "images": args.n, "seconds": secs, "images_per_s": args.n / secs,
+                     "queries_per_image": getattr(defense, "queries_total", 0) / args.n,
+                     "load_before": load_before, "load_after": os.getloadavg()[0]})
+        print(json.dumps(rows[-1]), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python " + shlex.join(sys.argv), "side": side, "rows": rows,
+                                        "purifier": f"shipped {side}x{side}", "threads": args.threads,
+                                        "machine": "2-core CPU, shared with training jobs, niced"}, indent=2))
 
 
 if __name__ == "__main__":

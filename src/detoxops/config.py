@@ -394,6 +394,9 @@ class BdmaeConfig(_Section):
     """Level the masked tokens are noised to before inpainting; None = T (full noise: nothing of them kept)."""
     inpaint_stride: int = Field(default=100, ge=1)
     """DDIM stride of the inpainting (T = 1000, stride 100: 10 network passes per restoration)."""
+    inpaint_mode: Literal["replace", "keep"] = "replace"
+    """replace: unmasked pixels re-noised to the current level at every step (score-based inpainting); keep: the
+    engine's per-pixel rule, unmasked pixels clean throughout (``denoise(t_map=...)``); docs/baselines.md."""
 
 
 class BaselinesConfig(_Section):

@@ -48,11 +48,12 @@ def _cfg(**kw):
     return BdmaeConfig(**{**base, **kw})
 
 
-def test_inpainting_restores_the_mask_and_keeps_the_rest():
+@pytest.mark.parametrize("mode", ["replace", "keep"])
+def test_inpainting_restores_the_mask_and_keeps_the_rest(mode):
     x = torch.rand(2, 3, H, H, generator=torch.Generator().manual_seed(1)) * 2 - 1
     mask = torch.zeros(2, 1, H, H, dtype=torch.bool)
     mask[:, :, :8] = True
-    out = inpaint(Oracle(), x, mask, 1000, 250, torch.Generator().manual_seed(2))
+    out = inpaint(Oracle(), x, mask, 1000, 250, torch.Generator().manual_seed(2), mode)
     assert bool((out[:, :, 8:] == x[:, :, 8:]).all())
     torch.testing.assert_close(out[:, :, :8], torch.zeros_like(out[:, :, :8]), atol=1e-4, rtol=0)
 

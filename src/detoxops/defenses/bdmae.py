@@ -97,21 +97,41 @@ def grow_local_region(scores: Tensor, allowed: Tensor, length: Tensor, adjacency
     return selected
 
 
-def inpaint(purifier, x: Tensor, mask: Tensor, level: int, stride: int, g: torch.Generator) -> Tensor:
+def inpaint(purifier, x: Tensor, mask: Tensor, level: int, stride: int, g: torch.Generator,
+            mode: str = "replace") -> Tensor:
     """Restore the masked pixels of ``x`` (diffusion space, (N, C, H, W)) from level ``level``, the rest kept.
 
-    ``mask`` (N, 1, H, W) bool. Masked pixels are noised to ``level`` and denoised by DDIM (η = 0) with the
-    engine's per-pixel rule; unmasked pixels are level 0 and never change.
-    """
-    from detoxops.diffusion import denoise
+    ``mask`` (N, 1, H, W) bool; DDIM (η = 0) with ``stride``. ``mode``:
 
-    levels = mask.to(torch.int64) * int(level)
+    * ``keep`` -- the engine's per-pixel rule, ``denoise(t_map=level on the mask, 0 elsewhere)``: unmasked pixels
+      stay clean at every step while the masked ones are denoised;
+    * ``replace`` -- the replacement rule of score-based inpainting (Song et al. 2021; RePaint without
+      resampling): after every step the unmasked pixels are set to the input noised to the level just reached,
+      with the same noise as the start, so the network always sees one noise level across the image.
+
+    Both return the unmasked pixels exactly.
+    """
+    from detoxops.diffusion import denoise, step_levels
+
     if not bool(mask.any()):
         return x
+    sched = purifier.schedule
     noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    x_l = torch.where(mask, purifier.schedule.q_sample(x, int(level), noise), x)
-    out = denoise(purifier, x_l, int(level), mode="ddim", stride=stride, t_map=levels, generator=g)
-    return torch.where(mask, out, x)
+    if mode == "keep":
+        levels = mask.to(torch.int64) * int(level)
+        x_l = torch.where(mask, sched.q_sample(x, int(level), noise), x)
+        out = denoise(purifier, x_l, int(level), mode="ddim", stride=stride, t_map=levels, generator=g)
+        return torch.where(mask, out, x)
+    if mode != "replace":
+        raise ValueError(f"bdmae: unknown inpainting mode {mode!r}; use 'replace' or 'keep'")
+    x_t = sched.q_sample(x, int(level), noise)
+    visited = step_levels(int(level), "ddim", stride)
+    for i, t in enumerate(visited):
+        t_prev = visited[i + 1] if i + 1 < len(visited) else 0
+        eps = purifier(x_t, torch.full((len(x),), t, dtype=torch.long, device=x.device)).to(x.dtype)
+        x_next, _ = sched.ddim_step(x_t, t, t_prev, eps)
+        x_t = torch.where(mask, x_next, sched.q_sample(x, t_prev, noise))
+    return torch.where(mask, x_t, x)
 
 
 # ------------------------------------------------------------------------------------------ defense
@@ -158,7 +178,8 @@ class Bdmae:
         size = tuple(x01.shape[-2:])
         pix = token_to_pixels(tokens, self.cfg.grid, size) > 0.5
         x = (x01 * 2 - 1).expand(k, *x01.shape).reshape(k * b, *x01.shape[1:])
-        out = inpaint(self.purifier, x, pix.reshape(k * b, 1, *size), self.level, self.cfg.inpaint_stride, g)
+        out = inpaint(self.purifier, x, pix.reshape(k * b, 1, *size), self.level, self.cfg.inpaint_stride, g,
+                      self.cfg.inpaint_mode)
         images = ((out + 1) / 2).clamp(0, 1)
         labels = self.black_box(images).view(k, b) if query else None
         return labels, images.view(k, b, *x01.shape[1:]), pix
