@@ -24,6 +24,7 @@ TARGET = 3
 # only what the fast variants must reduce to run in seconds (the slow test runs with no option at all)
 FAST = [
     "victim.epochs=8",
+    "dataelixir.sampler=ddim",
     "dataelixir.T=40",
     "dataelixir.rounds=2",
     "dataelixir.keep_last=5",
