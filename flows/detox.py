@@ -107,7 +107,8 @@ def detox(
         mlflow.log_params({"detox.attacks": ",".join(attacks), "detox.defenses": ",".join(defenses),
                            "detox.max_images": str(max_images)})
         mlflow.log_metric("seconds", seconds)
-        mlflow.log_artifact(str(write_table(table, out / "results.csv")), "results")
+        # per run (its MLflow id): two concurrent runs on the same data never overwrite each other's table
+        mlflow.log_artifact(str(write_table(table, out / parent.info.run_id / "results.csv")), "results")
         for name, poisoned, victim, rows in per_attack:
             attack_tags = {**tags, "detoxops.attack": name, "detoxops.poisoned_version": poisoned["hash"][:12]}
             with run(FLOW, f"attack={name}", kind="attack", prefix=prefix, parent_run_id=parent.info.run_id,
