@@ -114,7 +114,9 @@ def export_victim(model, name: str, train_set: ImageSet, test: ImageSet, trigger
 def victim_config(args: argparse.Namespace) -> VictimConfig:
     """The victim recipe the command line describes: ``small_cnn`` with BackdoorBench's recipe, or ``fast_cnn``
     with airbench94's (``--airbench-epochs`` overrides its 9.9 epochs)."""
-    airbench = AirbenchConfig() if args.airbench_epochs is None else AirbenchConfig(epochs=args.airbench_epochs)
+    airbench = AirbenchConfig(precision=args.precision)
+    if args.airbench_epochs is not None:
+        airbench = airbench.model_copy(update={"epochs": args.airbench_epochs})
     return VictimConfig(arch=args.arch, width=args.width, epochs=args.epochs, seed=args.seed, lr=args.lr,
                         augment=not args.no_augment, threads=args.threads, airbench=airbench)
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="small_cnn", choices=["small_cnn", "fast_cnn", "preact_resnet18"],
                     help="fast_cnn trains with airbench94's recipe (--epochs / --lr / --no-augment then unused)")
     ap.add_argument("--airbench-epochs", type=float, default=None, help="fast_cnn epochs (default 9.9)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="fast_cnn training precision (victim.airbench.precision)")
     ap.add_argument("--export", default=None, metavar="DIR",
                     help="also store each victim in fp16 under DIR/<attack> with its training record "
                     "(e.g. victims/cifar10-fast)")
