@@ -100,7 +100,9 @@ def _ingest_in_child(tmp_path: Path, source: Path, overrides: dict | None = None
     assert proc.returncode == 0, f"exit {proc.returncode}: {err_path.read_text()[-3000:]}"
     lines = out_path.read_text().strip().splitlines()
     assert lines, f"no outcome printed: {err_path.read_text()[-3000:]}"
-    return json.loads(lines[-1]), usage.ru_maxrss / 1024  # Linux: kB
+    peak_mb = usage.ru_maxrss / 1024  # Linux: kB
+    print(f"{source.name}: child peak RSS {peak_mb:.0f} MB")  # shown with pytest -s (docs/security.md)
+    return json.loads(lines[-1]), peak_mb
 
 
 # ------------------------------------------------------------------------------------- archive bombs
