@@ -75,8 +75,15 @@ def write_defense_samples(classifier, defense, name: str, data, clean_idx: np.nd
     guard = Detoxifier(classifier, defense, batch_size=batch_size)
     poisoned = np.asarray(data.poisoned_images[poisoned_idx])
     k = len(poisoned)
-    pred_detox, maps = guard.predict_with_maps(poisoned)
-    detoxified = guard.detoxify(poisoned) if name != "none" else poisoned
+    detoxified, parts = np.empty_like(poisoned), {}
+    for start, batch, batch_maps in guard.batches(poisoned, with_maps=True):  # the defense runs once per image
+        detoxified[start : start + len(batch)] = batch
+        for key, value in batch_maps.items():
+            parts.setdefault(key, []).append(value)
+    maps = {key: np.concatenate(value) for key, value in parts.items()}
+    pred_detox = Detoxifier(classifier, None).predict(detoxified)  # what the guard's classifier is sent
+    if name == "none":
+        detoxified = poisoned
     trigger_map = maps.get("trigger_map", np.zeros((k, 1, *poisoned.shape[1:3])))
     trigger_map = trigger_map.reshape(k, -1, *poisoned.shape[1:3]).mean(axis=1)
     pred_poisoned = Detoxifier(classifier, None).predict(poisoned)

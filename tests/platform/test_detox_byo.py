@@ -130,7 +130,7 @@ def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, monkey
     assert all(0 <= v <= 100 for v in rows["sampdetox"])
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_byo_flow_records_rows_samples_and_the_dashboard_reads_them(tmp_stores, tmp_path):
     from mlflow.tracking import MlflowClient
 
