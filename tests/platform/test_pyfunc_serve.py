@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.platform, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.platform, pytest.mark.timeout(420)]
 
 MODEL_NAME = "detoxops-guard-test"
 
@@ -113,7 +113,7 @@ def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to import mlflow + torch
         while True:
             if server.poll() is not None:
                 pytest.fail(f"mlflow models serve exited {server.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
@@ -124,7 +124,7 @@ def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 90 s:\n{(tmp_path / 'serve.log').read_text()}")
+                pytest.fail(f"server not ready after 240 s:\n{(tmp_path / 'serve.log').read_text()}")
             time.sleep(0.5)
         body = json.dumps({"inputs": images.tolist()}).encode()
         req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
@@ -134,6 +134,20 @@ def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
         served = [int(y) for y in reply["predictions"]]
         assert all(0 <= y < 10 for y in served)
         assert served == expected
+        # the guard's own client speaks the same contract to mlflow serve (JSON wire), floats with a declared range
+        from detoxops.defenses.guard import HttpClassifier
+        from detoxops.serving import classify_over_http
+
+        assert HttpClassifier(base, wire="json")(images).tolist() == expected
+        normalised = images.astype(np.float32) / 255.0
+        assert classify_over_http(base, normalised, pixel_range=(0, 1), wire="json").tolist() == expected
+        undeclared = urllib.request.Request(  # floats without a range: a 400 naming it, not a silent cast to 0
+            f"{base}/invocations", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"inputs": normalised[:1].tolist()}).encode(),
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(undeclared, timeout=60)
+        assert info.value.code == 400 and "pixel_range" in info.value.read().decode()
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the CLI spawns uvicorn in its own process group
         try:
