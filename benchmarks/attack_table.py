@@ -108,6 +108,9 @@ def export_victim(model, name: str, train_set: ImageSet, test: ImageSet, trigger
     out = {"ca_fp16": clean_accuracy(predict(stored, test.images), test.labels)}
     if triggered is not None:
         out["asr_fp16"] = attack_success_rate(predict(stored, triggered.images), attack.target)
+    # the store's record: what these fp16 weights measured (ca / asr), the run's numbers beside them
+    save_classifier(stored, dest, meta=record | {"attack": name, "ca": out["ca_fp16"], "asr": out.get("asr_fp16"),
+                                                 "fp16_weights": True, "seed": args.seed}, half=True)
     return out
 
 
