@@ -262,7 +262,9 @@ class DiffusionConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: DiffusionTrainConfig = Field(default_factory=DiffusionTrainConfig)
     purifier: str | None = None
-    """A diffusers model folder to use as the purifier; ``None`` = the purifier trained by the pipeline."""
+    """A diffusers model folder to use as the purifier, or a shipped purifier's name (``cifar10-32``, ``digits-16``,
+    ``cifar10-32-levelmap``: the level-map purifier for per-pixel noise, docs/diffusion.md); ``None`` = the
+    purifier shipped for the image size, else the one trained by the pipeline."""
 
 
 # ---------------------------------------------------------------------------------------- sampdetox

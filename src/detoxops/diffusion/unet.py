@@ -38,6 +38,8 @@ SCHEDULER_CONFIG = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # Shipped checkpoints under detoxops/assets/purifiers/<name>/, keyed by the image size they were trained at.
 SHIPPED_PURIFIERS = {"digits-16": 16, "cifar10-32": 32}
+# Shipped but never a default: chosen by name in ``diffusion.purifier`` (docs/diffusion.md, "Level-map purifier").
+OPTIONAL_PURIFIERS = {"cifar10-32-levelmap": 32}
 
 
 UNET_PRESETS = {
@@ -285,9 +287,20 @@ DATASET_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar-10": 32, "gtsrb": 32}
 def purifier_folder(configured: str | Path | None, image_size: int) -> tuple[Path | None, str]:
     """Which purifier a run uses, as every flow and pipeline stage decides it: ``(folder, origin)``.
 
-    ``diffusion.purifier`` when set (origin ``configured``; a missing folder is an error), else the purifier
-    shipped for ``image_size`` (``shipped:<name>``), else ``(None, "none")``: the caller trains one.
+    ``diffusion.purifier`` when set (origin ``configured``; a missing folder is an error; the name of a shipped
+    purifier such as ``cifar10-32-levelmap`` selects it, origin ``shipped:<name>``), else the purifier shipped for
+    ``image_size`` (``shipped:<name>``), else ``(None, "none")``: the caller trains one.
     """
+    name = str(configured or "").removeprefix("shipped:")
+    if name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS} and not Path(str(configured)).is_dir():
+        size = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}[name]
+        folder = shipped_purifier_dir(name)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"diffusion.purifier: the shipped purifier {name!r} is not installed ({folder})")
+        if size != int(image_size):
+            raise ValueError(f"diffusion.purifier: {name!r} is for {size}x{size} images, the data are "
+                             f"{image_size}x{image_size}")
+        return folder, f"shipped:{name}"
     if configured:
         folder = Path(configured)
         if not folder.is_dir():
