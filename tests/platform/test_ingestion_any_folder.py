@@ -220,7 +220,7 @@ def test_the_rerun_after_a_failure_succeeds(failed_then_rerun, project):
 def test_progress_eta_and_a_summary_of_the_stages_are_logged(failed_then_rerun):
     _, (_, state), _ = failed_then_rerun
     logs = flow_logs(state)
-    progress = [m for m in logs if m.startswith("dataelixir | DataElixir candidates:")]
+    progress = [m for m in logs if m.startswith("dataelixir | DataElixir candidates (")]
     assert progress and all("ETA" in m and "elapsed" in m for m in progress), logs
     assert any("(120 img x 10 denoising steps)" in m for m in progress)
     assert any(m.startswith("victim: finished in") for m in logs)
