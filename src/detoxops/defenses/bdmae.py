@@ -1,9 +1,10 @@
 """BDMAE (Sun et al., CVPR 2023, "Mask and Restore: Blind Backdoor Defense at Test Time with Masked
 Autoencoder", arXiv 2303.15564) on detoxops's diffusion engine, the purifier's inpainting standing in for the MAE.
 
-Read next to the paper's framework (its §3-4: trigger score generation, topology-aware score refinement, adaptive
-image restoration) and its public code (github.com/tsun/BDMAE, ``defense/BDMAE.py::forward_mae``), whose
-defaults we take. The image is cut into a G x G token grid (G = 14, as the MAE's 224 px / 16 px patches); a token
+Read next to the paper's framework (abstract and figure "Framework of BDMAE": trigger score generation from image
+structural similarity and label consistency, topology-aware refinement, restoration; its section and equation
+numbers could not be read through our search tool) and its public code (github.com/tsun/BDMAE,
+``defense/BDMAE.py::forward_mae``), whose steps and defaults we follow. The image is cut into a G x G token grid (G = 14, as the MAE's 224 px / 16 px patches); a token
 mask is restored and the black box's hard label of the result compared with its label of the input, c = f(x).
 
     1. Trigger scores (paper: "image structural similarity and label consistency"). ``rp_init_out`` rounds of

@@ -6,7 +6,8 @@ condition the diffusion, allowing for stronger diffusion on the most salient pix
 Trojan network's parameters (black box). SampDetox (appendix A.2) ran it with RISE maps from 2000 random binary
 masks, saliency threshold 0.95, and SampDetox's own diffusion model; so do we. The steps:
 
-    1. Saliency (RISE, Petsiuk et al. BMVC 2018, §3 eq. 6), of the class the black box predicts for x:
+    1. Saliency (RISE, Petsiuk et al. BMVC 2018: the saliency of a class is the mask average weighted by the
+       model's score on each masked input), of the class the black box predicts for x:
            S(x) = 1 / (N p) · Σ_i f_c(x ⊙ M_i) · M_i ,   c = f(x)
        M_i: an s x s grid of cells kept with probability p, bilinearly upsampled to (s+1)·⌈H/s⌉ and cropped at
        a random shift (RISE's masks). The black box only returns labels, so f_c(·) = 1[label = c] (RISE's

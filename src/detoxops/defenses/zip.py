@@ -1,15 +1,16 @@
 """ZIP (Shi et al., NeurIPS 2023, "Black-box Backdoor Defense via Zero-shot Image Purification") on detoxops's
 diffusion engine.
 
-Read next to the paper (arXiv 2303.12175) and its public code (github.com/sycny/ZIP,
-``preprocess/guided_diffusion/diffusion.py::simplified_purify``, which this module follows where the two differ):
+Read next to the paper (arXiv 2303.12175: its abstract and figure 1 name the two stages below; its section and
+equation numbers could not be read through our search tool, so the steps are cited from the public code,
+github.com/sycny/ZIP ``preprocess/guided_diffusion/diffusion.py::simplified_purify``, which this module follows):
 
-    Stage 1 (paper §3, "destroy the trigger with a linear transformation"):
+    Stage 1 ("apply a linear transformation (e.g., blurring) to destroy the backdoor pattern"):
         y_k = A_k x  for each linear degradation A_k; the code uses two, averaged below:
         A_gray (channel mean, pseudo-inverse = replicate) and A_pool (s x s average pooling, s = ``deg_scale``,
         pseudo-inverse = nearest upsampling). P_k = A_k^+ A_k is an orthogonal projection (range space).
-    Stage 2 (paper §3, "purification via guided diffusion"; the range-null-space guidance of DDNM, Wang et al.
-    ICLR 2023), from pure noise x_T, at every step t -> t' of a ``steps``-step strided schedule:
+    Stage 2 ("a guided diffusion process ... using the transformed image to guide the generation"; the
+    range-null-space guidance of DDNM, Wang et al. ICLR 2023, the code's ``svd_ddnm.py``), from pure noise x_T, at every step t -> t' of a ``steps``-step strided schedule:
         ε = ε_θ(x_t, t)
         x̂_t^k = √ᾱ_t A_k^+ y_k + (I - P_k) x_t + √(1-ᾱ_t) P_k ε      (range part from the degraded image, noised
                                                                      with the model's own ε; null part generated)
