@@ -40,7 +40,7 @@ def read_whole(
     limits=None,
 ) -> ImageSet:
     """One set, whole (see the module docstring). ``meta["origin"]`` records what was read. ``limits``: the
-    untrusted-input bounds of a folder / archive's members (default :class:`detoxops.config.DataLimits`)."""
+    untrusted-input bounds of a folder / archive (default :class:`detoxops.config.DataLimits`)."""
     src = Path(path).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"image set not found: {src}")
@@ -116,7 +116,7 @@ def _decode_tree(src: Path, mixed_size_to: int | None, progress: bool, limits) -
     def decode(size: int | None) -> dict[str, ImageSet]:
         return imagesets_from_entries(
             iter_entries(src, limits), str(src), ImagePolicy(image_size=size), progress=progress,
-            allow_missing_classes=True,
+            allow_missing_classes=True, limits=limits,
         )
 
     try:
