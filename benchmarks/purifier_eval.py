@@ -96,13 +96,22 @@ def main(argv: list[str] | None = None) -> int:
                             cwd=ROOT).stdout.strip()
     results["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                           "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name())
+    commands = results.setdefault("commands", [])  # every run that stored entries here, oldest first
+    if results.get("command") and results["command"] not in commands:
+        commands.append(results["command"])
     results["command"] = " ".join(["python", *sys.argv])
     results["data"] = (f"{args.n} CIFAR-10 test images of {Path(args.data).name}: the first {per_class} of every "
                        "class (read_per_class), classes interleaved, the first n of them")
 
     for other in args.merge:  # entries measured by another run (e.g. one run at the same time into its own file)
-        for key, entry in json.loads(other.read_text())["entries"].items():
+        other_results = json.loads(other.read_text())
+        for cmd in [*other_results.get("commands", []), other_results.get("command")]:
+            if cmd and cmd not in commands:
+                commands.append(cmd)
+        for key, entry in other_results["entries"].items():
             results["entries"].setdefault(key, entry)
+    if results["command"] not in commands:
+        commands.append(results["command"])
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -150,13 +159,16 @@ def main(argv: list[str] | None = None) -> int:
                     lambda p=purifier, m=method, u=u: evaluate_inpainting(
                         p, images[:args.inpaint_n], sides, method=m, stride=args.inpaint_stride, resample=u,
                         seed=args.seed))
+    save()  # merged entries and the command list, even when nothing new was measured
     write_markdown(results, args.md)
     return 0
 
 
 def write_markdown(results: dict, path: Path) -> None:
     results = json.loads(json.dumps(results))  # the keys as stored (levels and sides become strings)
-    lines = ["# Purifier evaluation (CIFAR-10)", "", f"Command: `{results.get('command', '')}`", "",
+    lines = ["# Purifier evaluation (CIFAR-10)", "", "Commands (every run that stored entries, oldest first; each "
+             "entry's wall / CPU seconds and 1-min load average before / after are in the tables):", "",
+             *[f"- `{c}`" for c in results.get("commands", [results.get("command", "")])], "",
              f"Machine: {results.get('machine', '')}. Data: {results.get('data', '')}.", "",
              "## Denoising PSNR (dB) per level: noisy input / one-shot x̂0 / full DDIM restoration", "",
              "| purifier | level | noisy | one-shot | restored | ε-MSE | wall s | CPU s | load |", "|---|---|---|---|---|---|---|---|---|"]

@@ -239,3 +239,21 @@ def test_shipped_levelmap_purifier_is_selectable_and_restores_real_images(cifar_
     x0_hat = lm.schedule.predict_x0(x_t, 120, lm(x_t, torch.full((len(x0),), 120))).clamp(-1, 1)
     psnr_hat, psnr_noisy = (float(10 * torch.log10(4 / ((a - x0) ** 2).mean())) for a in (x0_hat, x_t.clamp(-1, 1)))
     assert psnr_hat > psnr_noisy + 7.0
+
+
+def test_sampdetox_stage_two_runs_a_level_map_purifier_unchanged():
+    """SampDetox hands its per-pixel levels to denoise; a zero-initialised level-map purifier gives exactly the
+    uniform purifier's result, and a live map channel changes it."""
+    from detoxops.config import SampDetoxConfig, UNetConfig
+    from detoxops.defenses.sampdetox import SampDetox
+    from detoxops.diffusion import NoiseSchedule, Purifier, build_unet
+
+    torch.manual_seed(0)
+    uniform = Purifier(build_unet(UNetConfig(sample_size=16, block_out_channels=[8, 16])), NoiseSchedule.linear(1000))
+    x01 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = SampDetoxConfig(profile="faithful", sampler="ddim")
+    ref = SampDetox(uniform, cfg)(x01, generator=torch.Generator().manual_seed(1))
+    same = SampDetox(levelmap_from_uniform(uniform), cfg)(x01, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ref.images, same.images)
+    live = SampDetox(_perturbed(levelmap_from_uniform(uniform)), cfg)(x01, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(live.images, ref.images)
