@@ -141,6 +141,13 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     listed = at.dataframe[0].value
     assert list(listed["verdict"]) == ["quarantined", "quarantined"] and set(listed["target_label"]) == {"0"}
     assert any("quarantined" in e.value and "**0**" in e.value for e in at.error)
+
+    # …and the Defense results page the closing lines point to shows both defenses' runs (no guidance notes)
+    at.switch_page("pages/defense_results.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.info, [i.value for i in at.info]
+    assert [h.value for h in at.header] == ["Attack × defense (CA / PA / ASR)",
+                                            "DataElixir sanitisation (TPR / FPR / ACC / ASR)"]
     st.cache_data.clear()
 
 
