@@ -120,7 +120,7 @@ def flow_logs(state) -> list[str]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    APILogHandler.flush()  # logs are sent in batches: wait for this run's
+    APILogHandler().flush()  # logs are sent in batches: wait for this run's
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     return [log.message for log in logs]
