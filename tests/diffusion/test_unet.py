@@ -56,6 +56,18 @@ def test_resave_keeps_other_files(tiny_purifier, tmp_path):
     assert (folder / "checkpoint").is_dir() and (folder / "README.txt").is_file()
 
 
+def test_save_cleans_a_killed_saves_temp_folder(tiny_purifier, tmp_path):
+    from detoxops.data.imageset import temp_path_for
+
+    live = temp_path_for(tmp_path / "p")  # this process's name: host + our pid
+    killed = live.with_name(live.name.replace(f"-{__import__('os').getpid()}-", "-999999999-"))
+    killed.mkdir()
+    (killed / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+    save_purifier(tiny_purifier, tmp_path / "p")
+    assert not killed.exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p"]
+
+
 def test_fp16_save_upcasts_on_load(tiny_purifier, tmp_path):
     folder = save_purifier(tiny_purifier, tmp_path / "p16", fp16=True)
     loaded = load_purifier(folder)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageSet", "FORMAT_VERSION", "atomic_dir", "clean_stale_temps"]
+__all__ = ["ImageSet", "FORMAT_VERSION", "atomic_dir", "clean_stale_temps", "temp_path_for"]
 
 FORMAT_VERSION = 1
 """Bumped when the on-disk layout changes; ``ImageSet.load`` rejects folders written by another version."""
@@ -277,7 +277,7 @@ class atomic_dir:  # noqa: N801 - used as a context manager, reads like a functi
     def __init__(self, dest: str | Path, overwrite: bool = False) -> None:
         self.dest = Path(dest)
         self.overwrite = overwrite
-        self.tmp = self.dest.with_name(f"{self.dest.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
+        self.tmp = temp_path_for(self.dest)
 
     def __enter__(self) -> Path:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +309,13 @@ STALE_TEMP_SECONDS = 6 * 3600
 without a change to anything in it."""
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_NAME = re.compile(r"^(?P<dest>.+)\.(?:tmp|old)-(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[0-9a-f]{32}$")
+
+
+def temp_path_for(dest: str | Path) -> Path:
+    """A fresh temp path beside ``dest`` named so that :func:`clean_stale_temps` recognises it once its writer
+    is gone (``<dest>.tmp-<host>-<pid>-<uuid>``); for writers that cannot use :class:`atomic_dir` itself."""
+    dest = Path(dest)
+    return dest.with_name(f"{dest.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
 
 
 def clean_stale_temps(parent: str | Path, *, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:

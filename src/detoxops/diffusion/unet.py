@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 
 from detoxops.config import ScheduleConfig, UNetConfig
+from detoxops.data.imageset import clean_stale_temps, temp_path_for
 from detoxops.diffusion.levelmap import LEVEL_MAP_ENCODING, LEVEL_MAP_FILE, LevelMapPurifier
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
@@ -93,7 +93,8 @@ def save_purifier(purifier: Purifier, path: str | Path, *, fp16: bool = False) -
     ``scheduler_config.json``) atomically. ``fp16`` halves the size for shipping; loading upcasts."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    clean_stale_temps(dest.parent)  # what killed saves left behind
+    tmp = temp_path_for(dest)
     unet = getattr(purifier.unet, "_orig_mod", purifier.unet)  # a torch.compile'd UNet saves its original
     try:
         unet.save_pretrained(tmp, safe_serialization=True)
