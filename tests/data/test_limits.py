@@ -78,31 +78,41 @@ def _png_header_bomb(width: int, height: int, rows: int | None = None) -> bytes:
 
 
 def _ingest_in_child(tmp_path: Path, source: Path, overrides: dict | None = None) -> tuple[dict, float]:
-    """Ingest ``source`` in a fresh interpreter; (its outcome, its peak RSS in MB from os.wait4's rusage)."""
+    """Ingest ``source`` in a fresh interpreter; (its outcome, its peak RSS in MB).
+
+    The peak is the child's own ``VmHWM`` (the high-water mark of its address space, which starts afresh at exec),
+    read by the child at the end. ``wait4``'s ``ru_maxrss`` would not do: Linux carries the *parent's* peak over
+    fork + exec, so inside a 2 GB pytest process every child would report at least 2 GB."""
     code = textwrap.dedent(
         f"""
         import json, sys
         from detoxops.config import DataConfig
         from detoxops.data import ingest
+        def peak_kb():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
         cfg = DataConfig(root={str(tmp_path / "store")!r}, image_size=None, **{overrides or {}!r})
         try:
             path = ingest({str(source)!r}, cfg=cfg, progress=False, cache=False)
-            print(json.dumps({{"ok": str(path)}}))
+            outcome = {{"ok": str(path)}}
         except ValueError as exc:
-            print(json.dumps({{"error": str(exc), "type": type(exc).__name__}}))
+            outcome = {{"error": str(exc), "type": type(exc).__name__}}
+        print(json.dumps({{**outcome, "peak_kb": peak_kb()}}))
         """
     )
     out_path, err_path = tmp_path / "child.out", tmp_path / "child.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:  # files, not pipes: no reader needed
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, whatever ran before in pytest
+        _, status, _ = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, f"exit {proc.returncode}: {err_path.read_text()[-3000:]}"
     lines = out_path.read_text().strip().splitlines()
     assert lines, f"no outcome printed: {err_path.read_text()[-3000:]}"
-    peak_mb = usage.ru_maxrss / 1024  # Linux: kB
+    outcome = json.loads(lines[-1])
+    peak_mb = outcome.pop("peak_kb") / 1024
     print(f"{source.name}: child peak RSS {peak_mb:.0f} MB")  # shown with pytest -s (docs/security.md)
-    return json.loads(lines[-1]), peak_mb
+    return outcome, peak_mb
 
 
 # ------------------------------------------------------------------------------------- archive bombs
