@@ -30,7 +30,7 @@ def test_sanitize_cli_writes_dataset_decisions_and_version(tmp_path):
         "-s", "dataelixir.T=4", "-s", "dataelixir.rounds=2", "-s", "dataelixir.keep_last=2", "-s", "dataelixir.tau=2",
     ])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output.strip().splitlines()[-1])
+    summary = json.loads(res.stdout.strip().splitlines()[-1])  # stderr carries the "params from" note
     assert {"target_labels", "flagged", "tpr", "fpr", "version"} <= set(summary)
     purified = ImageSet.load(out)
     assert len(purified) == 12 and purified.meta["sanitize"]["method"] == "dataelixir"
