@@ -4,6 +4,7 @@ MLflow, DVC remote, datasets) in a temporary folder so nothing leaks between run
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,3 +78,31 @@ def tmp_stores(platform_env):
         return client, overrides
 
     return make
+
+
+class ScratchRepo:
+    """A scratch Git + DVC project for the dvc.yaml tests: ``init(proj)`` commits what is in ``proj`` and returns
+    the environment the commands run in; ``run(args, cwd, env)`` asserts a command succeeds and returns its output."""
+
+    dvc = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dvc"
+
+    @staticmethod
+    def run(args: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False, timeout: int = 600) -> str:
+        proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+    def init(self, proj: Path) -> dict[str, str]:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+               "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}
+        self.run(["git", "init", "-q", "-b", "main"], proj, env)
+        self.run([str(self.dvc), "init", "-q"], proj, env)
+        self.run(["git", "add", "-A"], proj, env)
+        self.run(["git", "commit", "-q", "-m", "scratch project"], proj, env)
+        return env
+
+
+@pytest.fixture(scope="session")
+def scratch_repo() -> ScratchRepo:
+    return ScratchRepo()

@@ -11,9 +11,7 @@ params and val metrics ``dvc exp show`` reports.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,14 +34,8 @@ TINY = {
 }
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout if stdout_only else proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def project(tmp_path_factory, scratch_repo) -> tuple[Path, dict[str, str]]:
     proj = tmp_path_factory.mktemp("dvcproj")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("src", "flows", "tasks"):
@@ -57,19 +49,13 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     params["data"]["root"] = str(proj / "data")
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text(".venv\n/data/\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}
-    _run(["git", "init", "-q", "-b", "main"], proj, env)
-    _run([str(DVC), "init", "-q"], proj, env)
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-q", "-m", "scratch project"], proj, env)
+    env = scratch_repo.init(proj)
     return proj, env
 
 
-def test_dvc_repro_runs_the_pipeline_and_caches(project):
+def test_dvc_repro_runs_the_pipeline_and_caches(project, scratch_repo):
     proj, env = project
-    log = _run([str(DVC), "repro", "report", "sweep"], proj, env)
+    log = scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)
     for stage in ("ingest", "poison", "train_victim", "train_purifier", "evaluate", "sanitize", "detox_eval",
                   "report", "sweep"):
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
@@ -89,27 +75,27 @@ def test_dvc_repro_runs_the_pipeline_and_caches(project):
     summary = json.loads((proj / "pipeline/sanitize.json").read_text())
     assert {"target_labels", "flagged", "tpr", "fpr"} <= set(summary)
     assert "target label(s) found" in report and "TPR" in report
-    metrics = json.loads(_run([str(DVC), "metrics", "show", "--json"], proj, env, stdout_only=True))
+    metrics = json.loads(scratch_repo.run([str(DVC), "metrics", "show", "--json"], proj, env, stdout_only=True))
     files = next(iter(metrics.values()))["data"]
     assert files["pipeline/sanitize.json"]["data"]["flagged"] == summary["flagged"]
     assert files["pipeline/sampdetox/metrics.json"]["data"]["split"] == "test"
     # nothing changed → nothing re-runs
-    again = _run([str(DVC), "repro", "report", "sweep"], proj, env)
+    again = scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)
     assert "Running stage" not in again, again
-    status = _run([str(DVC), "status"], proj, env, stdout_only=True)  # the whole project
+    status = scratch_repo.run([str(DVC), "status"], proj, env, stdout_only=True)  # the whole project
     assert "Data and pipelines are up to date" in status, status
 
 
-def test_dvc_exp_run_sweeps_a_sampdetox_param(project):
+def test_dvc_exp_run_sweeps_a_sampdetox_param(project, scratch_repo):
     proj, env = project
-    _run([str(DVC), "repro", "report", "sweep"], proj, env)  # no-op after the first test; makes this one standalone
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-q", "-m", "pipeline run"], proj, env)
-    log = _run([str(DVC), "exp", "run", "sweep", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj, env)
+    scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)  # no-op after the first test; makes this one standalone
+    scratch_repo.run(["git", "add", "-A"], proj, env)
+    scratch_repo.run(["git", "commit", "-q", "-m", "pipeline run"], proj, env)
+    log = scratch_repo.run([str(DVC), "exp", "run", "sweep", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj, env)
     assert "Running stage 'sweep'" in log
     for stage in ("ingest", "poison", "train_victim", "train_purifier"):  # upstream stages are up to date
         assert f"Running stage '{stage}'" not in log, log
-    rows = json.loads(_run([str(DVC), "exp", "show", "--json"], proj, env, stdout_only=True))
+    rows = json.loads(scratch_repo.run([str(DVC), "exp", "show", "--json"], proj, env, stdout_only=True))
     exps = [e for rev in rows for e in (rev.get("experiments") or []) for e in (e.get("revs") or [])]
     named = [e for e in exps if e.get("name") == "t2-80"]
     assert named, rows

@@ -5,9 +5,7 @@ fp16 with their training record, loadable by name; a second repro retrains nothi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
 def _class_folders(root: Path, classes: int = 3, per_class: int = 16, size: int = 16) -> Path:
     rng = np.random.default_rng(0)
     for c in range(classes):
@@ -42,7 +34,7 @@ def _class_folders(root: Path, classes: int = 3, per_class: int = 16, size: int 
     return root
 
 
-def test_victim_store_pipeline(tmp_path):
+def test_victim_store_pipeline(tmp_path, scratch_repo):
     proj = tmp_path / "proj"
     proj.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -59,15 +51,9 @@ def test_victim_store_pipeline(tmp_path):
     params["victims"].update({"source": str(source), "attacks": ["badnets"], "name": "toy-fast"})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text(".venv\n/data/\n/runs/\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}
-    _run(["git", "init", "-q", "-b", "main"], proj, env)
-    _run([str(DVC), "init", "-q"], proj, env)
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-q", "-m", "scratch project"], proj, env)
+    env = scratch_repo.init(proj)
 
-    log = _run([str(DVC), "repro", "victims/dvc.yaml"], proj, env)
+    log = scratch_repo.run([str(DVC), "repro", "victims/dvc.yaml"], proj, env, timeout=900)
     assert "Running stage 'victims/dvc.yaml:clean'" in log, log
     assert "Running stage 'victims/dvc.yaml:attack@badnets'" in log, log
     for name in ("clean", "badnets"):
@@ -79,11 +65,11 @@ def test_victim_store_pipeline(tmp_path):
     assert {"clean", "attack@badnets"} <= set(lock)
 
     # committed outputs + lock: nothing to retrain
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-q", "-m", "victims"], proj, env)
-    again = _run([str(DVC), "repro", "victims/dvc.yaml"], proj, env)
+    scratch_repo.run(["git", "add", "-A"], proj, env)
+    scratch_repo.run(["git", "commit", "-q", "-m", "victims"], proj, env)
+    again = scratch_repo.run([str(DVC), "repro", "victims/dvc.yaml"], proj, env, timeout=900)
     assert "Running stage" not in again, again
-    assert "up to date" in _run([str(DVC), "status", "victims/dvc.yaml"], proj, env)
+    assert "up to date" in scratch_repo.run([str(DVC), "status", "victims/dvc.yaml"], proj, env)
 
-    listed = _run([str(proj / ".venv/bin/detoxops"), "victim", "list", "--store", "victims"], proj, env)
+    listed = scratch_repo.run([str(proj / ".venv/bin/detoxops"), "victim", "list", "--store", "victims"], proj, env)
     assert "toy-fast/badnets" in listed and "toy-fast/clean" in listed
