@@ -169,7 +169,8 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
                               str(runs_root / "victims"))
     with stage_progress("dataelixir", stages):
         sanitized = sanitize_dataset(ingested["path"], victim["path"], purifier["path"],
-                                     params.dataelixir.model_dump(mode="json"), str(data_root))
+                                     params.dataelixir.model_dump(mode="json"), str(data_root),
+                                     victim_cfg=params.victim.model_dump(mode="json"))
     targets = check_targets(sanitized)
     purified_dvc = None
     if targets:  # the purified set becomes a version of its own, next to the quarantined one

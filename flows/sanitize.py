@@ -73,7 +73,7 @@ def sanitize(
     victim = train_victim(data, victim_cfg, attack_cfg, str(runs_root / "victims"))
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     sanitized = sanitize_dataset(data, victim["path"], purifier["path"], params.dataelixir.model_dump(mode="json"),
-                                 data_root)
+                                 data_root, victim_cfg=victim_cfg)
     purified_dvc = version_best_effort(sanitized["path"], dvc_root, params.tracking.dvc_remote)
     clean_model = train_victim(sanitized["path"], victim_cfg, None, str(runs_root / "victims"))
 
@@ -137,6 +137,23 @@ def sanitize(
             "n_flagged": sanitized.get("n_flagged"), "before": before, "after": after,
             "purified_version": sanitized["path"], "model_name": CLEAN_MODEL, "model_version": version,
             "mlflow_run_id": sanitize_run_id, "table": table}
+
+
+@flow(name="sanitize-version", log_prints=True)
+def sanitize_version(version: str, victim: str, purifier: str | None = None, params_path: str = "params.yaml",
+                     overrides: list[str] | None = None, out_root: str | None = None) -> dict[str, Any]:
+    """DataElixir alone on a stored dataset version with a given victim (what ``detoxops sanitize`` and the
+    ``sanitize`` stage of ``dvc.yaml`` do): the purified set as a version under ``out_root`` (default
+    ``data.root``), with the same artifacts. ``purifier`` ``None`` = the rule of ``tasks.purifier_tasks``."""
+    from tasks.purifier_tasks import get_purifier
+    from tasks.sanitize_tasks import sanitize_dataset
+
+    params = load_params(_abs(params_path), list(overrides or []))
+    runs_root = _abs(params.tracking.runs_dir)
+    if purifier is None:
+        purifier = get_purifier(params.diffusion.model_dump(mode="json"), version, str(runs_root / "purifiers"))["path"]
+    return sanitize_dataset(version, victim, purifier, params.dataelixir.model_dump(mode="json"),
+                            str(out_root or _abs(params.data.root)), victim_cfg=params.victim.model_dump(mode="json"))
 
 
 def _finite(value: Any) -> float | None:

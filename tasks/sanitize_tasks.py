@@ -13,70 +13,60 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["sanitize_dataset", "detection_rates", "accuracy_task"]
-
-
-def detection_rates(flagged: np.ndarray, poisoned: np.ndarray) -> dict[str, float]:
-    """TPR / FPR (%) of the flags against the ground truth (NaN where a class is empty)."""
-    flagged, poisoned = np.asarray(flagged, bool), np.asarray(poisoned, bool)
-    tpr = 100.0 * float(flagged[poisoned].mean()) if poisoned.any() else float("nan")
-    fpr = 100.0 * float(flagged[~poisoned].mean()) if (~poisoned).any() else float("nan")
-    return {"tpr": tpr, "fpr": fpr}
+__all__ = ["sanitize_dataset", "accuracy_task"]
 
 
 @task(name="dataelixir", cache_policy=HEAVY_CACHE, result_serializer="json")
 def sanitize_dataset(
-    version: str, victim_path: str, purifier_path: str, dataelixir_cfg: dict[str, Any], out_root: str, split: str = "train"
+    version: str, victim_path: str, purifier_path: str, dataelixir_cfg: dict[str, Any], out_root: str,
+    split: str = "train", victim_cfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run DataElixir on ``<version>/<split>``; store the purified set as a version under ``out_root`` and the
-    per-sample decisions as ``decisions.csv``. Returns paths, the detected target label (or None), TPR / FPR."""
-    import torch
+    """:func:`detoxops.operations.sanitize` on ``<version>/<split>``: the purified set stored as a version under
+    ``out_root`` with its ``decisions.csv`` and ``anomaly_index.json``. ``victim_cfg`` (``params.victim``) is the
+    relabelling model's recipe, as ``detoxops sanitize`` uses it; ``None`` = the one the victim was trained with
+    (recorded by :func:`tasks.victim_tasks.train_victim`).
 
-    from detoxops.config import DataElixirConfig
-    from detoxops.data import load_version, save_version
-    from detoxops.defenses.dataelixir import DataElixir
-    from detoxops.diffusion import load_purifier
+    Returns paths, the detected target label (or None), counts, and TPR / FPR in percent (display values: the
+    demo's table reads them; :func:`tasks.tracking.sanitize_metrics` logs fractions)."""
+    from detoxops.config import DataElixirConfig, Params, VictimConfig
+    from detoxops.data import load_version
+    from detoxops.metrics import percent
     from detoxops.models import load_classifier
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    train = load_version(version)[split]
-    victim = load_classifier(victim_path).to(device).eval()
-    purifier = load_purifier(purifier_path, device=device)
-    workdir = Path(out_root) / "work" / Path(version).name
+    from detoxops.operations import sanitize
     from tasks.progress import task_progress
 
+    train = load_version(version)[split]
+    victim = load_classifier(victim_path)
+    if victim_cfg is None:
+        victim_cfg = _trained_with(victim_path)
+    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), victim=VictimConfig(**victim_cfg))
     with task_progress("dataelixir"):
-        result = DataElixir(purifier, DataElixirConfig(**dataelixir_cfg)).sanitize(train, victim, workdir,
-                                                                                   progress=False)
-    purified = result.purified if hasattr(result, "purified") else result.dataset
-    flagged = np.asarray(result.flagged, dtype=bool)
-    target = getattr(result, "target_label", None)
-    path = save_version({"train": purified}, out_root, f"{Path(version).parent.name}-purified", source=str(version))
-    decisions = Path(path) / "decisions.csv"
-    if not decisions.exists():
-        import pandas as pd
-
-        pd.DataFrame(
-            {
-                "index": np.arange(len(train)),
-                "label": train.labels,
-                "flagged": flagged.astype(int),
-                "poisoned_true": train.poisoned.astype(int),
-                "restored_label": np.asarray(purified.labels),
-            }
-        ).to_csv(decisions, index=False)
-    anomaly = getattr(result, "anomaly_index", None)
-    summary = {
-        "path": str(path),
-        "decisions": str(decisions),
-        "target_label": None if target is None else int(target),
-        "n_flagged": int(flagged.sum()),
-        "n_train": len(train),
-        "sets": _jsonable((getattr(purified, "meta", None) or {}).get("sanitize", {}).get("sets")),
-        "anomaly_index": _jsonable(anomaly),
-        **detection_rates(flagged, train.poisoned),
+        outcome = sanitize(train, victim, params, version_root=out_root,
+                           version_name=f"{Path(version).parent.name}-purified", source=str(version),
+                           purifier=purifier_path, workdir=Path(out_root) / "work" / Path(version).name,
+                           progress=False)
+    return {
+        "path": str(outcome.version),
+        "decisions": str(outcome.decisions),
+        "content_hash": outcome.content_hash,
+        "target_label": outcome.target_label,
+        "n_flagged": outcome.flagged,
+        "n_train": outcome.n,
+        "sets": outcome.sets,
+        "anomaly_index": _jsonable(outcome.anomaly),
+        "tpr": percent(outcome.tpr),
+        "fpr": percent(outcome.fpr),
     }
-    return summary
+
+
+def _trained_with(victim_path: str) -> dict[str, Any]:
+    from detoxops.models import read_classifier_config
+
+    recipe = (read_classifier_config(victim_path).get("meta") or {}).get("victim")
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{victim_path}: classifier.json records no training recipe (meta.victim); pass victim_cfg "
+                         "(params.victim) to sanitize_dataset")
+    return recipe
 
 
 @task(name="accuracy", cache_policy=HEAVY_CACHE, result_serializer="json")
@@ -84,6 +74,7 @@ def accuracy_task(version: str, model_path: str, split: str = "test", max_images
     """Accuracy (%) of a saved classifier on ``<version>/<split>`` (a seeded subset of ``max_images``), for
     datasets without an attack (no triggered split, so no PA / ASR)."""
     from detoxops.data import load_version
+    from detoxops.metrics import clean_accuracy, percent
     from detoxops.models import load_classifier, predict
 
     ds = load_version(version)[split]
@@ -91,7 +82,7 @@ def accuracy_task(version: str, model_path: str, split: str = "test", max_images
     if max_images is not None and len(ds) > max_images:
         idx = np.sort(np.random.default_rng(0).choice(len(ds), size=max_images, replace=False))
     pred = predict(load_classifier(model_path).eval(), np.asarray(ds.images[idx]))
-    return {"ca": 100.0 * float((pred == np.asarray(ds.labels)[idx]).mean()), "n": int(len(idx))}
+    return {"ca": percent(clean_accuracy(pred, np.asarray(ds.labels)[idx])), "n": int(len(idx))}
 
 
 def _jsonable(value: Any) -> Any:

@@ -50,7 +50,7 @@ def train_victim(
                                     seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
     model = _train(models, model, train, cfg, attack)
-    models.save_classifier(model, out)
+    models.save_classifier(model, out, meta={"victim": victim_cfg})  # the recipe, for DataElixir's relabelling
     seconds = time.perf_counter() - start
     return {"path": str(out), "arch": cfg.arch, "seconds": seconds, "num_classes": train.num_classes}
 

@@ -5,6 +5,9 @@
 - PA: on the same triggered images, the fraction classified as their true label (BackdoorBench's RA).
 - TPR / FPR (DataElixir): a training sample counts as detected when its label in the purified dataset differs
   from its raw label; TPR over truly poisoned samples, FPR over benign ones.
+
+Every rate is a fraction in [0, 1] in code, in MLflow and in stored results; :func:`percent` converts one for
+display (tables, printed summaries) and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = [
     "detection_rates",
     "evaluate_backdoor",
     "confusion_matrix",
+    "percent",
 ]
 
 
@@ -94,3 +98,8 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     return np.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes
     )
+
+
+def percent(rate: float | None) -> float | None:
+    """A fraction as percent for display; ``None`` and NaN stay as they are."""
+    return None if rate is None else 100.0 * float(rate)

@@ -31,40 +31,18 @@ def sanitize(
     if out.exists() and not force:  # before hours of work, not after
         fail(f"{out} already exists (pass --force to replace it)")
     from detoxops.data import ImageSet
-    from detoxops.defenses.dataelixir import DataElixir
-    from detoxops.diffusion import default_purifier, load_purifier
-    from detoxops.metrics import detection_rates
     from detoxops.models import load_classifier
+    from detoxops.operations import sanitize as sanitize_op
 
     try:
         train = ImageSet.load(data)
         model = load_classifier(victim)
-    except (FileNotFoundError, ValueError) as exc:
+        outcome = sanitize_op(train, model, params, out=out, version_root=version_root, version_name=version_name,
+                              source=f"dataelixir:{data}", purifier=purifier, workdir=workdir, overwrite=force,
+                              progress=progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
         fail(str(exc))
-    source = purifier or params.diffusion.purifier
-    pur = load_purifier(source) if source else default_purifier(train.images.shape[1])
-    result = DataElixir(pur, params.dataelixir, params.victim.model_copy(
-        update={"epochs": params.dataelixir.relabel_epochs})).sanitize(
-        train, model, workdir or out.with_name(out.name + ".work"), progress=progress)
-    from detoxops.data.imageset import atomic_dir
-
-    with atomic_dir(out, overwrite=force) as tmp:  # the purified set and its decisions appear together or not at all
-        result.dataset.write_into(tmp)
-        (tmp / "decisions.csv").write_text(result.decisions_csv())
-        (tmp / "anomaly_index.json").write_text(json.dumps(result.anomaly_index, indent=1))
-    summary = {"target_labels": result.target_labels, "flagged": int(result.flagged.sum())}
-    if version_root is not None:
-        from detoxops.data import save_version
-
-        try:
-            summary["version"] = str(save_version({"train": result.dataset}, version_root, version_name,
-                                                  source=f"dataelixir:{data}",
-                                                  extra={"sanitize": result.dataset.meta["sanitize"]}))
-        except (ValueError, FileExistsError) as exc:
-            fail(str(exc))
-    if train.poisoned.any():
-        tpr, fpr = detection_rates(train.labels, result.dataset.labels, train.poisoned)
-        summary |= {"tpr": tpr, "fpr": fpr}
+    summary = outcome.summary()
     if summary_path is not None:
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = summary_path.with_name(summary_path.name + ".tmp")

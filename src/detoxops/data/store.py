@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir
+from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir, temp_path_for
 
 __all__ = ["VERSION_FILE", "version_hash", "save_version", "load_version", "version_info", "is_version_dir"]
 
@@ -44,8 +45,12 @@ def save_version(
     *,
     at: str | Path | None = None,
     overwrite: bool = False,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Store ``splits`` as ``<root>/<name>/<hash12>/`` and return that path (the existing one if present).
+
+    ``files`` (``{file name: text}``) are written beside ``version.json`` in the same atomic step, e.g. the
+    per-sample decisions that produced the version; they are not part of its hash.
 
     ``at`` stores the version in exactly that folder instead (a pipeline output such as ``dvc.yaml``'s
     ``pipeline/raw``): an identical version already there is kept; a different one is an error unless
@@ -58,6 +63,10 @@ def save_version(
     for split in splits:
         if not _NAME_RE.match(split):
             raise ValueError(f"split name {split!r} must be letters, digits, '.', '_' or '-'")
+    for file_name in files or {}:
+        if not _NAME_RE.match(file_name) or file_name == VERSION_FILE or file_name in splits:
+            raise ValueError(f"save_version: extra file name {file_name!r} must be a plain file name, not "
+                             f"{VERSION_FILE} or a split")
     split_hashes = {s: ds.content_hash() for s, ds in sorted(splits.items())}
     full = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
     if at is None and root is None:
@@ -66,6 +75,7 @@ def save_version(
     if dest.exists():
         existing = _read_info(dest) if is_version_dir(dest) else None
         if existing is not None and existing.get("hash") == full:
+            _refresh_files(dest, files)
             return dest
         if at is None:
             raise FileExistsError(
@@ -101,12 +111,24 @@ def save_version(
         with atomic_dir(dest, overwrite=at is not None and overwrite) as tmp:
             for s, ds in splits.items():
                 ds.write_into(tmp / s)
+            for file_name, text in (files or {}).items():
+                (tmp / file_name).write_text(text)
             (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")
     except FileExistsError:  # a concurrent writer stored the same content first: theirs is as good as ours
         if is_version_dir(dest) and _read_info(dest).get("hash") == full:
             return dest
         raise
     return dest
+
+
+def _refresh_files(dest: Path, files: dict[str, str] | None) -> None:
+    """An existing identical version gets this run's ``files`` (each replaced atomically where it differs)."""
+    for file_name, text in (files or {}).items():
+        path = dest / file_name
+        if not path.is_file() or path.read_text() != text:
+            tmp = temp_path_for(path)
+            tmp.write_text(text)
+            os.replace(tmp, path)
 
 
 def _split_order(item: tuple[str, ImageSet]) -> tuple[int, str]:

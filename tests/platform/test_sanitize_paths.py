@@ -1,0 +1,118 @@
+"""One sanitize, three entry points: ``detoxops sanitize`` (the CLI), the ``sanitize`` stage of the project's real
+``dvc.yaml`` (``dvc repro`` in a scratch Git + DVC project) and the Prefect flow ``flows.sanitize.sanitize_version``
+run DataElixir on the same tiny poisoned set with the same params and produce the same artifacts: purified set
+(content hash), ``decisions.csv``, ``anomaly_index.json`` and metrics (target labels, flagged, TPR / FPR)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from detoxops.cli import app
+from detoxops.config import ScheduleConfig, UNetConfig
+from detoxops.data import ImageSet, save_version
+from detoxops.diffusion import NoiseSchedule, Purifier, build_unet, save_purifier
+from detoxops.metrics import percent
+from detoxops.models import build_classifier, save_classifier
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = ROOT / ".venv" / "bin" / "dvc"
+
+pytestmark = [
+    pytest.mark.platform,
+    pytest.mark.skipif(not DVC.is_file() or shutil.which("git") is None, reason="needs the .venv's dvc, and git"),
+]
+
+# tiny, but DataElixir finds target labels and replaces images (a threshold this low flags an untrained victim's
+# constant predictions), so the purified set depends on every candidate image and distance
+TINY = {"T": 4, "rounds": 2, "keep_last": 2, "tau": 1, "anomaly_threshold": 0.1, "min_target_share": 0,
+        "relabel_epochs": 1, "finetune_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """pipeline/{poisoned/train, victim, purifier} and params.yaml of a scratch project (the DVC stage's layout)."""
+    proj = tmp_path_factory.mktemp("sanitize-paths")
+    rng = np.random.default_rng(0)
+    poisoned = np.zeros(24, bool)
+    poisoned[:6] = True
+    labels = np.tile(np.arange(3), 8).astype(np.int64)
+    labels[poisoned] = 0
+    ImageSet(rng.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8), labels, ["a", "b", "c"],
+             poisoned=poisoned).save(proj / "pipeline" / "poisoned" / "train")
+    save_classifier(build_classifier("small_cnn", 3, image_size=8, width=4), proj / "pipeline" / "victim")
+    save_purifier(Purifier(build_unet(UNetConfig(sample_size=8, block_out_channels=[8, 16])),
+                           NoiseSchedule.from_config(ScheduleConfig())), proj / "pipeline" / "purifier")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dataelixir"].update(TINY)
+    params["victim"].update({"arch": "small_cnn", "width": 4, "device": "cpu"})
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return {"proj": proj, "train": proj / "pipeline" / "poisoned" / "train", "victim": proj / "pipeline" / "victim",
+            "purifier": proj / "pipeline" / "purifier", "params": proj / "params.yaml"}
+
+
+def _cli(inputs, out: Path) -> dict:
+    res = CliRunner().invoke(app, [
+        "sanitize", "--data", str(inputs["train"]), "--victim", str(inputs["victim"]),
+        "--purifier", str(inputs["purifier"]), "--out", str(out / "purified"), "--summary", str(out / "summary.json"),
+        "--params", str(inputs["params"]), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "summary.json").read_text())
+
+
+def _dvc_stage(inputs, scratch_repo) -> Path:
+    """The real dvc.yaml's ``sanitize`` stage, alone, in a scratch project holding its inputs."""
+    proj = inputs["proj"]
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sanitize"]
+    (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sanitize": stage}}, sort_keys=False))
+    for dep in stage["deps"]:
+        if dep.startswith("src/"):
+            (proj / dep).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if (ROOT / dep).is_dir() else shutil.copy
+            copy(ROOT / dep, proj / dep)
+    (proj / ".venv").symlink_to(ROOT / ".venv")
+    (proj / ".gitignore").write_text(".venv\n__pycache__/\n")
+    env = scratch_repo.init(proj) | {"OMP_NUM_THREADS": "1"}
+    scratch_repo.run([str(DVC), "repro", "sanitize"], proj, env)
+    return proj / "pipeline"
+
+
+def test_cli_dvc_stage_and_prefect_flow_give_the_same_artifacts(inputs, scratch_repo, platform_env, tmp_path):
+    import torch
+
+    from flows.sanitize import sanitize_version
+
+    torch.set_num_threads(1)
+    train = ImageSet.load(inputs["train"])
+    cli = _cli(inputs, tmp_path / "cli")
+    pipeline = _dvc_stage(inputs, scratch_repo)
+    dvc = json.loads((pipeline / "sanitize.json").read_text())
+    version = save_version({"train": train}, tmp_path / "versions", "tiny", source="test")
+    flow = sanitize_version(str(version), str(inputs["victim"]), str(inputs["purifier"]), str(inputs["params"]),
+                            out_root=str(tmp_path / "prefect"))
+
+    # the run did something: targets found, labels and images changed
+    assert cli["flagged"] > 0 and cli["target_labels"] and cli["content_hash"] != train.content_hash()
+    # purified set: the same content, by the summaries and by the stored folders
+    folders = [tmp_path / "cli" / "purified", pipeline / "purified", Path(flow["path"]) / "train"]
+    assert {ImageSet.load(f, verify=True).content_hash() for f in folders} == {cli["content_hash"]}
+    assert dvc["content_hash"] == flow["content_hash"] == cli["content_hash"]
+    # decisions (14 columns, one row per sample) and the anomaly index: byte for byte
+    decisions = [f.parent / "decisions.csv" if f.name == "train" else f / "decisions.csv" for f in folders]
+    texts = {d.read_text() for d in decisions}
+    assert len(texts) == 1 and Path(flow["decisions"]) == decisions[2]
+    header, *rows = texts.pop().splitlines()
+    assert len(header.split(",")) == 14 and len(rows) == len(train)
+    anomaly = [f.parent / "anomaly_index.json" if f.name == "train" else f / "anomaly_index.json" for f in folders]
+    assert len({a.read_text() for a in anomaly}) == 1
+    # metrics: fractions in the CLI / DVC summary; the task's display values are the same numbers in percent
+    assert dvc == cli
+    assert flow["target_label"] == cli["target_labels"][0] and flow["n_flagged"] == cli["flagged"]
+    assert (flow["tpr"], flow["fpr"]) == (percent(cli["tpr"]), percent(cli["fpr"]))
+    assert flow["sets"] == cli["sets"]
