@@ -47,8 +47,8 @@ def purifier_stage(data: Path, out: Path, params_path: str = "params.yaml",
 
     from detoxops.config import load_params
     from detoxops.data import load_version
-    from detoxops.data.imageset import atomic_dir
     from detoxops.diffusion import purifier_folder, train_purifier
+    from detoxops.fileio import atomic_dir
 
     params = load_params(params_path, overrides)
     train = load_version(data)["train"]

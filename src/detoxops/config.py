@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from detoxops.attacks import registry as attack_registry
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -134,18 +136,15 @@ class AttackConfig(_Section):
 
     @model_validator(mode="after")
     def _known_attack_options(self) -> AttackConfig:
-        # Imported lazily: the attack registry imports torch and the attacks; config must stay light.
-        try:
-            from detoxops.attacks import registry
-        except ImportError:  # attacks package not importable yet (bootstrapping); validated on use instead
-            return self
-        names = registry.available()
-        if names and self.name not in names:
+        # the registry is the foundation layer's plugin table (no detoxops imports above it); it loads the attack
+        # modules on first use, and their errors propagate: an attack that cannot be imported is a bug, not a skip
+        names = attack_registry.available()
+        if self.name not in names:
             raise ValueError(f"unknown attack {self.name!r}; available: {', '.join(sorted(names))}")
         for attack_name, opts in self.options.items():
-            if names and attack_name not in names:
+            if attack_name not in names:
                 raise ValueError(f"options.{attack_name}: unknown attack; available: {', '.join(sorted(names))}")
-            registry.validate_options(attack_name, opts)
+            attack_registry.validate_options(attack_name, opts)
         return self
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "ContractError",
     "GuardHTTPError",
     "GuardServer",
+    "HttpClassifier",
     "classify_over_http",
     "decode_request",
     "encode_request",
@@ -473,3 +474,28 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
+
+
+class HttpClassifier:
+    """A classifier behind a detoxops guard endpoint (the contract in :mod:`detoxops.serving`): POST a uint8
+    (N, H, W, 3) batch, get N labels back. ``url`` is the server (``http://127.0.0.1:5001``, ``/invocations`` is
+    appended) or the full endpoint. ``wire``: ``npy`` (compact; ``python -m tasks.serve_guard``) or ``json``
+    (also understood by ``mlflow models serve`` of the guard model). ``max_batch`` splits larger batches into
+    several requests (the server's ``serve.max_batch``)."""
+
+    def __init__(self, url: str, wire: str = "npy", timeout: float = 60.0, max_batch: int | None = None) -> None:
+        if wire not in ("npy", "json"):
+            raise ValueError(f"HttpClassifier: wire must be 'npy' or 'json', got {wire!r}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"HttpClassifier: max_batch must be >= 1, got {max_batch}")
+        self.url = invocations_url(url)
+        self.wire, self.timeout, self.max_batch = wire, float(timeout), max_batch
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        if not isinstance(images_u8, np.ndarray) or images_u8.dtype != np.uint8:
+            raise ValueError("HttpClassifier sends uint8 images (use detoxops.serving.classify_over_http with "
+                             "pixel_range= for floats)")
+        step = self.max_batch or max(len(images_u8), 1)
+        parts = [classify_over_http(self.url, images_u8[i : i + step], wire=self.wire, timeout=self.timeout)
+                 for i in range(0, len(images_u8), step)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -10,7 +10,7 @@ import textwrap
 import time
 import uuid
 
-from detoxops.data.imageset import STALE_TEMP_SECONDS, atomic_dir
+from detoxops.fileio import STALE_TEMP_SECONDS, atomic_dir
 
 
 def _writer(dest) -> subprocess.Popen:
@@ -18,7 +18,7 @@ def _writer(dest) -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
         import sys, time
-        from detoxops.data.imageset import atomic_dir
+        from detoxops.fileio import atomic_dir
         with atomic_dir({str(dest)!r}) as tmp:
             (tmp / "part.bin").write_bytes(bytes(1000))
             print(tmp, flush=True)

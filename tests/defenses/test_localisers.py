@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from detoxops.config import SampDetoxConfig
 from detoxops.defenses.localisers import DiffMap, PixelSSIM, SpreadMap, build_localiser, normalise_map
 from detoxops.defenses.map_quality import changed_pixels, roc_auc, trigger_map_quality
-from detoxops.defenses.ssim import ssim_map
+from detoxops.ssim import ssim_map
 
 
 def _smooth_images(b=3, h=16, seed=0):

@@ -3,7 +3,7 @@
 * **visibility** v = (1 − SSIM(x_clean, x_poisoned)) / 2 per sample: SSIM as
   ``skimage.metrics.structural_similarity(clean, poisoned, channel_axis=-1, data_range=255)`` on uint8 values
   (7×7 uniform window, sample covariance, mean over the cropped map and the channels); computed batched with
-  :func:`detoxops.defenses.ssim.ssim`, which matches skimage (tests check both).
+  :func:`detoxops.ssim.ssim`, which matches skimage (tests check both).
 * **robustness** η_r: the smallest η on a grid (default 0, 0.01, …, 1) for which
   x_m = (1 − η)·x_p + η·ε, ε ~ N(0, I) (one fixed ε per sample), is *not* classified as the target. Noise is
   added in the diffusion space [−1, 1] (``space="diffusion"``, where ε ~ N(0, I) is the defenses' noise scale) or
@@ -35,7 +35,7 @@ def ssim_u8(clean: np.ndarray, poisoned: np.ndarray, batch_size: int = 1024) -> 
     """Per-sample mean SSIM of uint8 image pairs (skimage semantics, data_range 255, 7×7 window)."""
     if clean.shape != poisoned.shape:
         raise ValueError(f"visibility: shapes differ: {clean.shape} vs {poisoned.shape}")
-    from detoxops.defenses.ssim import ssim
+    from detoxops.ssim import ssim
 
     a, b = _to_nchw(clean), _to_nchw(poisoned)
     out = [ssim(a[i : i + batch_size].double(), b[i : i + batch_size].double(), window=7, data_range=255.0)

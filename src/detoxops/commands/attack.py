@@ -73,7 +73,7 @@ def run(
     from detoxops.attacks import registry
     from detoxops.attacks.poisoning import poison_datasets
     from detoxops.data import load_splits
-    from detoxops.data.imageset import atomic_dir
+    from detoxops.fileio import atomic_dir
 
     if out.exists() and not force:
         fail(f"{out} already exists (pass --force to replace it)")

@@ -25,11 +25,12 @@ import numpy as np
 
 from detoxops.data.archives import ARCHIVE_SUFFIXES, is_archive, iter_entries
 from detoxops.data.folders import imagesets_from_entries
-from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir
+from detoxops.data.imageset import FORMAT_VERSION, ImageSet
 from detoxops.data.limits import InputLimitError, default_limits, limit_error
 from detoxops.data.splits import stratified_split, stratified_subset
 from detoxops.data.store import is_version_dir, load_version
 from detoxops.data.validate import ImagePolicy, normalise_array_images, normalise_labels, resize_images
+from detoxops.fileio import atomic_dir
 
 if TYPE_CHECKING:
     from detoxops.config import DataConfig

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detoxops.data.imageset import FORMAT_VERSION, ImageSet, atomic_dir, temp_path_for
+from detoxops.data.imageset import FORMAT_VERSION, ImageSet
+from detoxops.fileio import atomic_dir, temp_path_for
 
 __all__ = ["VERSION_FILE", "version_hash", "save_version", "load_version", "version_info", "is_version_dir"]
 

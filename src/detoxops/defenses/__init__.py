@@ -5,6 +5,6 @@ Every defense is a callable ``defense(x01) -> DefenseOutput`` on float32 NCHW ba
 """
 
 from detoxops.defenses.base import Defense, DefenseOutput, NoDefense
-from detoxops.defenses.ssim import ssim, ssim_map
+from detoxops.ssim import ssim, ssim_map
 
 __all__ = ["Defense", "DefenseOutput", "NoDefense", "ssim", "ssim_map"]

@@ -187,7 +187,7 @@ class Bdmae:
 
     def initial_scores(self, x01: Tensor, target: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """Step 1: (S_i, S_l), float (B, G²) each."""
-        from detoxops.defenses.ssim import ssim_map
+        from detoxops.ssim import ssim_map
 
         c = self.cfg
         b, n = len(x01), c.grid * c.grid

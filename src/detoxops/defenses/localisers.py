@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 import torch
 
 from detoxops.config import SampDetoxConfig
-from detoxops.defenses.ssim import ssim_map, uniform_filter
+from detoxops.ssim import ssim_map, uniform_filter
 
 __all__ = [
     "Localiser",

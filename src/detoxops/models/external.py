@@ -259,11 +259,10 @@ def _parse_names(raw: str | None, where: Path) -> list[str] | None:
 
 # ----------------------------------------------------------------------------------------------- HTTP
 def _load_http(url: str, protocol: str, timeout: float) -> LoadedModel:
-    """The guard's own client (:class:`detoxops.defenses.guard.HttpClassifier`, contract of
+    """The guard's own client (:class:`detoxops.serving.HttpClassifier`, contract of
     :mod:`detoxops.serving`): ``.npy`` bodies to a detoxops guard server (it answers ``GET /contract``, which also
     gives its input size and batch limit), MLflow-style JSON ``{"inputs": ...}`` to ``mlflow models serve``."""
-    from detoxops.defenses.guard import HttpClassifier
-    from detoxops.serving import invocations_url
+    from detoxops.serving import HttpClassifier, invocations_url
 
     if protocol not in ("auto", "mlflow", "guard"):
         raise ValueError(f"http protocol must be auto, mlflow or guard, got {protocol!r}")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from detoxops.data.imageset import atomic_dir
+from detoxops.fileio import atomic_dir
 from detoxops.modelfiles import (
     ModelFileError,
     bounded_int,

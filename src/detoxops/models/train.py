@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from detoxops.config import VictimConfig
 from detoxops.data import ImageSet
-from detoxops.data.imageset import atomic_dir
+from detoxops.fileio import atomic_dir
 from detoxops.progress import tqdm
 from detoxops.seeding import seed_global
 

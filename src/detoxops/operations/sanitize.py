@@ -19,7 +19,7 @@ from typing import Any
 
 from detoxops.config import Params, VictimConfig
 from detoxops.data import ImageSet
-from detoxops.data.imageset import atomic_dir
+from detoxops.fileio import atomic_dir
 from detoxops.metrics import detection_rates
 
 __all__ = ["SanitizeOutcome", "relabel_config", "sanitize", "DECISIONS_FILE", "ANOMALY_FILE"]

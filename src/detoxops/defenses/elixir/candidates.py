@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from detoxops.config import DataElixirConfig
 from detoxops.defenses.elixir.purify import candidate_distance
-from detoxops.defenses.ssim import ssim
 from detoxops.diffusion import denoise, step_levels
+from detoxops.ssim import ssim
 
 
 @dataclass

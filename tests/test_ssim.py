@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from detoxops.defenses.ssim import GAUSSIAN_WINDOW, ssim, ssim_map
+from detoxops.ssim import GAUSSIAN_WINDOW, ssim, ssim_map
 
 
 def _pair(seed: int, shape=(3, 3, 17, 13), dtype=torch.float64):
