@@ -32,13 +32,6 @@ __all__ = ["purifier_stage", "defenses_stage", "report_stage", "main"]
 COLUMNS = ["defense", "ca", "pa", "asr", "ca_drop", "images_per_s", "n_clean", "n_poisoned"]
 
 
-def _purifier(params, purifier: str | None, image_size: int):
-    from detoxops.diffusion import default_purifier, load_purifier
-
-    source = purifier or params.diffusion.purifier
-    return load_purifier(source) if source else default_purifier(image_size)
-
-
 def purifier_stage(data: Path, out: Path, params_path: str = "params.yaml",
                    overrides: list[str] | None = None) -> dict[str, Any]:
     """``pipeline/purifier``: the purifier the flows would use (``diffusion.purifier``, else the one shipped for the
@@ -75,10 +68,10 @@ def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str]
 
     from detoxops.config import load_params
     from detoxops.data import ImageSet, load_splits
-    from detoxops.defenses.catalog import _NEEDS_PURIFIER, build_defense
-    from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.defenses.catalog import build_defense, needs_purifier
+    from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
     from detoxops.models import load_classifier
-    from tasks.sweep_tasks import _limit, split_eval_sets
+    from detoxops.operations import load_chosen_purifier
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     params = load_params(params_path, overrides)
@@ -86,9 +79,9 @@ def defenses_stage(poisoned: Path, victim: Path, split: str, defenses: list[str]
     clean = load_splits(clean_source or params.data.source, params.data, progress=False)["test"]
     triggered = ImageSet.load(poisoned / "test")
     data = split_eval_sets(clean, triggered, record["target"], params.data.val_fraction, params.data.seed)[split]
-    data = _limit(data, max_images, params.data.seed)
-    needs = any(d.partition("-")[0] in _NEEDS_PURIFIER for d in defenses)
-    pur = _purifier(params, purifier, int(clean.image_shape[0])) if needs else None
+    data = data.at_most(max_images, params.data.seed)
+    pur = (load_chosen_purifier(purifier, params.diffusion, int(clean.image_shape[0]))
+           if needs_purifier(defenses) else None)
     classifier = load_classifier(victim)
     rows = [evaluate_defense(classifier, build_defense(d, pur, params.sampdetox, classifier=classifier,
                                                        baselines=params.baselines), data,

@@ -119,7 +119,8 @@ def evaluate_byo_task(
     import torch
 
     from detoxops.config import Params
-    from detoxops.defenses.byo import byo_defenses, needs_purifier, prepare_byo
+    from detoxops.defenses.byo import byo_defenses, prepare_byo
+    from detoxops.defenses.catalog import needs_purifier
     from detoxops.defenses.evaluation import evaluate_defense
     from detoxops.diffusion import load_purifier
     from detoxops.models.external import load_model

@@ -173,18 +173,18 @@ def choose_purifier(configured: str | None, image_size: int) -> tuple[str, str]:
     must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
     that train one or choose a shipped size. A check never trains a purifier on the data it checks: a purifier
     trained on poisoned images learns to reproduce their trigger."""
-    from detoxops.diffusion import purifier_folder
+    from detoxops.config import DiffusionConfig
     from detoxops.diffusion.unet import SHIPPED_PURIFIERS, shipped_purifier_dir
+    from detoxops.operations import choose_purifier as choose_purifier_folder
 
-    folder, origin = purifier_folder(configured, image_size)
-    if folder is not None:
-        config = Path(folder) / "config.json"
-        size = json.loads(config.read_text()).get("sample_size") if config.is_file() else None
-        if size is not None and int(size) != int(image_size):
-            raise PurifierUnavailable(
-                f"diffusion.purifier {folder} was trained on {size}x{size} images but the data are "
-                f"{image_size}x{image_size}; use a purifier of that size or --set data.image_size={size}")
+    try:
+        folder, origin = choose_purifier_folder(None, DiffusionConfig(purifier=configured), image_size)
         return str(folder), origin
+    except ValueError as exc:  # a purifier of another size
+        raise PurifierUnavailable(f"{exc}; use a purifier of that size or set data.image_size to its size") from None
+    except FileNotFoundError:
+        if configured:  # a configured folder that is missing: the rule's own message
+            raise
     shipped = [f"{name} ({size}x{size})" for name, size in SHIPPED_PURIFIERS.items()
                if (shipped_purifier_dir(name) / "config.json").is_file()]
     sizes = sorted({size for size in SHIPPED_PURIFIERS.values()})

@@ -109,13 +109,12 @@ def log_guard_model(
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    from detoxops.defenses.catalog import _NEEDS_PURIFIER
+    from detoxops.defenses.catalog import needs_purifier
 
-    base = defense.partition("-")[0]
-    if base in _NEEDS_PURIFIER and purifier_dir is None:
+    if needs_purifier([defense]) and purifier_dir is None:
         raise ValueError(f"defense {defense!r} needs a purifier folder")
     artifacts = {"classifier": str(classifier_dir)}
-    if purifier_dir is not None and base in _NEEDS_PURIFIER:
+    if purifier_dir is not None and needs_purifier([defense]):
         artifacts["purifier"] = str(purifier_dir)
     check_artifacts(*artifacts.values())
     workdir = Path(workdir)

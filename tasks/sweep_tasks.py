@@ -1,9 +1,5 @@
-"""Defense evaluation on a validation / held-out split of the test set (parameter sweeps and their final check).
-
-The clean test split of a poisoned version is split per class (``data.val_fraction``, ``data.seed``) into
-``val`` (parameter selection) and ``test`` (held out); a triggered test image goes to the side its clean
-source image is on (matched by ``source_index``), so no image, clean or triggered, is seen by both.
-"""
+"""Defense evaluation on a validation / held-out split of the test set (parameter sweeps and their final check);
+the split rule is :func:`detoxops.defenses.evaluation.split_eval_sets`."""
 
 from __future__ import annotations
 
@@ -14,33 +10,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["split_eval_sets", "evaluate_point", "evaluate_point_fn", "grid_points", "point_label"]
-
-
-def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, attack=None) -> dict[str, Any]:
-    """``{"val": EvalSet, "test": EvalSet}`` from a clean test ImageSet and its triggered non-target version."""
-    from detoxops.data import stratified_split_indices
-    from detoxops.defenses.evaluation import EvalSet
-
-    rest, held = stratified_split_indices(clean.labels, fraction, seed)
-    out = {}
-    for split, idx in (("val", held), ("test", rest)):
-        sources = set(np.asarray(clean.source_index)[idx].tolist())
-        trig_idx = np.flatnonzero(np.isin(np.asarray(triggered.source_index), list(sources)))
-        out[split] = EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
-                                            name=split)
-    return out
-
-
-def _limit(data, max_images: int | None, seed: int):
-    if max_images is None:
-        return data
-    rng = np.random.default_rng(seed)
-
-    def pick(n: int) -> np.ndarray:
-        return np.arange(n) if n <= max_images else np.sort(rng.choice(n, size=max_images, replace=False))
-
-    return data.subset(pick(len(data.clean_images)), pick(len(data.poisoned_images)))
+__all__ = ["evaluate_point", "evaluate_point_fn", "grid_points", "point_label"]
 
 
 def evaluate_point_fn(
@@ -60,14 +30,14 @@ def evaluate_point_fn(
 
     from detoxops.config import SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
-    from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
     from detoxops.models import load_classifier
     from tasks.attack_tasks import load_test_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
     data = split_eval_sets(clean, triggered, attack_cfg["target"], val_fraction, split_seed, attack=attack)[split]
-    data = _limit(data, max_images, split_seed)
+    data = data.at_most(max_images, split_seed)
     cfg = SampDetoxConfig(**sampdetox_cfg)
     purifier = None
     if defense != "none" and purifier_path:

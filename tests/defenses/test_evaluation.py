@@ -8,7 +8,7 @@ import torch
 
 from detoxops.data import ImageSet
 from detoxops.defenses.base import DefenseOutput, NoDefense
-from detoxops.defenses.evaluation import EvalSet, evaluate_defense, evaluate_defenses
+from detoxops.defenses.evaluation import EvalSet, evaluate_defense, evaluate_defenses, split_eval_sets
 
 
 def backdoored(images_u8: np.ndarray) -> np.ndarray:
@@ -96,3 +96,34 @@ def test_selection_rule_and_frontier():
     assert chosen["setting"] == "mild" and "fell back" in why
     front = [s["setting"] for s in pareto_frontier(summarise_settings(rows))]
     assert front == ["none", "mild", "strong", "brutal"]
+
+
+def test_validation_and_heldout_splits_are_disjoint():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 6)
+    clean = ImageSet(images=rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8), labels=labels,
+                     class_names=[str(i) for i in range(4)])
+    keep = np.flatnonzero(labels != 0)
+    trig = clean.subset(keep)
+    trig = trig.replace(labels=np.zeros(len(keep), dtype=np.int64))
+    sets = split_eval_sets(clean, trig, target=0, fraction=0.5, seed=0)
+    v, t = sets["val"], sets["test"]
+    assert len(v.clean_images) + len(t.clean_images) == 24
+    assert len(v.poisoned_images) + len(t.poisoned_images) == len(keep)
+    for s in (v, t):
+        assert not np.any(s.poisoned_labels == 0)
+    seen = [{img.tobytes() for img in (*s.clean_images, *s.poisoned_images)} for s in (v, t)]
+    assert not seen[0] & seen[1]  # no image, clean or triggered, on both sides
+
+
+def test_at_most_samples_both_sides_reproducibly():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(2), 10)
+    clean = ImageSet(images=rng.integers(0, 255, (20, 4, 4, 3), dtype=np.uint8), labels=labels, class_names=["a", "b"])
+    trig = clean.subset(np.flatnonzero(labels == 1))
+    data = EvalSet.from_imagesets(clean, trig, target=0)
+    small = data.at_most(3, seed=5)
+    assert len(small.clean_images) == len(small.poisoned_images) == 3
+    again = data.at_most(3, seed=5)
+    assert np.array_equal(small.clean_images, again.clean_images)
+    assert data.at_most(None, seed=5) is data and len(data.at_most(100, seed=5).clean_images) == 20

@@ -134,7 +134,8 @@ def eval_command(
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """CA / PA / ASR (and trigger-map AUC) of a classifier behind each defense, on your clean and triggered images."""
-    from detoxops.defenses.byo import byo_defenses, needs_purifier, prepare_byo
+    from detoxops.defenses.byo import byo_defenses, prepare_byo
+    from detoxops.defenses.catalog import needs_purifier
     from detoxops.defenses.evaluation import evaluate_defenses
     from detoxops.models.external import load_model
 

@@ -27,7 +27,7 @@ from detoxops.data.validate import resize_images
 from detoxops.data.whole import align_classes, read_whole
 from detoxops.defenses.evaluation import EvalSet
 
-__all__ = ["ByoEval", "prepare_byo", "resolve_target", "needs_purifier", "byo_defenses"]
+__all__ = ["ByoEval", "prepare_byo", "resolve_target", "byo_defenses"]
 
 
 @dataclass
@@ -200,18 +200,11 @@ def _fit(ds: ImageSet, what: str, size: tuple[int, int], resize: bool, why: str,
     )
 
 
-def needs_purifier(names: list[str]) -> bool:
-    """Whether any of the named defenses is diffusion-based (needs a purifier)."""
-    from detoxops.defenses.catalog import _NEEDS_PURIFIER
-
-    return any(n.partition("-")[0] in _NEEDS_PURIFIER for n in names)
-
-
 def byo_defenses(names: list[str], size: tuple[int, int], cfg, purifier=None, configured: str | None = None,
                  device: str = "cpu", *, classifier=None, baselines=None) -> tuple[dict, str]:
     """``({name: defense}, purifier origin)``. A diffusion defense uses ``purifier`` (loaded), else
     ``diffusion.purifier`` (``configured``), else the purifier shipped for ``size``; its size must be ``size``."""
-    from detoxops.defenses.catalog import build_defense
+    from detoxops.defenses.catalog import build_defense, needs_purifier
 
     origin = "none"
     if needs_purifier(names):

@@ -31,7 +31,7 @@ import re
 from detoxops.config import BaselinesConfig, SampDetoxConfig
 from detoxops.defenses.base import NoDefense
 
-__all__ = ["DEFENSE_NAMES", "build_defense"]
+__all__ = ["DEFENSE_NAMES", "build_defense", "needs_purifier"]
 
 DEFENSE_NAMES = (
     "none",
@@ -51,6 +51,11 @@ _BASELINES = {"zip", "sancdifi", "bdmae"}
 _NEEDS_CLASSIFIER = {"sancdifi", "bdmae"}
 _NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"} | _BASELINES
 _SAMPLER_SUFFIX = re.compile(r"(ddpm|ddim)(\d*)")
+
+
+def needs_purifier(names: list[str]) -> bool:
+    """Whether any of the named defenses is diffusion-based (needs a purifier)."""
+    return any(n.partition("-")[0] in _NEEDS_PURIFIER for n in names)
 
 
 def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None, *, classifier=None,

@@ -21,7 +21,7 @@ from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.metrics import attack_success_rate, clean_accuracy, percent, poisoned_accuracy
 
-__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses"]
+__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "split_eval_sets"]
 
 
 @dataclass
@@ -92,6 +92,36 @@ class EvalSet:
             trigger_mask=None if self.trigger_mask is None else self.trigger_mask[poisoned_idx],
             name=self.name,
         )
+
+
+    def at_most(self, max_images: int | None, seed: int) -> EvalSet:
+        """At most ``max_images`` clean and ``max_images`` triggered images, a seeded sample in their order
+        (``None``: all)."""
+        if max_images is None:
+            return self
+        rng = np.random.default_rng(seed)
+
+        def pick(n: int) -> np.ndarray:
+            return np.arange(n) if n <= max_images else np.sort(rng.choice(n, size=max_images, replace=False))
+
+        return self.subset(pick(len(self.clean_images)), pick(len(self.poisoned_images)))
+
+
+def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, attack=None) -> dict[str, EvalSet]:
+    """The one validation / held-out rule (sweeps select on ``val``, reports score ``test``): the clean test split
+    is split per class (``data.val_fraction``, ``data.seed``) into ``val`` and ``test``; a triggered test image goes
+    to the side its clean source image is on (matched by ``source_index``), so no image, clean or triggered, is
+    seen by both. Returns ``{"val": EvalSet, "test": EvalSet}``."""
+    from detoxops.data import stratified_split_indices
+
+    rest, held = stratified_split_indices(clean.labels, fraction, seed)
+    out = {}
+    for split, idx in (("val", held), ("test", rest)):
+        sources = set(np.asarray(clean.source_index)[idx].tolist())
+        trig_idx = np.flatnonzero(np.isin(np.asarray(triggered.source_index), list(sources)))
+        out[split] = EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
+                                            name=split)
+    return out
 
 
 def evaluate_defense(
