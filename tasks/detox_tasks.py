@@ -34,16 +34,15 @@ def evaluate_defenses_task(
 ) -> list[dict[str, Any]]:
     """One row per defense (CA / PA / ASR in %, images/s, map quality); samples of each defense written to
     ``<out_dir>/<defense>/samples`` for MLflow. Runs on CUDA when present."""
-    import torch
-
     from detoxops.config import SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import EvalSet, evaluate_defense
+    from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
     from detoxops.models import load_classifier
     from tasks.attack_tasks import load_test_splits
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device())
     clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
     seed = int(sampdetox_cfg.get("seed", 0))
     clean = clean.subset(_eval_subset(len(clean), max_images, seed))
@@ -116,17 +115,16 @@ def evaluate_byo_task(
     sizes, the sets' content hashes, the model's digest). Not cached: an endpoint may change behind its URL."""
     import hashlib
 
-    import torch
-
     from detoxops.config import Params
     from detoxops.defenses.byo import byo_defenses, prepare_byo
     from detoxops.defenses.catalog import needs_purifier
     from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
     from detoxops.models.external import load_model
 
     p = Params(**params)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device())
     loaded = load_model(model, allow_unsafe=allow_unsafe_model, device=device, input_range=input_range,
                         http_protocol=http_protocol)
     pur = load_purifier(purifier, device=device) if purifier and needs_purifier(defenses) else None

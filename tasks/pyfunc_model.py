@@ -51,11 +51,10 @@ class DetoxClassifier(mlflow.pyfunc.PythonModel):
     """``predict(images) -> labels`` through ``Detoxifier(classifier, defense)`` (see detoxops.defenses.guard)."""
 
     def load_context(self, context) -> None:
-        import torch
-
         from detoxops.config import SampDetoxConfig
         from detoxops.defenses.catalog import build_defense
         from detoxops.defenses.guard import Detoxifier
+        from detoxops.devices import resolve_device
         from detoxops.models import load_classifier
 
         spec = json.loads(Path(context.artifacts["defense"]).read_text())
@@ -63,7 +62,7 @@ class DetoxClassifier(mlflow.pyfunc.PythonModel):
         if "purifier" in context.artifacts:
             folders.append(context.artifacts["purifier"])
         check_artifacts(*folders)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device())
         classifier = load_classifier(context.artifacts["classifier"], device=device).eval()
         purifier = None
         if "purifier" in context.artifacts:

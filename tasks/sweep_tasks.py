@@ -26,15 +26,14 @@ def evaluate_point_fn(
     max_images: int | None = None,
 ) -> dict[str, Any]:
     """CA / PA / ASR (%) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``)."""
-    import torch
-
     from detoxops.config import SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
+    from detoxops.devices import resolve_device
     from detoxops.models import load_classifier
     from tasks.attack_tasks import load_test_splits
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device())
     clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
     data = split_eval_sets(clean, triggered, attack_cfg["target"], val_fraction, split_seed, attack=attack)[split]
     data = data.at_most(max_images, split_seed)

@@ -12,15 +12,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["train_victim", "resolve_device"]
-
-
-def resolve_device(spec: str = "auto") -> str:
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec
+__all__ = ["train_victim"]
 
 
 @task(name="train-victim", cache_policy=HEAVY_CACHE, result_serializer="json")
@@ -32,6 +24,7 @@ def train_victim(
     from detoxops import models
     from detoxops.config import VictimConfig
     from detoxops.data import load_version
+    from detoxops.devices import resolve_device
 
     cfg = VictimConfig(**victim_cfg)
     splits = load_version(version)
@@ -48,7 +41,7 @@ def train_victim(
     start = time.perf_counter()
     model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0],
                                     seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
-    cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
+    cfg = cfg.model_copy(update={"device": str(resolve_device(cfg.device))})
     model = _train(models, model, train, cfg, attack)
     models.save_classifier(model, out, meta={"victim": victim_cfg})  # the recipe, for DataElixir's relabelling
     seconds = time.perf_counter() - start

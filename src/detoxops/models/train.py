@@ -19,17 +19,12 @@ from torch import Tensor, nn
 
 from detoxops.config import VictimConfig
 from detoxops.data import ImageSet
+from detoxops.devices import resolve_device  # re-exported as detoxops.models.resolve_device
 from detoxops.fileio import atomic_dir
 from detoxops.progress import tqdm
 from detoxops.seeding import seed_global
 
 __all__ = ["train_classifier", "random_crop_flip", "resolve_device"]
-
-
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    if spec is None or spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int | None = None) -> Tensor:
