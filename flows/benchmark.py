@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT, configure_environment
+from tasks import configure_environment, project_path
 
 configure_environment()
 
@@ -31,11 +31,6 @@ from detoxops.config import load_params  # noqa: E402
 __all__ = ["benchmark", "prepare_attacks", "matrix_markdown", "main"]
 
 METRICS = ("ca", "pa", "asr")
-
-
-def _abs(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def attack_config(params, name: str) -> dict[str, Any]:
@@ -53,8 +48,8 @@ def prepare_attacks(params, attacks: list[str]) -> dict[str, Any]:
     from tasks.purifier_tasks import get_purifier
     from tasks.victim_tasks import train_victim
 
-    data_root = str(_abs(params.data.root))
-    runs_root = _abs(params.tracking.runs_dir)
+    data_root = str(project_path(params.data.root))
+    runs_root = project_path(params.tracking.runs_dir)
     ingested = ingest_dataset(params.data.source, params.data.model_dump(mode="json"), data_root)
     purifier_f = get_purifier.submit(params.diffusion.model_dump(mode="json"), ingested["path"],
                                      str(runs_root / "purifiers"))
@@ -100,19 +95,17 @@ def benchmark(
     max_images: int | None = 200,
 ) -> dict[str, Any]:
     """Run the matrix; returns ``{"rows", "markdown", "run_id"}`` (rows: attack, defense, CA / PA / ASR in %)."""
-    import csv
-
-    import mlflow
     from prefect.artifacts import create_markdown_artifact
 
     from tasks.detox_tasks import evaluate_defenses_task
-    from tasks.tracking import log_dataset, run, setup_tracking
+    from tasks.records import log_benchmark
+    from tasks.tracking import setup_tracking
 
-    params = load_params(_abs(params_path), list(overrides or []))
+    params = load_params(project_path(params_path), list(overrides or []))
     setup_tracking(params.tracking)
     attacks = list(attacks or params.benchmark.attacks)
     defenses = list(defenses or params.benchmark.defenses)
-    runs_root = _abs(params.tracking.runs_dir)
+    runs_root = project_path(params.tracking.runs_dir)
     out_dir = runs_root / "benchmark"
     started = time.perf_counter()
 
@@ -131,6 +124,20 @@ def benchmark(
     seconds = time.perf_counter() - started
     markdown = matrix_markdown(rows, attacks, defenses)
 
+    _write_matrix(rows, markdown, out_dir)
+
+    run_id = log_benchmark(params, rows, attacks, defenses, max_images, seconds, prep["ingested"],
+                           prep["purifier"]["origin"], out_dir)
+    create_markdown_artifact(markdown=f"# Attack × defense (CA / PA / ASR %)\n\n{markdown}\n",
+                             key="benchmark-matrix", description="attack × defense matrix")
+    print("\n" + markdown + f"\n\n{seconds:.0f} s; MLflow run {run_id}")
+    return {"rows": rows, "markdown": markdown, "run_id": run_id}
+
+
+def _write_matrix(rows: list[dict[str, Any]], markdown: str, out_dir: Path) -> None:
+    """``benchmark.md`` and ``benchmark.csv`` (one row per attack × defense) in ``out_dir``."""
+    import csv
+
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.md").write_text(markdown + "\n")
     cols = ["attack", "defense", "ca", "pa", "asr", "images_per_s", "seconds", "n_clean", "n_poisoned"]
@@ -138,36 +145,6 @@ def benchmark(
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-    prefix = params.tracking.experiment_prefix
-    ingested = prep["ingested"]
-    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
-            "detoxops.model": params.victim.arch, "detoxops.purifier": prep["purifier"]["origin"]}
-    with run("benchmark", f"benchmark {len(attacks)}x{len(defenses)}", kind="benchmark", prefix=prefix, tags=tags,
-             params=params.to_dict()) as parent:
-        log_dataset(ingested["path"], ingested["name"], ingested["hash"], "evaluation")
-        mlflow.log_params({"benchmark.attacks_run": ",".join(attacks), "benchmark.defenses_run": ",".join(defenses),
-                           "benchmark.max_images": str(max_images)})
-        mlflow.log_metric("seconds", seconds)
-        mlflow.log_artifact(str(out_dir / "benchmark.md"), "results")
-        mlflow.log_artifact(str(out_dir / "benchmark.csv"), "results")
-        mlflow.log_table({c: [r.get(c) for r in rows] for c in ("attack", "defense", "ca", "pa", "asr")},
-                         "results/benchmark_table.json")
-        for r in rows:
-            with run("benchmark", f"{r['attack']} x {r['defense']}", kind="defense", prefix=prefix,
-                     parent_run_id=parent.info.run_id,
-                     tags={**tags, "detoxops.attack": r["attack"], "detoxops.defense": r["defense"]}):
-                mlflow.log_metrics({m: r[m] / 100.0 for m in METRICS if r.get(m) == r.get(m)})
-                for key in ("images_per_s", "seconds", "map_auc"):
-                    if isinstance(r.get(key), float) and r[key] == r[key]:
-                        mlflow.log_metric(key, r[key])
-                if r.get("samples_dir") and Path(r["samples_dir"]).is_dir():
-                    mlflow.log_artifacts(r["samples_dir"], "samples")
-        run_id = parent.info.run_id
-    create_markdown_artifact(markdown=f"# Attack × defense (CA / PA / ASR %)\n\n{markdown}\n",
-                             key="benchmark-matrix", description="attack × defense matrix")
-    print("\n" + markdown + f"\n\n{seconds:.0f} s; MLflow run {run_id}")
-    return {"rows": rows, "markdown": markdown, "run_id": run_id}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT, configure_environment
+from tasks import configure_environment, project_path
 
 configure_environment()
 
@@ -58,69 +58,55 @@ def detox(
     dvc_root: str | None = None,
 ) -> list[dict[str, Any]]:
     """Returns the results table: one row per attack × defense (CA / PA / ASR in %)."""
-    import mlflow
-
-    from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import dataset_identity, ingest_dataset
-    from tasks.detox_tasks import evaluate_defenses_task, log_defense_rows
     from tasks.ingestion_tasks import version_best_effort
     from tasks.purifier_tasks import get_purifier
-    from tasks.report_tasks import format_table, results_table, write_table
-    from tasks.tracking import log_dataset, run, setup_tracking
-    from tasks.victim_tasks import train_victim
+    from tasks.records import log_detox
+    from tasks.report_tasks import format_table, results_table
+    from tasks.tracking import setup_tracking
 
-    params = load_params(_abs(params_path), DEMO_OVERRIDES + list(overrides or []))
+    params = load_params(project_path(params_path), DEMO_OVERRIDES + list(overrides or []))
     attacks = list(attacks or params.benchmark.attacks)
     defenses = list(defenses or params.benchmark.defenses)
     defenses = ["none", *(d for d in dict.fromkeys(defenses) if d != "none")]  # the baseline first, no repeats
     source = str(source or params.data.source)
     uri = setup_tracking(params.tracking)
-    data_root = str(_abs(params.data.root))
-    runs_root = _abs(params.tracking.runs_dir)
-    sampdetox_cfg = params.sampdetox.model_dump(mode="json")
+    runs_root = project_path(params.tracking.runs_dir)
     started = time.perf_counter()
 
-    ingested = ingest_dataset(source, params.data.model_dump(mode="json"), data_root)
+    ingested = ingest_dataset(source, params.data.model_dump(mode="json"), str(project_path(params.data.root)))
     dvc = version_best_effort(ingested["path"], dvc_root, params.tracking.dvc_remote)
     data_version = dataset_identity(ingested, dvc)
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     out = runs_root / FLOW / data_version[:16]
 
-    per_attack: list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
-    for name in attacks:
-        attack_cfg = params.attack.model_copy(update={"name": name}).model_dump(mode="json")
-        poisoned = poison_dataset(ingested["path"], attack_cfg, data_root)
-        victim = train_victim(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
-                              str(runs_root / "victims"))
-        rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], defenses, sampdetox_cfg,
-                                      attack_cfg, max_images, str(out / name))
-        per_attack.append((name, poisoned, victim, rows))
+    per_attack = [_attack_rows(params, name, ingested, purifier, defenses, max_images, out) for name in attacks]
     table = [row for name, _, _, rows in per_attack for row in results_table(rows, None, name)]
     seconds = time.perf_counter() - started
 
-    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version,
-            "detoxops.seed": params.attack.seed, "detoxops.model": params.victim.arch}
-    prefix = params.tracking.experiment_prefix
-    with run(FLOW, f"detox {'+'.join(attacks)}", kind="report", prefix=prefix, tags=tags,
-             params=params.to_dict()) as parent:
-        log_dataset(ingested["path"], ingested["name"], data_version, "evaluation")
-        mlflow.log_params({"detox.attacks": ",".join(attacks), "detox.defenses": ",".join(defenses),
-                           "detox.max_images": str(max_images)})
-        mlflow.log_metric("seconds", seconds)
-        # per run (its MLflow id): two concurrent runs on the same data never overwrite each other's table
-        mlflow.log_artifact(str(write_table(table, out / parent.info.run_id / "results.csv")), "results")
-        for name, poisoned, victim, rows in per_attack:
-            attack_tags = {**tags, "detoxops.attack": name, "detoxops.poisoned_version": poisoned["hash"][:12]}
-            with run(FLOW, f"attack={name}", kind="attack", prefix=prefix, parent_run_id=parent.info.run_id,
-                     tags=attack_tags) as attack_run:
-                mlflow.log_metrics({"n_poisoned": poisoned["n_poisoned"], "n_train": poisoned["n_train"],
-                                    "victim_seconds": float(victim.get("seconds") or 0.0)})
-                log_defense_rows(rows, FLOW, attack_run.info.run_id, attack_tags, prefix)
+    log_detox(FLOW, params, ingested, data_version, attacks, defenses, max_images, seconds, table, out, per_attack)
 
     print("\n" + format_table(table))
     print(f"\ndata version {data_version}; {len(attacks)} attack(s) x {len(defenses)} defense(s); {seconds:.0f} s")
     print(f"\nMLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     return table
+
+
+def _attack_rows(params, name: str, ingested: dict[str, Any], purifier: dict[str, Any], defenses: list[str],
+                 max_images: int | None, out: Path) -> tuple[str, dict[str, Any], dict[str, Any], list[dict]]:
+    """One attack: poison (``params.attack`` with this name), train the victim, score every defense (cached tasks).
+    Returns ``(name, poisoned, victim, rows)``."""
+    from tasks.attack_tasks import poison_dataset
+    from tasks.detox_tasks import evaluate_defenses_task
+    from tasks.victim_tasks import train_victim
+
+    attack_cfg = params.attack.model_copy(update={"name": name}).model_dump(mode="json")
+    poisoned = poison_dataset(ingested["path"], attack_cfg, str(project_path(params.data.root)))
+    victim = train_victim(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
+                          str(project_path(params.tracking.runs_dir) / "victims"))
+    rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], defenses,
+                                  params.sampdetox.model_dump(mode="json"), attack_cfg, max_images, str(out / name))
+    return name, poisoned, victim, rows
 
 
 @flow(name="detox-byo", log_prints=True)
@@ -144,17 +130,16 @@ def detox_byo(
     and records them in MLflow with example grids (see the module docstring)."""
     import json
 
-    import mlflow
-
-    from tasks.detox_tasks import evaluate_byo_task, log_defense_rows
+    from tasks.detox_tasks import evaluate_byo_task
+    from tasks.records import log_detox_byo
     from tasks.report_tasks import format_table, results_table, write_table
-    from tasks.tracking import run, setup_tracking
+    from tasks.tracking import setup_tracking
 
-    params = load_params(_abs(params_path), list(overrides or []))
+    params = load_params(project_path(params_path), list(overrides or []))
     defenses = ["none", *(d for d in dict.fromkeys(defenses or ["sampdetox"]) if d != "none")]
     uri = setup_tracking(params.tracking)
     started = time.perf_counter()
-    staging = _abs(params.tracking.runs_dir) / BYO_FLOW / time.strftime("%Y%m%dT%H%M%S")
+    staging = project_path(params.tracking.runs_dir) / BYO_FLOW / time.strftime("%Y%m%dT%H%M%S")
     result = evaluate_byo_task(
         _local(clean), _local(triggered), model if "://" in model else _local(model), defenses,
         params.model_dump(mode="json"), str(staging), target=target, purifier=_local(purifier) if purifier else None,
@@ -169,32 +154,9 @@ def detox_byo(
     results_json = staging / "results.json"
     results_json.write_text(json.dumps(summary, indent=2) + "\n")
 
-    tags = {"detoxops.dataset": result["clean"]["name"], "detoxops.data_version": result["data_version"],
-            "detoxops.seed": params.sampdetox.seed, "detoxops.target_label": result["target"],
-            **{f"detoxops.{k}": v for k, v in result["model"]["tags"].items()}}
+    parent_id = log_detox_byo(BYO_FLOW, params, result, defenses, max_images, seconds,
+                              write_table(table, staging / "results.csv"), results_json)
     prefix = params.tracking.experiment_prefix
-    with run(BYO_FLOW, f"byo {result['model']['name']}", kind="report", prefix=prefix, tags=tags,
-             params={"sampdetox": params.sampdetox.resolved()}) as parent:
-        mlflow.log_params({
-            "byo.clean": result["clean"]["origin"], "byo.triggered": result["triggered"]["origin"],
-            "byo.model": result["model"]["source"], "byo.model_kind": result["model"]["kind"],
-            "byo.model_digest": str(result["model"]["digest"]), "byo.target": f"{result['target']} "
-            f"({result['target_name']})", "byo.image_size": "x".join(map(str, result["image_size"])),
-            "byo.purifier": result["purifier"], "byo.max_images": str(max_images),
-            "detox.defenses": ",".join(defenses),
-        })
-        mlflow.log_metrics({"seconds": seconds, "n_clean": result["clean"]["n"],
-                            "n_triggered": result["triggered"]["n"],
-                            "dropped_target_images": result["dropped_target_images"]})
-        mlflow.log_text("\n".join(result["notes"]) + "\n", "results/notes.txt")
-        mlflow.log_artifact(str(results_json), "results")
-        mlflow.log_artifact(str(write_table(table, staging / "results.csv")), "results")
-        shown = next((r for r in rows if r["defense"] != "none"), rows[0])
-        mlflow.log_artifact(str(Path(shown["samples_dir"]) / "grid.png"), "samples")
-        with run(BYO_FLOW, f"attack={attack}", kind="attack", prefix=prefix, parent_run_id=parent.info.run_id,
-                 tags={**tags, "detoxops.attack": attack}) as attack_run:
-            log_defense_rows(rows, BYO_FLOW, attack_run.info.run_id, {**tags, "detoxops.attack": attack}, prefix)
-        parent_id = parent.info.run_id
 
     for note in result["notes"]:
         print(f"note: {note}")
@@ -209,11 +171,6 @@ def detox_byo(
 def _local(path: str) -> str:
     """A path the task can open whatever its working directory (relative paths are the caller's)."""
     return str(Path(path).expanduser().resolve())
-
-
-def _abs(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def main(argv: list[str] | None = None) -> int:

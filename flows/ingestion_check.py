@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT, configure_environment
+# relative params paths resolve under this module's PROJECT_ROOT (a test points it at a user's project)
+from tasks import PROJECT_ROOT, configure_environment, project_path
 
 configure_environment()
 
@@ -84,7 +85,7 @@ def ingestion_check(
             flow=FLOW, source=str(ctx.get("source") or source or "params.data.source"), error=exc, params=params,
             dataset=ctx.get("dataset"), data_version=ctx.get("data_version"), stages=stages,
             seconds=time.perf_counter() - started,
-            runs_root=_abs(params.tracking.runs_dir) if params is not None else None,
+            runs_root=project_path(params.tracking.runs_dir, PROJECT_ROOT) if params is not None else None,
         )
         print("\n" + check_markdown(record))
         raise
@@ -97,64 +98,37 @@ def _explicit_image_size(overrides: list[str]) -> bool:
 
 def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
            stages: dict[str, float], ctx: dict[str, Any], started: float) -> Any:
-    from detoxops.data.sources import source_name
-    from detoxops.data.store import is_version_dir
-    from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
+    from tasks.data_tasks import dataset_identity, version_dataset
     from tasks.ingestion_tasks import (
-        check_markdown,
         check_targets,
-        choose_image_size,
         choose_purifier,
-        default_dvc_root,
-        probe_image_sizes,
         record_ingestion_check,
-        refuse_untrainable,
-        resolve_source,
     )
-    from tasks.progress import format_timings, stage_progress
-    from tasks.sanitize_tasks import sanitize_dataset
+    from tasks.progress import stage_progress
     from tasks.tracking import setup_tracking
-    from tasks.victim_tasks import train_victim
 
-    params = load_params(_abs(params_path), CHECK_OVERRIDES + overrides)
+    params = load_params(project_path(params_path, PROJECT_ROOT), CHECK_OVERRIDES + overrides)
     ctx["params"] = params
     source = str(source or params.data.source)
     ctx["source"] = source
     uri = setup_tracking(params.tracking)
-    data_root = _abs(params.data.root).resolve()
-    runs_root = _abs(params.tracking.runs_dir)
-    repo_root = Path(dvc_root).resolve() if dvc_root else default_dvc_root(data_root)
-    if repo_root != data_root and repo_root not in data_root.parents:
-        raise ValueError(f"data.root {data_root} is outside the DVC repository {repo_root}: the check versions "
-                         "what it ingests; pass --dvc-root (a folder above data.root) or move data.root")
+    data_root = project_path(params.data.root, PROJECT_ROOT).resolve()
+    runs_root = project_path(params.tracking.runs_dir, PROJECT_ROOT)
+    repo_root = _repo_root(dvc_root, data_root)
 
     # what the data is decides the image size and the purifier, unless set explicitly (before any heavy work)
     with stage_progress("inspect", stages):
-        resolved = resolve_source(source)
-        sizes = probe_image_sizes(resolved)
-        image_size, size_note = choose_image_size(sizes, _explicit_image_size(overrides), params.data.image_size)
-        params = params.model_copy(update={"data": params.data.model_copy(update={"image_size": image_size})})
+        params, resolved, expected, purifier = _inspect(params, source, overrides)
         ctx["params"] = params
-        print(size_note)
-        expected = image_size or (next(iter(sizes))[0] if len(sizes) == 1 else None)
-        purifier = None
-        if expected is not None:
-            path, origin = choose_purifier(params.diffusion.purifier, int(expected))
-            purifier = {"path": path, "origin": origin}
 
-    name_dir = data_root / source_name(resolved)
-    before = {p.name for p in name_dir.iterdir() if is_version_dir(p)} if name_dir.is_dir() else set()
     with stage_progress("ingest", stages):
-        ingested = ingest_dataset(resolved, params.data.model_dump(mode="json"), str(data_root))
-        ctx["dataset"] = ingested
-        refuse_untrainable(ingested, created=Path(ingested["path"]).name not in before)
+        ingested = _ingest(params, resolved, data_root, ctx)
     info = ingested.get("info") or {}
     size = int((info.get("image_shape") or [0])[0])
-    n_classes = len(info.get("class_names") or [])
     if purifier is None or size != int(expected or 0):
         path, origin = choose_purifier(params.diffusion.purifier, size)
         purifier = {"path": path, "origin": origin}
-    image_note = f"{size}x{size}, {n_classes} classes"
+    image_note = f"{size}x{size}, {len(info.get('class_names') or [])} classes"
     print(f"dataset {ingested['name']} @ {ingested['hash'][:12]}: {image_note}; purifier {purifier['origin']} "
           f"({purifier['path']})")
 
@@ -162,15 +136,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
         dvc = version_dataset(ingested["path"], str(repo_root), params.tracking.dvc_remote)
     data_version = dataset_identity(ingested, dvc)
     ctx["data_version"] = data_version
-    # DataElixir labels candidates with a model trained on the very data it checks (no attack is known here);
-    # its input size and class count are the data's (train_victim reads them from the version)
-    with stage_progress("victim", stages):
-        victim = train_victim(ingested["path"], params.victim.model_dump(mode="json"), None,
-                              str(runs_root / "victims"))
-    with stage_progress("dataelixir", stages):
-        sanitized = sanitize_dataset(ingested["path"], victim["path"], purifier["path"],
-                                     params.dataelixir.model_dump(mode="json"), str(data_root),
-                                     victim_cfg=params.victim.model_dump(mode="json"))
+    victim, sanitized = _scan(params, ingested["path"], purifier["path"], data_root, runs_root, stages)
     targets = check_targets(sanitized)
     purified_dvc = None
     if targets:  # the purified set becomes a version of its own, next to the quarantined one
@@ -182,13 +148,82 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
         purified_dvc=purified_dvc, seconds=time.perf_counter() - started, runs_root=runs_root,
         stages=stages, image_size=image_note,
     )
+    return _verdict(record, targets, stages, uri)
+
+
+def _scan(params, version: str, purifier: str, data_root: Path, runs_root: Path,
+          stages: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The victim and DataElixir's result. DataElixir labels candidates with a model trained on the very data it
+    checks (no attack is known here); its input size and class count are the data's."""
+    from tasks.progress import stage_progress
+    from tasks.sanitize_tasks import sanitize_dataset
+    from tasks.victim_tasks import train_victim
+
+    victim_cfg = params.victim.model_dump(mode="json")
+    with stage_progress("victim", stages):
+        victim = train_victim(version, victim_cfg, None, str(runs_root / "victims"))
+    with stage_progress("dataelixir", stages):
+        sanitized = sanitize_dataset(version, victim["path"], purifier, params.dataelixir.model_dump(mode="json"),
+                                     str(data_root), victim_cfg=victim_cfg)
+    return victim, sanitized
+
+
+def _verdict(record: dict[str, Any], targets: list[int], stages: dict[str, float], uri: str) -> Any:
+    """Print the check's report; a dataset with a target label is a failed run (quarantined), else the record."""
+    from tasks.ingestion_tasks import check_markdown
+    from tasks.progress import format_timings
+
     print("\n" + check_markdown(record))
     print(f"time per stage:\n{format_timings(stages)}")
     print(f"MLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     if targets:
-        return Failed(message=f"dataset {ingested['name']} @ {data_version} quarantined: backdoor target label(s) "
-                              f"{targets} detected; purified version {sanitized['path']}", data=record)
+        return Failed(message=f"dataset {record['dataset']} @ {record['data_version']} quarantined: backdoor target "
+                              f"label(s) {targets} detected; purified version {record['purified_version']}",
+                      data=record)
     return record
+
+
+def _repo_root(dvc_root: str | None, data_root: Path) -> Path:
+    """The DVC repository the check versions into: ``--dvc-root`` or the nearest one above ``data.root``."""
+    from tasks.ingestion_tasks import default_dvc_root
+
+    repo_root = Path(dvc_root).resolve() if dvc_root else default_dvc_root(data_root)
+    if repo_root != data_root and repo_root not in data_root.parents:
+        raise ValueError(f"data.root {data_root} is outside the DVC repository {repo_root}: the check versions "
+                         "what it ingests; pass --dvc-root (a folder above data.root) or move data.root")
+    return repo_root
+
+
+def _ingest(params, resolved: str, data_root: Path, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Ingest the source; a version this run created is removed again when the check cannot train on it."""
+    from detoxops.data.sources import source_name
+    from detoxops.data.store import is_version_dir
+    from tasks.data_tasks import ingest_dataset
+    from tasks.ingestion_tasks import refuse_untrainable
+
+    name_dir = data_root / source_name(resolved)
+    before = {p.name for p in name_dir.iterdir() if is_version_dir(p)} if name_dir.is_dir() else set()
+    ingested = ingest_dataset(resolved, params.data.model_dump(mode="json"), str(data_root))
+    ctx["dataset"] = ingested
+    refuse_untrainable(ingested, created=Path(ingested["path"]).name not in before)
+    return ingested
+
+
+def _inspect(params, source: str, overrides: list[str]) -> tuple[Any, str, int | None, dict[str, str] | None]:
+    """``(params with data.image_size decided, resolved source, expected image size, purifier or None)``."""
+    from tasks.ingestion_tasks import choose_image_size, choose_purifier, probe_image_sizes, resolve_source
+
+    resolved = resolve_source(source)
+    sizes = probe_image_sizes(resolved)
+    image_size, size_note = choose_image_size(sizes, _explicit_image_size(overrides), params.data.image_size)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"image_size": image_size})})
+    print(size_note)
+    expected = image_size or (next(iter(sizes))[0] if len(sizes) == 1 else None)
+    purifier = None
+    if expected is not None:
+        path, origin = choose_purifier(params.diffusion.purifier, int(expected))
+        purifier = {"path": path, "origin": origin}
+    return params, resolved, expected, purifier
 
 
 def deployment_options(
@@ -208,11 +243,6 @@ def deployment_options(
         "tags": ["detoxops", "ingestion-check"],
         "description": f"Scheduled DataElixir ingestion check of {source or 'params.data.source'} ({cron}).",
     }
-
-
-def _abs(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import configure_environment
+from tasks import configure_environment, project_path
 
 configure_environment()
 
 from prefect import flow  # noqa: E402
 
 from detoxops.config import SweepConfig, load_params, parse_override  # noqa: E402
-from flows.benchmark import _abs, prepare_attacks  # noqa: E402
+from flows.benchmark import prepare_attacks  # noqa: E402
 
 __all__ = ["sweep", "DEFAULT_GRID", "normalise_grid", "parse_grid_args", "main"]
 
@@ -90,49 +90,36 @@ def sweep(
     max_images: int | None = None,
 ) -> dict[str, Any]:
     """Returns ``{"chosen", "overrides", "why", "val_rows", "summaries", "heldout", "run_id"}``."""
-    import mlflow
     from prefect.artifacts import create_markdown_artifact
 
     from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
-    from tasks.sweep_tasks import evaluate_point, grid_points, point_label
-    from tasks.tracking import log_dataset, run, setup_tracking
+    from tasks.records import log_sweep
+    from tasks.sweep_tasks import grid_points, point_label
+    from tasks.tracking import setup_tracking
 
-    params = load_params(_abs(params_path), list(overrides or []))
+    params = load_params(project_path(params_path), list(overrides or []))
     setup_tracking(params.tracking)
     grid = normalise_grid(grid or params.sweep.grid)
     points = grid_points(grid)
     attacks = list(attacks or params.sweep.attacks or params.benchmark.attacks)
     max_ca_drop = params.sweep.max_ca_drop if max_ca_drop is None else max_ca_drop
-    val_fraction, split_seed = params.data.val_fraction, params.data.seed
-    base_cfg = params.sampdetox.model_dump(mode="json")
     started = time.perf_counter()
 
     prep = prepare_attacks(params, attacks)
-    purifier = prep["purifier"]["path"]
     settings = {BASELINE: None, **{point_label(p): p for p in points}}
-
-    def submit(name: str, point: dict | None, split: str):
-        a = prep["attacks"][name]
-        defense = BASELINE if point is None else "sampdetox"
-        cfg = base_cfg if point is None else {**base_cfg, **point}
-        return evaluate_point.submit(a["poisoned"]["path"], a["victim"]["path"], purifier, a["attack_cfg"], cfg,
-                                     defense, split, val_fraction, split_seed, max_images)
-
-    futures = {(label, name): submit(name, point, "val") for label, point in settings.items() for name in attacks}
-    val_rows = [{**f.result(), "setting": label} for (label, _name), f in futures.items()]
+    score = _scorer(prep, params, max_images)
+    val_rows = score(settings, attacks, "val")
     summaries = summarise_settings(val_rows, baseline=BASELINE)
     chosen, why = select_setting(val_rows, max_ca_drop=max_ca_drop, baseline=BASELINE)
     chosen_point = settings[chosen["setting"]]
     front = {s["setting"] for s in pareto_frontier([s for s in summaries if s["setting"] != BASELINE])}
-    held_f = {(label, name): submit(name, settings[label], "test")
-              for label in (BASELINE, chosen["setting"]) for name in attacks}
-    heldout = [{**f.result(), "setting": label} for (label, _), f in held_f.items()]
+    heldout = score({label: settings[label] for label in (BASELINE, chosen["setting"])}, attacks, "test")
     held_summary = {s["setting"]: s for s in summarise_settings(heldout, baseline=BASELINE)}[chosen["setting"]]
     seconds = time.perf_counter() - started
 
     chosen_overrides = [f"sampdetox.{k}={v}" for k, v in chosen_point.items()]
     markdown = _markdown(summaries, chosen, why, front, held_summary, heldout, attacks, max_ca_drop)
-    out_dir = _abs(params.tracking.runs_dir) / "sweep"
+    out_dir = project_path(params.tracking.runs_dir) / "sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"chosen": chosen_point, "setting": chosen["setting"], "overrides": chosen_overrides, "why": why,
               "rule": f"lowest mean ASR subject to mean CA drop <= {max_ca_drop} points vs no defense (val split)",
@@ -141,49 +128,32 @@ def sweep(
     (out_dir / "sweep_result.json").write_text(json.dumps(result, indent=2, default=str))
     (out_dir / "sweep.md").write_text(markdown + "\n")
 
-    prefix = params.tracking.experiment_prefix
-    ingested = prep["ingested"]
-    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
-            "detoxops.model": params.victim.arch, "detoxops.attacks": ",".join(attacks)}
-    by_setting = {s["setting"]: s for s in summaries}
-    with run("sweep", f"sweep {len(points)} points x {len(attacks)} attacks", kind="sweep", prefix=prefix,
-             tags={**tags, "detoxops.chosen": chosen["setting"]}, params=params.to_dict()) as parent:
-        log_dataset(ingested["path"], ingested["name"], ingested["hash"], "validation")
-        mlflow.log_params({"sweep.grid": json.dumps(grid), "sweep.max_ca_drop": str(max_ca_drop),
-                           "sweep.chosen": chosen["setting"], "sweep.rule": result["rule"][:250]})
-        for label in settings:
-            rows = [r for r in val_rows if r["setting"] == label]
-            s = by_setting[label]
-            with run("sweep", label, kind="sweep-point", prefix=prefix, parent_run_id=parent.info.run_id,
-                     tags={**tags, "detoxops.split": "val", "detoxops.defense": BASELINE if label == BASELINE
-                           else "sampdetox", "detoxops.chosen": str(label == chosen["setting"]).lower(),
-                           "detoxops.pareto": str(label in front).lower()}):
-                point = settings[label] or {}
-                mlflow.log_params({f"sampdetox.{k}": str(v) for k, v in point.items()} or {"sampdetox": "none"})
-                metrics = {"ca": _mean(rows, "ca") / 100, "pa": s["mean_pa"] / 100, "asr": s["mean_asr"] / 100,
-                           "ca_drop": s["mean_ca_drop"] / 100, "max_asr": s["max_asr"] / 100}
-                for r in rows:
-                    metrics.update({f"{r['attack']}.{m}": r[m] / 100 for m in ("ca", "pa", "asr")})
-                mlflow.log_metrics(metrics)
-        with run("sweep", f"heldout {chosen['setting']}", kind="sweep-heldout", prefix=prefix,
-                 parent_run_id=parent.info.run_id, tags={**tags, "detoxops.split": "test"}):
-            mlflow.log_params({f"sampdetox.{k}": str(v) for k, v in chosen_point.items()})
-            hrows = [r for r in heldout if r["setting"] == chosen["setting"]]
-            mlflow.log_metrics({"ca": _mean(hrows, "ca") / 100, "pa": held_summary["mean_pa"] / 100,
-                                "asr": held_summary["mean_asr"] / 100, "ca_drop": held_summary["mean_ca_drop"] / 100})
-        mlflow.log_metrics({"heldout.asr": held_summary["mean_asr"] / 100, "heldout.pa": held_summary["mean_pa"] / 100,
-                            "heldout.ca_drop": held_summary["mean_ca_drop"] / 100, "seconds": seconds})
-        mlflow.log_artifact(str(out_dir / "sweep.md"), "results")
-        mlflow.log_artifact(str(out_dir / "sweep_result.json"), "results")
-        run_id = parent.info.run_id
+    run_id = log_sweep(params, result, settings, front, prep["ingested"], out_dir, max_ca_drop, seconds, BASELINE)
     create_markdown_artifact(markdown=markdown, key="sampdetox-sweep", description="SampDetox sweep and choice")
     print("\n" + markdown + f"\n\n{seconds:.0f} s; MLflow run {run_id}")
     print("apply with: " + " ".join(f"--set {o}" for o in chosen_overrides))
     return {**result, "run_id": run_id}
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+def _scorer(prep: dict[str, Any], params, max_images: int | None):
+    """``score({label: point | None}, attacks, split) -> rows``: every setting on every attack, submitted to the
+    flow's task runner together (``None`` = the no-defense baseline)."""
+    from tasks.sweep_tasks import evaluate_point
+
+    base_cfg = params.sampdetox.model_dump(mode="json")
+
+    def score(settings: dict[str, dict | None], attacks: list[str], split: str) -> list[dict[str, Any]]:
+        futures = {}
+        for label, point in settings.items():
+            for name in attacks:
+                a = prep["attacks"][name]
+                futures[label, name] = evaluate_point.submit(
+                    a["poisoned"]["path"], a["victim"]["path"], prep["purifier"]["path"], a["attack_cfg"],
+                    base_cfg if point is None else {**base_cfg, **point}, BASELINE if point is None else "sampdetox",
+                    split, params.data.val_fraction, params.data.seed, max_images)
+        return [{**f.result(), "setting": label} for (label, _name), f in futures.items()]
+
+    return score
 
 
 def _markdown(summaries, chosen, why, front, held, heldout, attacks, max_ca_drop) -> str:

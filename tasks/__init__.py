@@ -12,6 +12,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def project_path(path: str | Path, root: str | Path | None = None) -> Path:
+    """``path`` as given when absolute, else under ``root`` (default: the project root): params paths are the
+    project's, whatever the working directory of a flow or worker."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(root or PROJECT_ROOT) / p
+
+
 def configure_environment(root: str | Path | None = None) -> Path:
     """Sensible defaults for running flows without a Prefect server (ephemeral mode), unless the user set them.
 

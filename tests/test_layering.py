@@ -1,0 +1,141 @@
+"""The import layers, read from the source (every ``import``, at module level or inside a function):
+
+- ``src/detoxops/`` imports only its own layer or the ones below (``LAYERS``), and never Prefect, MLflow, DVC,
+  Streamlit or the platform packages;
+- ``tasks/`` (Prefect tasks, tracking) imports the core, never ``flows/`` or ``dashboards/``;
+- ``flows/`` composes tasks: it imports neither ``mlflow`` nor ``dashboards/``, and ``flows/stages.py`` (the plain
+  ``dvc.yaml`` entry points) imports neither Prefect nor ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "detoxops"
+
+# lowest first; a module belongs to the longest prefix listed
+LAYERS: list[set[str]] = [
+    # foundation: shared utilities and the attack plugin table, importable from every layer
+    {"detoxops", "detoxops.fileio", "detoxops.ssim", "detoxops.devices", "detoxops.seeding", "detoxops.progress",
+     "detoxops.metrics", "detoxops.modelfiles",
+     "detoxops.attacks.base", "detoxops.attacks.registry", "detoxops.attacks.selection"},
+    {"detoxops.config"},
+    {"detoxops.data", "detoxops.serving"},
+    {"detoxops.models", "detoxops.diffusion"},
+    {"detoxops.attacks"},  # the attack implementations (they use models, data, SSIM)
+    {"detoxops.defenses"},
+    {"detoxops.operations"},  # one function per user operation
+    {"detoxops.commands", "detoxops.cli"},
+]
+PLATFORM = {"prefect", "mlflow", "dvc", "streamlit", "tasks", "flows", "dashboards"}
+# flows that still call mlflow themselves, owned by another issue; listed so the list can only shrink
+MLFLOW_IN_FLOWS_PENDING = {"demo.py"}  # issue #28 owns flows/demo.py
+
+
+def layer_of(module: str) -> int:
+    best, found = -1, None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, found = len(name), i
+    if found is None:
+        raise AssertionError(f"{module}: no layer in LAYERS (add it)")
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every absolute import in the file; ``from pkg import sub`` counts ``pkg.sub``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return out
+
+
+def _target(imported: str) -> str:
+    """The detoxops module an import names (``detoxops.data.ImageSet`` → ``detoxops.data``)."""
+    parts = imported.split(".")
+    while parts:
+        candidate = SRC.parent.joinpath(*parts)
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(parts)
+        parts.pop()
+    raise AssertionError(f"import of unknown detoxops module {imported}")
+
+
+def test_core_imports_only_its_layer_or_below():
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        own = module_name(path)
+        for line, imported in imports(path):
+            top = imported.split(".")[0]
+            if top in PLATFORM:
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {imported} (platform, not core)")
+            elif top == "detoxops":
+                target = _target(imported)
+                if layer_of(target) > layer_of(own):
+                    problems.append(f"{path.relative_to(ROOT)}:{line} imports {target} (layer {layer_of(target)}) "
+                                    f"from layer {layer_of(own)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_layer_test_sees_an_upward_import(tmp_path):
+    """The check itself: a data module importing defenses is reported."""
+    assert layer_of("detoxops.defenses.guard") > layer_of("detoxops.data.store")
+    assert layer_of("detoxops.attacks.visibility") > layer_of("detoxops.config") > layer_of("detoxops.fileio")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from detoxops.defenses.guard import Detoxifier\n")
+    assert imports(bad) == [(2, "detoxops.defenses.guard.Detoxifier")]
+    assert _target("detoxops.defenses.guard.Detoxifier") == "detoxops.defenses.guard"
+
+
+@pytest.mark.parametrize("package, forbidden", [("tasks", {"flows", "dashboards"}), ("flows", {"dashboards"})])
+def test_platform_packages_import_downwards(package, forbidden):
+    problems = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in sorted((ROOT / package).rglob("*.py"))
+                for line, m in imports(p) if m.split(".")[0] in forbidden]
+    assert not problems, "\n".join(problems)
+
+
+def test_flows_leave_tracking_to_tasks():
+    calls = {}
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        hits = [n.lineno for n in ast.walk(tree)
+                if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "mlflow")]
+        hits += [line for line, m in imports(path) if m.split(".")[0] == "mlflow"]
+        if hits:
+            calls[path.name] = sorted(hits)
+    assert set(calls) == MLFLOW_IN_FLOWS_PENDING, f"flows calling mlflow directly (lines): {calls}"
+
+
+def test_stages_are_plain():
+    """``flows/stages.py`` runs under ``dvc repro`` without Prefect: no Prefect, no tasks/ module."""
+    bad = [m for _, m in imports(ROOT / "flows" / "stages.py") if m.split(".")[0] in {"prefect", "tasks", "mlflow"}]
+    assert not bad, bad
+
+
+FLOW_FUNCTION_LINES = 60
+LONG_FLOWS_PENDING = {"demo.py"}  # issue #28 owns flows/demo.py
+
+
+def test_flow_functions_are_short():
+    """Flows compose tasks: no function in flows/ runs over 60 lines (decorator excluded)."""
+    long = {}
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FLOW_FUNCTION_LINES:
+                    long.setdefault(path.name, []).append(f"{node.name} ({lines} lines)")
+    assert set(long) <= LONG_FLOWS_PENDING, f"flow functions over {FLOW_FUNCTION_LINES} lines: {long}"
