@@ -14,7 +14,7 @@ UNFITTED = {"badnets", "blended", "sig", "lc", "wanet", "bpp", "ftrojan", "refoo
 
 def test_all_13_attacks_registered_with_consistent_metadata():
     names = set(registry.available())
-    assert ALL_13 == names
+    assert names == ALL_13 | {"badnets_random"}  # + detoxops's adaptive check
     for name in names:
         cls = registry.get(name)
         assert issubclass(cls, Attack) and cls.name == name and cls.kind in ("data", "loop")

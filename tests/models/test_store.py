@@ -42,3 +42,40 @@ def test_unknown_name_lists_the_store(tmp_path):
     else:
         raise AssertionError("an unknown name must raise")
     assert resolve_classifier_path("a/b", store=tmp_path) == tmp_path / "a" / "b"
+
+
+def test_export_keeps_the_attack_record_and_rebuilds_the_attack(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from detoxops.models.store import victim_attack
+
+    model = build_classifier("small_cnn", 10, image_size=16, width=4)
+    save_classifier(model, tmp_path / "run" / "victim", meta={"attack": "badnets"})
+    record = {"name": "badnets", "target": 3, "poison_ratio": 0.1, "seed": 5, "image_size": 16,
+              "num_classes": 10, "options": {"margin": 1}}
+    run = tmp_path / "poisoned"
+    (run / "state").mkdir(parents=True)
+    (run / "attack.json").write_text(json.dumps(record))
+    (run / "state" / "note.txt").write_text("fitted trigger state travels with the victim")
+    store = tmp_path / "store"
+    args = ["victim", "export", str(tmp_path / "run" / "victim"), "--name", "toy/badnets", "--store", str(store)]
+    result = CliRunner().invoke(app, [*args, "--attack-run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (store / "toy" / "badnets" / "attack" / "state" / "note.txt").is_file()
+    assert load_classifier(store / "toy" / "badnets").detoxops_meta["attack_record"]["target"] == 3
+
+    monkeypatch.setenv(STORE_ENV, str(store))
+    attack = victim_attack("toy/badnets")
+    assert attack.name == "badnets" and attack.target == 3 and attack.options.margin == 1
+    x = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    triggered, labels, kept = attack.poison_test_arrays(x, np.array([0, 1, 3, 2]))
+    assert list(kept) == [0, 1, 3] and (triggered[:, 13:15, 13:15] == 255).all()
+    assert victim_attack(store / "toy" / "badnets").target == 3
+    # a clean victim has no attack; a folder that is not an attack run is refused
+    CliRunner().invoke(app, ["victim", "export", str(tmp_path / "run" / "victim"), "--name", "toy/clean",
+                             "--store", str(store)])
+    assert victim_attack("toy/clean") is None
+    bad = CliRunner().invoke(app, [*args, "--attack-run", str(tmp_path)])
+    assert bad.exit_code != 0 and "attack.json" in bad.output

@@ -11,6 +11,7 @@ from detoxops.attacks.base import Attack
 ATTACK_MODULES: tuple[str, ...] = (
     "badnets", "blended", "sig", "lc", "trojannn", "inputaware", "lf",
     "wanet", "ssba", "bpp", "ftrojan", "lira", "refool",
+    "badnets_random",  # detoxops's adaptive check, not one of the papers' 13
 )
 
 _REGISTRY: dict[str, type[Attack]] = {}

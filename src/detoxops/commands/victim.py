@@ -37,6 +37,10 @@ def train(
 ) -> None:
     """Train ``params.victim`` on ``--poisoned`` (or on the clean ``params.data``) and report CA / PA / ASR."""
     params = params_from_cli(params_path, overrides)
+    import shlex
+    import sys
+    import time
+
     from detoxops.data import ImageSet, load_splits
     from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
     from detoxops.models import build_classifier, predict, save_classifier, train_classifier
@@ -56,14 +60,26 @@ def train(
     model = build_classifier(params.victim.arch, train_set.num_classes, train_set.images.shape[-1],
                              train_set.images.shape[1], seed=params.victim.seed, width=params.victim.width,
                              widths=params.victim.airbench.widths)
+    wall, cpu = time.perf_counter(), time.process_time()
     history = train_classifier(model, train_set, params.victim, attack=attack, checkpoint_dir=checkpoint_dir,
                                progress=progress)
-    metrics = {"ca": clean_accuracy(predict(model, clean_test.images), clean_test.labels)}
-    if triggered is not None and attack is not None:
-        pred = predict(model, triggered.images)
-        metrics |= {"pa": poisoned_accuracy(pred, triggered.original_labels), "asr": attack_success_rate(pred, attack.target)}
-    meta = {"attack": attack.name if attack else "none", "metrics": metrics, "history": history,
-            "train_hash": train_set.content_hash(), "params": params.victim.model_dump(mode="json")}
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # CA / PA / ASR both ways (issue #19): without test-time augmentation (what `victim.tta: 0` deploys) and with
+    # TTA level 2 (mirror + translate); the plain keys are the deployed model's (victim.tta)
+    metrics: dict[str, float] = {}
+    for level, suffix in ((params.victim.tta, ""), (2 if params.victim.tta != 2 else 0, f"_tta{2 if params.victim.tta != 2 else 0}")):
+        metrics[f"ca{suffix}"] = clean_accuracy(predict(model, clean_test.images, tta=level), clean_test.labels)
+        if triggered is not None and attack is not None:
+            pred = predict(model, triggered.images, tta=level)
+            metrics[f"pa{suffix}"] = poisoned_accuracy(pred, triggered.original_labels)
+            metrics[f"asr{suffix}"] = attack_success_rate(pred, attack.target)
+    record = json.loads((poisoned / "attack.json").read_text()) if poisoned is not None else None
+    meta = {"attack": attack.name if attack else "none", "metrics": metrics, **metrics, "history": history,
+            "command": shlex.join(["detoxops", *sys.argv[1:]]), "seed": params.victim.seed,
+            "data_source": str(params.data.source), "train_hash": train_set.content_hash(),
+            "test_hash": clean_test.content_hash(), "attack_record": record,
+            "train_seconds": round(wall, 1), "train_cpu_seconds": round(cpu, 1),
+            "params": params.victim.model_dump(mode="json")}
     save_classifier(model, out, meta=meta)
     typer.echo(" ".join(f"{k.upper()}={v:.4f}" for k, v in metrics.items()) + f" → {out}")
 
@@ -74,6 +90,9 @@ def export(
     name: str = typer.Option(..., "--name", help="name in the victim store, e.g. cifar10-fast/badnets"),
     store: Path = typer.Option(None, "--store", help="victim store folder (default $DETOXOPS_VICTIMS or victims/)"),
     half: bool = typer.Option(True, "--half/--full", help="fp16 weights (BatchNorm statistics stay fp32)"),
+    attack_run: Path = typer.Option(
+        None, "--attack-run", help="the `detoxops attack run` folder the victim was trained on: its attack record "
+        "(and a fitted trigger's state) is stored with the victim so its triggered test set can be regenerated"),
 ) -> None:
     """Copy a trained classifier into the victim store under NAME, with its training record."""
     from detoxops.models import load_classifier, save_classifier
@@ -85,7 +104,15 @@ def export(
         fail(f"{source}: cannot load the classifier: {exc}")
     dest = (store or victim_store()) / name
     meta = {**model.detoxops_meta, "exported_from": str(source), "fp16_weights": half}
+    if attack_run is not None:
+        if not (attack_run / "attack.json").is_file():
+            fail(f"{attack_run}: not an attack output folder (no attack.json)")
+        meta["attack_record"] = json.loads((attack_run / "attack.json").read_text())
     save_classifier(model, dest, meta=meta, half=half)
+    if attack_run is not None:
+        from detoxops.models.store import store_attack_state
+
+        store_attack_state(dest, attack_run)
     size = sum(f.stat().st_size for f in dest.iterdir())
     typer.echo(f"{name} → {dest} ({size / 2**20:.1f} MiB)")
 

@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STORE_ENV", "victim_store", "resolve_classifier_path", "list_victims"]
+__all__ = [
+    "STORE_ENV",
+    "victim_store",
+    "resolve_classifier_path",
+    "list_victims",
+    "store_attack_state",
+    "victim_attack",
+]
 
 STORE_ENV = "DETOXOPS_VICTIMS"
 _CONFIG = "classifier.json"
@@ -50,3 +57,42 @@ def resolve_classifier_path(ref: str | Path, store: str | Path | None = None) ->
     names = [v["name"] for v in list_victims(root)] if root.is_dir() else []
     hint = f"; victims in {root}: {', '.join(names)}" if names else f" (no victim store at {root}; set {STORE_ENV})"
     raise FileNotFoundError(f"{ref}: no such classifier folder or victim name{hint}")
+
+
+_ATTACK_DIR = "attack"
+
+
+def store_attack_state(victim_dir: str | Path, attack_run: str | Path) -> Path:
+    """Copy the attack record of ``attack_run`` (a `detoxops attack run` folder: ``attack.json`` and, for a fitted
+    trigger, ``state/``) into ``<victim_dir>/attack/``, atomically, so the victim's triggered test set can be
+    regenerated wherever the victim travels (:func:`victim_attack`)."""
+    import shutil
+
+    from detoxops.fileio import atomic_dir
+
+    src = Path(attack_run)
+    if not (src / "attack.json").is_file():
+        raise FileNotFoundError(f"{src}: not an attack output folder (no attack.json)")
+    with atomic_dir(Path(victim_dir) / _ATTACK_DIR, overwrite=True) as tmp:
+        shutil.copy2(src / "attack.json", tmp / "attack.json")
+        if (src / "state").is_dir():
+            shutil.copytree(src / "state", tmp / "state")
+    return Path(victim_dir) / _ATTACK_DIR
+
+
+def victim_attack(ref: str | Path, store: str | Path | None = None):
+    """The attack a stored victim was trained with (rebuilt from ``<victim>/attack/``, fitted state included), or
+    None for a clean victim. Its ``poison_test_arrays`` regenerates the victim's triggered test set."""
+    folder = resolve_classifier_path(ref, store) / _ATTACK_DIR
+    if not (folder / "attack.json").is_file():
+        return None
+    from detoxops.attacks import registry
+
+    record = json.loads((folder / "attack.json").read_text())
+    attack = registry.create(
+        record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
+        image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"],
+    )
+    if attack.needs_fit:
+        attack.load_state(folder / "state")
+    return attack
