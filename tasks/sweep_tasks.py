@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from prefect import task
 
 from tasks.caching import HEAVY_CACHE
@@ -25,30 +24,21 @@ def evaluate_point_fn(
     split_seed: int,
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """CA / PA / ASR (%) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``)."""
-    from detoxops.config import SampDetoxConfig
-    from detoxops.defenses.catalog import build_defense
-    from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
-    from detoxops.devices import resolve_device
+    """CA / PA / ASR (%) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``):
+    :func:`detoxops.operations.evaluate_split` with one defense."""
+    from detoxops.config import DataConfig, Params, SampDetoxConfig
     from detoxops.models import load_classifier
+    from detoxops.operations import evaluate_split
     from tasks.attack_tasks import load_test_splits
 
-    device = str(resolve_device())
     clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
-    data = split_eval_sets(clean, triggered, attack_cfg["target"], val_fraction, split_seed, attack=attack)[split]
-    data = data.at_most(max_images, split_seed)
-    cfg = SampDetoxConfig(**sampdetox_cfg)
-    purifier = None
-    if defense != "none" and purifier_path:
-        from detoxops.diffusion import load_purifier
-
-        purifier = load_purifier(purifier_path, device=device)
-    classifier = load_classifier(victim_path).to(device).eval()
-    row = evaluate_defense(classifier, build_defense(defense, purifier, cfg, classifier=classifier), data,
-                           batch_size=cfg.batch_size,
-                           name=defense)
-    row.update(split=split, attack=attack_cfg["name"])
-    return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()}
+    params = Params(sampdetox=SampDetoxConfig(**sampdetox_cfg),
+                    data=DataConfig(val_fraction=val_fraction, seed=split_seed))
+    outcome = evaluate_split(clean, triggered, attack_cfg["target"], load_classifier(victim_path), params, split,
+                             [defense], attack_name=attack_cfg["name"], attack=attack,
+                             purifier=purifier_path if defense != "none" else None, max_images=max_images)
+    row = {k: v for k, v in outcome.rows[0].items() if k != "ca_drop"}  # one defense: no baseline to drop from
+    return {**row, "split": split, "attack": attack_cfg["name"]}
 
 
 evaluate_point = task(name="sweep-point", cache_policy=HEAVY_CACHE, result_serializer="json")(evaluate_point_fn)

@@ -26,7 +26,7 @@ def version() -> None:
 
 
 # Order here is the order in --help.
-_COMMAND_MODULES = ("data", "attack", "victim", "evaluate", "diffusion", "detox", "sanitize")
+_COMMAND_MODULES = ("data", "attack", "victim", "evaluate", "diffusion", "detox", "sanitize", "report")
 
 for _name in _COMMAND_MODULES:
     _module = importlib.import_module(f"detoxops.commands.{_name}")

@@ -38,6 +38,43 @@ def _load_imageset(path: Path, what: str):
         fail(f"{what} image set {path}: {exc}")
 
 
+@detox_app.command("score")
+def score_command(
+    poisoned: Path = typer.Option(..., "--poisoned", help="output folder of `detoxops attack run`"),
+    victim: Path = typer.Option(..., "--victim", help="classifier folder (`detoxops victim train`)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for defenses.csv and metrics.json"),
+    split: str = typer.Option("val", "--split", help="val (parameter selection) or test (held out)"),
+    defenses: str = typer.Option("none,sampdetox", "--defenses", help="comma-separated catalog names"),
+    clean: str = typer.Option(None, "--clean", help="data source of the clean test split (default: data.source), "
+                              "e.g. the ingest stage's pipeline/raw"),
+    purifier: Path = typer.Option(None, "--purifier", help="default: diffusion.purifier, else the shipped one"),
+    max_images: int = typer.Option(0, "--max-images", help="clean / triggered images at most (0 = all)"),
+    params_path: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """CA / PA / ASR of the victim behind each defense on the ``val`` or held-out ``test`` part of the test split,
+    with ``params.sampdetox`` as it is (the ``sweep`` and ``detox_eval`` stages: ``dvc exp run -S sampdetox.t2=80``
+    scores one sweep point)."""
+    params = params_from_cli(params_path, overrides)
+    import torch
+
+    from detoxops.data import ImageSet, load_splits
+    from detoxops.models import load_classifier
+    from detoxops.operations import evaluate_split
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    names = [d.strip() for d in defenses.split(",") if d.strip()]
+    try:
+        record = json.loads((poisoned / "attack.json").read_text())
+        test = load_splits(clean or params.data.source, params.data, progress=False)["test"]
+        outcome = evaluate_split(test, ImageSet.load(poisoned / "test"), record["target"], load_classifier(victim),
+                                 params, split, names, attack_name=record.get("name", params.attack.name),
+                                 purifier=purifier, max_images=max_images or None, out=out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(outcome.metrics(), indent=2))
+
+
 @detox_app.command("run")
 def run_command(
     images: Path = typer.Argument(..., help="a saved ImageSet folder (images.npy, labels.npy, meta.json)"),

@@ -50,6 +50,29 @@ def _format_table(metrics: dict[int, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+@diffusion_app.command("prepare")
+def prepare_command(
+    data: Path = typer.Option(..., "--data", "-d", help="a dataset version folder (e.g. the ingest stage's "
+                              "pipeline/raw): its training images decide the size, and train a purifier if needed"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the purifier (diffusers UNet + origin.json)"),
+    params_path: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """The purifier every later step uses (the ``train_purifier`` stage): ``diffusion.purifier`` when set, else the
+    one shipped for the data's image size (both copied), else one trained here on ``--data``."""
+    params = params_from_cli(params_path, overrides)
+    from detoxops.data import load_version
+    from detoxops.operations import prepare_purifier
+
+    try:
+        train = load_version(data)["train"]
+        outcome = prepare_purifier(train, params.diffusion, out, copy=True, source=str(data), progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(outcome.record()))
+
+
 @diffusion_app.command("train")
 def train_command(
     data: str = typer.Option(None, "--data", "-d", help="data source (default: data.source from params)"),

@@ -6,10 +6,21 @@ Nothing here knows about Prefect, MLflow or DVC; tracking is the task layer's jo
 
 | operation | function | result |
 |---|---|---|
-| sanitize (DataElixir on a training set) | :func:`detoxops.operations.sanitize.sanitize` | :class:`SanitizeOutcome` |
+| prepare the purifier (configured, shipped or trained) | :func:`~detoxops.operations.purifier.prepare_purifier` | :class:`PurifierOutcome` |
+| sanitize (DataElixir on a training set) | :func:`~detoxops.operations.sanitize.sanitize` | :class:`SanitizeOutcome` |
+| detox-evaluate (defenses on the val / held-out split) | :func:`~detoxops.operations.detox.evaluate_split` | :class:`DetoxOutcome` |
+| report (the pipeline's table) | :func:`~detoxops.operations.report.write_report` | rows |
 """
 
-from detoxops.operations.purifier import choose_purifier, load_chosen_purifier
+from detoxops.operations.detox import DetoxOutcome, evaluate_split
+from detoxops.operations.purifier import (
+    PurifierOutcome,
+    choose_purifier,
+    load_chosen_purifier,
+    prepare_purifier,
+)
+from detoxops.operations.report import write_report
 from detoxops.operations.sanitize import SanitizeOutcome, relabel_config, sanitize
 
-__all__ = ["SanitizeOutcome", "choose_purifier", "load_chosen_purifier", "relabel_config", "sanitize"]
+__all__ = ["DetoxOutcome", "PurifierOutcome", "SanitizeOutcome", "choose_purifier", "evaluate_split",
+           "load_chosen_purifier", "prepare_purifier", "relabel_config", "sanitize", "write_report"]

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from detoxops.config import DiffusionConfig
+from detoxops.data import ImageSet
+from detoxops.fileio import atomic_dir
 
-__all__ = ["choose_purifier", "load_chosen_purifier"]
+__all__ = ["PurifierOutcome", "choose_purifier", "load_chosen_purifier", "prepare_purifier"]
+
+ORIGIN_FILE = "origin.json"
 
 
 def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_size: int) -> tuple[Path, str]:
@@ -42,3 +48,48 @@ def load_chosen_purifier(explicit: str | Path | None, cfg: DiffusionConfig, imag
 
     folder, _ = choose_purifier(explicit, cfg, image_size)
     return load_purifier(folder, device=device)
+
+
+@dataclass(frozen=True)
+class PurifierOutcome:
+    """The purifier an operation uses: ``folder`` (a diffusers UNet folder, safetensors), where it came from
+    (``configured``, ``shipped:<name>``, ``trained``) and the image size it works on."""
+
+    folder: Path
+    origin: str
+    source: str
+    image_size: int
+
+    def record(self) -> dict[str, object]:
+        """What ``origin.json`` beside a prepared purifier holds."""
+        return {"origin": self.origin, "source": self.source, "image_size": self.image_size}
+
+
+def prepare_purifier(train: ImageSet, cfg: DiffusionConfig, out: str | Path, *, copy: bool = True,
+                     source: str = "", progress: bool = True) -> PurifierOutcome:
+    """The purifier for ``train``'s image size by the rule (``diffusion.purifier``, else the one shipped for the size,
+    :func:`detoxops.diffusion.purifier_folder`), else one trained on ``train`` into ``out`` (``diffusion.unet`` /
+    ``train`` at the data's size). With ``copy`` a configured / shipped purifier is copied to ``out`` (a pipeline
+    output, with ``origin.json``); without, it is used where it is and ``out`` is only written when training.
+    ``source`` names the training data in the record (e.g. the dataset version)."""
+    from detoxops.diffusion import purifier_folder, train_purifier
+
+    size = int(train.image_shape[0])  # the data's size decides, not diffusion.unet.sample_size
+    out = Path(out)
+    folder, origin = purifier_folder(cfg.purifier, size)
+    if folder is not None and not copy:
+        return PurifierOutcome(Path(folder), origin, str(folder), size)
+    outcome = PurifierOutcome(out, origin if folder is not None else "trained",
+                              str(folder) if folder is not None else source, size)
+    sized = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"sample_size": size})})
+    if not copy:  # a cache folder: train in place, so that a killed run resumes from out/checkpoint/
+        train_purifier(train.images, sized, out, progress=progress)
+        (out / ORIGIN_FILE).write_text(json.dumps(outcome.record(), indent=2) + "\n")
+        return outcome
+    with atomic_dir(out, overwrite=True) as tmp:  # a pipeline output: the whole folder appears at once
+        if folder is not None:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint"))
+        else:
+            train_purifier(train.images, sized, tmp, progress=progress)
+        (tmp / ORIGIN_FILE).write_text(json.dumps(outcome.record(), indent=2) + "\n")
+    return outcome

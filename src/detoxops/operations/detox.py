@@ -1,0 +1,87 @@
+"""Detox-evaluate: CA / PA / ASR of a victim behind each defense on the ``val`` (selection) or held-out ``test``
+part of the test split (:func:`detoxops.defenses.evaluation.split_eval_sets`).
+
+The one implementation behind ``detoxops detox score`` (the ``sweep`` and ``detox_eval`` stages of ``dvc.yaml``)
+and the sweep's Prefect task (``tasks.sweep_tasks.evaluate_point``): one sweep point is this function with one
+``sampdetox`` setting.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detoxops.config import Params
+from detoxops.data import ImageSet
+
+__all__ = ["DetoxOutcome", "evaluate_split", "ROW_COLUMNS"]
+
+ROW_COLUMNS = ["defense", "ca", "pa", "asr", "ca_drop", "images_per_s", "n_clean", "n_poisoned"]
+
+
+@dataclass(frozen=True)
+class DetoxOutcome:
+    """One row per defense (``detoxops.defenses.evaluation.evaluate_defense``'s, in percent: a results table) with
+    ``ca_drop`` against the ``none`` row; ``defenses_csv`` / ``metrics_json`` where they were written."""
+
+    rows: list[dict[str, Any]]
+    split: str
+    attack: str
+    defenses_csv: Path | None = None
+    metrics_json: Path | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """The DVC metrics file: split, attack and CA / PA / ASR / CA drop per defense."""
+        return {"split": self.split, "attack": self.attack,
+                **{r["defense"]: {k: r[k] for k in ("ca", "pa", "asr", "ca_drop") if r.get(k) is not None}
+                   for r in self.rows}}
+
+
+def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, params: Params, split: str,
+                   defenses: list[str], *, attack_name: str, attack=None, purifier: str | Path | None = None,
+                   max_images: int | None = None, device: str | None = None, out: str | Path | None = None,
+                   progress: bool = False) -> DetoxOutcome:
+    """Score ``victim`` behind every defense of ``defenses`` (catalog names; ``params.sampdetox`` /
+    ``params.baselines`` configure them) on ``split`` of the test set: ``clean`` (the clean test split) and
+    ``triggered`` (its triggered non-target version), split by ``data.val_fraction`` / ``data.seed``, at most
+    ``max_images`` of each (seeded). The purifier follows :func:`~detoxops.operations.choose_purifier`. With ``out``
+    the rows go to ``<out>/defenses.csv`` and :meth:`DetoxOutcome.metrics` to ``<out>/metrics.json``."""
+    from detoxops.defenses.catalog import build_defense, needs_purifier
+    from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
+    from detoxops.devices import resolve_device
+    from detoxops.operations.purifier import load_chosen_purifier
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    dev = resolve_device(device or "auto")
+    data = split_eval_sets(clean, triggered, target, params.data.val_fraction, params.data.seed, attack=attack)[split]
+    data = data.at_most(max_images, params.data.seed)
+    pur = (load_chosen_purifier(purifier, params.diffusion, int(clean.image_shape[0]), device=dev)
+           if needs_purifier(defenses) else None)
+    victim = victim.to(dev).eval()
+    rows = []
+    for name in defenses:
+        defense = build_defense(name, pur, params.sampdetox, classifier=victim, baselines=params.baselines)
+        row = evaluate_defense(victim, defense, data, batch_size=params.sampdetox.batch_size, progress=progress,
+                               name=name)
+        rows.append({k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()})
+    base = next((r["ca"] for r in rows if r["defense"] == "none"), None)
+    for r in rows:
+        r["ca_drop"] = None if base is None else base - r["ca"]
+    outcome = DetoxOutcome(rows=rows, split=split, attack=attack_name)
+    if out is None:
+        return outcome
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "defenses.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    (out / "metrics.json").write_text(json.dumps(outcome.metrics(), indent=2) + "\n")
+    return DetoxOutcome(rows=rows, split=split, attack=attack_name, defenses_csv=out / "defenses.csv",
+                        metrics_json=out / "metrics.json")

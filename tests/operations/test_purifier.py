@@ -1,0 +1,65 @@
+"""detoxops.operations.purifier: the one purifier rule (choose, load, prepare) and ``detoxops diffusion prepare``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from detoxops.cli import app
+from detoxops.config import DiffusionConfig, load_params
+from detoxops.data import ImageSet, save_version
+from detoxops.diffusion import load_purifier
+from detoxops.operations import choose_purifier, prepare_purifier
+
+
+def _train(size: int) -> ImageSet:
+    rng = np.random.default_rng(0)
+    return ImageSet(rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), np.arange(8) % 2, ["a", "b"])
+
+
+def test_prepare_copies_the_shipped_one(tmp_path):
+    outcome = prepare_purifier(_train(16), DiffusionConfig(), tmp_path / "purifier", source="toy")
+    assert outcome.origin == "shipped:digits-16" and outcome.folder == tmp_path / "purifier"
+    assert json.loads((tmp_path / "purifier" / "origin.json").read_text()) == outcome.record()
+    assert load_purifier(tmp_path / "purifier").image_size == 16
+
+
+def test_prepare_without_copy_uses_the_shipped_folder_where_it_is(tmp_path):
+    outcome = prepare_purifier(_train(16), DiffusionConfig(), tmp_path / "purifier", copy=False)
+    assert outcome.origin == "shipped:digits-16" and not (tmp_path / "purifier").exists()
+    assert (outcome.folder / "config.json").is_file()
+
+
+def test_prepare_trains_when_nothing_fits(tmp_path):
+    """8x8 images: no configured or shipped purifier, so one is trained (2 steps here) at that size."""
+    cfg = load_params(None, ["diffusion.train.steps=2", "diffusion.train.batch_size=4",
+                             "diffusion.train.checkpoint_every=1"]).diffusion
+    outcome = prepare_purifier(_train(8), cfg, tmp_path / "purifier", source="toy", progress=False)
+    assert outcome.origin == "trained" and outcome.image_size == 8 and outcome.source == "toy"
+    assert load_purifier(tmp_path / "purifier").image_size == 8
+
+
+def test_choose_names_a_missing_or_mis_sized_purifier(tmp_path):
+    with pytest.raises(FileNotFoundError, match="diffusion.purifier"):
+        choose_purifier(None, DiffusionConfig(purifier=str(tmp_path / "nope")), 16)
+    with pytest.raises(FileNotFoundError, match="no purifier for 8x8"):
+        choose_purifier(None, DiffusionConfig(), 8)
+    folder, _ = choose_purifier(None, DiffusionConfig(), 16)
+    with pytest.raises(ValueError, match="trained on 16x16 images but the data are 32x32"):
+        choose_purifier(folder, DiffusionConfig(), 32)
+    assert choose_purifier(folder, DiffusionConfig(), 16) == (folder, "explicit")
+
+
+def test_diffusion_prepare_command(tmp_path):
+    ds = _train(16)
+    version = save_version({"train": ds, "test": ds}, None, "toy", source="test", at=tmp_path / "raw")
+    res = CliRunner().invoke(app, ["diffusion", "prepare", "--data", str(version), "--out", str(tmp_path / "p"),
+                                   "--no-progress", "--params", "params.yaml"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["origin"] == "shipped:digits-16"
+    missing = CliRunner().invoke(app, ["diffusion", "prepare", "--data", str(tmp_path / "nope"), "--out",
+                                       str(tmp_path / "q"), "--params", "params.yaml"])
+    assert missing.exit_code == 1 and "nope" in missing.output
