@@ -13,19 +13,11 @@ __all__ = ["poison_dataset", "build_attack", "load_attack_state", "load_test_spl
 
 
 def build_attack(attack_cfg: dict[str, Any], image_size: int, num_classes: int):
-    """The configured attack object (``params.attack``) for images of ``image_size`` px."""
-    from detoxops.attacks import registry
+    """The configured attack object (``params.attack`` as a dict) for images of ``image_size`` px."""
+    from detoxops.config import AttackConfig
+    from detoxops.operations.poison import build_attack as build
 
-    name = attack_cfg["name"]
-    return registry.create(
-        name,
-        target=attack_cfg["target"],
-        poison_ratio=attack_cfg["poison_ratio"],
-        seed=attack_cfg["seed"],
-        image_size=image_size,
-        num_classes=num_classes,
-        options=(attack_cfg.get("options") or {}).get(name, {}),
-    )
+    return build(AttackConfig(**attack_cfg), image_size, num_classes)
 
 
 def load_attack_state(attack, version: str):
@@ -53,26 +45,15 @@ def poison_dataset(version: str, attack_cfg: dict[str, Any], root: str) -> dict[
     Attacks that need fitting on data (LF, SSBA…) are fitted on the clean training images; their state is saved
     next to the version in ``attack_state/`` so the victim and evaluation tasks reuse the same trigger.
     """
-    from detoxops.attacks import poison_datasets
-    from detoxops.data import load_version, save_version
+    from detoxops.config import AttackConfig
+    from detoxops.data import load_version
+    from detoxops.operations import poison
 
     splits = load_version(version)
-    train, test = splits["train"], splits["test"]
-    attack = build_attack(attack_cfg, train.image_shape[0], train.num_classes)
-    if getattr(attack, "needs_fit", False) and not getattr(attack, "needs_model", False):
-        attack.fit(train.images, train.labels)
-    poisoned_train, triggered_test = poison_datasets(attack, train, test)
-    name = f"{Path(version).parent.name}-{attack_cfg['name']}"
-    path = save_version(
-        {"train": poisoned_train, "test": triggered_test, "clean_test": test},
-        root,
-        name,
-        source=str(version),
-    )
-    state_dir = Path(path) / "attack_state"
-    if not state_dir.exists():
-        state_dir.mkdir()
-        attack.save_state(state_dir)
+    outcome = poison(splits["train"], splits["test"], AttackConfig(**attack_cfg), version_root=root,
+                     version_name=f"{Path(version).parent.name}-{attack_cfg['name']}", source=str(version),
+                     progress=False)
+    path, poisoned_train, triggered_test = outcome.version, outcome.train, outcome.test
     return {
         "path": str(path),
         "hash": Path(path).name,

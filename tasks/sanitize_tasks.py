@@ -24,7 +24,7 @@ def sanitize_dataset(
     """:func:`detoxops.operations.sanitize` on ``<version>/<split>``: the purified set stored as a version under
     ``out_root`` with its ``decisions.csv`` and ``anomaly_index.json``. ``victim_cfg`` (``params.victim``) is the
     relabelling model's recipe, as ``detoxops sanitize`` uses it; ``None`` = the one the victim was trained with
-    (recorded by :func:`tasks.victim_tasks.train_victim`).
+    (``meta.params`` of its ``classifier.json``, recorded by ``train_victim`` and ``detoxops victim train``).
 
     Returns paths, the detected target label (or None), counts, and TPR / FPR in percent (display values: the
     demo's table reads them; :func:`tasks.tracking.sanitize_metrics` logs fractions)."""
@@ -62,9 +62,9 @@ def sanitize_dataset(
 def _trained_with(victim_path: str) -> dict[str, Any]:
     from detoxops.models import read_classifier_config
 
-    recipe = (read_classifier_config(victim_path).get("meta") or {}).get("victim")
+    recipe = (read_classifier_config(victim_path).get("meta") or {}).get("params")
     if not isinstance(recipe, dict):
-        raise ValueError(f"{victim_path}: classifier.json records no training recipe (meta.victim); pass victim_cfg "
+        raise ValueError(f"{victim_path}: classifier.json records no training recipe (meta.params); pass victim_cfg "
                          "(params.victim) to sanitize_dataset")
     return recipe
 

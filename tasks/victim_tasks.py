@@ -43,7 +43,7 @@ def train_victim(
                                     seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     cfg = cfg.model_copy(update={"device": str(resolve_device(cfg.device))})
     model = _train(models, model, train, cfg, attack)
-    models.save_classifier(model, out, meta={"victim": victim_cfg})  # the recipe, for DataElixir's relabelling
+    models.save_classifier(model, out, meta={"params": victim_cfg})  # the recipe (as `detoxops victim train`)
     seconds = time.perf_counter() - start
     return {"path": str(out), "arch": cfg.arch, "seconds": seconds, "num_classes": train.num_classes}
 

@@ -116,3 +116,23 @@ def test_cli_dvc_stage_and_prefect_flow_give_the_same_artifacts(inputs, scratch_
     assert flow["target_label"] == cli["target_labels"][0] and flow["n_flagged"] == cli["flagged"]
     assert (flow["tpr"], flow["fpr"]) == (percent(cli["tpr"]), percent(cli["fpr"]))
     assert flow["sets"] == cli["sets"]
+
+
+def test_the_task_relabels_with_the_recipe_the_victim_was_trained_with(tmp_path):
+    """``sanitize_dataset`` without ``victim_cfg`` uses the victim's recorded recipe (``meta.params``, as ``detoxops
+    victim train`` and ``train_victim`` write it), and refuses a victim that records none."""
+    from detoxops.config import VictimConfig
+    from detoxops.operations import relabel_config
+    from tasks.sanitize_tasks import _trained_with
+
+    recipe = VictimConfig(arch="small_cnn", width=4, epochs=7, lr=0.05).model_dump(mode="json")
+    save_classifier(build_classifier("small_cnn", 3, image_size=8, width=4), tmp_path / "v", meta={"params": recipe})
+    assert _trained_with(str(tmp_path / "v")) == recipe
+    save_classifier(build_classifier("small_cnn", 3, image_size=8, width=4), tmp_path / "bare")
+    with pytest.raises(ValueError, match="meta.params"):
+        _trained_with(str(tmp_path / "bare"))
+    from detoxops.config import Params
+
+    params = Params(victim=VictimConfig(**recipe))
+    relabel = relabel_config(params)
+    assert relabel.epochs == params.dataelixir.relabel_epochs and relabel.lr == 0.05 and relabel.width == 4

@@ -70,10 +70,9 @@ def run(
     """Load ``params.data``, apply ``params.attack`` and write the poisoned train / triggered test sets."""
     params = params_from_cli(params_path, list(overrides or []) + ([f"attack.name={attack_name}"] if attack_name else [])
                              + ([f"data.source={data}"] if data else []))
-    from detoxops.attacks import registry
-    from detoxops.attacks.poisoning import poison_datasets
     from detoxops.data import load_splits
-    from detoxops.fileio import atomic_dir
+    from detoxops.operations import poison
+    from detoxops.operations.poison import build_attack
 
     if out.exists() and not force:
         fail(f"{out} already exists (pass --force to replace it)")
@@ -84,31 +83,16 @@ def run(
         fail(f"cannot load data source {params.data.source!r}: {exc}")
     train, test = splits["train"], splits["test"]
     try:
-        attack = registry.create(cfg.name, target=cfg.target, poison_ratio=cfg.poison_ratio, seed=cfg.seed,
-                                 image_size=int(train.images.shape[1]), num_classes=train.num_classes,
-                                 options=cfg.options.get(cfg.name, {}))
+        probe = build_attack(cfg, train.images.shape[1], train.num_classes)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         fail(f"attack {cfg.name!r}: {exc}", code=2)
-    if attack.needs_fit and not attack.is_fitted:
-        model = _surrogate(surrogate, train, params) if attack.needs_model else None
-        try:
-            attack.fit(train.images, train.labels, model=model, progress=progress)
-        except ValueError as exc:
-            fail(str(exc))
-    poisoned_train, triggered_test = poison_datasets(attack, train, test)
-    with atomic_dir(out, overwrite=force) as tmp:
-        poisoned_train.save(tmp / "train")
-        triggered_test.save(tmp / "test")
-        state = attack.save_state(tmp / "state") if attack.needs_fit else []
-        record = attack.describe() | {
-            "data_source": str(params.data.source),
-            "train": {"num_samples": len(poisoned_train), "num_poisoned": int(poisoned_train.poisoned.sum()),
-                      "content_hash": poisoned_train.content_hash()},
-            "test": {"num_samples": len(triggered_test), "content_hash": triggered_test.content_hash()},
-            "state_files": [p.name for p in state],
-            "fit_report": getattr(attack, "fit_report", {}),
-        }
-        (tmp / "attack.json").write_text(json.dumps(record, indent=2) + "\n")
+    model = _surrogate(surrogate, train, params) if probe.needs_fit and probe.needs_model and not probe.is_fitted else None
+    try:
+        outcome = poison(train, test, cfg, surrogate=model, out=out, overwrite=force,
+                         source=str(params.data.source), progress=progress)
+    except ValueError as exc:
+        fail(str(exc))
+    attack, poisoned_train, triggered_test = outcome.attack, outcome.train, outcome.test
     typer.echo(f"{attack.name}: {int(poisoned_train.poisoned.sum())}/{len(poisoned_train)} training samples "
                f"poisoned, {len(triggered_test)} triggered test images → {out}")
 

@@ -6,6 +6,7 @@ Nothing here knows about Prefect, MLflow or DVC; tracking is the task layer's jo
 
 | operation | function | result |
 |---|---|---|
+| poison (the configured attack on a dataset) | :func:`~detoxops.operations.poison.poison` | :class:`PoisonOutcome` |
 | prepare the purifier (configured, shipped or trained) | :func:`~detoxops.operations.purifier.prepare_purifier` | :class:`PurifierOutcome` |
 | sanitize (DataElixir on a training set) | :func:`~detoxops.operations.sanitize.sanitize` | :class:`SanitizeOutcome` |
 | detox-evaluate (defenses on the val / held-out split) | :func:`~detoxops.operations.detox.evaluate_split` | :class:`DetoxOutcome` |
@@ -13,6 +14,7 @@ Nothing here knows about Prefect, MLflow or DVC; tracking is the task layer's jo
 """
 
 from detoxops.operations.detox import DetoxOutcome, evaluate_split
+from detoxops.operations.poison import PoisonOutcome, poison
 from detoxops.operations.purifier import (
     PurifierOutcome,
     choose_purifier,
@@ -22,5 +24,5 @@ from detoxops.operations.purifier import (
 from detoxops.operations.report import write_report
 from detoxops.operations.sanitize import SanitizeOutcome, relabel_config, sanitize
 
-__all__ = ["DetoxOutcome", "PurifierOutcome", "SanitizeOutcome", "choose_purifier", "evaluate_split",
-           "load_chosen_purifier", "prepare_purifier", "relabel_config", "sanitize", "write_report"]
+__all__ = ["DetoxOutcome", "PoisonOutcome", "PurifierOutcome", "SanitizeOutcome", "choose_purifier", "evaluate_split",
+           "load_chosen_purifier", "poison", "prepare_purifier", "relabel_config", "sanitize", "write_report"]
