@@ -47,13 +47,8 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @contextlib.contextmanager
-def stage_progress(name: str, timings: dict[str, float] | None = None,
-                   interval: float | None = None) -> Iterator[None]:
-    """Report the progress of the stage ``name`` to the run log (a line per ``interval`` seconds, default
-    :data:`PROGRESS_INTERVAL_S`); store its duration in ``timings[name]``."""
-    from detoxops.progress import report_progress
-
-    interval = PROGRESS_INTERVAL_S if interval is None else interval
+def _forwarding() -> Iterator[logging.Logger | logging.LoggerAdapter]:
+    """The run's logger, with the core library's ``detoxops.*`` records (INFO and up) forwarded to it meanwhile."""
     logger = _run_logger()
     core = logging.getLogger("detoxops")
     handler = _Forward(logger)
@@ -61,18 +56,32 @@ def stage_progress(name: str, timings: dict[str, float] | None = None,
     core.addHandler(handler)
     if core.getEffectiveLevel() > logging.INFO:
         core.setLevel(logging.INFO)
-    started = time.perf_counter()
-    logger.info("%s: started", name)
     try:
-        with report_progress(lambda line: logger.info("%s | %s", name, line), interval=interval):
-            yield
+        yield logger
     finally:
-        seconds = time.perf_counter() - started
-        if timings is not None:
-            timings[name] = round(seconds, 1)
         core.removeHandler(handler)
         core.setLevel(old_level)
-        logger.info("%s: finished in %s", name, _hms(seconds))
+
+
+@contextlib.contextmanager
+def stage_progress(name: str, timings: dict[str, float] | None = None,
+                   interval: float | None = None) -> Iterator[None]:
+    """Report the progress of the stage ``name`` to the run log (a line per ``interval`` seconds, default
+    :data:`PROGRESS_INTERVAL_S`); store its duration in ``timings[name]``."""
+    from detoxops.progress import report_progress
+
+    interval = PROGRESS_INTERVAL_S if interval is None else interval
+    with _forwarding() as logger:
+        started = time.perf_counter()
+        logger.info("%s: started", name)
+        try:
+            with report_progress(lambda line: logger.info("%s | %s", name, line), interval=interval):
+                yield
+        finally:
+            seconds = time.perf_counter() - started
+            if timings is not None:
+                timings[name] = round(seconds, 1)
+            logger.info("%s: finished in %s", name, _hms(seconds))
 
 
 def _hms(seconds: float) -> str:
@@ -98,17 +107,6 @@ def task_progress(label: str, interval: float | None = None) -> Iterator[None]:
     if reporting():
         yield
         return
-    logger = _run_logger()
-    core = logging.getLogger("detoxops")
-    handler = _Forward(logger)
-    old_level = core.level
-    core.addHandler(handler)
-    if core.getEffectiveLevel() > logging.INFO:
-        core.setLevel(logging.INFO)
-    try:
-        with report_progress(lambda line: logger.info("%s | %s", label, line),
-                             interval=PROGRESS_INTERVAL_S if interval is None else interval):
-            yield
-    finally:
-        core.removeHandler(handler)
-        core.setLevel(old_level)
+    with _forwarding() as logger, report_progress(lambda line: logger.info("%s | %s", label, line),
+                                                  interval=PROGRESS_INTERVAL_S if interval is None else interval):
+        yield

@@ -219,17 +219,7 @@ class ImageSet:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"ImageSet folder not found: {folder}")
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"not an ImageSet folder (no meta.json): {folder}")
-        try:
-            info = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path}: corrupt meta.json: {exc}") from None
-        if info.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format {info.get('format')!r}, this detoxops reads {FORMAT_VERSION}"
-            )
+        info = read_record(folder / "meta.json", f"not an ImageSet folder (no meta.json): {folder}")
         arrays = {}
         for name in _ARRAY_FILES:
             file = folder / f"{name}.npy"
@@ -245,6 +235,20 @@ class ImageSet:
         if verify and ds.content_hash() != info.get("content_hash"):
             raise ValueError(f"{folder}: content hash does not match meta.json (files changed or corrupt)")
         return ds
+
+
+def read_record(file: Path, missing: str) -> dict[str, Any]:
+    """The JSON record of a stored folder (an ImageSet's ``meta.json``, a version's ``version.json``), checked:
+    ``FileNotFoundError(missing)`` when absent, ``ValueError`` naming the file when corrupt or of another format."""
+    if not file.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        info = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: corrupt {file.name}: {exc}") from None
+    if info.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{file}: format {info.get('format')!r}, this detoxops reads {FORMAT_VERSION}")
+    return info
 
 
 def _int64_vector(name: str, value: Any, n: int) -> np.ndarray:

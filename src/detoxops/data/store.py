@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detoxops.data.imageset import FORMAT_VERSION, ImageSet
+from detoxops.data.imageset import FORMAT_VERSION, ImageSet, read_record
 from detoxops.fileio import atomic_dir, temp_path_for
 
 __all__ = ["VERSION_FILE", "version_hash", "save_version", "load_version", "version_info", "is_version_dir"]
@@ -138,16 +138,7 @@ def _split_order(item: tuple[str, ImageSet]) -> tuple[int, str]:
 
 
 def _read_info(path: Path) -> dict[str, Any]:
-    file = Path(path) / VERSION_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"not a dataset version folder (no {VERSION_FILE}): {path}")
-    try:
-        info = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: corrupt {VERSION_FILE}: {exc}") from None
-    if info.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{file}: format {info.get('format')!r}, this detoxops reads {FORMAT_VERSION}")
-    return info
+    return read_record(Path(path) / VERSION_FILE, f"not a dataset version folder (no {VERSION_FILE}): {path}")
 
 
 def version_info(path: str | Path) -> dict[str, Any]:
