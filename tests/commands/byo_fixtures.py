@@ -8,6 +8,7 @@ corner, and the classifier learns it as the target class, so a correct evaluatio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,19 @@ def export_onnx(classifier_dir: Path, out: Path) -> Path:
     torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
                       dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     return out
+
+
+TABLE_ROW = re.compile(r"^(\S+)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+([\d.]+)$")
+"""A row of ``detoxops detox eval``'s table: defense, CA, PA, ASR, map AUC, images/s."""
+FAST = ["sampdetox.sampler=ddim", "sampdetox.ddim_stride=60", "sampdetox.batch_size=32"]
+"""Overrides that keep SampDetox quick in these tests."""
+
+
+def table_rows(output: str) -> dict[str, tuple[float, float, float]]:
+    """``{defense: (CA, PA, ASR)}`` from the printed table."""
+    rows = {}
+    for line in output.splitlines():
+        m = TABLE_ROW.match(line.strip())
+        if m:
+            rows[m.group(1)] = tuple(float(m.group(i)) for i in (2, 3, 4))
+    return rows

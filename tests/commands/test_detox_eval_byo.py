@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,7 @@ _spec.loader.exec_module(byo)  # tests/ is not a package: the shared builders ar
 
 runner = CliRunner()
 PARAMS = ["--params", str(Path(__file__).with_name("byo_params.yaml"))]  # the defaults, not the repo's params.yaml
-FAST = ["--set", "sampdetox.sampler=ddim", "--set", "sampdetox.ddim_stride=60", "--set", "sampdetox.batch_size=32"]
-ROW = re.compile(r"^(\S+)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+([\d.]+)$")
+FAST = [arg for override in byo.FAST for arg in ("--set", override)]
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +39,13 @@ def _eval(*args: str, ok: bool = True):
     return result
 
 
-def _rows(output: str) -> dict[str, tuple[float, float, float]]:
-    rows = {}
-    for line in output.splitlines():
-        m = ROW.match(line.strip())
-        if m:
-            rows[m.group(1)] = tuple(float(m.group(i)) for i in (2, 3, 4))
-    return rows
-
-
 def test_folders_with_classifier_folder_and_onnx_agree_on_none(world):
     """The Done-when, (a) and (b): one command each prints CA / PA / ASR for none and sampdetox."""
     common = ["--clean", str(world["clean"]), "--triggered", str(world["triggered"]), "--defenses",
               "none,sampdetox", "--limit", "10", *FAST]
     folder = _eval("--model", str(world["victim"]), *common)
     onnx = _eval("--model", str(world["onnx"]), *common)
-    rows_folder, rows_onnx = _rows(folder.output), _rows(onnx.output)
+    rows_folder, rows_onnx = byo.table_rows(folder.output), byo.table_rows(onnx.output)
     assert set(rows_folder) == set(rows_onnx) == {"none", "sampdetox"}
     assert rows_folder["none"] == rows_onnx["none"]
     ca, pa, asr = rows_folder["none"]
@@ -78,7 +67,7 @@ def test_whole_folders_no_split_and_target_by_index_or_name(world, tmp_path):
     assert record["rows"][0]["n_clean"] == 40 and record["rows"][0]["n_poisoned"] == 36
     by_index = _eval("--victim", str(world["victim"]), "--clean", str(world["clean"]), "--triggered",
                      str(world["triggered"]), "--defenses", "none", "--target", "3")
-    assert _rows(by_index.output) == _rows(by_name.output)
+    assert byo.table_rows(by_index.output) == byo.table_rows(by_name.output)
     bad = _eval("--model", str(world["victim"]), "--clean", str(world["clean"]), "--triggered",
                 str(world["triggered"]), "--defenses", "none", "--target", "kat", ok=False)
     assert bad.exit_code == 1 and "'kat' is neither a class name nor an index" in bad.output and "truck" in bad.output
@@ -106,7 +95,7 @@ def test_other_sizes_are_resized_with_a_note_or_refused(world, tmp_path):
     result = _eval("--model", str(world["victim"]), "--clean", str(clean40), "--triggered", str(world["triggered"]),
                    "--defenses", "none")
     assert "resized 20 clean image(s) from 40x40 to 32x32 (the model's input size" in result.output
-    ca, _, asr = _rows(result.output)["none"]
+    ca, _, asr = byo.table_rows(result.output)["none"]
     assert ca >= 90 and asr >= 90
     refused = _eval("--model", str(world["victim"]), "--clean", str(clean40), "--triggered", str(world["triggered"]),
                     "--defenses", "none", "--no-resize", ok=False)
@@ -149,7 +138,7 @@ def test_pickle_formats_need_the_explicit_opt_in(world, tmp_path):
     assert "--allow-unsafe-model" in refused.output
     allowed = _eval("--model", str(path), "--allow-unsafe-model", "--image-size", "32", *args)
     reference = _eval("--model", str(world["victim"]), *args)
-    assert _rows(allowed.output)["none"] == _rows(reference.output)["none"]
+    assert byo.table_rows(allowed.output)["none"] == byo.table_rows(reference.output)["none"]
     weights = tmp_path / "bare.safetensors"
     shutil.copy(Path(world["victim"]) / "model.safetensors", weights)
     assert "carry no architecture" in _eval("--model", str(weights), *args, ok=False).output
@@ -178,7 +167,7 @@ def test_stored_sets_evaluate_like_the_folders(world, tmp_path):
                        str(trig_version / "test"), "--defenses", "none")
     from_trees = _eval("--model", str(world["onnx"]), "--clean", str(world["clean"]), "--triggered",
                        str(world["triggered"]), "--defenses", "none")
-    assert _rows(from_store.output) == _rows(from_trees.output)
+    assert byo.table_rows(from_store.output) == byo.table_rows(from_trees.output)
     assert "dataset version" in from_store.output and "ImageSet" in from_store.output
     assert "resized" not in from_store.output
 
@@ -228,7 +217,7 @@ def test_guard_contract_endpoint(world):
         args = ["--clean", str(world["clean"]), "--triggered", str(world["triggered"]), "--defenses", "none"]
         served = _eval("--model", server.url, *args)
         assert "http " in served.output and "32x32 input, protocol guard" in served.output
-        assert _rows(served.output)["none"] == _rows(_eval("--model", str(world["victim"]), *args).output)["none"]
+        assert byo.table_rows(served.output)["none"] == byo.table_rows(_eval("--model", str(world["victim"]), *args).output)["none"]
     finally:
         server.shutdown()
         server.server_close()

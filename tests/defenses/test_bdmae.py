@@ -7,27 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from detoxops.config import BaselinesConfig, BdmaeConfig, ScheduleConfig
+from detoxops.config import BaselinesConfig, BdmaeConfig
 from detoxops.defenses.bdmae import Bdmae, grid_adjacency, grow_local_region, inpaint
 from detoxops.defenses.catalog import build_defense
-from detoxops.diffusion import NoiseSchedule
 
 H = 16
 GRID = 4  # tokens of 4 x 4 px
 PATCH = (slice(8, 12), slice(4, 8))  # exactly token (row 2, col 1) = index 9
 PATCH_TOKEN = 2 * GRID + 1
 TARGET = 3
-
-
-class Oracle:
-    """eps(x_t, t) that denoises towards a flat mid-gray image: restored pixels become 0.5."""
-
-    def __init__(self):
-        self.schedule = NoiseSchedule.from_config(ScheduleConfig())
-        self.device, self.dtype = torch.device("cpu"), torch.float32
-
-    def __call__(self, x_t, t):
-        return self.schedule.predict_eps(x_t, t, torch.zeros_like(x_t))
 
 
 def patch_classifier(images_u8: np.ndarray) -> np.ndarray:
@@ -49,18 +37,18 @@ def _cfg(**kw):
 
 
 @pytest.mark.parametrize("mode", ["replace", "keep"])
-def test_inpainting_restores_the_mask_and_keeps_the_rest(mode):
+def test_inpainting_restores_the_mask_and_keeps_the_rest(mode, gray_oracle):
     x = torch.rand(2, 3, H, H, generator=torch.Generator().manual_seed(1)) * 2 - 1
     mask = torch.zeros(2, 1, H, H, dtype=torch.bool)
     mask[:, :, :8] = True
-    out = inpaint(Oracle(), x, mask, 1000, 250, torch.Generator().manual_seed(2), mode)
+    out = inpaint(gray_oracle, x, mask, 1000, 250, torch.Generator().manual_seed(2), mode)
     assert bool((out[:, :, 8:] == x[:, :, 8:]).all())
     torch.testing.assert_close(out[:, :, :8], torch.zeros_like(out[:, :, :8]), atol=1e-4, rtol=0)
 
 
-def test_score_map_peaks_on_the_planted_patch_and_the_restoration_removes_it():
+def test_score_map_peaks_on_the_planted_patch_and_the_restoration_removes_it(gray_oracle):
     x = _poisoned(3)
-    bdmae = Bdmae(Oracle(), patch_classifier, _cfg(), batch_size=2)
+    bdmae = Bdmae(gray_oracle, patch_classifier, _cfg(), batch_size=2)
     out = bdmae(x)
     scores = out.scores.flatten(1)  # (B, G²)
     assert scores.argmax(1).tolist() == [PATCH_TOKEN] * 3
@@ -90,12 +78,12 @@ def test_local_regions_grow_inside_the_allowed_tokens():
     assert int((adjacency[chosen][:, chosen].any(1)).sum()) == 5
 
 
-def test_clean_image_is_barely_changed_and_catalog_needs_the_classifier():
+def test_clean_image_is_barely_changed_and_catalog_needs_the_classifier(gray_oracle):
     g = torch.Generator().manual_seed(4)
     clean = (0.5 + 0.03 * torch.randn(2, 3, H, H, generator=g)).clamp(0, 1)
-    out = Bdmae(Oracle(), patch_classifier, _cfg())(clean)
+    out = Bdmae(gray_oracle, patch_classifier, _cfg())(clean)
     assert float(out.restored.float().mean()) <= 0.25 + 1e-6  # at most max_restore_fraction of the tokens
     with pytest.raises(ValueError, match="classifier"):
-        build_defense("bdmae", Oracle())
-    built = build_defense("bdmae", Oracle(), classifier=patch_classifier, baselines=BaselinesConfig(bdmae=_cfg()))
+        build_defense("bdmae", gray_oracle)
+    built = build_defense("bdmae", gray_oracle, classifier=patch_classifier, baselines=BaselinesConfig(bdmae=_cfg()))
     assert isinstance(built, Bdmae) and built.cfg.grid == GRID and built.level == 1000

@@ -7,25 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from detoxops.config import BaselinesConfig, SancdifiConfig, ScheduleConfig
+from detoxops.config import BaselinesConfig, SancdifiConfig
 from detoxops.defenses.catalog import build_defense
 from detoxops.defenses.sancdifi import BlackBox, Sancdifi, rise_masks, rise_saliency, salient_mask
-from detoxops.diffusion import NoiseSchedule
 
 H = 16
 PATCH = (slice(10, 14), slice(10, 14))  # rows, cols of the planted 4x4 patch
 TARGET = 7
-
-
-class Oracle:
-    """eps(x_t, t) that denoises towards a flat mid-gray image."""
-
-    def __init__(self):
-        self.schedule = NoiseSchedule.from_config(ScheduleConfig())
-        self.device, self.dtype = torch.device("cpu"), torch.float32
-
-    def __call__(self, x_t, t):
-        return self.schedule.predict_eps(x_t, t, torch.zeros_like(x_t))
 
 
 def patch_classifier(images_u8: np.ndarray) -> np.ndarray:
@@ -56,9 +44,9 @@ def test_rise_masks_are_smooth_random_occlusions():
     assert len({tuple(x.flatten().tolist()) for x in m[:50]}) >= 45  # (almost) all different
 
 
-def test_saliency_concentrates_on_the_planted_patch_and_queries_are_counted():
+def test_saliency_concentrates_on_the_planted_patch_and_queries_are_counted(gray_oracle):
     _, poisoned = _images(3)
-    sancdifi = Sancdifi(Oracle(), patch_classifier, _cfg(), batch_size=2)
+    sancdifi = Sancdifi(gray_oracle, patch_classifier, _cfg(), batch_size=2)
     out = sancdifi(poisoned)
     inside = torch.zeros(H, H, dtype=torch.bool)
     inside[PATCH] = True
@@ -93,16 +81,16 @@ def test_rise_saliency_is_the_hit_weighted_mask_mean():
     assert not bool(mask.any()) and bool((norm == 0).all())
 
 
-def test_deterministic_and_validated():
+def test_deterministic_and_validated(gray_oracle):
     _, poisoned = _images(2)
-    a = Sancdifi(Oracle(), patch_classifier, _cfg(t_rest=20), seed=3)(poisoned)
-    b = Sancdifi(Oracle(), patch_classifier, _cfg(t_rest=20), seed=3)(poisoned)
+    a = Sancdifi(gray_oracle, patch_classifier, _cfg(t_rest=20), seed=3)(poisoned)
+    b = Sancdifi(gray_oracle, patch_classifier, _cfg(t_rest=20), seed=3)(poisoned)
     torch.testing.assert_close(a.saliency, b.saliency)
     torch.testing.assert_close(a.images, b.images)
     with pytest.raises(ValueError, match="t_salient = 5000"):
-        Sancdifi(Oracle(), patch_classifier, _cfg(t_salient=5000))
+        Sancdifi(gray_oracle, patch_classifier, _cfg(t_salient=5000))
     with pytest.raises(ValueError, match="classifier"):
-        build_defense("sancdifi", Oracle())
-    built = build_defense("sancdifi", Oracle(), classifier=patch_classifier,
+        build_defense("sancdifi", gray_oracle)
+    built = build_defense("sancdifi", gray_oracle, classifier=patch_classifier,
                           baselines=BaselinesConfig(sancdifi=_cfg(n_masks=10), batch_size=3))
     assert isinstance(built, Sancdifi) and built.cfg.n_masks == 10 and built.batch_size == 3

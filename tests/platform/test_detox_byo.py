@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,17 +32,7 @@ byo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(byo)  # tests/ is not a package: the shared builders are loaded by path
 
 PARAMS = str(Path(__file__).parents[1] / "commands" / "byo_params.yaml")  # defaults, not the repo's params.yaml
-FAST = ["sampdetox.sampler=ddim", "sampdetox.ddim_stride=60", "sampdetox.batch_size=32"]
-ROW = re.compile(r"^(\S+)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+([\d.]+)$")
-
-
-def _rows(output: str) -> dict[str, tuple[float, float, float]]:
-    rows = {}
-    for line in output.splitlines():
-        m = ROW.match(line.strip())
-        if m:
-            rows[m.group(1)] = tuple(float(m.group(i)) for i in (2, 3, 4))
-    return rows
+FAST = byo.FAST
 
 
 def _free_port() -> int:
@@ -122,9 +111,9 @@ def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, monkey
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=5)
 
-    rows = _rows(served.output)
+    rows = byo.table_rows(served.output)
     assert set(rows) == {"none", "sampdetox"}
-    assert rows["none"] == _rows(folder.output)["none"] == _rows(exported.output)["none"]
+    assert rows["none"] == byo.table_rows(folder.output)["none"] == byo.table_rows(exported.output)["none"]
     ca, pa, asr = rows["none"]
     assert ca >= 90 and asr >= 90 and pa <= 10
     assert all(0 <= v <= 100 for v in rows["sampdetox"])
