@@ -267,6 +267,32 @@ class DiffusionConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------- sampdetox
+class PatchRepairConfig(_Section):
+    """Patch repair before SampDetox's stages (issue #20, ``detoxops.defenses.patch_repair``): a leave-region-out
+    context map (every ``block`` square inpainted from ``t_start`` with the rest as context), a per-image gate on
+    the map's peak and a repair of the connected flagged region by inpainting. The two thresholds are calibrated
+    on clean validation images with the purifier they are used with (docs/sampdetox.md, "Patch repair")."""
+
+    block: int = Field(default=4, ge=1)
+    """Side of the hidden squares of the context map (a trigger must fit in one to be predicted from context)."""
+    offsets: Literal["aligned", "all"] = "all"
+    """``all``: four tilings shifted by half a block (a patch fits in a square of one of them); ``aligned``: one."""
+    t_start: int = Field(default=1000, ge=1)
+    """Level the hidden squares (and the repaired region) start from: the schedule's T forgets them entirely."""
+    stride: int = Field(default=50, ge=1)
+    """DDIM stride of the context-map inpainting (t_start / stride network passes per tiling phase)."""
+    window: int = Field(default=3, ge=1)
+    """Box-average window of the context map."""
+    gate_threshold: float = Field(default=0.25, ge=0.0)
+    """An image is repaired when its map peak exceeds this (calibrated: clean validation images' peak quantile)."""
+    pixel_threshold: float = Field(default=0.12, ge=0.0)
+    """Pixels above this, connected to the peak, form the region (calibrated: clean pixels' quantile)."""
+    dilate: int = Field(default=1, ge=0)
+    """Pixels the region is grown by before the repair."""
+    repair_stride: int = Field(default=50, ge=1)
+    """DDIM stride of the region's inpainting."""
+
+
 class SampDetoxConfig(_Section):
     """SampDetox (NeurIPS 2024, Algorithm 1) and the localisation / stage-2 options of issue #10.
 
@@ -278,7 +304,7 @@ class SampDetoxConfig(_Section):
     Use :meth:`resolved` to get the concrete values.
     """
 
-    profile: Literal["robust", "faithful", "public_code"] = "robust"
+    profile: Literal["robust", "faithful", "public_code", "repair"] = "robust"
     t1: int | None = Field(default=None, ge=0)
     """Stage-1 (global) noise level; paper 20."""
     t2: int | None = Field(default=None, ge=0)
@@ -306,24 +332,32 @@ class SampDetoxConfig(_Section):
     t_mask: int | None = Field(default=None, ge=1)
     stage2_base: Literal["stage1", "input"] | None = None
     """What stage 2 starts from: the stage-1 output (paper) or the original input (unflagged pixels kept)."""
+    patch_repair: bool | None = None
+    """Run the patch repair (``patch``) on the input before stage 1 (profile ``repair``: on; the paper: off)."""
+    patch: PatchRepairConfig = Field(default_factory=PatchRepairConfig)
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
 
     PROFILE_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "faithful": dict(
             t1=20, t2=120, localiser="pixel_ssim", map_norm="minmax", map_scale=1.0, t_loc=20, loc_window=5,
-            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1",
+            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1", patch_repair=False,
         ),
         "public_code": dict(
             t1=120, t2=120, localiser="ssim_public", map_norm="minmax", map_scale=1.0, t_loc=120, loc_window=5,
-            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1",
+            stage2="soft", mask_threshold=0.5, t_mask=500, stage2_base="stage1", patch_repair=False,
         ),
         # selected by the stated rule (lowest mean ASR, mean CA drop <= 3 points) on the CIFAR-10 validation split,
         # over the points of two sweeps: docs/results/sampdetox-sweep-cifar10-cpu.md (benchmark script, 9 points)
         # and docs/results/sampdetox-sweep-flow-cifar10-cpu.md (the Prefect sweep flow, 8 points; chosen there)
         "robust": dict(
             t1=10, t2=120, localiser="diff", map_norm="scale", map_scale=0.2, t_loc=60, loc_window=3,
-            stage2="soft", mask_threshold=0.5, t_mask=300, stage2_base="stage1",
+            stage2="soft", mask_threshold=0.5, t_mask=300, stage2_base="stage1", patch_repair=False,
+        ),
+        # robust's global path after the patch repair of issue #20 (docs/sampdetox.md, "Patch repair")
+        "repair": dict(
+            t1=10, t2=120, localiser="diff", map_norm="scale", map_scale=0.2, t_loc=60, loc_window=3,
+            stage2="soft", mask_threshold=0.5, t_mask=300, stage2_base="stage1", patch_repair=True,
         ),
     }
 

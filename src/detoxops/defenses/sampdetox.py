@@ -17,8 +17,11 @@ is ``map_norm``.
 
 Beyond the paper (issue #10, ``SampDetoxConfig``): the localiser is pluggable (``localisers``), stage 2 can
 use a binary mask restored from a high level ``t_mask`` instead of soft levels, and it can start from the
-original input instead of the stage-1 output. ``profile: faithful`` is the paper; the default ``robust``
-profile and why it differs are in docs/sampdetox.md.
+original input instead of the stage-1 output. Issue #20 adds an optional *patch repair* before line 1
+(``patch_repair``, :mod:`detoxops.defenses.patch_repair`): a localised trigger found by what its context cannot
+explain is inpainted away, gated per image, and the algorithm then runs on the repaired input.
+``profile: faithful`` is the paper; the ``robust`` and ``repair`` profiles and why they differ are in
+docs/sampdetox.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from detoxops.config import SampDetoxConfig
 from detoxops.defenses.base import DefenseOutput, check_batch, make_generator
 from detoxops.defenses.localisers import build_localiser
+from detoxops.defenses.patch_repair import PatchRepair, PatchRepairOutput
 
 __all__ = ["SampDetox", "SampDetoxOutput", "noise_levels_from_map"]
 
@@ -37,11 +41,13 @@ __all__ = ["SampDetox", "SampDetoxOutput", "noise_levels_from_map"]
 @dataclass
 class SampDetoxOutput(DefenseOutput):
     """``images`` in [0, 1]; ``trigger_map`` (B, 1, H, W) in [0, 1]; ``noise_levels`` (B, 1, H, W) int64 stage-2
-    level per pixel; ``stage1`` the stage-1 restoration in [0, 1]."""
+    level per pixel; ``stage1`` the stage-1 restoration in [0, 1]; ``repaired`` (B,) bool: the patch repair
+    changed the image (all False when it is off)."""
 
     trigger_map: torch.Tensor | None = None
     noise_levels: torch.Tensor | None = None
     stage1: torch.Tensor | None = None
+    repaired: torch.Tensor | None = None
 
 
 def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig) -> torch.Tensor:
@@ -70,6 +76,7 @@ class SampDetox:
                     f"sampdetox.{key} = {getattr(c, key)} exceeds the schedule's {num_steps} steps"
                 )
         self.localiser = build_localiser(c)
+        self.patch = PatchRepair(purifier, c.patch) if c.patch_repair else None
         self.name = f"sampdetox[{c.profile}/{c.sampler}]"
 
     # ------------------------------------------------------------------------------------------ public
@@ -91,6 +98,11 @@ class SampDetox:
         c = self.cfg
         x0 = x01 * 2 - 1  # diffusion space [-1, 1]
 
+        # before line 1 (issue #20, optional): inpaint a localised trigger away, on gated images only
+        repair = self.patch(x0, g) if self.patch is not None else None
+        if repair is not None:
+            x0 = repair.images
+
         # lines 1-6: global detoxification, noise everything to t1 and denoise
         stage1 = self.restore(x0, c.t1, g)
 
@@ -105,12 +117,16 @@ class SampDetox:
         detoxed = self.local_detox(base, levels, g)
 
         # line 22
+        maps = {"trigger_map": trigger_map, "noise_levels": levels.to(torch.float32)}
+        if repair is not None:
+            maps |= {"context_map": repair.context_map, "repair_region": repair.region.to(torch.float32)}
         return SampDetoxOutput(
             images=_to01(detoxed),
-            maps={"trigger_map": trigger_map, "noise_levels": levels.to(torch.float32)},
+            maps=maps,
             trigger_map=trigger_map,
             noise_levels=levels,
             stage1=_to01(stage1),
+            repaired=_repaired(repair, x0.shape[0], x0.device),
         )
 
     def restore(self, x: torch.Tensor, t: int, g: torch.Generator) -> torch.Tensor:
@@ -158,6 +174,12 @@ class SampDetox:
         return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
 
+def _repaired(repair: PatchRepairOutput | None, batch: int, device) -> torch.Tensor:
+    if repair is None:
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+    return repair.region.flatten(1).any(dim=1)
+
+
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0.0, 1.0).to(torch.float32)
 
@@ -173,4 +195,5 @@ def _concat(outputs: list[SampDetoxOutput]) -> SampDetoxOutput:
         trigger_map=cat("trigger_map"),
         noise_levels=cat("noise_levels"),
         stage1=cat("stage1"),
+        repaired=cat("repaired"),
     )

@@ -1,0 +1,183 @@
+"""Patch repair (issue #20) on CIFAR-10 with the committed victim store: calibrate on validation, report held out.
+
+Victims and triggered test sets come from the store by name (``victims/<store>/<attack>``): each victim's attack
+record rebuilds its trigger (:func:`detoxops.models.store.victim_attack`) and the clean test split of
+``--data`` is triggered again, so nothing but the store and the data source is needed. The test split is cut in
+two halves by the rule of ``benchmarks/sampdetox_eval.py`` (``split_indices``): ``calibrate`` only sees the
+validation half, ``table`` only the held-out half.
+
+    # thresholds: the gate at a 5 % clean fire rate, the region at a 1 % clean pixel rate (validation half)
+    python benchmarks/patch_repair_eval.py calibrate --n-clean 200 --out benchmarks/results/patch_repair_calibration.json
+    # held-out: map quality, the gate's ROC, CA / PA / ASR of none / robust / repair / faithful per attack
+    python benchmarks/patch_repair_eval.py table --attacks badnets --n-clean 200 --n-poisoned 100 \
+        --calibration benchmarks/results/patch_repair_calibration.json --out benchmarks/results/patch_repair_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
+
+from detoxops.config import DataConfig, PatchRepairConfig, SampDetoxConfig  # noqa: E402
+from detoxops.data import from_tensor, load_splits, to_tensor  # noqa: E402
+from detoxops.defenses.base import make_generator  # noqa: E402
+from detoxops.defenses.map_quality import roc_auc  # noqa: E402
+from detoxops.defenses.patch_repair import PatchRepair, calibrate  # noqa: E402
+from detoxops.defenses.sampdetox import SampDetox  # noqa: E402
+from detoxops.diffusion import load_purifier  # noqa: E402
+from detoxops.models import load_classifier, predict  # noqa: E402
+from detoxops.models.store import victim_attack  # noqa: E402
+
+SHIPPED_PURIFIER = Path(__file__).resolve().parents[1] / "src/detoxops/assets/purifiers/cifar10-32"
+
+
+def clean_test(source: str):
+    return load_splits(source, DataConfig(source=source, image_size=None, train_per_class=None,
+                                          test_per_class=None), progress=False)["test"]
+
+
+def context_maps(repair: PatchRepair, images_u8: np.ndarray, batch: int, seed: int) -> np.ndarray:
+    out = []
+    for i, start in enumerate(tqdm(range(0, len(images_u8), batch), desc="context maps")):
+        x = to_tensor(np.asarray(images_u8[start : start + batch])) * 2 - 1
+        with torch.no_grad():
+            out.append(repair.context_map(x, make_generator(seed * 1009 + i)).numpy())
+    return np.concatenate(out)[:, 0]
+
+
+def defend(defense, images_u8: np.ndarray, batch: int, seed: int, desc: str):
+    """(uint8 outputs, repaired flags, seconds, context maps or None)."""
+    imgs, flags, cmaps, t0 = [], [], [], time.perf_counter()
+    for i, start in enumerate(tqdm(range(0, len(images_u8), batch), desc=desc)):
+        x01 = to_tensor(np.asarray(images_u8[start : start + batch]))
+        with torch.no_grad():
+            o = defense(x01, make_generator(seed * 1009 + i)) if defense is not None else None
+        imgs.append(from_tensor(o.images) if o is not None else np.asarray(images_u8[start : start + batch]))
+        rep = getattr(o, "repaired", None)
+        flags.append(rep.numpy() if rep is not None else np.zeros(len(x01), dtype=bool))
+        if o is not None and "context_map" in o.maps:
+            cmaps.append(o.maps["context_map"][:, 0].numpy())
+    return (np.concatenate(imgs), np.concatenate(flags), time.perf_counter() - t0,
+            np.concatenate(cmaps) if cmaps else None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["calibrate", "table"])
+    ap.add_argument("--data", default="../shared/datasets/cifar10-jpeg.tar.gz")
+    ap.add_argument("--store", default="cifar10-fast")
+    ap.add_argument("--purifier", type=Path, default=SHIPPED_PURIFIER)
+    ap.add_argument("--attacks", default="badnets")
+    ap.add_argument("--defenses", default="none,robust,repair,faithful")
+    ap.add_argument("--n-clean", type=int, default=200)
+    ap.add_argument("--n-poisoned", type=int, default=100)
+    ap.add_argument("--fire-rate", type=float, default=0.05)
+    ap.add_argument("--pixel-rate", type=float, default=0.01)
+    ap.add_argument("--calibration", type=Path, default=None, help="table: thresholds written by `calibrate`")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="patch repair field, e.g. --set stride=100")
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    patch_kw = {k: json.loads(v) if v[:1].isdigit() or v[:1] in "[{-" else v
+                for k, v in (o.split("=", 1) for o in args.overrides)}
+    if args.calibration is not None:
+        patch_kw = {**json.loads(args.calibration.read_text())["thresholds"], **patch_kw}
+    patch_cfg = PatchRepairConfig(**patch_kw)
+    purifier = load_purifier(args.purifier)
+    repair = PatchRepair(purifier, patch_cfg)
+    clean = clean_test(args.data)
+    split = "val" if args.mode == "calibrate" else "test"
+    cidx = split_indices(clean, split, args.n_clean, seed=0)
+    record = {"command": shlex.join(["python", *sys.argv]), "mode": args.mode, "split": split,
+              "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier), "n_clean": int(len(cidx)),
+              "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                          "torch": torch.__version__, "load_avg_start": list(__import__("os").getloadavg())}}
+
+    if args.mode == "calibrate":
+        t0 = time.perf_counter()
+        clean_maps = context_maps(repair, clean.images[cidx], args.batch, args.seed)
+        record["clean_map_seconds"] = round(time.perf_counter() - t0, 1)
+        record["thresholds"] = calibrate(torch.from_numpy(clean_maps[:, None]), args.fire_rate, args.pixel_rate)
+        record["fire_rate"], record["pixel_rate"] = args.fire_rate, args.pixel_rate
+        _write(args.out, record)
+        return
+
+    defenses = {
+        "none": None,
+        "robust": SampDetox(purifier, SampDetoxConfig(profile="robust", sampler="ddim")),
+        "repair": SampDetox(purifier, SampDetoxConfig(profile="repair", sampler="ddim", patch=patch_cfg)),
+        "faithful": SampDetox(purifier, SampDetoxConfig(profile="faithful", sampler="ddim")),
+    }
+    chosen = args.defenses.split(",")
+    if "repair" not in chosen:
+        raise SystemExit("table: --defenses must include repair (its context maps are the gate's and the map's numbers)")
+    # the repair defense's own context maps give the gate / map numbers, so the maps are computed once
+    clean_out = {d: defend(defenses[d], clean.images[cidx], args.batch, args.seed, f"clean/{d}") for d in chosen}
+    clean_maps = clean_out["repair"][3]
+    clean_peaks = clean_maps.reshape(len(clean_maps), -1).max(1)
+    record["clean_fire_rate"] = float(np.mean(clean_peaks > patch_cfg.gate_threshold))
+    record["clean_pixel_flag_rate"] = float(np.mean(clean_maps > patch_cfg.pixel_threshold))
+    rows = []
+    for name in args.attacks.split(","):
+        ref = f"{args.store}/{name}"
+        model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
+        half = split_indices(clean, split, len(clean), seed=0)  # the whole half the clean images come from
+        pool = half[clean.labels[half] != attack.target]
+        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
+        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+        mask = attack.trigger_mask(clean.images[pidx]) if hasattr(attack, "trigger_mask") else None
+        pois_out = {d: defend(defenses[d], triggered, args.batch, args.seed + 1, f"{name}/{d}") for d in chosen}
+        trig_maps = pois_out["repair"][3]
+        row = {"attack": name, "victim": ref, "target": int(attack.target), "n_poisoned": int(len(pidx))}
+        peaks = trig_maps.reshape(len(trig_maps), -1).max(1)
+        row["gate_auc"] = float(roc_auc(np.r_[clean_peaks, peaks][None],
+                                        np.r_[np.zeros(len(clean_peaks)), np.ones(len(peaks))].astype(bool)[None])[0])
+        row["gate_tpr"] = float(np.mean(peaks > patch_cfg.gate_threshold))
+        if mask is not None and mask.any() and mask.mean() < 0.5:
+            row["map_pixel_auc"] = float(roc_auc(trig_maps, mask, per_image=False))
+            row["trigger_pixels_flagged"] = float(np.mean(trig_maps[mask] > patch_cfg.pixel_threshold))
+            row["other_pixels_flagged"] = float(np.mean(trig_maps[~mask] > patch_cfg.pixel_threshold))
+        for d in chosen:
+            pois_imgs, pois_flags, secs, _ = pois_out[d]
+            clean_imgs, clean_flags, clean_secs, _ = clean_out[d]
+            pc, pp = predict(model, clean_imgs), predict(model, pois_imgs)
+            row[d] = {"ca": 100 * float(np.mean(pc == clean.labels[cidx])),
+                      "pa": 100 * float(np.mean(pp == true_labels)),
+                      "asr": 100 * float(np.mean(pp == attack.target)),
+                      "repaired_clean": float(clean_flags.mean()), "repaired_triggered": float(pois_flags.mean()),
+                      "images_per_s": round((len(cidx) + len(pidx)) / max(secs + clean_secs, 1e-9), 3)}
+            print(name, d, row[d], flush=True)
+        rows.append(row)
+    record["rows"] = rows
+    record["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
+    _write(args.out, record)
+
+
+def _write(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    print(json.dumps({k: v for k, v in record.items() if k != "rows"}, indent=1))
+    for r in record.get("rows", []):
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The attack table of the committed victim store: every victim's CA / PA / ASR (without and with TTA), its cost
+against the clean victim, and its training time, read from the training records `dvc repro victims/dvc.yaml`
+leaves in ``victims/<name>/<attack>/classifier.json`` (nothing is re-evaluated; the numbers are the stages').
+
+    python benchmarks/victim_table.py --name cifar10-fast \
+        --out-json benchmarks/results/victim_store_cifar10_fast.json --out-md docs/results/victims-cifar10-fast-attacks.md
+
+Issue #19's bounds are checked per row: dirty-label attacks ASR >= 90 and CA within 2 points of the clean victim,
+loop attacks ASR >= 85, clean-label attacks (SIG, LC) report their CA cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+CLEAN_LABEL = {"sig", "lc"}
+LOOP = {"wanet", "bpp", "inputaware", "lira"}
+
+
+def rows(store: Path, name: str) -> list[dict]:
+    out = []
+    for config in sorted((store / name).glob("*/classifier.json")):
+        meta = json.loads(config.read_text()).get("meta", {})
+        metrics = meta.get("metrics") or {"ca": meta.get("ca"), "ca_tta2": meta.get("ca_tta2", meta.get("ca_tta2_fp32"))}
+        history = meta.get("history") or {}
+        seconds = history.get("seconds") or []
+        out.append({
+            "attack": config.parent.name,
+            "ca": metrics.get("ca"), "pa": metrics.get("pa"), "asr": metrics.get("asr"),
+            "ca_tta2": metrics.get("ca_tta2"), "pa_tta2": metrics.get("pa_tta2"), "asr_tta2": metrics.get("asr_tta2"),
+            # per-epoch wall seconds of the whole training, resumed parts included (the checkpoint keeps them)
+            "train_seconds": round(sum(seconds), 1) if seconds else meta.get("train_seconds"),
+            "train_cpu_seconds": meta.get("train_cpu_seconds"),
+            "command": meta.get("command"), "seed": meta.get("seed", (meta.get("victim") or {}).get("seed")),
+            "train_hash": meta.get("train_hash"),
+        })
+    clean = next((r for r in out if r["attack"] == "clean"), None)
+    for r in out:
+        r["ca_drop"] = (clean["ca"] - r["ca"]) if clean and r["ca"] is not None and r["attack"] != "clean" else None
+        r["bound"] = _bound(r)
+    return out
+
+
+def _bound(r: dict) -> str:
+    if r["attack"] == "clean" or r["asr"] is None:
+        return ""
+    if r["attack"] in CLEAN_LABEL:
+        return f"clean-label: CA cost {100 * r['ca_drop']:.1f}" if r["ca_drop"] is not None else "clean-label"
+    if r["attack"] in LOOP or r["attack"] == "badnets_random":
+        return "met" if r["asr"] >= 0.85 else "ASR < 85"
+    ok_asr, ok_ca = r["asr"] >= 0.90, r["ca_drop"] is not None and r["ca_drop"] <= 0.02
+    return "met" if ok_asr and ok_ca else ", ".join(m for m, bad in (("ASR < 90", not ok_asr), ("CA drop > 2", not ok_ca)) if bad)
+
+
+def markdown(table: list[dict], command: str, name: str) -> str:
+    def pct(v):
+        return f"{100 * v:.1f}" if v is not None else "–"
+
+    lines = [
+        f"# The victim store `{name}`: CIFAR-10 `fast_cnn` victims, one per attack",
+        "",
+        f"Command: `{command}` (reads the stores' training records; the victims come from `dvc repro victims/dvc.yaml`,"
+        " each trained on all 50,000 training images of the JPEG copy of CIFAR-10, evaluated on all 10,000 test images)",
+        "",
+        "| attack | CA | PA | ASR | CA (TTA 2) | PA (TTA 2) | ASR (TTA 2) | CA drop vs clean | issue #19 bound | training wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['attack']} | {pct(r['ca'])} | {pct(r['pa'])} | {pct(r['asr'])} | {pct(r['ca_tta2'])} | {pct(r['pa_tta2'])}"
+            f" | {pct(r['asr_tta2'])} | {pct(r['ca_drop'])} | {r['bound']} | {r['train_seconds'] or '–'} |"
+        )
+    lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, default=Path("victims"))
+    ap.add_argument("--name", default="cifar10-fast")
+    ap.add_argument("--out-json", type=Path, required=True)
+    ap.add_argument("--out-md", type=Path, default=None)
+    args = ap.parse_args()
+    table = rows(args.store, args.name)
+    if not table:
+        sys.exit(f"no victims under {args.store / args.name}")
+    command = shlex.join(["python", *sys.argv])
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps({"command": command, "store": str(args.store / args.name), "rows": table}, indent=1))
+    if args.out_md:
+        args.out_md.write_text(markdown(table, command, args.name))
+    print(markdown(table, command, args.name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Patch repair: find a localised trigger by what its context cannot explain, and inpaint it (issue #20).
+
+Why this exists. SampDetox's trigger map compares an input with its own noisy restoration (PixelSSIM after stage
+1, or ``|x - restore(x, t)|``). A diffusion model restores a 3×3 white square as a bright detail: measured on
+CIFAR-10 BadNets with the shipped CPU purifier, the patch survives restorations from t = 120 and t = 300, and
+the difference map ranks it only moderately (pixel AUC 0.85-0.90; the top five 5×5 regions of the map cover the
+whole patch in 71 % of triggered images; docs/sampdetox.md). What the model *cannot* do is invent the patch from
+its surroundings. So the context map here is leave-region-out:
+
+1. **Context map.** The image is tiled by ``block × block`` squares in a checkerboard of four phases; each phase
+   is hidden in turn and inpainted from full noise (level ``t_start``) with the rest of the image as clean
+   context (RePaint-style resampling, :func:`detoxops.diffusion.samplers.repaint`, DDIM with ``stride``).
+   Every pixel is thus predicted once from context alone; the map is ``|x - prediction|`` (channel mean,
+   ``window`` box average). A patch that straddles two squares is partly visible while the other part is
+   predicted, so ``offsets: all`` repeats the tiling shifted by half a block in each direction and keeps the
+   per-pixel maximum (a 3×3 patch then lies inside one square of some tiling).
+2. **Gate.** An image's trigger score is its map's peak; only images whose score exceeds ``gate_threshold``
+   are repaired. The threshold is calibrated on clean validation images at a chosen false-fire rate
+   (:func:`calibrate`), so clean inputs are left alone.
+3. **Region.** The connected set of pixels above ``pixel_threshold`` (calibrated at a clean pixel flag rate)
+   that contains the peak, grown by ``dilate`` pixels.
+4. **Repair.** The region is inpainted from full noise with everything else as context (RePaint again,
+   ``repair_stride``); pixels outside it are returned bit for bit.
+
+Everything is vectorised over the batch: the 4 (or 16) masked copies of a chunk run through the purifier as one
+batch. Cost per image: ``4 · len(offsets) · t_start / stride`` network passes for the map, plus
+``t_start / repair_stride`` for a gated image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from detoxops.config import PatchRepairConfig
+from detoxops.diffusion.samplers import repaint
+
+__all__ = ["PatchRepair", "PatchRepairOutput", "calibrate", "tiling_masks", "grow_region"]
+
+
+@dataclass
+class PatchRepairOutput:
+    """``images`` in the diffusion space [-1, 1]; ``context_map`` (B, 1, H, W) >= 0; ``region`` (B, 1, H, W) bool
+    (empty for images not gated); ``score`` (B,) map peaks; ``gated`` (B,) bool."""
+
+    images: torch.Tensor
+    context_map: torch.Tensor
+    region: torch.Tensor
+    score: torch.Tensor
+    gated: torch.Tensor
+
+
+def tiling_masks(size: int, block: int, offsets: str = "all") -> torch.Tensor:
+    """(M, 1, size, size) bool hidden-pixel masks: 4 checkerboard phases per tiling; every tiling covers every
+    pixel exactly once. ``offsets``: ``aligned`` (one tiling), ``all`` (four, shifted by block // 2)."""
+    if not 1 <= block <= size:
+        raise ValueError(f"patch_repair.block {block} outside [1, {size}]")
+    half = block // 2
+    shifts = [(0, 0)] if offsets == "aligned" else [(0, 0), (half, half), (0, half), (half, 0)]
+    ar = torch.arange(size)
+    masks = []
+    for sr, sc in shifts:
+        for pr in (0, block):
+            for pc in (0, block):
+                rows = ((ar - sr - pr) % (2 * block)) < block
+                cols = ((ar - sc - pc) % (2 * block)) < block
+                masks.append(rows[:, None] & cols[None, :])
+    return torch.stack(masks)[:, None]
+
+
+def grow_region(seed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The connected (8-neighbour) part of ``allowed`` reachable from ``seed``, both (B, 1, H, W) bool; vectorised
+    flood fill by repeated 3×3 max-pooling, at most H·W steps (stops when nothing grows)."""
+    region = seed & allowed
+    for _ in range(seed.shape[-1] * seed.shape[-2]):
+        grown = (F.max_pool2d(region.float(), 3, stride=1, padding=1) > 0) & allowed
+        if torch.equal(grown, region):
+            break
+        region = grown
+    return region
+
+
+def _box(m: torch.Tensor, window: int) -> torch.Tensor:
+    if window <= 1:
+        return m
+    pad = window // 2
+    return F.avg_pool2d(F.pad(m, (pad, pad, pad, pad), mode="replicate"), window, stride=1)
+
+
+class PatchRepair:
+    """``PatchRepair(purifier, cfg)(x, generator) -> PatchRepairOutput`` on diffusion-space batches ([-1, 1])."""
+
+    def __init__(self, purifier, cfg: PatchRepairConfig) -> None:
+        self.purifier = purifier
+        self.cfg = cfg
+        num_steps = int(purifier.schedule.num_train_timesteps)
+        if cfg.t_start > num_steps:
+            raise ValueError(f"patch_repair.t_start {cfg.t_start} exceeds the schedule's {num_steps} steps")
+
+    # ------------------------------------------------------------------------------------------ steps
+    def context_map(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Step 1: |x - its prediction from context|, channel mean, box-averaged; max over tilings."""
+        c = self.cfg
+        b, _, h, w = x.shape
+        if h != w:
+            raise ValueError(f"patch repair expects square images, got {h}x{w}")
+        masks = tiling_masks(h, c.block, c.offsets).to(x.device)  # (M, 1, H, W)
+        m = masks.shape[0]
+        # all masked copies of the batch at once: (M·B, C, H, W), hidden = masks repeated per image
+        hidden = masks.repeat_interleave(b, dim=0)
+        predicted = repaint(self.purifier, x.repeat(m, 1, 1, 1), ~hidden, c.t_start, mode="ddim",
+                            stride=c.stride, generator=g)
+        err = (x.repeat(m, 1, 1, 1) - predicted).abs().mean(dim=1, keepdim=True) / 2  # [0, 1] image scale
+        err = torch.where(hidden, err, torch.zeros_like(err)).view(m, b, 1, h, w)
+        per_tiling = err.view(m // 4, 4, b, 1, h, w).sum(dim=1)  # each tiling predicts every pixel once
+        return _box(per_tiling.view(-1, 1, h, w), c.window).view(m // 4, b, 1, h, w).amax(dim=0)
+
+    def region(self, cmap: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+        """Step 3: the connected flagged set around each gated image's peak, dilated."""
+        c = self.cfg
+        b = cmap.shape[0]
+        flat = cmap.flatten(1)
+        peak = torch.zeros_like(flat, dtype=torch.bool)
+        peak[torch.arange(b), flat.argmax(dim=1)] = True
+        peak = peak.view_as(cmap)
+        allowed = (cmap > c.pixel_threshold) | peak
+        region = grow_region(peak, allowed)
+        if c.dilate > 0:
+            k = 2 * c.dilate + 1
+            region = F.max_pool2d(region.float(), k, stride=1, padding=c.dilate) > 0
+        return region & gated.view(-1, 1, 1, 1)
+
+    def repair(self, x: torch.Tensor, region: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Step 4: inpaint ``region`` from full noise with the rest as context; only images with a region run."""
+        todo = region.flatten(1).any(dim=1)
+        if not bool(todo.any()):
+            return x
+        out = x.clone()
+        idx = torch.nonzero(todo).squeeze(1)
+        filled = repaint(self.purifier, x[idx], ~region[idx], self.cfg.t_start, mode="ddim",
+                         stride=self.cfg.repair_stride, generator=g)
+        out[idx] = filled
+        return torch.where(region, out, x)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> PatchRepairOutput:
+        cmap = self.context_map(x, g)
+        score = cmap.flatten(1).amax(dim=1)
+        gated = score > self.cfg.gate_threshold
+        region = self.region(cmap, gated)
+        return PatchRepairOutput(images=self.repair(x, region, g), context_map=cmap, region=region,
+                                 score=score, gated=gated)
+
+
+def calibrate(clean_maps: torch.Tensor, fire_rate: float = 0.05, pixel_rate: float = 0.01) -> dict[str, float]:
+    """Thresholds from context maps of clean validation images (B, 1, H, W): the gate at the (1 - fire_rate)
+    quantile of the images' peaks, the pixel threshold at the (1 - pixel_rate) quantile of all their pixels."""
+    if clean_maps.ndim != 4 or clean_maps.shape[0] < 2:
+        raise ValueError(f"calibration needs the maps of at least 2 clean images, got {tuple(clean_maps.shape)}")
+    if not (0 < fire_rate < 1 and 0 < pixel_rate < 1):
+        raise ValueError(f"fire_rate and pixel_rate must lie in (0, 1), got {fire_rate}, {pixel_rate}")
+    peaks = clean_maps.flatten(1).amax(dim=1).double().numpy()
+    pixels = clean_maps.flatten().double().numpy()
+    return {"gate_threshold": float(np.quantile(peaks, 1 - fire_rate)),
+            "pixel_threshold": float(np.quantile(pixels, 1 - pixel_rate))}

@@ -1,0 +1,104 @@
+"""Patch repair (issue #20): the context map, the gate, the region and the repair, with an exact denoiser so the
+outcome is computable, plus the geometry helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detoxops.config import PatchRepairConfig, SampDetoxConfig, ScheduleConfig
+from detoxops.defenses.patch_repair import PatchRepair, calibrate, grow_region, tiling_masks
+from detoxops.defenses.sampdetox import SampDetox
+from detoxops.diffusion import NoiseSchedule
+
+H = 16
+
+
+class Oracle:
+    """eps(x_t, t) that denoises every image of the batch towards one fixed image (diffusion space)."""
+
+    def __init__(self, target):
+        self.schedule = NoiseSchedule.from_config(ScheduleConfig())
+        self.target, self.device, self.dtype = target, torch.device("cpu"), torch.float32
+
+    def __call__(self, x_t, t):
+        return self.schedule.predict_eps(x_t, t, self.target.expand_as(x_t))
+
+
+def _scene():
+    g = torch.Generator().manual_seed(0)
+    clean = (torch.rand(1, 3, H // 4, H // 4, generator=g) - 0.5).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    triggered = clean.clone()
+    triggered[:, :, 10:13, 5:8] = 1.0  # a 3x3 white patch across two 4x4 squares of the aligned tiling
+    return clean, triggered
+
+
+@pytest.mark.parametrize("offsets", ["aligned", "all"])
+def test_every_tiling_hides_every_pixel_once(offsets):
+    masks = tiling_masks(H, 4, offsets)
+    assert masks.shape == ((4 if offsets == "aligned" else 16), 1, H, H)
+    per_tiling = masks.view(-1, 4, 1, H, H).sum(1)
+    assert (per_tiling == 1).all()
+
+
+def test_some_tiling_hides_any_3x3_patch_whole():
+    masks = tiling_masks(H, 4, "all")
+    for r in range(H - 2):
+        for c in range(H - 2):
+            assert masks[:, 0, r : r + 3, c : c + 3].flatten(1).all(1).any(), (r, c)
+    aligned = tiling_masks(H, 4, "aligned")
+    assert not aligned[:, 0, 10:13, 5:8].flatten(1).all(1).any()  # why `all` exists
+
+
+def test_grow_region_keeps_the_component_of_the_seed():
+    allowed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    allowed[0, 0, 1:3, 1:3] = True
+    allowed[0, 0, 3, 3] = True  # diagonal neighbour: 8-connected
+    allowed[0, 0, 6:8, 6:8] = True  # another blob
+    seed = torch.zeros_like(allowed)
+    seed[0, 0, 1, 1] = True
+    region = grow_region(seed, allowed)
+    assert region.sum() == 5 and not region[0, 0, 6:, 6:].any()
+
+
+def test_exact_denoiser_finds_gates_and_repairs_the_patch_only():
+    clean, triggered = _scene()
+    repair = PatchRepair(Oracle(clean), PatchRepairConfig(stride=100, repair_stride=100))
+    out = repair(torch.cat([clean, triggered]), torch.Generator().manual_seed(1))
+    patch = torch.zeros(1, H, H, dtype=torch.bool)
+    patch[0, 10:13, 5:8] = True
+    # the map: zero on the clean image, peaking inside the patch of the triggered one
+    assert out.context_map[0].abs().max() < 1e-4 and out.score[0] < 1e-4
+    peak = out.context_map[1, 0].argmax()
+    assert patch.flatten()[peak]
+    assert out.gated.tolist() == [False, True]
+    assert not out.region[0].any() and out.region[1][patch].all()
+    assert out.region[1].sum() <= 7 * 7  # the patch grown by the box window and the dilation, not the image
+    torch.testing.assert_close(out.images[0], clean[0], atol=0, rtol=0)  # not gated: bit for bit
+    torch.testing.assert_close(out.images[1], clean[0], atol=1e-4, rtol=0)  # repaired to the clean content
+    outside = ~out.region[1]
+    assert torch.equal(out.images[1][outside.expand(3, H, H)], triggered[0][outside.expand(3, H, H)])
+
+
+def test_calibration_quantiles_and_bad_input():
+    maps = torch.zeros(100, 1, 4, 4)
+    maps[:, 0, 0, 0] = torch.linspace(0, 1, 100)
+    th = calibrate(maps, fire_rate=0.05, pixel_rate=0.01)
+    assert th["gate_threshold"] == pytest.approx(0.95, abs=0.01)
+    assert (maps.flatten() > th["pixel_threshold"]).float().mean() <= 0.01 + 1e-9
+    with pytest.raises(ValueError, match="at least 2 clean images"):
+        calibrate(maps[:1])
+    with pytest.raises(ValueError, match="fire_rate"):
+        calibrate(maps, fire_rate=0.0)
+
+
+def test_repair_profile_runs_before_stage_one():
+    clean, triggered = _scene()
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=PatchRepairConfig(stride=100, repair_stride=100))
+    out = SampDetox(Oracle(clean), cfg)(torch.cat([clean, triggered]) / 2 + 0.5)
+    assert out.repaired.tolist() == [False, True]
+    assert {"context_map", "repair_region"} <= set(out.maps)
+    torch.testing.assert_close(out.images[1], out.images[0], atol=1e-3, rtol=0)
+    assert SampDetoxConfig(profile="robust").resolved().patch_repair is False
+    with pytest.raises(ValueError, match="t_start"):
+        PatchRepair(Oracle(clean), PatchRepairConfig(t_start=5000))
