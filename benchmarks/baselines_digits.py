@@ -55,6 +55,7 @@ def main() -> None:
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import EvalSet, evaluate_defense
     from detoxops.diffusion import default_purifier
+    from detoxops.metrics import percent_rates
     from detoxops.models import build_classifier, load_classifier, save_classifier, train_classifier
 
     params = load_params("params.yaml", args.overrides)
@@ -84,7 +85,8 @@ def main() -> None:
         for d_name in [d.strip() for d in args.defenses.split(",") if d.strip()]:
             defense = build_defense(d_name, purifier, params.sampdetox, classifier=victim, baselines=params.baselines)
             load_before = os.getloadavg()[0]
-            row = evaluate_defense(victim, defense, data, batch_size=params.baselines.batch_size, name=d_name)
+            row = percent_rates(evaluate_defense(victim, defense, data, batch_size=params.baselines.batch_size,
+                                                 name=d_name))
             row.update(attack=name, load_before=load_before, load_after=os.getloadavg()[0],
                        queries_per_image=getattr(defense, "queries_total", 0) / (2 * args.n))
             rows.append(row)

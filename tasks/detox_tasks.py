@@ -39,6 +39,7 @@ def evaluate_defenses_task(
     from detoxops.defenses.evaluation import EvalSet, evaluate_defense
     from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
+    from detoxops.metrics import percent_rates
     from detoxops.models import load_classifier
     from tasks.attack_tasks import load_test_splits
 
@@ -59,7 +60,7 @@ def evaluate_defenses_task(
         clean_idx = np.arange(k) if len(data.clean_images) >= k else None
         row["samples_dir"] = str(write_defense_samples(classifier, defense, name, data, clean_idx, np.arange(k),
                                                        cfg.batch_size, Path(out_dir)))
-        rows.append({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()})
+        rows.append(percent_rates({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()}))
     return rows
 
 
@@ -121,6 +122,7 @@ def evaluate_byo_task(
     from detoxops.defenses.evaluation import evaluate_defense
     from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
+    from detoxops.metrics import percent_rates
     from detoxops.models.external import load_model
 
     p = Params(**params)
@@ -146,7 +148,7 @@ def evaluate_byo_task(
         row = evaluate_defense(loaded.classifier, defense, data, batch_size=p.sampdetox.batch_size, name=name)
         row["samples_dir"] = str(write_defense_samples(loaded.classifier, defense, name, data, clean_idx,
                                                        poisoned_idx, p.sampdetox.batch_size, Path(out_dir)))
-        rows.append({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()})
+        rows.append(percent_rates({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()}))
     clean_hash = hashlib.sha256(np.ascontiguousarray(data.clean_images).tobytes()
                                 + data.clean_labels.tobytes()).hexdigest()
     triggered_hash = hashlib.sha256(np.ascontiguousarray(data.poisoned_images).tobytes()

@@ -24,9 +24,10 @@ def evaluate_point_fn(
     split_seed: int,
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """CA / PA / ASR (%) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``):
+    """CA / PA / ASR (percent) of ``defense`` configured by ``sampdetox_cfg`` on ``split`` (``val`` | ``test``):
     :func:`detoxops.operations.evaluate_split` with one defense."""
     from detoxops.config import DataConfig, Params, SampDetoxConfig
+    from detoxops.metrics import percent_rates
     from detoxops.models import load_classifier
     from detoxops.operations import evaluate_split
     from tasks.attack_tasks import load_test_splits
@@ -38,7 +39,8 @@ def evaluate_point_fn(
                              [defense], attack_name=attack_cfg["name"], attack=attack,
                              purifier=purifier_path if defense != "none" else None, max_images=max_images)
     row = {k: v for k, v in outcome.rows[0].items() if k != "ca_drop"}  # one defense: no baseline to drop from
-    return {**row, "split": split, "attack": attack_cfg["name"]}
+    # percent: the sweep's selection rule and tables work in points (sweep.max_ca_drop)
+    return {**percent_rates(row), "split": split, "attack": attack_cfg["name"]}
 
 
 evaluate_point = task(name="sweep-point", cache_policy=HEAVY_CACHE, result_serializer="json")(evaluate_point_fn)

@@ -55,3 +55,13 @@ def test_evaluate_backdoor_uses_the_predict_function():
 def test_confusion_matrix_counts():
     cm = confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
     assert cm.tolist() == [[1, 1], [0, 1]]
+
+
+def test_percent_is_for_display_only():
+    from detoxops.metrics import percent, percent_rates
+
+    assert percent(0.25) == 25.0 and percent(None) is None
+    row = {"defense": "none", "ca": 0.5, "asr": 1.0, "images_per_s": 3.0, "n_clean": 4, "map_auc": 0.9}
+    assert percent_rates(row) == {"defense": "none", "ca": 50.0, "asr": 100.0, "images_per_s": 3.0, "n_clean": 4,
+                                  "map_auc": 0.9}
+    assert row["ca"] == 0.5  # a copy

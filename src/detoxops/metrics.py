@@ -24,7 +24,11 @@ __all__ = [
     "evaluate_backdoor",
     "confusion_matrix",
     "percent",
+    "percent_rates",
 ]
+
+RATE_KEYS = ("ca", "pa", "asr", "tpr", "fpr", "acc")
+"""The keys of a result row that hold rates (fractions in code)."""
 
 
 def _check_pair(pred: np.ndarray, ref: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,3 +107,9 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
 def percent(rate: float | None) -> float | None:
     """A fraction as percent for display; ``None`` and NaN stay as they are."""
     return None if rate is None else 100.0 * float(rate)
+
+
+def percent_rates(row: dict, keys: tuple[str, ...] = RATE_KEYS) -> dict:
+    """A copy of a result row with its rates (``keys`` present, numeric) in percent, for a displayed or stored table."""
+    return {k: (percent(v) if k in keys and isinstance(v, int | float) and not isinstance(v, bool) else v)
+            for k, v in row.items()}

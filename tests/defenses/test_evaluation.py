@@ -48,8 +48,8 @@ def test_rows_have_exact_numbers():
     none, erase = evaluate_defenses(
         backdoored, {"none": NoDefense(), "erase": EraseCorner()}, data, batch_size=7
     )
-    assert (none["ca"], none["pa"], none["asr"]) == (100.0, 0.0, 100.0)
-    assert (erase["ca"], erase["pa"], erase["asr"]) == (100.0, 100.0, 0.0)
+    assert (none["ca"], none["pa"], none["asr"]) == (1.0, 0.0, 1.0)  # fractions (detoxops.metrics)
+    assert (erase["ca"], erase["pa"], erase["asr"]) == (1.0, 1.0, 0.0)
     assert erase["map_auc"] == 1.0 and erase["trigger_level"] == 100.0 and erase["other_level"] == 0.0
     assert erase["image_level"] == pytest.approx(100 / 36)
     assert "map_auc" not in none and none["n_clean"] == 20 and none["images_per_s"] > 0
@@ -72,7 +72,7 @@ def test_from_imagesets_matches_counterparts_and_derives_mask():
     np.testing.assert_array_equal(data.poisoned_labels, labels[order])
     assert data.trigger_mask.sum() == 3 and data.trigger_mask[:, -1, -1].all()
     row = evaluate_defense(backdoored, NoDefense(), data)
-    assert row["asr"] == 100.0
+    assert row["asr"] == 1.0
 
 
 def test_eval_set_rejects_target_in_poisoned_labels():

@@ -47,7 +47,9 @@ def test_scores_the_split_and_writes_the_stage_outputs(tmp_path):
     val = evaluate_split(clean, triggered, 0, PixelCode(), params, "val", ["none"], attack_name="toy",
                          device="cpu", out=tmp_path)
     (row,) = val.rows
-    assert (row["ca"], row["pa"], row["asr"], row["ca_drop"]) == (100.0, 0.0, 100.0, 0.0)
+    assert (row["ca"], row["pa"], row["asr"], row["ca_drop"]) == (1.0, 0.0, 1.0, 0.0)  # fractions in code
+    (shown,) = val.table()
+    assert (shown["ca"], shown["pa"], shown["asr"], shown["ca_drop"]) == (100.0, 0.0, 100.0, 0.0)  # the stored table
     assert row["n_clean"] == 12 and row["n_poisoned"] == 9  # half of each class; triggered follow their source
     test = evaluate_split(clean, triggered, 0, PixelCode(), params, "test", ["none"], attack_name="toy",
                           device="cpu")

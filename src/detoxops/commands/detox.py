@@ -174,6 +174,7 @@ def eval_command(
     from detoxops.defenses.byo import byo_defenses, prepare_byo
     from detoxops.defenses.catalog import needs_purifier
     from detoxops.defenses.evaluation import evaluate_defenses
+    from detoxops.metrics import percent_rates
     from detoxops.models.external import load_model
 
     p = params_from_cli(params, overrides)
@@ -208,7 +209,8 @@ def eval_command(
     for note in plan.notes:
         typer.echo(f"note: {note}")
     try:
-        rows = evaluate_defenses(loaded.classifier, built, data, p.sampdetox.batch_size, progress)
+        rows = [percent_rates(r) for r in evaluate_defenses(loaded.classifier, built, data, p.sampdetox.batch_size,
+                                                            progress)]  # the printed and stored table: percent
     except (RuntimeError, ValueError) as exc:  # an endpoint that fails or answers nonsense
         fail(f"{loaded.kind} model {loaded.source}: {exc}")
         return

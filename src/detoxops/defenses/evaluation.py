@@ -19,7 +19,7 @@ import numpy as np
 
 from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
-from detoxops.metrics import attack_success_rate, clean_accuracy, percent, poisoned_accuracy
+from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 
 __all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "split_eval_sets"]
 
@@ -127,8 +127,8 @@ def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, a
 def evaluate_defense(
     classifier, defense, data: EvalSet, batch_size: int = 256, progress: bool = False, name: str | None = None
 ) -> dict[str, Any]:
-    """One row: defense name, CA / PA / ASR (:mod:`detoxops.metrics`, in % here: the row is a results-table row),
-    counts, wall time, images/s, map quality where available."""
+    """One row: defense name, CA / PA / ASR (:mod:`detoxops.metrics`, fractions; ``metrics.percent_rates`` for a
+    displayed table), counts, wall time, images/s, map quality where available."""
     guard = Detoxifier(classifier, defense, batch_size=batch_size, progress=progress)
     start = time.perf_counter()
     clean_pred, clean_maps = guard.predict_with_maps(data.clean_images)
@@ -137,9 +137,9 @@ def evaluate_defense(
     n_total = len(data.clean_images) + len(data.poisoned_images)
     row: dict[str, Any] = {
         "defense": name or getattr(defense, "name", type(defense).__name__),
-        "ca": percent(clean_accuracy(clean_pred, data.clean_labels)) if len(clean_pred) else float("nan"),
-        "pa": percent(poisoned_accuracy(poisoned_pred, data.poisoned_labels)) if len(poisoned_pred) else float("nan"),
-        "asr": percent(attack_success_rate(poisoned_pred, data.target)) if len(poisoned_pred) else float("nan"),
+        "ca": clean_accuracy(clean_pred, data.clean_labels) if len(clean_pred) else float("nan"),
+        "pa": poisoned_accuracy(poisoned_pred, data.poisoned_labels) if len(poisoned_pred) else float("nan"),
+        "asr": attack_success_rate(poisoned_pred, data.target) if len(poisoned_pred) else float("nan"),
         "n_clean": len(clean_pred),
         "n_poisoned": len(poisoned_pred),
         "seconds": seconds,

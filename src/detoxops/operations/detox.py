@@ -18,6 +18,7 @@ import numpy as np
 
 from detoxops.config import Params
 from detoxops.data import ImageSet
+from detoxops.metrics import percent_rates
 
 __all__ = ["DetoxOutcome", "evaluate_split", "ROW_COLUMNS"]
 
@@ -26,8 +27,8 @@ ROW_COLUMNS = ["defense", "ca", "pa", "asr", "ca_drop", "images_per_s", "n_clean
 
 @dataclass(frozen=True)
 class DetoxOutcome:
-    """One row per defense (``detoxops.defenses.evaluation.evaluate_defense``'s, in percent: a results table) with
-    ``ca_drop`` against the ``none`` row; ``defenses_csv`` / ``metrics_json`` where they were written."""
+    """One row per defense (``detoxops.defenses.evaluation.evaluate_defense``'s: rates as fractions) with ``ca_drop``
+    against the ``none`` row; ``defenses_csv`` / ``metrics_json`` where they were written."""
 
     rows: list[dict[str, Any]]
     split: str
@@ -35,11 +36,17 @@ class DetoxOutcome:
     defenses_csv: Path | None = None
     metrics_json: Path | None = None
 
+    def table(self) -> list[dict[str, Any]]:
+        """The rows as the stored table shows them: CA / PA / ASR and the CA drop in percent (points)."""
+        rows = [percent_rates({k: v for k, v in r.items() if k != "ca_drop"}) for r in self.rows]
+        base = next((r["ca"] for r in rows if r["defense"] == "none"), None)
+        return [{**r, "ca_drop": None if base is None else base - r["ca"]} for r in rows]
+
     def metrics(self) -> dict[str, Any]:
-        """The DVC metrics file: split, attack and CA / PA / ASR / CA drop per defense."""
+        """The DVC metrics file (percent, as :meth:`table`): split, attack and CA / PA / ASR / CA drop per defense."""
         return {"split": self.split, "attack": self.attack,
                 **{r["defense"]: {k: r[k] for k in ("ca", "pa", "asr", "ca_drop") if r.get(k) is not None}
-                   for r in self.rows}}
+                   for r in self.table()}}
 
 
 def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, params: Params, split: str,
@@ -50,7 +57,8 @@ def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, pa
     ``params.baselines`` configure them) on ``split`` of the test set: ``clean`` (the clean test split) and
     ``triggered`` (its triggered non-target version), split by ``data.val_fraction`` / ``data.seed``, at most
     ``max_images`` of each (seeded). The purifier follows :func:`~detoxops.operations.choose_purifier`. With ``out``
-    the rows go to ``<out>/defenses.csv`` and :meth:`DetoxOutcome.metrics` to ``<out>/metrics.json``."""
+    :meth:`DetoxOutcome.table` goes to ``<out>/defenses.csv`` and :meth:`DetoxOutcome.metrics` to
+    ``<out>/metrics.json`` (percent, the pipeline's stored tables)."""
     from detoxops.defenses.catalog import build_defense, needs_purifier
     from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
     from detoxops.devices import resolve_device
@@ -81,7 +89,8 @@ def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, pa
     with (out / "defenses.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+        writer.writerows([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                          for r in outcome.table()])
     (out / "metrics.json").write_text(json.dumps(outcome.metrics(), indent=2) + "\n")
     return DetoxOutcome(rows=rows, split=split, attack=attack_name, defenses_csv=out / "defenses.csv",
                         metrics_json=out / "metrics.json")
