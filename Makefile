@@ -8,12 +8,17 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch / torchvision come from this machine's local wheel store at these exact pins (see pyproject.toml).
+# One install of the project with its extras (torch / torchvision at the exact pins of pyproject.toml). By default
+# uv, installed into the venv first, resolves and installs in parallel and byte-compiles like pip: a much cheaper
+# `make demo` setup on a 2-core machine (docs/platform.md, "Choosing the demo's settings"). uv reads its own
+# configuration (UV_INDEX_URL, UV_FIND_LINKS…), not pip.conf: where it cannot install, pip does it instead, and
+# `make setup INSTALLER=pip` uses pip only (pip.conf's indexes / wheel stores).
+INSTALLER ?= uv
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[platform,dev]'
+	if [ "$(INSTALLER)" = uv ] && $(BIN)/python -m pip install -q uv \
+	    && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[platform,dev]'; then :; \
+	else $(BIN)/python -m pip install -q -e '.[platform,dev]'; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,6 +8,7 @@ SampDetox evaluation (inference-time: CA / PA / ASR per defense) → results tab
 victim and the purifier registered (``detoxops-victim``, ``detoxops-purifier``) for the dashboard's *Try it*.
 
     python -m flows.demo [--params params.yaml] [--overlay params.demo.yaml] [--set key=value ...] [--max-images N]
+                         [--threads N]
 
 Demo-sized settings (the overlay ``params.demo.yaml`` on ``params.yaml``, chosen by measurement: see
 docs/platform.md) keep it within minutes on a 2-core CPU; ``--set`` overrides them. It ends with one line per
@@ -38,6 +39,10 @@ from detoxops.config import ConfigError, load_params  # noqa: E402
 # The demo's overlay on params.yaml: reduced DataElixir / SampDetox budgets (the paper settings are in params.yaml).
 DEMO_OVERLAY = PROJECT_ROOT / "params.demo.yaml"
 DEFENSES = ["none", "sampdetox", "faithful"]
+# Torch threads for every stage of the demo. One, because on a 2-core machine that runs anything else torch's default
+# of two threads spin-waits against it: the demo's victim took 229 s wall / 99 CPU s at two threads and 47 s / 19.5
+# CPU s at one (load ~6; docs/platform.md "Choosing the demo's settings"). --threads 0 keeps torch's default.
+DEMO_THREADS = 1
 # where the closing lines point: `streamlit run dashboards/app.py`, pages by their file name (dashboards/pages/)
 DASHBOARD_URL = "http://localhost:8501"
 
@@ -73,14 +78,30 @@ def overlay_overrides(path: str | Path | None) -> list[str]:
     return flatten(loaded, "")
 
 
-# the demo's budgets as overrides, shared by flows.sanitize / flows.detox / flows.ingestion_check
-DEMO_OVERRIDES = overlay_overrides(DEMO_OVERLAY)
+# the demo's budgets as overrides, shared by flows.sanitize / flows.detox / flows.ingestion_check: compute budgets
+# only. The overlay's `data` keys (the demo's subset of digits) stay the demo's: a dataset those flows check or
+# sanitise is never cut to the demo's size.
+DEMO_OVERRIDES = [o for o in overlay_overrides(DEMO_OVERLAY) if not o.startswith("data.")]
 
 
 @flow(name="demo", log_prints=True)
 def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, max_images: int = 200,
-         overlay: str | None = str(DEMO_OVERLAY)) -> list[dict]:
+         overlay: str | None = str(DEMO_OVERLAY), threads: int | None = DEMO_THREADS) -> list[dict]:
+    """``threads``: torch threads for every stage (None / 0 = torch's default); restored when the flow ends."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:  # process-wide: the tasks run in this process's threads (Prefect's default task runner)
+        torch.set_num_threads(int(threads))
+    try:
+        return _demo(params_path, overrides, max_images, overlay)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _demo(params_path: str, overrides: list[str] | None, max_images: int, overlay: str | None) -> list[dict]:
     import mlflow
+    import torch
 
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
@@ -131,7 +152,7 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
 
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version,
             "detoxops.attack": params.attack.name, "detoxops.seed": params.attack.seed,
-            "detoxops.model": params.victim.arch}
+            "detoxops.model": params.victim.arch, "detoxops.torch_threads": torch.get_num_threads()}
     with run("demo", f"demo {params.attack.name}", kind="report", prefix=params.tracking.experiment_prefix,
              tags=tags, params=params.to_dict()) as parent:
         log_dataset(ingested["path"], ingested["name"], data_version, "training")
@@ -286,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="params overlay applied after --params (default: the demo's budgets); 'none' = no overlay")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
     ap.add_argument("--max-images", type=int, default=200, help="test images per split for SampDetox evaluation")
+    ap.add_argument("--threads", type=int, default=DEMO_THREADS,
+                    help=f"torch CPU threads for every stage (default {DEMO_THREADS}; 0 = torch's default)")
     args = ap.parse_args(argv)
-    demo(args.params, args.overrides, args.max_images, args.overlay)
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0, got {args.threads}")
+    demo(args.params, args.overrides, args.max_images, args.overlay, args.threads)
     return 0
 
 

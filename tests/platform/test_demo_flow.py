@@ -32,11 +32,15 @@ DATA = ["data.train_per_class=40", "data.test_per_class=8"]
 
 
 def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_dataelixir, tmp_path, monkeypatch):
-    from flows.demo import demo
+    import torch
+
+    from flows.demo import DEMO_THREADS, demo
 
     overrides = tiny_dataelixir + DATA + [f"data.root={tmp_path / 'data'}", f"tracking.runs_dir={tmp_path / 'runs'}",
                         f"tracking.dvc_remote={tmp_path / 'remote'}"]
+    threads_before = torch.get_num_threads()
     table = demo("params.yaml", overrides, max_images=16)
+    assert torch.get_num_threads() == threads_before  # the demo's one thread does not leak into the caller
     defenses = [row["defense"] for row in table]
     assert defenses[:3] == ["none", "sampdetox", "faithful"] and defenses[-1].startswith("dataelixir")
     for row in table:
@@ -53,6 +57,7 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     assert all({"ca", "pa", "asr"} <= set(r.data.metrics) for r in defense_runs)
     parent = next(r for r in runs if r.data.tags.get("detoxops.kind") == "report")
     assert parent.data.tags["detoxops.data_version"]
+    assert parent.data.tags["detoxops.torch_threads"] == str(DEMO_THREADS)  # what the stages ran with
     assert parent.data.params["attack.name"] == "badnets"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "results")] == ["results/results.csv",
                                                                                        "results/summary.txt"]
@@ -156,11 +161,17 @@ def test_overlay_overrides_reproduce_the_overlay_on_params_yaml(tmp_path):
     from detoxops.config import ConfigError, load_params
     from flows.demo import DEMO_OVERLAY, DEMO_OVERRIDES, overlay_overrides
 
-    params = load_params(ROOT / "params.yaml", DEMO_OVERRIDES)
+    full = overlay_overrides(DEMO_OVERLAY)
+    params = load_params(ROOT / "params.yaml", full)
     for section, keys in DEMO_PARAMS.items():
         for key, value in keys.items():
             assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
-    assert overlay_overrides(DEMO_OVERLAY) == DEMO_OVERRIDES and overlay_overrides("none") == []
+    assert overlay_overrides("none") == []
+    # the flows that share the demo's budgets (sanitize, detox, ingestion check) get all but its subset of digits:
+    # a dataset they check is never cut to the demo's size
+    assert any(o.startswith("data.") for o in full)
+    assert DEMO_OVERRIDES == [o for o in full if not o.startswith("data.")]
+    assert load_params(ROOT / "params.yaml", DEMO_OVERRIDES).data == load_params(ROOT / "params.yaml").data
     # --set after the overlay wins; keys the overlay does not name keep params.yaml's values
     later = load_params(ROOT / "params.yaml", DEMO_OVERRIDES + ["dataelixir.rounds=7"])
     assert later.dataelixir.rounds == 7 and later.dataelixir.tau == load_params(ROOT / "params.yaml").dataelixir.tau
