@@ -36,10 +36,9 @@ def evaluate_defenses_task(
     ``<out_dir>/<defense>/samples`` for MLflow. Runs on CUDA when present."""
     from detoxops.config import SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
-    from detoxops.defenses.evaluation import EvalSet, evaluate_defense
+    from detoxops.defenses.evaluation import EvalSet, evaluate_defenses
     from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
-    from detoxops.metrics import percent_rates
     from detoxops.models import load_classifier
     from tasks.attack_tasks import load_test_splits
 
@@ -52,16 +51,21 @@ def evaluate_defenses_task(
     classifier = load_classifier(victim_path).to(device).eval()
     purifier = load_purifier(purifier_path, device=device)
     cfg = SampDetoxConfig(**sampdetox_cfg)
-    rows = []
-    for name in defenses:
-        defense = build_defense(name, purifier if name != "none" else None, cfg, classifier=classifier)
-        row = evaluate_defense(classifier, defense, data, batch_size=cfg.batch_size, name=name)
-        k = min(8, len(data.poisoned_images))
-        clean_idx = np.arange(k) if len(data.clean_images) >= k else None
-        row["samples_dir"] = str(write_defense_samples(classifier, defense, name, data, clean_idx, np.arange(k),
-                                                       cfg.batch_size, Path(out_dir)))
-        rows.append(percent_rates({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()}))
-    return rows
+    built = {name: build_defense(name, purifier if name != "none" else None, cfg, classifier=classifier)
+             for name in defenses}
+    k = min(8, len(data.poisoned_images))
+    clean_idx = np.arange(k) if len(data.clean_images) >= k else None
+    return [_display_row(row, write_defense_samples(classifier, built[row["defense"]], row["defense"], data, clean_idx,
+                                                    np.arange(k), cfg.batch_size, Path(out_dir)))
+            for row in evaluate_defenses(classifier, built, data, cfg.batch_size)]
+
+
+def _display_row(row: dict[str, Any], samples_dir: Path) -> dict[str, Any]:
+    """A task's result row: plain floats, rates in percent (the flows' tables), where its sample grid is."""
+    from detoxops.metrics import percent_rates
+
+    plain = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
+    return percent_rates({**plain, "samples_dir": str(samples_dir)})
 
 
 def write_defense_samples(classifier, defense, name: str, data, clean_idx: np.ndarray | None, poisoned_idx: np.ndarray,
@@ -119,10 +123,9 @@ def evaluate_byo_task(
     from detoxops.config import Params
     from detoxops.defenses.byo import byo_defenses, prepare_byo
     from detoxops.defenses.catalog import needs_purifier
-    from detoxops.defenses.evaluation import evaluate_defense
+    from detoxops.defenses.evaluation import evaluate_defenses
     from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
-    from detoxops.metrics import percent_rates
     from detoxops.models.external import load_model
 
     p = Params(**params)
@@ -143,12 +146,9 @@ def evaluate_byo_task(
     k = min(8, len(data.poisoned_images), len(data.clean_images))
     clean_idx = np.sort(rng.permutation(len(data.clean_images))[:k])
     poisoned_idx = np.sort(rng.permutation(len(data.poisoned_images))[:k])
-    rows = []
-    for name, defense in built.items():
-        row = evaluate_defense(loaded.classifier, defense, data, batch_size=p.sampdetox.batch_size, name=name)
-        row["samples_dir"] = str(write_defense_samples(loaded.classifier, defense, name, data, clean_idx,
-                                                       poisoned_idx, p.sampdetox.batch_size, Path(out_dir)))
-        rows.append(percent_rates({k2: (float(v) if isinstance(v, np.floating) else v) for k2, v in row.items()}))
+    rows = [_display_row(row, write_defense_samples(loaded.classifier, built[row["defense"]], row["defense"], data,
+                                                    clean_idx, poisoned_idx, p.sampdetox.batch_size, Path(out_dir)))
+            for row in evaluate_defenses(loaded.classifier, built, data, p.sampdetox.batch_size)]
     clean_hash = hashlib.sha256(np.ascontiguousarray(data.clean_images).tobytes()
                                 + data.clean_labels.tobytes()).hexdigest()
     triggered_hash = hashlib.sha256(np.ascontiguousarray(data.poisoned_images).tobytes()

@@ -60,7 +60,7 @@ def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, pa
     :meth:`DetoxOutcome.table` goes to ``<out>/defenses.csv`` and :meth:`DetoxOutcome.metrics` to
     ``<out>/metrics.json`` (percent, the pipeline's stored tables)."""
     from detoxops.defenses.catalog import build_defense, needs_purifier
-    from detoxops.defenses.evaluation import evaluate_defense, split_eval_sets
+    from detoxops.defenses.evaluation import evaluate_defenses, split_eval_sets
     from detoxops.devices import resolve_device
     from detoxops.operations.purifier import load_chosen_purifier
 
@@ -72,12 +72,10 @@ def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, pa
     pur = (load_chosen_purifier(purifier, params.diffusion, int(clean.image_shape[0]), device=dev)
            if needs_purifier(defenses) else None)
     victim = victim.to(dev).eval()
-    rows = []
-    for name in defenses:
-        defense = build_defense(name, pur, params.sampdetox, classifier=victim, baselines=params.baselines)
-        row = evaluate_defense(victim, defense, data, batch_size=params.sampdetox.batch_size, progress=progress,
-                               name=name)
-        rows.append({k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()})
+    built = {name: build_defense(name, pur, params.sampdetox, classifier=victim, baselines=params.baselines)
+             for name in defenses}
+    rows = [{k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in row.items()}
+            for row in evaluate_defenses(victim, built, data, params.sampdetox.batch_size, progress)]
     base = next((r["ca"] for r in rows if r["defense"] == "none"), None)
     for r in rows:
         r["ca_drop"] = None if base is None else base - r["ca"]
