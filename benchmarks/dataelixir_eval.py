@@ -28,10 +28,10 @@ import torch
 
 from detoxops.config import DataConfig, VictimConfig, load_params
 from detoxops.data import ImageSet, load_splits, stratified_subset_indices
-from detoxops.defenses.dataelixir import DataElixir
 from detoxops.diffusion import load_purifier
 from detoxops.metrics import attack_success_rate, clean_accuracy, detection_rates
 from detoxops.models import build_classifier, load_classifier, predict, train_classifier
+from detoxops.operations import sanitize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,18 +55,18 @@ def run_entry(name: str, args, params, purifier, clean_test: ImageSet, out_work:
     t0 = time.time()
     victim_cfg = VictimConfig(arch="small_cnn", width=args.width, epochs=args.epochs, seed=args.seed,
                               augment=not args.no_augment)
-    elixir = DataElixir(purifier, params.dataelixir, victim_cfg.model_copy(
-        update={"epochs": params.dataelixir.relabel_epochs}))
-    res = elixir.sanitize(train, victim, out_work / name / "work", progress=args.progress)
+    # the sanitize operation of the CLI / DVC stage / Prefect task: purified set, decisions.csv, anomaly_index.json
+    outcome = sanitize(train, victim, params.model_copy(update={"victim": victim_cfg}), out=out_work / name / "purified",
+                       purifier=purifier, workdir=out_work / name / "work", overwrite=True, progress=args.progress)
     seconds_sanitize = time.time() - t0
-    purified = res.dataset
-    (out_work / name).mkdir(parents=True, exist_ok=True)
-    (out_work / name / "decisions.csv").write_text(res.decisions_csv())
+    purified = ImageSet.load(outcome.dataset)
+    # on the clean entry too: its FPR is the share of a known-clean set flagged (the operation reports rates only
+    # for sets with poisoned samples, as an ingested set of unknown status has no ground truth)
     tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
     row = {
         "attack": name, "n": len(train), "poisoned": int(train.poisoned.sum()),
-        "target_labels": res.target_labels, "anomaly_index": res.anomaly_index,
-        "sets": purified.meta["sanitize"]["sets"], "tpr": tpr, "fpr": fpr,
+        "target_labels": outcome.target_labels, "anomaly_index": outcome.anomaly,
+        "sets": outcome.sets, "tpr": tpr, "fpr": fpr,
         "label_acc": float((purified.labels == train.original_labels).mean()),
         "seconds_sanitize": round(seconds_sanitize, 1),
     }

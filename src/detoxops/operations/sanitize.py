@@ -79,14 +79,15 @@ def sanitize(
     version_root: str | Path | None = None,
     version_name: str = "purified",
     source: str = "dataelixir",
-    purifier: str | Path | None = None,
+    purifier=None,
     workdir: str | Path | None = None,
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
 ) -> SanitizeOutcome:
     """Run DataElixir (``params.dataelixir``, relabelling with :func:`relabel_config`) on ``train`` with the
-    ``victim`` classifier and the purifier of :func:`~detoxops.operations.choose_purifier`.
+    ``victim`` classifier and the purifier of :func:`~detoxops.operations.choose_purifier` (``purifier``: a folder, or
+    an already loaded :class:`~detoxops.diffusion.Purifier`).
 
     Writes the purified set with ``decisions.csv`` and ``anomaly_index.json`` to ``out`` (one atomic folder) and/or
     as a dataset version under ``version_root`` (same files, same atomic step). ``workdir`` holds the resumable
@@ -104,7 +105,8 @@ def sanitize(
     if workdir is None:
         workdir = out.with_name(out.name + ".work") if out is not None else Path(version_root) / "work"
     dev = resolve_device(device or "auto")
-    pur = load_chosen_purifier(purifier, params.diffusion, int(train.image_shape[0]), device=dev)
+    pur = (purifier if hasattr(purifier, "schedule")  # a loaded Purifier (a benchmark's, reused across runs)
+           else load_chosen_purifier(purifier, params.diffusion, int(train.image_shape[0]), device=dev))
     result = DataElixir(pur, params.dataelixir, relabel_config(params)).sanitize(
         train, victim, workdir, progress=progress)
 
