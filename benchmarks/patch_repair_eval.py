@@ -73,6 +73,27 @@ def defend(defense, images_u8: np.ndarray, batch: int, seed: int, desc: str):
             np.concatenate(cmaps) if cmaps else None)
 
 
+def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray, batch: int, seed: int,
+                  purifier: str):
+    """:func:`defend` on the clean images, stored under ``cache`` by a key of everything the output depends on."""
+    import hashlib
+
+    if cache is None:
+        return defend(defense, images_u8, batch, seed, f"clean/{name}")
+    cfg = defense.cfg.model_dump_json() if defense is not None else "none"
+    key = hashlib.sha256(f"{name}|{cfg}|{purifier}|{batch}|{seed}".encode() + np.ascontiguousarray(images_u8).tobytes())
+    path = cache / f"clean_{name}_{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["images"], z["flags"], float(z["seconds"]), (z["maps"] if z["maps"].ndim == 3 else None)
+    images, flags, seconds, maps = defend(defense, images_u8, batch, seed, f"clean/{name}")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, images=images, flags=flags, seconds=seconds, maps=maps if maps is not None else np.zeros(0))
+    tmp.replace(path)
+    return images, flags, seconds, maps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["calibrate", "table"])
@@ -91,6 +112,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="table: keep the defended clean images here (they do not depend on the victim), keyed by "
+                         "defense settings, images and seed, so a later run with more attacks reuses them")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,13 +152,14 @@ def main() -> None:
     if "repair" not in chosen:
         raise SystemExit("table: --defenses must include repair (its context maps are the gate's and the map's numbers)")
     # the repair defense's own context maps give the gate / map numbers, so the maps are computed once
-    clean_out = {d: defend(defenses[d], clean.images[cidx], args.batch, args.seed, f"clean/{d}") for d in chosen}
+    clean_out = {d: cached_defend(args.cache, defenses[d], d, clean.images[cidx], args.batch, args.seed, str(args.purifier))
+                 for d in chosen}
     clean_maps = clean_out["repair"][3]
     clean_peaks = clean_maps.reshape(len(clean_maps), -1).max(1)
     record["clean_fire_rate"] = float(np.mean(clean_peaks > patch_cfg.gate_threshold))
     record["clean_pixel_flag_rate"] = float(np.mean(clean_maps > patch_cfg.pixel_threshold))
     rows = []
-    for name in args.attacks.split(","):
+    for name in filter(None, args.attacks.split(",")):
         ref = f"{args.store}/{name}"
         model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
         half = split_indices(clean, split, len(clean), seed=0)  # the whole half the clean images come from

@@ -102,3 +102,13 @@ def test_repair_profile_runs_before_stage_one():
     assert SampDetoxConfig(profile="robust").resolved().patch_repair is False
     with pytest.raises(ValueError, match="t_start"):
         PatchRepair(Oracle(clean), PatchRepairConfig(t_start=5000))
+
+
+def test_catalog_names_the_profiles():
+    from detoxops.defenses.catalog import build_defense
+
+    clean, _ = _scene()
+    cfg = SampDetoxConfig(patch_repair=False)  # an explicit field does not survive a named profile
+    assert build_defense("repair-ddim", Oracle(clean), cfg).patch is not None
+    assert build_defense("robust", Oracle(clean), cfg).patch is None
+    assert build_defense("sampdetox", Oracle(clean), cfg).patch is None

@@ -8,6 +8,8 @@ with stride N, e.g. ``faithful-ddim10``; ``-ddpm`` to DDPM):
 ``sampdetox``      SampDetox with ``params.yaml``'s ``sampdetox`` section as it is (profile ``robust`` by default)
 ``faithful``       the paper's Algorithm 1 (``profile: faithful``), other fields from the section
 ``public_code``    the public reference code's variant (``profile: public_code``)
+``robust``         detoxops's global-path profile (``profile: robust``)
+``repair``         the patch repair of issue #20, then robust's global path (``profile: repair``)
 ``stage1``         table 2's "Stage 1" ablation, with the faithful t1
 ``noise*``         table 2's "Noise*" ablation (faithful SampDetox without denoising)
 ``noising``        table 8 baseline: Gaussian noise, std 0.1
@@ -38,6 +40,8 @@ DEFENSE_NAMES = (
     "sampdetox",
     "faithful",
     "public_code",
+    "robust",
+    "repair",
     "stage1",
     "noise*",
     "noising",
@@ -49,7 +53,7 @@ DEFENSE_NAMES = (
 )
 _BASELINES = {"zip", "sancdifi", "bdmae"}
 _NEEDS_CLASSIFIER = {"sancdifi", "bdmae"}
-_NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "stage1", "noise*"} | _BASELINES
+_NEEDS_PURIFIER = {"sampdetox", "faithful", "public_code", "robust", "repair", "stage1", "noise*"} | _BASELINES
 _SAMPLER_SUFFIX = re.compile(r"(ddpm|ddim)(\d*)")
 
 
@@ -101,8 +105,8 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None, 
         update["ddim_stride"] = int(sampler.group(2))
     if base in ("faithful", "stage1", "noise*"):
         update["profile"] = "faithful"
-    elif base == "public_code":
-        update["profile"] = "public_code"
+    elif base in ("public_code", "robust", "repair"):
+        update["profile"] = base
     if base != "sampdetox":
         # a named profile: drop explicit overrides of profile-controlled fields so the preset applies
         update.update({k: None for k in SampDetoxConfig.PROFILE_PRESETS["faithful"]})
