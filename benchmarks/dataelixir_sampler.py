@@ -30,12 +30,12 @@ from diffusion_throughput import machine_info
 
 from detoxops.attacks import poison_datasets, registry
 from detoxops.config import load_params
-from detoxops.data import load_source
-from detoxops.defenses.dataelixir import DataElixir
+from detoxops.data import ImageSet, load_source
 from detoxops.diffusion import step_levels
 from detoxops.diffusion.unet import default_purifier, load_purifier
 from detoxops.metrics import attack_success_rate, clean_accuracy, detection_rates
 from detoxops.models import build_classifier, load_classifier, predict, save_classifier, train_classifier
+from detoxops.operations import sanitize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,20 +83,23 @@ def run(attack_name: str, spec: str, args, params, purifier, splits, work: Path)
                           attack=attack if attack is not None and attack.kind == "loop" else None)
     cfg = params.dataelixir.model_copy(update=parse_sampler(spec))
     t0 = time.time()
-    res = DataElixir(purifier, cfg, victim_cfg.model_copy(update={"epochs": cfg.relabel_epochs})).sanitize(
-        train, victim, done.parent / "work", progress=args.progress)
+    # the sanitize operation (CLI / DVC stage / Prefect task), relabelling with the victim's recipe
+    outcome = sanitize(train, victim, params.model_copy(update={"dataelixir": cfg, "victim": victim_cfg}),
+                       out=done.parent / "purified", purifier=purifier, workdir=done.parent / "work", overwrite=True,
+                       progress=args.progress)
     seconds = time.time() - t0
+    purified = ImageSet.load(outcome.dataset)
     passes = len(step_levels(cfg.T, cfg.sampler, cfg.ddim_stride if cfg.sampler == "ddim" else 1))
     # on the clean set nothing is poisoned, so FPR is the share of relabelled images and TPR is undefined
-    tpr, fpr = detection_rates(train.labels, res.dataset.labels, train.poisoned)
+    tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
     row = {"attack": attack_name, "sampler": spec, "unet_passes_per_image": cfg.rounds * passes,
            "victim_ca": clean_accuracy(predict(victim, test.images), test.labels),
-           "target_labels": res.target_labels, "anomaly_index": res.anomaly_index,
-           "n_flagged": int(res.flagged.sum()), "seconds_sanitize": round(seconds, 1), "fpr": fpr}
+           "target_labels": outcome.target_labels, "anomaly_index": outcome.anomaly,
+           "n_flagged": outcome.flagged, "seconds_sanitize": round(seconds, 1), "fpr": fpr}
     if triggered is not None:
-        retrained = fit_classifier(res.dataset, victim_cfg)
+        retrained = fit_classifier(purified, victim_cfg)
         row |= {"victim_asr": attack_success_rate(predict(victim, triggered.images), attack.target), "tpr": tpr,
-                "label_acc": float((res.dataset.labels == train.original_labels).mean()),
+                "label_acc": float((purified.labels == train.original_labels).mean()),
                 "retrained_acc": clean_accuracy(predict(retrained, test.images), test.labels),
                 "retrained_asr": attack_success_rate(predict(retrained, triggered.images), attack.target)}
     done.parent.mkdir(parents=True, exist_ok=True)
