@@ -173,8 +173,8 @@ def _demo(params_path: str, overrides: list[str] | None, max_images: int, overla
     vis = visibility["summary"]
     print(f"\ntrigger visibility v {vis['v_mean']:.4f} (mean of {vis['n']}); robustness η_r {vis['eta_r_mean']:.3f} "
           f"(mean of the {vis['hits']} images the victim sends to the target, {vis['n_inf']} never flipped)")
-    print(f"\ndata version {data_version}; target label detected: {sanitized.get('target_label')}; "
-          f"{seconds:.0f} s")
+    found_targets = ", ".join(map(str, check["target_labels"])) or "none"
+    print(f"\ndata version {data_version}; target label(s) detected: {found_targets}; {seconds:.0f} s")
     targets = ",".join(map(str, check["target_labels"]))
     print(f"ingestion check: {check['status']}" + (f", target label {targets}" if targets else ""))
     if dvc:
@@ -222,17 +222,20 @@ def defense_summaries(table: list[dict[str, Any]], sanitized: dict[str, Any],
             lines.append(f"{label}: {asr}; {ca}.")
     elixir = next((r for r in table if str(r["defense"]).startswith("dataelixir")), None)
     if elixir is not None:
-        target = sanitized.get("target_label")
-        if target is None:
+        from tasks.ingestion_tasks import check_targets
+
+        targets = check_targets(sanitized)  # every label DataElixir took for a target, not only the first
+        target = ("target " if len(targets) == 1 else "targets ") + ", ".join(map(str, targets))
+        if not targets:
             found = "found no backdoor target label (the training set is kept as is)"
         elif counts is not None and counts["poisoned"]:
             found = (f"found {counts['found']} / {counts['poisoned']} poisoned training samples "
                      f"(TPR {elixir['tpr']:.1f}), flagged {counts['false']} / {counts['clean']} clean ones "
-                     f"(FPR {elixir['fpr']:.1f}), target {target}")
+                     f"(FPR {elixir['fpr']:.1f}), {target}")
         else:
             tpr = elixir.get("tpr")
             known = isinstance(tpr, float) and not math.isnan(tpr)
-            found = f"target {target}, {sanitized.get('n_flagged', 0)} samples relabelled" + (
+            found = f"{target}, {sanitized.get('n_flagged', 0)} samples relabelled" + (
                 f" (TPR {tpr:.1f})" if known else "")
         asr = _change("the retrained model's ASR", none["asr"], elixir["asr"])
         lines.append(f"DataElixir: {found}; {asr} (clean accuracy {elixir['ca']:.1f}, "

@@ -219,5 +219,8 @@ def test_defense_summaries_say_what_each_defense_showed(tmp_path):
                         "(FPR 20.0), target 0; the retrained model's ASR fell from 95.0 to 0.5 (clean accuracy "
                         "97.2, 95.5 without defense).")
     assert "http://localhost:8501/defense_results" in lines[3] and len(lines) == 4
+    # every target DataElixir took, not only the first (a second, false target explains clean samples flagged)
+    two = defense_summaries(table, {"target_label": 0, "anomaly_index": {"target_labels": [0, 3]}}, counts)[2]
+    assert "(FPR 20.0), targets 0, 3; the retrained model's ASR" in two
     nothing = defense_summaries(table, {"target_label": None, "n_flagged": 0}, counts)[2]
     assert nothing.startswith("DataElixir: found no backdoor target label (the training set is kept as is); ")
