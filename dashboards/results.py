@@ -108,7 +108,8 @@ def newest_run_per_flow(flow_runs: pd.DataFrame) -> list[str]:
     return list(flow_runs.drop_duplicates("flow", keep="first")["run_id"])
 
 
-def percent(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def percent_columns(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The rate columns (fractions, as stored) in percent, for a displayed table."""
     out = df.copy()
     for c in columns:
         if c in out:

@@ -101,7 +101,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
     from tasks.data_tasks import dataset_identity, version_dataset
     from tasks.ingestion_tasks import (
         check_targets,
-        choose_purifier,
+        purifier_for_check,
         record_ingestion_check,
     )
     from tasks.progress import stage_progress
@@ -126,7 +126,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
     info = ingested.get("info") or {}
     size = int((info.get("image_shape") or [0])[0])
     if purifier is None or size != int(expected or 0):
-        path, origin = choose_purifier(params.diffusion.purifier, size)
+        path, origin = purifier_for_check(params.diffusion.purifier, size)
         purifier = {"path": path, "origin": origin}
     image_note = f"{size}x{size}, {len(info.get('class_names') or [])} classes"
     print(f"dataset {ingested['name']} @ {ingested['hash'][:12]}: {image_note}; purifier {purifier['origin']} "
@@ -211,7 +211,7 @@ def _ingest(params, resolved: str, data_root: Path, ctx: dict[str, Any]) -> dict
 
 def _inspect(params, source: str, overrides: list[str]) -> tuple[Any, str, int | None, dict[str, str] | None]:
     """``(params with data.image_size decided, resolved source, expected image size, purifier or None)``."""
-    from tasks.ingestion_tasks import choose_image_size, choose_purifier, probe_image_sizes, resolve_source
+    from tasks.ingestion_tasks import choose_image_size, probe_image_sizes, purifier_for_check, resolve_source
 
     resolved = resolve_source(source)
     sizes = probe_image_sizes(resolved)
@@ -221,7 +221,7 @@ def _inspect(params, source: str, overrides: list[str]) -> tuple[Any, str, int |
     expected = image_size or (next(iter(sizes))[0] if len(sizes) == 1 else None)
     purifier = None
     if expected is not None:
-        path, origin = choose_purifier(params.diffusion.purifier, int(expected))
+        path, origin = purifier_for_check(params.diffusion.purifier, int(expected))
         purifier = {"path": path, "origin": origin}
     return params, resolved, expected, purifier
 

@@ -47,7 +47,7 @@ __all__ = [
     "choose_image_size",
     "trainability_problems",
     "refuse_untrainable",
-    "choose_purifier",
+    "purifier_for_check",
     "PurifierUnavailable",
     "UntrainableDataset",
     "MIN_CLASSES",
@@ -168,7 +168,7 @@ def refuse_untrainable(ingested: dict[str, Any], created: bool) -> None:
         raise UntrainableDataset(f"dataset {ingested['name']} refused before versioning: " + "; ".join(problems))
 
 
-def choose_purifier(configured: str | None, image_size: int) -> tuple[str, str]:
+def purifier_for_check(configured: str | None, image_size: int) -> tuple[str, str]:
     """``(folder, origin)`` of the purifier for ``image_size`` images: ``diffusion.purifier`` when set (its size
     must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
     that train one or choose a shipped size. A check never trains a purifier on the data it checks: a purifier

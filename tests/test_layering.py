@@ -143,3 +143,30 @@ def test_flow_functions_are_short():
                 if lines > FLOW_FUNCTION_LINES:
                     long.setdefault(path.name, []).append(f"{node.name} ({lines} lines)")
     assert set(long) <= LONG_FLOWS_PENDING, f"flow functions over {FLOW_FUNCTION_LINES} lines: {long}"
+
+
+# the rules and helpers issue #26 found written several times: each is defined once now
+ONE_DEFINITION = ["resolve_device", "detection_rates", "split_eval_sets", "choose_purifier", "project_path",
+                  "atomic_dir", "temp_path_for", "ssim_map", "percent", "needs_purifier", "read_record", "sanitize",
+                  "prepare_purifier", "evaluate_split"]
+DEFINED_ELSEWHERE_PENDING = {("resolve_device", "src/detoxops/diffusion/train.py"),  # the lead's module
+                             ("_abs", "flows/demo.py")}  # issue #28 owns flows/demo.py
+OPERATION_NAMES_ELSEWHERE = {("sanitize", "flows/sanitize.py"), ("sanitize", "src/detoxops/commands/sanitize.py")}
+"""Same name, other things: the sanitize flow and the sanitize CLI command (both call the operation)."""
+
+
+REPLACED = ["_abs"]  # by tasks.project_path
+
+
+def test_shared_helpers_are_defined_once():
+    """Module-level definitions (methods of the same name are other things) across the platform and the core."""
+    defined: dict[str, list[str]] = {name: [] for name in ONE_DEFINITION + REPLACED}
+    for folder in ("src", "tasks", "flows", "dashboards", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in defined:
+                    where = str(path.relative_to(ROOT))
+                    if (node.name, where) not in DEFINED_ELSEWHERE_PENDING | OPERATION_NAMES_ELSEWHERE:
+                        defined[node.name].append(where)
+    assert {name: places for name, places in defined.items()
+            if len(places) != (0 if name in REPLACED else 1)} == {}

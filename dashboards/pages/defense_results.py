@@ -74,7 +74,7 @@ if elixir.empty:
     ui.no_runs("sanitisation runs for this selection", "Run `python -m flows.sanitize` (runs tagged "
                "`detoxops.kind=sanitize`).")
 else:
-    view = results.percent(elixir, ["tpr", "fpr", "acc", "asr", "label_acc", "base_ca", "base_asr", "d_acc", "d_asr"])
+    view = results.percent_columns(elixir, ["tpr", "fpr", "acc", "asr", "label_acc", "base_ca", "base_asr", "d_acc", "d_asr"])
     view = view.rename(columns={"tpr": "TPR", "fpr": "FPR", "acc": "ACC", "asr": "ASR", "label_acc": "Label ACC",
                                 "base_ca": "none · CA", "base_asr": "none · ASR", "d_acc": "ΔACC", "d_asr": "ΔASR",
                                 "root_run_name": "run"})
