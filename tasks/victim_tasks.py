@@ -21,10 +21,10 @@ def train_victim(
 ) -> dict[str, Any]:
     """Train ``victim_cfg.arch`` on ``<version>/<split>`` (runs on CUDA when present); loop attacks (WaNet,
     BPP…) get their batch transform. Saved to ``<out_root>/<key>/`` where the key hashes the inputs."""
-    from detoxops import models
     from detoxops.config import VictimConfig
     from detoxops.data import load_version
-    from detoxops.devices import resolve_device
+    from detoxops.operations import train_victim as train_operation
+    from tasks.progress import task_progress
 
     cfg = VictimConfig(**victim_cfg)
     splits = load_version(version)
@@ -39,18 +39,7 @@ def train_victim(
     key = hashlib.sha256(json.dumps([version, split, victim_cfg, attack_cfg], sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_root) / key
     start = time.perf_counter()
-    model = models.build_classifier(cfg.arch, train.num_classes, train.image_shape[2], train.image_shape[0],
-                                    seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
-    cfg = cfg.model_copy(update={"device": str(resolve_device(cfg.device))})
-    model = _train(models, model, train, cfg, attack)
-    models.save_classifier(model, out, meta={"params": victim_cfg})  # the recipe (as `detoxops victim train`)
+    with task_progress("train-victim"):  # the recipe's device ("auto": CUDA when present)
+        train_operation(train, cfg, out, attack=attack, record={"data_source": version}, progress=False)
     seconds = time.perf_counter() - start
     return {"path": str(out), "arch": cfg.arch, "seconds": seconds, "num_classes": train.num_classes}
-
-
-def _train(models, model, train, cfg, attack):
-    from tasks.progress import task_progress
-
-    with task_progress("train-victim"):
-        models.train_classifier(model, train, cfg, attack=attack, progress=False)  # trains in place
-    return model

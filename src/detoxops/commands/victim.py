@@ -39,11 +39,9 @@ def train(
     params = params_from_cli(params_path, overrides)
     import shlex
     import sys
-    import time
 
     from detoxops.data import ImageSet, load_splits
-    from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
-    from detoxops.models import build_classifier, predict, save_classifier, train_classifier
+    from detoxops.operations import train_victim
 
     try:
         splits = load_splits(params.data.source, params.data, progress=progress)
@@ -57,30 +55,11 @@ def train(
         train_set = ImageSet.load(poisoned / "train")
         triggered = ImageSet.load(poisoned / "test")
         attack = attack_from_record(poisoned)
-    model = build_classifier(params.victim.arch, train_set.num_classes, train_set.images.shape[-1],
-                             train_set.images.shape[1], seed=params.victim.seed, width=params.victim.width,
-                             widths=params.victim.airbench.widths)
-    wall, cpu = time.perf_counter(), time.process_time()
-    history = train_classifier(model, train_set, params.victim, attack=attack, checkpoint_dir=checkpoint_dir,
-                               progress=progress)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # CA / PA / ASR both ways (issue #19): without test-time augmentation (what `victim.tta: 0` deploys) and with
-    # TTA level 2 (mirror + translate); the plain keys are the deployed model's (victim.tta)
-    metrics: dict[str, float] = {}
-    for level, suffix in ((params.victim.tta, ""), (2 if params.victim.tta != 2 else 0, f"_tta{2 if params.victim.tta != 2 else 0}")):
-        metrics[f"ca{suffix}"] = clean_accuracy(predict(model, clean_test.images, tta=level), clean_test.labels)
-        if triggered is not None and attack is not None:
-            pred = predict(model, triggered.images, tta=level)
-            metrics[f"pa{suffix}"] = poisoned_accuracy(pred, triggered.original_labels)
-            metrics[f"asr{suffix}"] = attack_success_rate(pred, attack.target)
-    record = json.loads((poisoned / "attack.json").read_text()) if poisoned is not None else None
-    meta = {"attack": attack.name if attack else "none", "metrics": metrics, **metrics, "history": history,
-            "command": shlex.join(["detoxops", *sys.argv[1:]]), "seed": params.victim.seed,
-            "data_source": str(params.data.source), "train_hash": train_set.content_hash(),
-            "test_hash": clean_test.content_hash(), "attack_record": record,
-            "train_seconds": round(wall, 1), "train_cpu_seconds": round(cpu, 1),
-            "params": params.victim.model_dump(mode="json")}
-    save_classifier(model, out, meta=meta)
+    record = {"command": shlex.join(["detoxops", *sys.argv[1:]]), "seed": params.victim.seed,
+              "data_source": str(params.data.source),
+              "attack_record": json.loads((poisoned / "attack.json").read_text()) if poisoned is not None else None}
+    metrics = train_victim(train_set, params.victim, out, attack=attack, clean_test=clean_test, triggered=triggered,
+                           checkpoint_dir=checkpoint_dir, record=record, progress=progress).metrics
     typer.echo(" ".join(f"{k.upper()}={v:.4f}" for k, v in metrics.items()) + f" → {out}")
 
 

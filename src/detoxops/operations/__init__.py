@@ -7,6 +7,7 @@ Nothing here knows about Prefect, MLflow or DVC; tracking is the task layer's jo
 | operation | function | result |
 |---|---|---|
 | poison (the configured attack on a dataset) | :func:`~detoxops.operations.poison.poison` | :class:`PoisonOutcome` |
+| train victim | :func:`~detoxops.operations.victim.train_victim` | :class:`VictimOutcome` |
 | prepare the purifier (configured, shipped or trained) | :func:`~detoxops.operations.purifier.prepare_purifier` | :class:`PurifierOutcome` |
 | sanitize (DataElixir on a training set) | :func:`~detoxops.operations.sanitize.sanitize` | :class:`SanitizeOutcome` |
 | detox-evaluate (defenses on the val / held-out split) | :func:`~detoxops.operations.detox.evaluate_split` | :class:`DetoxOutcome` |
@@ -23,6 +24,7 @@ from detoxops.operations.purifier import (
 )
 from detoxops.operations.report import write_report
 from detoxops.operations.sanitize import SanitizeOutcome, relabel_config, sanitize
+from detoxops.operations.victim import VictimOutcome, train_victim
 
 __all__ = ["DetoxOutcome", "PoisonOutcome", "PurifierOutcome", "SanitizeOutcome", "choose_purifier", "evaluate_split",
-           "load_chosen_purifier", "poison", "prepare_purifier", "relabel_config", "sanitize", "write_report"]
+           "load_chosen_purifier", "poison", "prepare_purifier", "relabel_config", "sanitize", "train_victim", "VictimOutcome", "write_report"]

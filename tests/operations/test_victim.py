@@ -1,0 +1,43 @@
+"""detoxops.operations.train_victim: ``detoxops victim train`` and the Prefect task train the same model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from detoxops.cli import app
+from detoxops.config import load_params
+from detoxops.data import ImageSet, load_splits, save_version
+from detoxops.operations import poison, train_victim
+
+TIMING = {"train_seconds", "train_cpu_seconds", "command"}
+
+
+def test_the_cli_trains_and_records_what_the_operation_does(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(4), 10).astype(np.int64)
+    ds = ImageSet(rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), labels, ["a", "b", "c", "d"])
+    raw = save_version({"train": ds, "test": ds.subset(np.arange(20))}, None, "toy", source="t", at=tmp_path / "raw")
+    overrides = [f"data.source={raw}", "data.image_size=16", "data.train_per_class=null", "data.test_per_class=null",
+                 "victim.arch=small_cnn", "victim.width=4", "victim.epochs=1", "victim.batch_size=8"]
+    params = load_params("params.yaml", overrides)
+    splits = load_splits(params.data.source, params.data, progress=False)
+    run = poison(splits["train"], splits["test"], params.attack, out=tmp_path / "poisoned", source=str(raw),
+                 progress=False)
+    res = CliRunner().invoke(app, ["victim", "train", "--poisoned", str(tmp_path / "poisoned"), "--out",
+                                   str(tmp_path / "cli"), "--no-progress", "--params", "params.yaml",
+                                   *sum((["-s", o] for o in overrides), [])])
+    assert res.exit_code == 0, res.output
+    outcome = train_victim(run.train, params.victim, tmp_path / "op", attack=run.attack, clean_test=splits["test"],
+                           triggered=run.test, progress=False,
+                           record={"command": "-", "seed": params.victim.seed, "data_source": str(raw),
+                                   "attack_record": json.loads((tmp_path / "poisoned" / "attack.json").read_text())})
+    assert (tmp_path / "cli" / "model.safetensors").read_bytes() == (tmp_path / "op" / "model.safetensors").read_bytes()
+    cli = json.loads((tmp_path / "cli" / "classifier.json").read_text())["meta"]
+    op = json.loads((tmp_path / "op" / "classifier.json").read_text())["meta"]
+    assert list(cli) == list(op) and {k: v for k, v in cli.items() if k not in TIMING} == {
+        k: v for k, v in op.items() if k not in TIMING}
+    assert set(outcome.metrics) == {"ca", "pa", "asr", "ca_tta2", "pa_tta2", "asr_tta2"}
+    assert op["params"] == params.victim.model_dump(mode="json")  # the recipe DataElixir's relabelling reuses
