@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 from detoxops.attacks.base import Attack
@@ -65,3 +67,18 @@ def create(name: str, **kwargs: Any) -> Attack:
     """Instantiate attack ``name`` with ``target``, ``poison_ratio``, ``seed``, ``image_size``, ``num_classes``,
     ``options``."""
     return get(name)(**kwargs)
+
+
+def from_record(folder: str | Path) -> Attack:
+    """The attack recorded in ``folder`` (``attack.json`` as ``detoxops attack run`` writes it, and its fitted
+    ``state/`` for attacks that fit): a poisoned set's or a stored victim's attack, rebuilt."""
+    folder = Path(folder)
+    file = folder / "attack.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder}: no attack.json (not an attack output folder)")
+    record = json.loads(file.read_text())
+    attack = create(record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
+                    image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"])
+    if attack.needs_fit:
+        attack.load_state(folder / "state")
+    return attack

@@ -12,20 +12,6 @@ from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_fr
 victim_app = typer.Typer(help="Victim classifiers: train on a clean or poisoned dataset.", no_args_is_help=True)
 
 
-def attack_from_record(folder: Path):
-    """Rebuild the attack recorded by `detoxops attack run` (``attack.json`` + fitted ``state/``)."""
-    from detoxops.attacks import registry
-
-    record = json.loads((folder / "attack.json").read_text())
-    attack = registry.create(
-        record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
-        image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"],
-    )
-    if attack.needs_fit:
-        attack.load_state(folder / "state")
-    return attack
-
-
 @victim_app.command("train")
 def train(
     params_path: Path = PARAMS_OPTION,
@@ -40,6 +26,7 @@ def train(
     import shlex
     import sys
 
+    from detoxops.attacks import registry
     from detoxops.data import ImageSet, load_splits
     from detoxops.operations import train_victim
 
@@ -54,7 +41,7 @@ def train(
             fail(f"{poisoned}: not an attack output folder (no attack.json); run `detoxops attack run` first")
         train_set = ImageSet.load(poisoned / "train")
         triggered = ImageSet.load(poisoned / "test")
-        attack = attack_from_record(poisoned)
+        attack = registry.from_record(poisoned)
     record = {"command": shlex.join(["detoxops", *sys.argv[1:]]), "seed": params.victim.seed,
               "data_source": str(params.data.source),
               "attack_record": json.loads((poisoned / "attack.json").read_text()) if poisoned is not None else None}

@@ -88,11 +88,4 @@ def victim_attack(ref: str | Path, store: str | Path | None = None):
         return None
     from detoxops.attacks import registry
 
-    record = json.loads((folder / "attack.json").read_text())
-    attack = registry.create(
-        record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
-        image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"],
-    )
-    if attack.needs_fit:
-        attack.load_state(folder / "state")
-    return attack
+    return registry.from_record(folder)
