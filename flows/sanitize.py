@@ -10,6 +10,10 @@ registered as ``detoxops-clean-model`` (alias ``champion``).
                              [--max-images N] [--dvc-root DIR]
 
 Demo-sized budgets (``flows.demo.DEMO_OVERRIDES``); ``--set`` overrides them. Heavy tasks are cached.
+
+``sanitize_version(version, victim, purifier)`` is DataElixir alone on a stored version with a given victim: the
+Prefect counterpart of ``detoxops sanitize`` and of the ``sanitize`` stage of ``dvc.yaml`` (the same operation,
+``detoxops.operations.sanitize``, so the same artifacts: tests/platform/test_sanitize_paths.py).
 """
 
 from __future__ import annotations
