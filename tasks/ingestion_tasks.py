@@ -176,12 +176,16 @@ def purifier_for_check(configured: str | None, image_size: int) -> tuple[str, st
     from detoxops.config import DiffusionConfig
     from detoxops.diffusion.unet import SHIPPED_PURIFIERS, shipped_purifier_dir
     from detoxops.operations import choose_purifier as choose_purifier_folder
+    from detoxops.operations.purifier import PurifierSizeError
 
     try:
         folder, origin = choose_purifier_folder(None, DiffusionConfig(purifier=configured), image_size)
         return str(folder), origin
-    except ValueError as exc:  # a purifier of another size
-        raise PurifierUnavailable(f"{exc}; use a purifier of that size or set data.image_size to its size") from None
+    except PurifierSizeError as exc:
+        raise PurifierUnavailable(f"diffusion.{exc}; use a purifier of that size or --set data.image_size={exc.size}"
+                                  ) from None
+    except ValueError as exc:  # a shipped purifier named for another size
+        raise PurifierUnavailable(str(exc)) from None
     except FileNotFoundError:
         if configured:  # a configured folder that is missing: the rule's own message
             raise

@@ -63,3 +63,4 @@ def test_diffusion_prepare_command(tmp_path):
     missing = CliRunner().invoke(app, ["diffusion", "prepare", "--data", str(tmp_path / "nope"), "--out",
                                        str(tmp_path / "q"), "--params", "params.yaml"])
     assert missing.exit_code == 1 and "nope" in missing.output
+

@@ -201,3 +201,15 @@ def test_dvc_tracked_source_is_pulled(tmp_path):
     shutil.rmtree(tmp_path / "incoming")
     assert resolve_source.fn(str(tmp_path / "incoming")) == str((tmp_path / "incoming").resolve())
     assert resolve_source.fn("digits") == "digits"
+
+
+def test_a_configured_purifier_of_another_size_names_the_size_to_set():
+    """``purifier_for_check`` on ``detoxops.operations.choose_purifier``: the check says which data.image_size fits."""
+    from detoxops.config import DiffusionConfig
+    from detoxops.operations import choose_purifier
+    from tasks.ingestion_tasks import PurifierUnavailable, purifier_for_check
+
+    folder, _ = choose_purifier(None, DiffusionConfig(), 16)
+    with pytest.raises(PurifierUnavailable, match=r"trained on 16x16 images but the data are 32x32.*data.image_size=16"):
+        purifier_for_check(str(folder), 32)
+    assert purifier_for_check(None, 16)[1] == "shipped:digits-16"

@@ -11,9 +11,18 @@ from detoxops.config import DiffusionConfig
 from detoxops.data import ImageSet
 from detoxops.fileio import atomic_dir
 
-__all__ = ["PurifierOutcome", "choose_purifier", "load_chosen_purifier", "prepare_purifier"]
+__all__ = ["PurifierOutcome", "PurifierSizeError", "choose_purifier", "load_chosen_purifier", "prepare_purifier"]
 
 ORIGIN_FILE = "origin.json"
+
+
+class PurifierSizeError(ValueError):
+    """The chosen purifier works on another image size than the data's."""
+
+    def __init__(self, folder: Path, size: int, image_size: int) -> None:
+        super().__init__(f"purifier {folder} was trained on {size}x{size} images but the data are "
+                         f"{image_size}x{image_size}")
+        self.folder, self.size, self.image_size = folder, size, image_size
 
 
 def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_size: int) -> tuple[Path, str]:
@@ -37,8 +46,7 @@ def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_siz
     config = Path(folder) / "config.json"
     size = json.loads(config.read_text()).get("sample_size") if config.is_file() else None
     if size is not None and int(size) != int(image_size):
-        raise ValueError(f"purifier {folder} was trained on {size}x{size} images but the data are "
-                         f"{image_size}x{image_size}")
+        raise PurifierSizeError(folder, int(size), int(image_size))
     return Path(folder), origin
 
 
