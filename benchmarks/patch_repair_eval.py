@@ -169,6 +169,9 @@ def main() -> None:
         mask = attack.trigger_mask(clean.images[pidx]) if hasattr(attack, "trigger_mask") else None
         pois_out = {d: defend(defenses[d], triggered, args.batch, args.seed + 1, f"{name}/{d}") for d in chosen}
         trig_maps = pois_out["repair"][3]
+        if args.cache is not None:  # kept for offline analysis of other gate scores (docs/sampdetox.md)
+            np.savez(args.cache / f"triggered_{name}_seed{args.seed}.npz", maps=trig_maps, mask=mask,
+                     repaired=pois_out["repair"][1])
         row = {"attack": name, "victim": ref, "target": int(attack.target), "n_poisoned": int(len(pidx))}
         peaks = trig_maps.reshape(len(trig_maps), -1).max(1)
         row["gate_auc"] = float(roc_auc(np.r_[clean_peaks, peaks][None],
