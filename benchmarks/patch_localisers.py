@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patch_repair_eval import SHIPPED_PURIFIER, clean_test  # noqa: E402
@@ -36,12 +35,8 @@ from detoxops.attacks import registry  # noqa: E402
 from detoxops.config import PatchRepairConfig  # noqa: E402
 from detoxops.data import to_tensor  # noqa: E402
 from detoxops.defenses.map_quality import roc_auc  # noqa: E402
-from detoxops.defenses.patch_repair import PatchRepair  # noqa: E402
+from detoxops.defenses.patch_repair import PatchRepair, box_mean  # noqa: E402
 from detoxops.diffusion import denoise, load_purifier  # noqa: E402
-
-
-def box(m: torch.Tensor, w: int) -> torch.Tensor:
-    return F.avg_pool2d(F.pad(m, (w // 2,) * 4, mode="replicate"), w, 1) if w > 1 else m
 
 
 def top_squares(m: torch.Tensor, k: int, r: int = 2) -> torch.Tensor:
@@ -107,7 +102,7 @@ def main() -> None:
         outs = []
         for xb in x.split(50):
             xt = purifier.schedule.q_sample(xb, t, torch.randn(xb.shape, generator=g))
-            outs.append(box((xb - denoise(purifier, xt, t, mode="ddim", stride=20, generator=g)).abs().mean(1, True) / 2, 3))
+            outs.append(box_mean((xb - denoise(purifier, xt, t, mode="ddim", stride=20, generator=g)).abs().mean(1, True) / 2, 3))
         return torch.cat(outs)
 
     def context_map(x: torch.Tensor, offsets: str, stride: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from detoxops.config import PatchRepairConfig
 from detoxops.diffusion.samplers import repaint
 
-__all__ = ["PatchRepair", "PatchRepairOutput", "calibrate", "tiling_masks", "grow_region"]
+__all__ = ["PatchRepair", "PatchRepairOutput", "calibrate", "tiling_masks", "grow_region", "box_mean"]
 
 
 @dataclass
@@ -83,7 +83,7 @@ def grow_region(seed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return region
 
 
-def _box(m: torch.Tensor, window: int) -> torch.Tensor:
+def box_mean(m: torch.Tensor, window: int) -> torch.Tensor:
     if window <= 1:
         return m
     pad = window // 2
@@ -116,7 +116,7 @@ class PatchRepair:
         err = (x.repeat(m, 1, 1, 1) - predicted).abs().mean(dim=1, keepdim=True) / 2  # [0, 1] image scale
         err = torch.where(hidden, err, torch.zeros_like(err)).view(m, b, 1, h, w)
         per_tiling = err.view(m // 4, 4, b, 1, h, w).sum(dim=1)  # each tiling predicts every pixel once
-        return _box(per_tiling.view(-1, 1, h, w), c.window).view(m // 4, b, 1, h, w).amax(dim=0)
+        return box_mean(per_tiling.view(-1, 1, h, w), c.window).view(m // 4, b, 1, h, w).amax(dim=0)
 
     def region(self, cmap: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
         """Step 3: the connected flagged set around each gated image's peak, dilated."""
