@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT, configure_environment
+from tasks import PROJECT_ROOT, configure_environment, project_path
 
 configure_environment()
 
@@ -53,7 +53,7 @@ def overlay_overrides(path: str | Path | None) -> list[str]:
     ``None`` / ``"none"`` is no overlay. Keys are validated with the rest of the params (a typo is an error)."""
     if path is None or str(path).lower() in ("", "none"):
         return []
-    p = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+    p = project_path(path)
     if not p.is_file():
         raise ConfigError(f"params overlay not found: {p}")
     try:
@@ -100,92 +100,92 @@ def demo(params_path: str = "params.yaml", overrides: list[str] | None = None, m
 
 
 def _demo(params_path: str, overrides: list[str] | None, max_images: int, overlay: str | None) -> list[dict]:
-    import mlflow
     import torch
 
-    from tasks.attack_tasks import poison_dataset
-    from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
-    from tasks.detox_tasks import evaluate_defenses_task, log_defense_rows
-    from tasks.purifier_tasks import get_purifier
-    from tasks.report_tasks import format_table, results_table, write_table
-    from tasks.sanitize_tasks import sanitize_dataset
-    from tasks.tracking import log_dataset, run, setup_tracking
-    from tasks.victim_tasks import train_victim
-    from tasks.visibility_tasks import log_visibility_rows, visibility_rows_task
+    from tasks.records import log_demo
+    from tasks.report_tasks import results_table
+    from tasks.tracking import setup_tracking
 
-    params = load_params(_abs(params_path), overlay_overrides(overlay) + list(overrides or []))
+    params = load_params(project_path(params_path), overlay_overrides(overlay) + list(overrides or []))
     uri = setup_tracking(params.tracking)
-    data_root = str(_abs(params.data.root))
-    runs_root = _abs(params.tracking.runs_dir)
-    attack_cfg = params.attack.model_dump(mode="json")
+    runs_root = project_path(params.tracking.runs_dir)
     started = time.perf_counter()
-
-    ingested = ingest_dataset(params.data.source, params.data.model_dump(mode="json"), data_root)
-    try:
-        dvc = version_dataset(ingested["path"], str(PROJECT_ROOT), params.tracking.dvc_remote)
-    except Exception as exc:  # versioning is best effort for the demo; the content hash still identifies the data
-        print(f"DVC versioning skipped: {exc}")
-        dvc = None
-    data_version = dataset_identity(ingested, dvc)
-    poisoned = poison_dataset(ingested["path"], attack_cfg, data_root)
-    victim = train_victim(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
-                          str(runs_root / "victims"))
-    visibility = visibility_rows_task(poisoned["path"], victim["path"], attack_cfg, max_images,
-                                      int(params.attack.seed))
-    purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
-    sanitized = sanitize_dataset(poisoned["path"], victim["path"], purifier["path"],
-                                 params.dataelixir.model_dump(mode="json"), data_root)
-    check_seconds = time.perf_counter() - started
-    clean_model = train_victim(sanitized["path"], params.victim.model_dump(mode="json"), None,
-                               str(runs_root / "victims"))
-    defense_rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], DEFENSES,
-                                          params.sampdetox.model_dump(mode="json"), attack_cfg, max_images,
-                                          str(runs_root / "demo" / "samples"))
-    retrained = evaluate_defenses_task(poisoned["path"], clean_model["path"], purifier["path"], ["none"],
-                                       params.sampdetox.model_dump(mode="json"), attack_cfg, None,
-                                       str(runs_root / "demo" / "retrained"))[0]
+    done = _run_stages(params, max_images, runs_root, started)
+    retrained, sanitized = done["retrained"], done["sanitized"]
     sanitize_row = {"defense": "dataelixir (retrained)", "ca": retrained["ca"], "pa": retrained["pa"],
                     "asr": retrained["asr"], "tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr")}
-    table = results_table(defense_rows, sanitize_row, params.attack.name)
+    table = results_table(done["defense_rows"], sanitize_row, params.attack.name)
     summaries = defense_summaries(table, sanitized, decision_counts(sanitized.get("decisions")))
     seconds = time.perf_counter() - started
+    check = log_demo(params, done, table, summaries, seconds, done["check_seconds"], runs_root,
+                     torch.get_num_threads())
+    _print_closing(params, table, summaries, done, check, seconds, uri)
+    return table
 
-    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version,
-            "detoxops.attack": params.attack.name, "detoxops.seed": params.attack.seed,
-            "detoxops.model": params.victim.arch, "detoxops.torch_threads": torch.get_num_threads()}
-    with run("demo", f"demo {params.attack.name}", kind="report", prefix=params.tracking.experiment_prefix,
-             tags=tags, params=params.to_dict()) as parent:
-        log_dataset(ingested["path"], ingested["name"], data_version, "training")
-        mlflow.log_metric("seconds", seconds)
-        table_path = write_table(table, runs_root / "demo" / "results.csv")
-        mlflow.log_artifact(str(table_path), "results")
-        mlflow.log_text("\n".join(summaries) + "\n", "results/summary.txt")  # the closing lines, as printed
-        log_visibility_rows(visibility)  # robustness/visibility_robustness.csv: the dashboard's figure 2
-        log_defense_rows(defense_rows, "demo", parent.info.run_id, tags, params.tracking.experiment_prefix)
-        _log_sanitize(sanitized, retrained, parent.info.run_id, tags, params.tracking.experiment_prefix, victim)
-        _register_purifier(purifier, parent.info.run_id)
-        # the poisoned training set DataElixir scanned, recorded as an ingestion check (the dashboard's Overview)
-        check = _record_check(params, ingested, poisoned, sanitized, victim, purifier, check_seconds, runs_root,
-                              parent.info.run_id)
+
+def _run_stages(params: Any, max_images: int, runs_root: Path, started: float) -> dict[str, Any]:
+    """The demo's tasks, in order; their results by stage (``check_seconds``: until DataElixir finished)."""
+    from tasks.attack_tasks import poison_dataset
+    from tasks.data_tasks import dataset_identity, ingest_dataset, version_dataset
+    from tasks.detox_tasks import evaluate_defenses_task
+    from tasks.purifier_tasks import get_purifier
+    from tasks.sanitize_tasks import sanitize_dataset
+    from tasks.victim_tasks import train_victim
+    from tasks.visibility_tasks import visibility_rows_task
+
+    data_root = str(project_path(params.data.root))
+    attack_cfg = params.attack.model_dump(mode="json")
+    victim_cfg, sampdetox_cfg = params.victim.model_dump(mode="json"), params.sampdetox.model_dump(mode="json")
+    done: dict[str, Any] = {"ingested": ingest_dataset(params.data.source, params.data.model_dump(mode="json"),
+                                                       data_root)}
+    ingested = done["ingested"]
+    try:
+        done["dvc"] = version_dataset(ingested["path"], str(PROJECT_ROOT), params.tracking.dvc_remote)
+    except Exception as exc:  # versioning is best effort for the demo; the content hash still identifies the data
+        print(f"DVC versioning skipped: {exc}")
+        done["dvc"] = None
+    done["data_version"] = dataset_identity(ingested, done["dvc"])
+    poisoned = done["poisoned"] = poison_dataset(ingested["path"], attack_cfg, data_root)
+    victim = done["victim"] = train_victim(poisoned["path"], victim_cfg, attack_cfg, str(runs_root / "victims"))
+    done["visibility"] = visibility_rows_task(poisoned["path"], victim["path"], attack_cfg, max_images,
+                                              int(params.attack.seed))
+    purifier = done["purifier"] = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"],
+                                               str(runs_root / "purifiers"))
+    sanitized = done["sanitized"] = sanitize_dataset(poisoned["path"], victim["path"], purifier["path"],
+                                                     params.dataelixir.model_dump(mode="json"), data_root)
+    done["check_seconds"] = time.perf_counter() - started
+    clean_model = train_victim(sanitized["path"], victim_cfg, None, str(runs_root / "victims"))
+    done["defense_rows"] = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], DEFENSES,
+                                                  sampdetox_cfg, attack_cfg, max_images,
+                                                  str(runs_root / "demo" / "samples"))
+    done["retrained"] = evaluate_defenses_task(poisoned["path"], clean_model["path"], purifier["path"], ["none"],
+                                               sampdetox_cfg, attack_cfg, None,
+                                               str(runs_root / "demo" / "retrained"))[0]
+    return done
+
+
+def _print_closing(params: Any, table: list[dict], summaries: list[str], done: dict[str, Any],
+                   check: dict[str, Any], seconds: float, uri: str) -> None:
+    """The results table, one line per defense, and where MLflow, Prefect, DVC and the dashboard show the run."""
+    from tasks.report_tasks import format_table
 
     print("\n" + format_table(table))
     print("\n" + "\n".join(summaries))
-    vis = visibility["summary"]
+    vis = done["visibility"]["summary"]
     print(f"\ntrigger visibility v {vis['v_mean']:.4f} (mean of {vis['n']}); robustness η_r {vis['eta_r_mean']:.3f} "
           f"(mean of the {vis['hits']} images the victim sends to the target, {vis['n_inf']} never flipped)")
     found_targets = ", ".join(map(str, check["target_labels"])) or "none"
-    print(f"\ndata version {data_version}; target label(s) detected: {found_targets}; {seconds:.0f} s")
+    print(f"\ndata version {done['data_version']}; target label(s) detected: {found_targets}; {seconds:.0f} s")
     targets = ",".join(map(str, check["target_labels"]))
     print(f"ingestion check: {check['status']}" + (f", target label {targets}" if targets else ""))
-    if dvc:
-        data_dir = Path(dvc["dvc_file"]).parent.parent
+    if done["dvc"]:
+        data_dir = Path(done["dvc"]["dvc_file"]).parent.parent
         data_dir = data_dir.relative_to(PROJECT_ROOT) if PROJECT_ROOT in data_dir.parents else data_dir
         print(f"DVC:       dataset versions tracked by {data_dir}/*/*.dvc, pushed to {params.tracking.dvc_remote}; "
               f"`git add {data_dir}` records them, `.venv/bin/dvc status -R {data_dir}` checks them")
     print(f"\nMLflow:    .venv/bin/mlflow ui --backend-store-uri {uri}")
     print("Prefect:   .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
     print("Dashboard: .venv/bin/streamlit run dashboards/app.py")
-    return table
 
 
 def decision_counts(decisions_csv: str | Path | None) -> dict[str, int] | None:
@@ -243,64 +243,6 @@ def defense_summaries(table: list[dict[str, Any]], sanitized: dict[str, Any],
     lines.append(f"See them on the dashboard's Defense results page ({DASHBOARD_URL}/defense_results); "
                  f"DataElixir's per-sample decisions on Sample explorer ({DASHBOARD_URL}/sample_explorer).")
     return lines
-
-
-def _log_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], parent_id: str, tags: dict, prefix: str,
-                  victim: dict[str, Any]) -> None:
-    import mlflow
-
-    from tasks.tracking import register_model, run
-
-    with run("demo", "dataelixir", kind="sanitize", prefix=prefix, parent_run_id=parent_id,
-             tags={**tags, "detoxops.defense": "dataelixir", "detoxops.target_label": sanitized.get("target_label"),
-                   "detoxops.status": "quarantined" if sanitized.get("target_label") is not None else "passed"}) as r:
-        metrics = {k: sanitized[k] / 100.0 for k in ("tpr", "fpr") if isinstance(sanitized.get(k), float)}
-        metrics |= {"acc": retrained["ca"] / 100.0, "asr": retrained["asr"] / 100.0}
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # drop NaN
-        if Path(sanitized["decisions"]).is_file():
-            mlflow.log_artifact(sanitized["decisions"], "decisions")
-        mlflow.log_artifacts(victim["path"], "victim")
-        register_model(f"runs:/{r.info.run_id}/victim", "detoxops-victim", tags={"arch": victim.get("arch")})
-
-
-def _record_check(params: Any, ingested: dict[str, Any], poisoned: dict[str, Any], sanitized: dict[str, Any],
-                  victim: dict[str, Any], purifier: dict[str, Any], seconds: float, runs_root: Path, parent_id: str) -> dict[str, Any]:
-    """The ingestion check of the poisoned training set, from the DataElixir result the demo already computed
-    (no second scan): the record ``flows.ingestion_check`` writes (nested ``detoxops.kind=ingestion`` run, marker
-    next to the poisoned version, Prefect artifacts), but the demo reports rather than failing on a target."""
-    from tasks.data_tasks import dataset_identity
-    from tasks.ingestion_tasks import check_targets, record_ingestion_check, version_best_effort
-
-    remote = params.tracking.dvc_remote
-    dataset = {"path": poisoned["path"], "hash": poisoned["hash"], "name": Path(poisoned["path"]).parent.name,
-               "info": ingested.get("info") or {}}
-    dvc = version_best_effort(poisoned["path"], str(PROJECT_ROOT), remote)
-    purified_dvc = (version_best_effort(sanitized["path"], str(PROJECT_ROOT), remote)
-                    if check_targets(sanitized) else None)
-    return record_ingestion_check(
-        flow="demo", params=params, source=f"{params.data.source} + {params.attack.name} (flows.demo)",
-        resolved_source=poisoned["path"], dataset=dataset, dvc=dvc, data_version=dataset_identity(dataset, dvc),
-        sanitized=sanitized, victim=victim, purifier=purifier, purified_dvc=purified_dvc, seconds=seconds,
-        runs_root=runs_root, parent_run_id=parent_id,
-    )
-
-
-def _register_purifier(purifier: dict[str, Any], run_id: str) -> str:
-    """The purifier the run used (a diffusers UNet folder, safetensors) as artifact ``purifier/`` of the parent run,
-    registered as ``detoxops-purifier`` (alias ``champion``): with ``detoxops-victim`` what the dashboard's
-    *Try it* page detoxifies with."""
-    import mlflow
-
-    from tasks.tracking import register_model
-
-    mlflow.log_artifacts(purifier["path"], "purifier")
-    return register_model(f"runs:/{run_id}/purifier", "detoxops-purifier",
-                          tags={"origin": purifier.get("origin", "")})
-
-
-def _abs(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,11 @@ from typing import Any
 
 import mlflow
 
+from tasks import PROJECT_ROOT
 from tasks.tracking import log_dataset, register_model, run
 
-__all__ = ["fractions", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo", "log_benchmark"]
+__all__ = ["fractions", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
+           "log_benchmark"]
 
 
 def fractions(percent: dict[str, Any]) -> dict[str, float]:
@@ -209,3 +211,75 @@ def log_benchmark(params, rows: list[dict[str, Any]], attacks: list[str], defens
                 if r.get("samples_dir") and Path(r["samples_dir"]).is_dir():
                     mlflow.log_artifacts(r["samples_dir"], "samples")
         return parent.info.run_id
+
+
+def log_demo(params, done: dict[str, Any], table: list[dict[str, Any]], summaries: list[str], seconds: float,
+             check_seconds: float, runs_root: Path, torch_threads: int) -> dict[str, Any]:
+    """``flows.demo``: parent run (params, dataset input, ``results/results.csv`` and the closing lines as
+    ``results/summary.txt``, SampDetox figure 2's rows, the purifier registered as ``detoxops-purifier``), one child
+    per defense, a ``dataelixir`` child (TPR / FPR, the retrained model's ACC / ASR, decisions, the victim registered
+    as ``detoxops-victim``) and the ingestion check of the poisoned training set (``detoxops.kind=ingestion``).
+
+    ``done``: the demo's task results by stage (``ingested``, ``data_version``, ``poisoned``, ``victim``,
+    ``visibility``, ``purifier``, ``sanitized``, ``retrained``, ``defense_rows``). Returns the check record."""
+    from tasks.detox_tasks import log_defense_rows
+    from tasks.report_tasks import write_table
+    from tasks.visibility_tasks import log_visibility_rows
+
+    ingested, sanitized = done["ingested"], done["sanitized"]
+    prefix = params.tracking.experiment_prefix
+    tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": done["data_version"],
+            "detoxops.attack": params.attack.name, "detoxops.seed": params.attack.seed,
+            "detoxops.model": params.victim.arch, "detoxops.torch_threads": torch_threads}
+    with run("demo", f"demo {params.attack.name}", kind="report", prefix=prefix, tags=tags,
+             params=params.to_dict()) as parent:
+        parent_id = parent.info.run_id
+        log_dataset(ingested["path"], ingested["name"], done["data_version"], "training")
+        mlflow.log_metric("seconds", seconds)
+        mlflow.log_artifact(str(write_table(table, runs_root / "demo" / "results.csv")), "results")
+        mlflow.log_text("\n".join(summaries) + "\n", "results/summary.txt")  # the closing lines, as printed
+        log_visibility_rows(done["visibility"])  # robustness/visibility_robustness.csv: the dashboard's figure 2
+        log_defense_rows(done["defense_rows"], "demo", parent_id, tags, prefix)
+        _log_demo_sanitize(sanitized, done["retrained"], parent_id, tags, prefix, done["victim"])
+        mlflow.log_artifacts(done["purifier"]["path"], "purifier")  # with detoxops-victim: the dashboard's Try it
+        register_model(f"runs:/{parent_id}/purifier", "detoxops-purifier",
+                       tags={"origin": done["purifier"].get("origin", "")})
+        return _record_demo_check(params, done, check_seconds, runs_root, parent_id)
+
+
+def _log_demo_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], parent_id: str, tags: dict, prefix: str,
+                       victim: dict[str, Any]) -> None:
+    """The demo's ``dataelixir`` child: TPR / FPR, the retrained model's ACC / ASR, decisions, the victim."""
+    target = sanitized.get("target_label")
+    with run("demo", "dataelixir", kind="sanitize", prefix=prefix, parent_run_id=parent_id,
+             tags={**tags, "detoxops.defense": "dataelixir", "detoxops.target_label": target,
+                   "detoxops.status": "quarantined" if target is not None else "passed"}) as r:
+        rates = {k: sanitized.get(k) for k in ("tpr", "fpr") if isinstance(sanitized.get(k), float)}
+        mlflow.log_metrics(fractions({**rates, "acc": retrained["ca"], "asr": retrained["asr"]}))
+        if Path(sanitized["decisions"]).is_file():
+            mlflow.log_artifact(sanitized["decisions"], "decisions")
+        mlflow.log_artifacts(victim["path"], "victim")
+        register_model(f"runs:/{r.info.run_id}/victim", "detoxops-victim", tags={"arch": victim.get("arch")})
+
+
+def _record_demo_check(params, done: dict[str, Any], seconds: float, runs_root: Path,
+                       parent_id: str) -> dict[str, Any]:
+    """The ingestion check of the poisoned training set, from the DataElixir result the demo already computed
+    (no second scan): the record ``flows.ingestion_check`` writes (nested ``detoxops.kind=ingestion`` run, marker
+    next to the poisoned version, Prefect artifacts), but the demo reports rather than failing on a target."""
+    from tasks.data_tasks import dataset_identity
+    from tasks.ingestion_tasks import check_targets, record_ingestion_check, version_best_effort
+
+    poisoned, sanitized = done["poisoned"], done["sanitized"]
+    remote = params.tracking.dvc_remote
+    dataset = {"path": poisoned["path"], "hash": poisoned["hash"], "name": Path(poisoned["path"]).parent.name,
+               "info": done["ingested"].get("info") or {}}
+    dvc = version_best_effort(poisoned["path"], str(PROJECT_ROOT), remote)
+    purified_dvc = (version_best_effort(sanitized["path"], str(PROJECT_ROOT), remote)
+                    if check_targets(sanitized) else None)
+    return record_ingestion_check(
+        flow="demo", params=params, source=f"{params.data.source} + {params.attack.name} (flows.demo)",
+        resolved_source=poisoned["path"], dataset=dataset, dvc=dvc, data_version=dataset_identity(dataset, dvc),
+        sanitized=sanitized, victim=done["victim"], purifier=done["purifier"], purified_dvc=purified_dvc,
+        seconds=seconds, runs_root=runs_root, parent_run_id=parent_id,
+    )

@@ -33,8 +33,6 @@ LAYERS: list[set[str]] = [
     {"detoxops.commands", "detoxops.cli"},
 ]
 PLATFORM = {"prefect", "mlflow", "dvc", "streamlit", "tasks", "flows", "dashboards"}
-# flows that still call mlflow themselves, owned by another issue; listed so the list can only shrink
-MLFLOW_IN_FLOWS_PENDING = {"demo.py"}  # issue #28 owns flows/demo.py
 
 
 def layer_of(module: str) -> int:
@@ -117,7 +115,7 @@ def test_flows_leave_tracking_to_tasks():
         hits += [line for line, m in imports(path) if m.split(".")[0] == "mlflow"]
         if hits:
             calls[path.name] = sorted(hits)
-    assert set(calls) == MLFLOW_IN_FLOWS_PENDING, f"flows calling mlflow directly (lines): {calls}"
+    assert not calls, f"flows calling mlflow directly (lines): {calls}"
 
 
 def test_every_dvc_stage_calls_the_cli():
@@ -130,7 +128,6 @@ def test_every_dvc_stage_calls_the_cli():
 
 
 FLOW_FUNCTION_LINES = 60
-LONG_FLOWS_PENDING = {"demo.py"}  # issue #28 owns flows/demo.py
 
 
 def test_flow_functions_are_short():
@@ -142,15 +139,14 @@ def test_flow_functions_are_short():
                 lines = node.end_lineno - node.lineno + 1
                 if lines > FLOW_FUNCTION_LINES:
                     long.setdefault(path.name, []).append(f"{node.name} ({lines} lines)")
-    assert set(long) <= LONG_FLOWS_PENDING, f"flow functions over {FLOW_FUNCTION_LINES} lines: {long}"
+    assert not long, f"flow functions over {FLOW_FUNCTION_LINES} lines: {long}"
 
 
 # the rules and helpers issue #26 found written several times: each is defined once now
 ONE_DEFINITION = ["resolve_device", "detection_rates", "split_eval_sets", "choose_purifier", "project_path",
                   "atomic_dir", "temp_path_for", "ssim_map", "percent", "needs_purifier", "read_record", "sanitize",
                   "prepare_purifier", "evaluate_split"]
-DEFINED_ELSEWHERE_PENDING = {("resolve_device", "src/detoxops/diffusion/train.py"),  # the lead's module
-                             ("_abs", "flows/demo.py")}  # issue #28 owns flows/demo.py
+DEFINED_ELSEWHERE_PENDING = {("resolve_device", "src/detoxops/diffusion/train.py")}  # the lead's module
 OPERATION_NAMES_ELSEWHERE = {("sanitize", "flows/sanitize.py"), ("sanitize", "src/detoxops/commands/sanitize.py")}
 """Same name, other things: the sanitize flow and the sanitize CLI command (both call the operation)."""
 
