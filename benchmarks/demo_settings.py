@@ -228,15 +228,16 @@ def candidate_grid(args, work: Path) -> list[dict]:
     from detoxops.diffusion import load_purifier
     from detoxops.metrics import attack_success_rate, clean_accuracy, detection_rates
     from detoxops.models import build_classifier, load_classifier, predict, train_classifier
-    from flows.demo import DEMO_OVERLAY, overlay_overrides
+    from tasks import DEMO_OVERLAY
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import ingest_dataset
     from tasks.purifier_tasks import get_purifier
     from tasks.victim_tasks import train_victim
 
     T, R, K = args.grid_T, max(args.grid_rounds), max(args.grid_keep)  # noqa: N806 - the paper's names
-    params = load_params(ROOT / "params.yaml", overlay_overrides(DEMO_OVERLAY) + [
-        "dataelixir.sampler=ddpm", f"dataelixir.T={T}", f"dataelixir.rounds={R}", f"dataelixir.keep_last={K}"])
+    params = load_params(ROOT / "params.yaml", [
+        "dataelixir.sampler=ddpm", f"dataelixir.T={T}", f"dataelixir.rounds={R}", f"dataelixir.keep_last={K}"],
+        overlay=DEMO_OVERLAY)
     root = work / "grid"
     attack_cfg = params.attack.model_dump(mode="json")
     # the demo's own tasks (their plain functions, no Prefect): the same poisoned set and victim as `make demo`

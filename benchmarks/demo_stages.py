@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
-    from detoxops.config import load_params
-    from flows.demo import DEMO_OVERLAY, overlay_overrides
+    from detoxops.config import load_params, overlay_overrides
+    from tasks import DEMO_OVERLAY
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import ingest_dataset
     from tasks.detox_tasks import evaluate_defenses_task
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.victim_tasks import train_victim
     from tasks.visibility_tasks import visibility_rows_task
 
+    # the overlay's keys as overrides: the JSON line records everything applied on top of params.yaml
     overrides = overlay_overrides(DEMO_OVERLAY) + [f"victim.threads={args.threads}"] + args.overrides
     params = load_params(ROOT / "params.yaml", overrides)
     root = Path(args.work or tempfile.mkdtemp(prefix="detoxops-demo-stages-"))

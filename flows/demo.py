@@ -20,24 +20,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT, configure_environment, project_path
+from tasks import DEMO_OVERLAY, PROJECT_ROOT, configure_environment, project_path
 
 configure_environment()
 
-import yaml  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from detoxops.config import ConfigError, load_params  # noqa: E402
+from detoxops.config import load_params  # noqa: E402
 
-# The demo's overlay on params.yaml: reduced DataElixir / SampDetox budgets (the paper settings are in params.yaml).
-DEMO_OVERLAY = PROJECT_ROOT / "params.demo.yaml"
 DEFENSES = ["none", "sampdetox", "faithful"]
 # Torch threads for every stage of the demo. One, because on a 2-core machine that runs anything else torch's default
 # of two threads spin-waits against it: the demo's victim took 229 s wall / 99 CPU s at two threads and 47 s / 19.5
@@ -45,43 +41,6 @@ DEFENSES = ["none", "sampdetox", "faithful"]
 DEMO_THREADS = 1
 # where the closing lines point: `streamlit run dashboards/app.py`, pages by their file name (dashboards/pages/)
 DASHBOARD_URL = "http://localhost:8501"
-
-
-def overlay_overrides(path: str | Path | None) -> list[str]:
-    """A params overlay (a YAML mapping of ``params.yaml`` sections holding only the keys it changes) as dotted
-    ``key=value`` overrides, applied after ``params.yaml`` and before ``--set``. Nested mappings merge key by key;
-    ``None`` / ``"none"`` is no overlay. Keys are validated with the rest of the params (a typo is an error)."""
-    if path is None or str(path).lower() in ("", "none"):
-        return []
-    p = project_path(path)
-    if not p.is_file():
-        raise ConfigError(f"params overlay not found: {p}")
-    try:
-        loaded = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if loaded is None:
-        return []
-    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
-        raise ConfigError(f"{p}: top level must be a mapping of params.yaml sections (e.g. 'dataelixir:')")
-
-    def flatten(node: dict, prefix: str) -> list[str]:
-        out = []
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                out += flatten(value, f"{prefix}{key}.")
-            else:  # JSON is YAML: parse_override reads the value back exactly (strings, null, lists, {})
-                plain = isinstance(value, str) and value and yaml.safe_load(value) == value
-                out.append(f"{prefix}{key}={value if plain else json.dumps(value)}")
-        return out
-
-    return flatten(loaded, "")
-
-
-# the demo's budgets as overrides, shared by flows.sanitize / flows.detox / flows.ingestion_check: compute budgets
-# only. The overlay's `data` keys (the demo's subset of digits) stay the demo's: a dataset those flows check or
-# sanitise is never cut to the demo's size.
-DEMO_OVERRIDES = [o for o in overlay_overrides(DEMO_OVERLAY) if not o.startswith("data.")]
 
 
 @flow(name="demo", log_prints=True)
@@ -106,7 +65,9 @@ def _demo(params_path: str, overrides: list[str] | None, max_images: int, overla
     from tasks.report_tasks import results_table
     from tasks.tracking import setup_tracking
 
-    params = load_params(project_path(params_path), overlay_overrides(overlay) + list(overrides or []))
+    no_overlay = overlay is None or str(overlay).lower() in ("", "none")
+    params = load_params(project_path(params_path), list(overrides or []),
+                         overlay=None if no_overlay else project_path(overlay))
     uri = setup_tracking(params.tracking)
     runs_root = project_path(params.tracking.runs_dir)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ fractions, sample grids) — the rows the dashboard's *Defense results* page tab
 
 Attacks / defenses default to ``params.benchmark.attacks`` / ``.defenses`` (``--set
 'benchmark.attacks=[badnets,sig]'`` works too); ``none`` (no defense, the baseline) is always evaluated. Demo-sized
-budgets (``flows.demo.DEMO_OVERRIDES``); ``--set`` overrides them. Heavy tasks are cached per attack.
+budgets (``params.demo.yaml`` but its ``data`` section); ``--set`` overrides them. Heavy tasks are cached per attack.
 
 Your model on your images (docs/byo.md), the flow ``detox-byo``: nothing is trained or poisoned here.
 
@@ -34,14 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import configure_environment, project_path
+from tasks import DEMO_OVERLAY, DEMO_OVERLAY_SKIP, configure_environment, project_path
 
 configure_environment()
 
 from prefect import flow  # noqa: E402
 
 from detoxops.config import load_params  # noqa: E402
-from flows.demo import DEMO_OVERRIDES  # noqa: E402
 
 FLOW = "detox"
 BYO_FLOW = "detox-byo"
@@ -65,7 +64,8 @@ def detox(
     from tasks.report_tasks import format_table, results_table
     from tasks.tracking import setup_tracking
 
-    params = load_params(project_path(params_path), DEMO_OVERRIDES + list(overrides or []))
+    params = load_params(project_path(params_path), list(overrides or []), overlay=DEMO_OVERLAY,
+                         overlay_skip=DEMO_OVERLAY_SKIP)
     attacks = list(attacks or params.benchmark.attacks)
     defenses = list(defenses or params.benchmark.defenses)
     defenses = ["none", *(d for d in dict.fromkeys(defenses) if d != "none")]  # the baseline first, no repeats

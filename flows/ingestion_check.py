@@ -27,7 +27,7 @@ ETA and the check ends with the time each stage took.
 
 ``--serve`` creates a deployment with that cron schedule and keeps serving its runs (needs a Prefect server:
 ``prefect server start`` and ``PREFECT_API_URL``; see docs/platform.md). Budgets are the demo's
-(``CHECK_OVERRIDES``: params.demo.yaml); ``--set`` overrides them. Heavy tasks are cached and DataElixir's work
+(``params.demo.yaml`` but its ``data`` section); ``--set`` overrides them. Heavy tasks are cached and DataElixir's work
 folders are keyed by data, models and settings: re-checking an unchanged source is cheap, and a re-run after a
 failed one resumes (or starts clean when something changed).
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 # relative params paths resolve under this module's PROJECT_ROOT (a test points it at a user's project)
-from tasks import PROJECT_ROOT, configure_environment, project_path
+from tasks import DEMO_OVERLAY, DEMO_OVERLAY_SKIP, PROJECT_ROOT, configure_environment, project_path
 
 configure_environment()
 
@@ -49,10 +49,7 @@ from prefect import flow  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
 from detoxops.config import load_params  # noqa: E402
-from flows.demo import DEMO_OVERRIDES  # noqa: E402
 
-# The demo's reduced DataElixir budget (params.yaml holds the paper settings, hours per 1,000 images on a CPU).
-CHECK_OVERRIDES = list(DEMO_OVERRIDES)
 DEPLOYMENT_NAME = "ingestion-check"
 # exit statuses of the CLI, so a scheduler can tell "poisoned" from "broken" (argparse's usage errors exit 2)
 EXIT_PASSED = 0
@@ -107,7 +104,9 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
     from tasks.progress import stage_progress
     from tasks.tracking import setup_tracking
 
-    params = load_params(project_path(params_path, PROJECT_ROOT), CHECK_OVERRIDES + overrides)
+    # the demo's reduced DataElixir budget (params.yaml holds the paper settings, hours per 1,000 images on a CPU)
+    params = load_params(project_path(params_path, PROJECT_ROOT), overrides, overlay=DEMO_OVERLAY,
+                         overlay_skip=DEMO_OVERLAY_SKIP)
     ctx["params"] = params
     source = str(source or params.data.source)
     ctx["source"] = source

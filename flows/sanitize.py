@@ -9,7 +9,7 @@ registered as ``detoxops-clean-model`` (alias ``champion``).
     python -m flows.sanitize [--source SRC] [--no-poison] [--params params.yaml] [--set key=value ...]
                              [--max-images N] [--dvc-root DIR]
 
-Demo-sized budgets (``flows.demo.DEMO_OVERRIDES``); ``--set`` overrides them. Heavy tasks are cached.
+Demo-sized budgets (``params.demo.yaml`` but its ``data`` section); ``--set`` overrides them. Heavy tasks are cached.
 
 ``sanitize_version(version, victim, purifier)`` is DataElixir alone on a stored version with a given victim: the
 Prefect counterpart of ``detoxops sanitize`` and of the ``sanitize`` stage of ``dvc.yaml`` (the same operation,
@@ -25,28 +25,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import configure_environment, project_path
+from tasks import DEMO_OVERLAY, DEMO_OVERLAY_SKIP, configure_environment, project_path
 
 configure_environment()
 
 from prefect import flow  # noqa: E402
 
 from detoxops.config import load_params  # noqa: E402
-from flows.demo import DEMO_OVERRIDES  # noqa: E402
 
 FLOW = "sanitize"
 CLEAN_MODEL = "detoxops-clean-model"
 
 
 @flow(name="sanitize", log_prints=True)
-def sanitize(
-    source: str | None = None,
-    params_path: str = "params.yaml",
-    overrides: list[str] | None = None,
-    poison: bool = True,
-    max_images: int | None = 200,
-    dvc_root: str | None = None,
-) -> dict[str, Any]:
+def sanitize(source: str | None = None, params_path: str = "params.yaml", overrides: list[str] | None = None,
+             poison: bool = True, max_images: int | None = 200, dvc_root: str | None = None) -> dict[str, Any]:
     """Returns the summary: target label, TPR / FPR (with ground truth), ACC / ASR before and after, the
     registered model version and the results table."""
     from tasks.attack_tasks import poison_dataset
@@ -59,7 +52,8 @@ def sanitize(
     from tasks.tracking import setup_tracking
     from tasks.victim_tasks import train_victim
 
-    params = load_params(project_path(params_path), DEMO_OVERRIDES + list(overrides or []))
+    params = load_params(project_path(params_path), list(overrides or []), overlay=DEMO_OVERLAY,
+                         overlay_skip=DEMO_OVERLAY_SKIP)
     source = str(source or params.data.source)
     uri = setup_tracking(params.tracking)
     data_root = str(project_path(params.data.root))

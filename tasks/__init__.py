@@ -10,6 +10,12 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_OVERLAY = PROJECT_ROOT / "params.demo.yaml"
+"""The demo's budgets, an overlay on ``params.yaml`` (``detoxops.config.load_params(overlay=...)``): ``flows.demo``
+applies all of it; ``flows.sanitize`` / ``flows.detox`` / ``flows.ingestion_check`` apply it without the sections
+in :data:`DEMO_OVERLAY_SKIP` (the compute budgets only: a dataset they check or sanitise is never cut to the
+demo's subset of digits)."""
+DEMO_OVERLAY_SKIP = ("data",)
 
 
 def project_path(path: str | Path, root: str | Path | None = None) -> Path:

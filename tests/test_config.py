@@ -146,3 +146,60 @@ def test_sweep_grid_keys_must_be_sampdetox_keys():
         load_params(None, ["sweep.grid={t9: [1]}"])
     with pytest.raises(ConfigError, match="no values"):
         load_params(None, ["sweep.grid={t2: []}"])
+
+
+# ------------------------------------------------------------------ params overlays (params.demo.yaml)
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out.get(key) or {}, value) if isinstance(value, dict) and value else value
+    return out
+
+
+def test_an_overlay_is_its_yaml_merged_key_by_key_into_params_yaml(tmp_path):
+    from detoxops.config import overlay_overrides
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    full = load_params(ROOT / "params.yaml", overlay=ROOT / "params.demo.yaml")
+    assert full == Params.from_dict(_deep_merge(raw, demo))
+    for section, keys in demo.items():
+        for key, value in keys.items():
+            assert getattr(getattr(full, section), key) == value, f"{section}.{key}"
+    # sections left out keep params.yaml's values; the others still apply
+    budgets = load_params(ROOT / "params.yaml", overlay=ROOT / "params.demo.yaml", overlay_skip=("data",))
+    assert "data" in demo and budgets.data == load_params(ROOT / "params.yaml").data
+    assert budgets == Params.from_dict(_deep_merge(raw, {k: v for k, v in demo.items() if k != "data"}))
+    assert overlay_overrides(ROOT / "params.demo.yaml", skip_sections=("data",)) == [
+        o for o in overlay_overrides(ROOT / "params.demo.yaml") if not o.startswith("data.")]
+    # an explicit override wins over the overlay; keys neither names keep params.yaml's values
+    later = load_params(ROOT / "params.yaml", ["dataelixir.rounds=7"], overlay=ROOT / "params.demo.yaml")
+    assert later.dataelixir.rounds == 7 and later.dataelixir.tau == load_params(ROOT / "params.yaml").dataelixir.tau
+    assert overlay_overrides("none") == overlay_overrides(None) == overlay_overrides("") == []
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("attack:\n  name: blended\n  options: {blended: {alpha: 0.3}}\n"
+                      "diffusion:\n  unet: {block_out_channels: [16, 32, 32]}\n  purifier: null\n")
+    assert overlay_overrides(nested) == ["attack.name=blended", "attack.options.blended.alpha=0.3",
+                                         'diffusion.unet.block_out_channels=[16, 32, 32]', "diffusion.purifier=null"]
+    merged = load_params(ROOT / "params.yaml", overlay=nested)
+    assert merged.diffusion.unet.block_out_channels == [16, 32, 32] and merged.diffusion.unet.sample_size == 16
+
+
+def test_bad_overlays_are_errors_naming_the_file_or_key(tmp_path):
+    from detoxops.config import overlay_overrides
+
+    with pytest.raises(ConfigError, match="params overlay not found: .*missing.yaml"):
+        load_params(ROOT / "params.yaml", overlay=tmp_path / "missing.yaml")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("epochs: 3\n")
+    with pytest.raises(ConfigError, match="flat.yaml: top level must be a mapping of params.yaml sections"):
+        overlay_overrides(flat)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dataelixir: [\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        overlay_overrides(broken)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("dataelixir:\n  round: 2\n")
+    with pytest.raises(ConfigError, match="dataelixir.round"):
+        load_params(ROOT / "params.yaml", overlay=typo)

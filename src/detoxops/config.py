@@ -8,6 +8,7 @@ Overrides use the same dotted names as the CLI's ``--set section.key=value``.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import types
 import typing
@@ -50,6 +51,7 @@ __all__ = [
     "VictimZooConfig",
     "Params",
     "load_params",
+    "overlay_overrides",
     "apply_overrides",
     "parse_override",
 ]
@@ -629,14 +631,54 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
+def overlay_overrides(path: str | Path | None, *, skip_sections: tuple[str, ...] = ()) -> list[str]:
+    """A params overlay (a YAML mapping of ``params.yaml`` sections holding only the keys it changes, e.g.
+    ``params.demo.yaml``) as dotted ``key=value`` overrides. Nested mappings merge key by key; ``None`` /
+    ``"none"`` / ``""`` is no overlay; the sections in ``skip_sections`` are left out. Keys are validated with the
+    rest of the params when loaded (a typo is an error). A relative path is read from the working directory."""
+    if path is None or str(path).lower() in ("", "none"):
+        return []
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"params overlay not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return []
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+        raise ConfigError(f"{p}: top level must be a mapping of params.yaml sections (e.g. 'dataelixir:')")
+
+    def flatten(node: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                out += flatten(value, f"{prefix}{key}.")
+            else:  # JSON is YAML: parse_override reads the value back exactly (strings, null, lists, {})
+                plain = isinstance(value, str) and value and yaml.safe_load(value) == value
+                out.append(f"{prefix}{key}={value if plain else json.dumps(value)}")
+        return out
+
+    return flatten({k: v for k, v in loaded.items() if k not in skip_sections}, "")
+
+
 def load_params(
-    path: str | Path | None = "params.yaml", overrides: list[str] | None = None, *, announce: bool = True
+    path: str | Path | None = "params.yaml",
+    overrides: list[str] | None = None,
+    *,
+    overlay: str | Path | None = None,
+    overlay_skip: tuple[str, ...] = (),
+    announce: bool = True,
 ) -> Params:
     """Load and validate ``params.yaml`` (or defaults when ``path`` is None) with dotted overrides.
 
+    ``overlay``: a params overlay file (:func:`overlay_overrides`, its ``overlay_skip`` sections left out) applied
+    after the file and before ``overrides``, so an explicit override wins over the overlay.
     ``announce``: print the params file read (absolute path) and the overrides to stderr, so a run's log says
     which hyperparameters it used; with ``path=None`` nothing is printed (the caller chose the defaults).
     """
+    overrides = overlay_overrides(overlay, skip_sections=overlay_skip) + list(overrides or [])
     raw: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:

@@ -156,46 +156,7 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     st.cache_data.clear()
 
 
-# ------------------------------------------------------------------ the overlay and the closing lines (fast)
-def test_overlay_overrides_reproduce_the_overlay_on_params_yaml(tmp_path):
-    from detoxops.config import ConfigError, load_params
-    from flows.demo import DEMO_OVERLAY, DEMO_OVERRIDES, overlay_overrides
-
-    full = overlay_overrides(DEMO_OVERLAY)
-    params = load_params(ROOT / "params.yaml", full)
-    for section, keys in DEMO_PARAMS.items():
-        for key, value in keys.items():
-            assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
-    assert overlay_overrides("none") == []
-    # the flows that share the demo's budgets (sanitize, detox, ingestion check) get all but its subset of digits:
-    # a dataset they check is never cut to the demo's size
-    assert any(o.startswith("data.") for o in full)
-    assert DEMO_OVERRIDES == [o for o in full if not o.startswith("data.")]
-    assert load_params(ROOT / "params.yaml", DEMO_OVERRIDES).data == load_params(ROOT / "params.yaml").data
-    # --set after the overlay wins; keys the overlay does not name keep params.yaml's values
-    later = load_params(ROOT / "params.yaml", DEMO_OVERRIDES + ["dataelixir.rounds=7"])
-    assert later.dataelixir.rounds == 7 and later.dataelixir.tau == load_params(ROOT / "params.yaml").dataelixir.tau
-
-    nested = tmp_path / "nested.yaml"
-    nested.write_text("attack:\n  name: blended\n  options: {blended: {alpha: 0.3}}\n"
-                      "diffusion:\n  unet: {block_out_channels: [16, 32, 32]}\n  purifier: null\n")
-    assert overlay_overrides(nested) == ["attack.name=blended", "attack.options.blended.alpha=0.3",
-                                         'diffusion.unet.block_out_channels=[16, 32, 32]', "diffusion.purifier=null"]
-    merged = load_params(ROOT / "params.yaml", overlay_overrides(nested))
-    assert merged.diffusion.unet.block_out_channels == [16, 32, 32] and merged.diffusion.unet.sample_size == 16
-
-    with pytest.raises(ConfigError, match="params overlay not found: .*missing.yaml"):
-        overlay_overrides(tmp_path / "missing.yaml")
-    flat = tmp_path / "flat.yaml"
-    flat.write_text("epochs: 3\n")
-    with pytest.raises(ConfigError, match="flat.yaml: top level must be a mapping of params.yaml sections"):
-        overlay_overrides(flat)
-    typo = tmp_path / "typo.yaml"
-    typo.write_text("dataelixir:\n  round: 2\n")
-    with pytest.raises(ConfigError, match="dataelixir.round"):
-        load_params(ROOT / "params.yaml", overlay_overrides(typo))
-
-
+# ------------------------------------------------------------------ the closing lines (fast)
 def test_defense_summaries_say_what_each_defense_showed(tmp_path):
     from flows.demo import decision_counts, defense_summaries
 

@@ -1,0 +1,78 @@
+"""The params each flow runs with: ``params.yaml``, then the demo's overlay ``params.demo.yaml`` (the whole of it for
+``flows.demo``; its compute budgets, not its ``data`` section, for ``flows.sanitize`` / ``flows.detox`` /
+``flows.ingestion_check``), then the caller's overrides. The expectation is built here from the two YAML files,
+merged key by key, independently of ``detoxops.config.overlay_overrides``; the flows are called as plain functions
+and stopped as soon as they have loaded their params (no Prefect server, nothing run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detoxops.config import Params, apply_overrides
+
+pytestmark = pytest.mark.platform
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Loaded(Exception):
+    """Raised by the patched ``load_params`` once the flow's params are known."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out.get(key) or {}, value) if isinstance(value, dict) and value else value
+    return out
+
+
+def expected(overrides: list[str], skip: tuple[str, ...] = (), overlay: bool = True) -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "params.demo.yaml").read_text()) if overlay else {}
+    merged = _deep_merge(raw, {k: v for k, v in demo.items() if k not in skip})
+    return Params.from_dict(apply_overrides(merged, overrides)).to_dict()
+
+
+def loaded_by(module, monkeypatch, call) -> dict:
+    real = module.load_params
+
+    def stop(*args, **kwargs):
+        raise Loaded(real(*args, **kwargs))
+
+    monkeypatch.setattr(module, "load_params", stop)
+    with pytest.raises(Loaded) as caught:
+        call()
+    return caught.value.params.to_dict()
+
+
+def test_each_flow_runs_params_yaml_then_the_demo_overlay_then_its_overrides(monkeypatch):
+    import flows.demo
+    import flows.detox
+    import flows.ingestion_check
+    import flows.sanitize
+
+    demo = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
+    assert {"data", "victim", "dataelixir", "sampdetox"} <= set(demo)  # the sections the flows differ on
+    sets = ["dataelixir.rounds=7", "victim.epochs=3"]
+    cases = {
+        "demo": (flows.demo, lambda: flows.demo.demo.fn("params.yaml", sets), expected(sets)),
+        "demo --overlay none": (flows.demo, lambda: flows.demo.demo.fn("params.yaml", sets, overlay="none"),
+                                expected(sets, overlay=False)),
+        "demo --overlay params.demo.yaml": (flows.demo, lambda: flows.demo.demo.fn(
+            "params.yaml", [], overlay="params.demo.yaml"), expected([])),
+        "sanitize": (flows.sanitize, lambda: flows.sanitize.sanitize.fn(overrides=sets),
+                     expected(sets, skip=("data",))),
+        "detox": (flows.detox, lambda: flows.detox.detox.fn(), expected([], skip=("data",))),
+        "ingestion_check": (flows.ingestion_check, lambda: flows.ingestion_check._check(
+            None, "params.yaml", sets, None, {}, {}, 0.0), expected(sets, skip=("data",))),
+    }
+    for name, (module, call, want) in cases.items():
+        assert loaded_by(module, monkeypatch, call) == want, name
+    # the demo alone cuts the data to its subset; the other flows keep params.yaml's data section
+    assert cases["demo"][2]["data"] != cases["sanitize"][2]["data"] == Params.from_dict(
+        yaml.safe_load((ROOT / "params.yaml").read_text())).to_dict()["data"]
