@@ -20,6 +20,7 @@ from torch import Tensor
 
 from detoxops.config import DiffusionConfig
 from detoxops.data.imageset import atomic_dir
+from detoxops.devices import resolve_device  # re-exported: detoxops.diffusion.train.resolve_device
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
@@ -29,12 +30,6 @@ from detoxops.seeding import seeded
 __all__ = ["train_purifier", "evaluate_denoising", "resolve_device", "images_to_diffusion", "write_sample_grid"]
 
 CKPT_DIR = "checkpoint"
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def images_to_diffusion(images_u8: np.ndarray) -> Tensor:
