@@ -3,9 +3,10 @@
 Inputs: CIFAR-10 victims and triggered test sets under ``--runs`` as ``benchmarks/attack_table.py`` leaves them
 (``<runs>/clean_test``, ``<runs>/<attack>/{test,victim}``) and a purifier checkpoint.
 
-The test split is cut in two, per class, by ``detoxops.data.stratified_split_indices(labels, 0.5, seed=0)``:
-``val`` is used only to choose settings (``sweep``), ``test`` only to report (``table``). A triggered image
-belongs to the half its clean source image is in. Detoxified clean images do not depend on the victim, so
+The test split is cut in two, per class, by the core's rule (``detoxops.defenses.evaluation.split_eval_indices``,
+the indices of ``split_eval_sets``, here with fraction 0.5 and seed 0): ``val`` is used only to choose settings
+(``sweep``), ``test`` only to report (``table``). A triggered image belongs to the half its clean source image is
+in. CA / PA / ASR are ``detoxops.metrics``' fractions, stored in percent in the rows (``metrics.percent_rates``). Detoxified clean images do not depend on the victim, so
 each setting detoxifies the clean images once and every victim classifies them.
 
     # sweep on the validation half, choose the default by the rule in detoxops.defenses.selection
@@ -37,16 +38,12 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxops.config import SampDetoxConfig
-from detoxops.data import (
-    ImageSet,
-    from_tensor,
-    stratified_split_indices,
-    stratified_subset_indices,
-    to_tensor,
-)
+from detoxops.data import ImageSet, from_tensor, stratified_subset_indices, to_tensor
 from detoxops.defenses.base import make_generator
+from detoxops.defenses.evaluation import split_eval_indices
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.defenses.sampdetox import SampDetox, noise_levels_from_map
+from detoxops.metrics import attack_success_rate, clean_accuracy, percent_rates, poisoned_accuracy
 
 DEFAULT_RUNS = Path("runs/shared/cifar10_cpu_noaug")
 DEFAULT_PURIFIER = Path("runs/shared/purifier_cifar10")
@@ -116,10 +113,13 @@ def _first(folder: Path, names: list[str]) -> Path:
     raise FileNotFoundError(f"{folder}: none of {names} found")
 
 
+HALF = 0.5
+"""The share of the test split in ``val``: this benchmark's halves (params.yaml's ``data.val_fraction`` is the flows')."""
+
+
 def split_indices(clean: ImageSet, split: str, n_clean: int, seed: int = 0) -> np.ndarray:
     """Indices into ``clean`` of the requested half, stratified, at most n_clean (per-class balanced)."""
-    rest, held = stratified_split_indices(clean.labels, 0.5, seed=seed)
-    part = held if split == "val" else rest
+    part = split_eval_indices(clean, [], HALF, seed)[split][0]
     if n_clean < len(part):
         sub = stratified_subset_indices(clean.labels[part], max(1, n_clean // clean.num_classes), seed=seed)
         part = part[sub]
@@ -130,9 +130,7 @@ def poisoned_in_split(
     run: AttackRun, clean: ImageSet, clean_part: np.ndarray, split: str, n: int, seed: int = 0
 ) -> np.ndarray:
     """Indices into ``run.poisoned`` whose clean source is in the requested half, at most n."""
-    rest, held = stratified_split_indices(clean.labels, 0.5, seed=seed)
-    half = set(clean.source_index[held if split == "val" else rest].tolist())
-    idx = np.flatnonzero([int(s) in half for s in run.poisoned.source_index])
+    idx = split_eval_indices(clean, [run.poisoned], HALF, seed)[split][1]
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(idx)[:n]) if n < len(idx) else idx
 
@@ -217,15 +215,13 @@ def detox_defense(defense, images_u8: np.ndarray, batch: int, progress: bool = T
 def score(setting: str, run: AttackRun, clean_labels, clean_out, pois_labels, pois_out, pois_mask) -> dict:
     clean_pred = run.classify(clean_out["images"])
     pois_pred = run.classify(pois_out["images"])
-    row = {
-        "setting": setting,
-        "attack": run.name,
-        "ca": 100 * float(np.mean(clean_pred == clean_labels)),
-        "pa": 100 * float(np.mean(pois_pred == pois_labels)),
-        "asr": 100 * float(np.mean(pois_pred == run.target)),
-        "n_clean": int(len(clean_pred)),
-        "n_poisoned": int(len(pois_pred)),
+    rates = {  # fractions (detoxops.metrics); the stored rows hold percent, as the committed results always have
+        "ca": clean_accuracy(clean_pred, clean_labels) if len(clean_pred) else float("nan"),
+        "pa": poisoned_accuracy(pois_pred, pois_labels) if len(pois_pred) else float("nan"),
+        "asr": attack_success_rate(pois_pred, run.target) if len(pois_pred) else float("nan"),
     }
+    row = {"setting": setting, "attack": run.name, **percent_rates(rates), "n_clean": int(len(clean_pred)),
+           "n_poisoned": int(len(pois_pred))}
     if "noise_levels" in clean_out:
         row["image_level"] = float(clean_out["noise_levels"].mean())
         row["clean_flagged_fraction"] = float((clean_out["noise_levels"] > 0).mean())

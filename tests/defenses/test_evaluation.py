@@ -8,7 +8,13 @@ import torch
 
 from detoxops.data import ImageSet
 from detoxops.defenses.base import DefenseOutput, NoDefense
-from detoxops.defenses.evaluation import EvalSet, evaluate_defense, evaluate_defenses, split_eval_sets
+from detoxops.defenses.evaluation import (
+    EvalSet,
+    evaluate_defense,
+    evaluate_defenses,
+    split_eval_indices,
+    split_eval_sets,
+)
 
 
 def backdoored(images_u8: np.ndarray) -> np.ndarray:
@@ -114,6 +120,16 @@ def test_validation_and_heldout_splits_are_disjoint():
         assert not np.any(s.poisoned_labels == 0)
     seen = [{img.tobytes() for img in (*s.clean_images, *s.poisoned_images)} for s in (v, t)]
     assert not seen[0] & seen[1]  # no image, clean or triggered, on both sides
+    # the same rule as indices, for several triggered sets at once (benchmarks/sampdetox_eval.py); seeded
+    other = trig.subset(np.arange(0, len(keep), 2))
+    idx = split_eval_indices(clean, [trig, other], fraction=0.5, seed=0)
+    for split, s in sets.items():
+        clean_idx, trig_idx, other_idx = idx[split]
+        assert np.array_equal(s.clean_images, clean.images[clean_idx])
+        assert np.array_equal(s.poisoned_images, trig.images[trig_idx])
+        assert set(other.source_index[other_idx]) <= set(clean.source_index[clean_idx])
+    assert sum(len(idx[s][2]) for s in idx) == len(other)
+    assert not np.array_equal(split_eval_indices(clean, [], 0.5, seed=1)["val"][0], idx["val"][0])
 
 
 def test_at_most_samples_both_sides_reproducibly():

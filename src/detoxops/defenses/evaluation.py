@@ -21,7 +21,7 @@ from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 
-__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "split_eval_sets"]
+__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "split_eval_sets", "split_eval_indices"]
 
 
 @dataclass
@@ -112,15 +112,22 @@ def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, a
     is split per class (``data.val_fraction``, ``data.seed``) into ``val`` and ``test``; a triggered test image goes
     to the side its clean source image is on (matched by ``source_index``), so no image, clean or triggered, is
     seen by both. Returns ``{"val": EvalSet, "test": EvalSet}``."""
+    return {split: EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
+                                          name=split)
+            for split, (idx, trig_idx) in split_eval_indices(clean, [triggered], fraction, seed).items()}
+
+
+def split_eval_indices(clean, triggered: list, fraction: float, seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """:func:`split_eval_sets`'s rule as indices, for callers that keep their own arrays (one clean test set, several
+    attacks' triggered sets): ``{"val": (clean_idx, trig_idx_0, trig_idx_1, ...), "test": (...)}``, a triggered
+    image on the side of its clean source (``source_index``)."""
     from detoxops.data import stratified_split_indices
 
     rest, held = stratified_split_indices(clean.labels, fraction, seed)
     out = {}
     for split, idx in (("val", held), ("test", rest)):
-        sources = set(np.asarray(clean.source_index)[idx].tolist())
-        trig_idx = np.flatnonzero(np.isin(np.asarray(triggered.source_index), list(sources)))
-        out[split] = EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
-                                            name=split)
+        sources = list(set(np.asarray(clean.source_index)[idx].tolist()))
+        out[split] = (idx, *(np.flatnonzero(np.isin(np.asarray(t.source_index), sources)) for t in triggered))
     return out
 
 
