@@ -906,10 +906,10 @@ def evaluate_sampdetox(ctx: Context, box_s: float) -> dict:
 
 
 def evaluate_dataelixir(ctx: Context, box_s: float) -> dict:
-    from detoxops.config import DataElixirConfig, VictimConfig
+    from detoxops.config import DataElixirConfig, Params, VictimConfig
     from detoxops.data import ImageSet, stratified_subset_indices
-    from detoxops.defenses.dataelixir import DataElixir
     from detoxops.metrics import detection_rates
+    from detoxops.operations import sanitize
 
     plan = ctx.plan
     name = plan.elixir_attack
@@ -926,23 +926,25 @@ def evaluate_dataelixir(ctx: Context, box_s: float) -> dict:
     idx = stratified_subset_indices(poisoned.original_labels, per_class, seed=plan.seed)  # keeps the poison ratio
     subset = poisoned.subset(idx)
     spec = getattr(victim, "detoxops_spec", {})
-    victim_cfg = VictimConfig(arch=spec.get("arch", plan.victim_arch), epochs=cfg.relabel_epochs,
-                              batch_size=plan.victim_batch, seed=plan.seed,
+    # the relabelling model is the victim's recipe for dataelixir.relabel_epochs (operations.relabel_config)
+    victim_cfg = VictimConfig(arch=spec.get("arch", plan.victim_arch), batch_size=plan.victim_batch, seed=plan.seed,
                               **({"width": plan.victim_width} if plan.victim_width else {}))
     t0 = time.time()
-    res = DataElixir(ctx.purifier, cfg, victim_cfg).sanitize(subset, victim, ctx.work / "elixir" / name,
-                                                             progress=False)
+    # the one sanitize operation (the CLI's, the pipeline's, the flows'), with the purifier already on the GPU
+    res = sanitize(subset, victim, Params(dataelixir=cfg, victim=victim_cfg), out=ctx.work / "elixir" / f"{name}.out",
+                   workdir=ctx.work / "elixir" / name, purifier=ctx.purifier, overwrite=True, progress=False)
     seconds = time.time() - t0
     flags = np.asarray(subset.poisoned, dtype=bool)
-    tpr, fpr = detection_rates(subset.labels, res.dataset.labels, flags)
-    restored = (float(np.mean(res.dataset.labels[flags] == subset.original_labels[flags])) if flags.any()
+    purified_labels = ImageSet.load(res.dataset).labels
+    tpr, fpr = detection_rates(subset.labels, purified_labels, flags)  # NaN where undefined (kept in the JSON)
+    restored = (float(np.mean(purified_labels[flags] == subset.original_labels[flags])) if flags.any()
                 else float("nan"))
     return {"attack": name, "n": len(subset), "per_class": per_class, "poisoned": int(flags.sum()),
             "config": cfg.model_dump(), "seconds": round(seconds, 1), "images_per_s": round(len(subset) / seconds, 2),
             "target_labels": res.target_labels, "true_target": plan.target,
             "tpr": round(100 * tpr, 2), "fpr": round(100 * fpr, 2),
-            "poisoned_label_restored": round(100 * restored, 2), "flagged": int(res.flagged.sum()),
-            "anomaly_index": res.anomaly_index,
+            "poisoned_label_restored": round(100 * restored, 2), "flagged": res.flagged,
+            "anomaly_index": res.anomaly,
             "subset": f"stratified_subset_indices(original_labels, {per_class}, seed={plan.seed}) of the "
                       f"{name}-poisoned training set"}
 
