@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
+# the shared option declarations live in _options; re-exported for the modules that import them from here
+from detoxops.commands._options import PARAMS_OPTION, SET_OPTION  # noqa: F401
 from detoxops.config import ConfigError, Params, load_params
-
-PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read")
-SET_OPTION = typer.Option(None, "--set", "-s", help="override a param, e.g. --set sampdetox.t1=20 (repeatable)")
 
 
 def params_from_cli(path: Path, overrides: list[str] | None) -> Params:

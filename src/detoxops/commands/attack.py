@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, SET_OPTION
 
 attack_app = typer.Typer(help="Backdoor attacks (BackdoorBench defaults): list them, poison a dataset.",
                          no_args_is_help=True)
@@ -65,7 +66,7 @@ def run(
         None, "--data", "-d", help="data source to poison instead of data.source (e.g. a stored version such as "
         "the ingest stage's pipeline/raw)"
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Load ``params.data``, apply ``params.attack`` and write the poisoned train / triggered test sets."""
     params = params_from_cli(params_path, list(overrides or []) + ([f"attack.name={attack_name}"] if attack_name else [])
@@ -164,7 +165,7 @@ def visibility_cmd(
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, …"),
     force: bool = typer.Option(False, "--force", help="replace --out / --summary-json if they exist"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Trigger visibility v and sample robustness η_r per triggered test image (SampDetox figure 2).
 

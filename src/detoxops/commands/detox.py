@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, PURIFIER_OPTION, SET_OPTION
 
 detox_app = typer.Typer(
     help="Inference-time sample detoxification (SampDetox) and its evaluation.", no_args_is_help=True
@@ -47,7 +48,7 @@ def score_command(
     defenses: str = typer.Option("none,sampdetox", "--defenses", help="comma-separated catalog names"),
     clean: str = typer.Option(None, "--clean", help="data source of the clean test split (default: data.source), "
                               "e.g. the ingest stage's pipeline/raw"),
-    purifier: Path = typer.Option(None, "--purifier", help="default: diffusion.purifier, else the shipped one"),
+    purifier: Path = PURIFIER_OPTION,
     max_images: int = typer.Option(0, "--max-images", help="clean / triggered images at most (0 = all)"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
@@ -82,7 +83,7 @@ def run_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the detoxified ImageSet (+ maps.npz)"),
     defense: str = typer.Option("sampdetox", "--defense", help="defense name, see detoxops.defenses.catalog"),
     limit: int = typer.Option(None, "--limit", help="only the first N images"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
@@ -133,10 +134,7 @@ def eval_command(
         ..., "--triggered", "--poisoned",
         help="triggered test images, in any form --clean takes; may lack any class (target-class images are dropped)",
     ),
-    purifier: Path = typer.Option(
-        None, "--purifier", help="purifier folder for the diffusion defenses (default: diffusion.purifier, else the "
-        "one shipped for the image size)"
-    ),
+    purifier: Path = PURIFIER_OPTION,
     target: str = typer.Option(
         None, "--target", help="attack target: class index or class name (default: the one class the triggered "
         "images lack)"
@@ -166,7 +164,7 @@ def eval_command(
     ),
     limit: int = typer.Option(None, "--limit", min=1, help="score at most N clean and N triggered images"),
     out: Path = typer.Option(None, "--out", "-o", help="write the settings, notes and rows as JSON here"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:

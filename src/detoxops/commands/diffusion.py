@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, SET_OPTION
 
 diffusion_app = typer.Typer(help="Train and evaluate diffusion purifiers.", no_args_is_help=True)
 
@@ -57,7 +58,7 @@ def prepare_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the purifier (diffusers UNet + origin.json)"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """The purifier every later step uses (the ``train_purifier`` stage): ``diffusion.purifier`` when set, else the
     one shipped for the data's image size (both copied), else one trained here on ``--data``."""
@@ -85,7 +86,7 @@ def train_command(
     ),
     levels: str = typer.Option(DEFAULT_EVAL_LEVELS, "--levels", help="noise levels of the checkpoint evaluation"),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    progress: bool = PROGRESS_OPTION,
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
@@ -108,6 +109,9 @@ def train_command(
     train_images = splits["train"].images
     test_images = splits["test"].images[:eval_images] if eval_images > 0 else None
     size = train_images.shape[1]
+    if cfg.diffusion.unet.sample_size == "auto":  # built for the data's size
+        unet = cfg.diffusion.unet.model_copy(update={"sample_size": int(size)})
+        cfg = cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"unet": unet})})
     if size != cfg.diffusion.unet.sample_size:
         fail(
             f"the data are {size}x{size} images but diffusion.unet.sample_size is "

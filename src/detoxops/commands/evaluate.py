@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, SET_OPTION
 
 
 def evaluate(

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, PURIFIER_OPTION, SET_OPTION
 
 
 def sanitize(
     data: Path = typer.Option(..., "--data", help="a saved ImageSet folder (e.g. the train/ of `attack run`)"),
     victim: Path = typer.Option(..., "--victim", help="classifier trained on that data (`victim train`)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the purified ImageSet + decisions.csv"),
-    purifier: Path = typer.Option(None, "--purifier", help="diffusers UNet folder (default: params / shipped)"),
+    purifier: Path = PURIFIER_OPTION,
     workdir: Path = typer.Option(None, "--workdir", help="resumable shard folder (default: <out>.work)"),
     version_root: Path = typer.Option(None, "--version-root",
                                       help="also store the purified set as dataset version <root>/<name>/<hash12>/"),
@@ -24,7 +25,7 @@ def sanitize(
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Find the poisoned samples and the target label, purify their images, restore their labels."""
     params = params_from_cli(params_path, overrides)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, SET_OPTION
 
 victim_app = typer.Typer(help="Victim classifiers: train on a clean or poisoned dataset.", no_args_is_help=True)
 
@@ -19,7 +20,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained classifier (safetensors + JSON)"),
     poisoned: Path = typer.Option(None, "--poisoned", help="output folder of `detoxops attack run` to train on"),
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="resumable per-epoch checkpoints"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Train ``params.victim`` on ``--poisoned`` (or on the clean ``params.data``) and report CA / PA / ASR."""
     params = params_from_cli(params_path, overrides)
