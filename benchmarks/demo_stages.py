@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         shown |= {"tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr"), "n_train": sanitized.get("n_train")}
         print({k: sanitized.get(k) for k in ("tpr", "fpr", "target_label")}, flush=True)
         clean = stage("retrain", train_victim.fn, sanitized["path"], victim_cfg, None, str(root / "victims"))
-        sd_cfg = params.sampdetox.model_dump(mode="json")
+        sd_cfg, data_cfg = params.sampdetox.model_dump(mode="json"), params.data.model_dump(mode="json")
         for name in ("none", "sampdetox", "faithful"):
             row = stage(f"eval-{name}", evaluate_defenses_task.fn, poisoned["path"], victim["path"],
-                        purifier["path"], [name], sd_cfg, attack, args.max_images, str(root / "samples"))[0]
+                        purifier["path"], [name], sd_cfg, attack, args.max_images, str(root / "samples"), data_cfg)[0]
             shown |= {f"{name}_ca": row["ca"], f"{name}_asr": row["asr"]}
         row = stage("eval-retrained", evaluate_defenses_task.fn, poisoned["path"], clean["path"], purifier["path"],
-                    ["none"], sd_cfg, attack, None, str(root / "retrained"))[0]
+                    ["none"], sd_cfg, attack, None, str(root / "retrained"), data_cfg)[0]
         shown |= {"retrained_ca": row["ca"], "retrained_asr": row["asr"]}
         print(shown, flush=True)
     print(json.dumps({"command": "python benchmarks/demo_stages.py " + " ".join(sys.argv[1:] if argv is None else argv),

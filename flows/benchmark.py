@@ -114,7 +114,7 @@ def benchmark(
     eval_f = {
         name: evaluate_defenses_task.submit(
             a["poisoned"]["path"], a["victim"]["path"], prep["purifier"]["path"], defenses, sampdetox_cfg,
-            a["attack_cfg"], max_images, str(out_dir / "samples" / name))
+            a["attack_cfg"], max_images, str(out_dir / "samples" / name), params.data.model_dump(mode="json"))
         for name, a in prep["attacks"].items()
     }
     rows = []

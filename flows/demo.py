@@ -4,7 +4,7 @@ ingest → DVC version → poison (params.attack) → train the victim → trigg
 figure 2, on at most ``max_images`` triggered test images) → purifier (shipped, or trained) → DataElixir
 (training-time: target label, TPR / FPR, a clean model retrained on the purified set; recorded as an
 ingestion check of the poisoned set, as ``flows.ingestion_check`` records one, without failing the run) →
-SampDetox evaluation (inference-time: CA / PA / ASR per defense) → results table, all recorded in MLflow (``detoxops/demo``), with the
+SampDetox evaluation (inference-time: CA / PA / ASR per defense, on the held-out half of the test split) → results table, all recorded in MLflow (``detoxops/demo``), with the
 victim and the purifier registered (``detoxops-victim``, ``detoxops-purifier``) for the dashboard's *Try it*.
 
     python -m flows.demo [--params params.yaml] [--overlay params.demo.yaml] [--set key=value ...] [--max-images N]
@@ -97,8 +97,8 @@ def _run_stages(params: Any, max_images: int, runs_root: Path, started: float) -
     data_root = str(project_path(params.data.root))
     attack_cfg = params.attack.model_dump(mode="json")
     victim_cfg, sampdetox_cfg = params.victim.model_dump(mode="json"), params.sampdetox.model_dump(mode="json")
-    done: dict[str, Any] = {"ingested": ingest_dataset(params.data.source, params.data.model_dump(mode="json"),
-                                                       data_root)}
+    data_cfg = params.data.model_dump(mode="json")
+    done: dict[str, Any] = {"ingested": ingest_dataset(params.data.source, data_cfg, data_root)}
     ingested = done["ingested"]
     try:
         done["dvc"] = version_dataset(ingested["path"], str(PROJECT_ROOT), params.tracking.dvc_remote)
@@ -118,10 +118,10 @@ def _run_stages(params: Any, max_images: int, runs_root: Path, started: float) -
     clean_model = train_victim(sanitized["path"], victim_cfg, None, str(runs_root / "victims"))
     done["defense_rows"] = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], DEFENSES,
                                                   sampdetox_cfg, attack_cfg, max_images,
-                                                  str(runs_root / "demo" / "samples"))
+                                                  str(runs_root / "demo" / "samples"), data_cfg)
     done["retrained"] = evaluate_defenses_task(poisoned["path"], clean_model["path"], purifier["path"], ["none"],
-                                               sampdetox_cfg, attack_cfg, None,
-                                               str(runs_root / "demo" / "retrained"))[0]
+                                               sampdetox_cfg, attack_cfg, None, str(runs_root / "demo" / "retrained"),
+                                               data_cfg)[0]
     return done
 
 

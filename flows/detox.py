@@ -1,7 +1,8 @@
 """SampDetox evaluation under a set of attacks: CA / PA / ASR per attack × defense, recorded in MLflow.
 
 ingest → DVC version → purifier → per attack: poison (``params.attack`` with that attack's name and options) →
-train the backdoored victim → evaluate every defense on the clean and triggered test images → results table.
+train the backdoored victim → evaluate every defense on the held-out half of the clean and triggered test images
+(``detoxops.defenses.evaluation.eval_inputs``) → results table.
 MLflow (``detoxops/detox``): a parent run (params, dataset input, ``results/results.csv``), a nested run per
 attack (kind ``attack``) and under it one per defense (kind ``defense``; metrics ``ca`` / ``pa`` / ``asr`` as
 fractions, sample grids) — the rows the dashboard's *Defense results* page tabulates.
@@ -105,7 +106,8 @@ def _attack_rows(params, name: str, ingested: dict[str, Any], purifier: dict[str
     victim = train_victim(poisoned["path"], params.victim.model_dump(mode="json"), attack_cfg,
                           str(project_path(params.tracking.runs_dir) / "victims"))
     rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], defenses,
-                                  params.sampdetox.model_dump(mode="json"), attack_cfg, max_images, str(out / name))
+                                  params.sampdetox.model_dump(mode="json"), attack_cfg, max_images, str(out / name),
+                                  params.data.model_dump(mode="json"))
     return name, poisoned, victim, rows
 
 

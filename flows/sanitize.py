@@ -119,10 +119,12 @@ def _before_after(params, data: str, attack_cfg: dict[str, Any] | None, purifier
     from tasks.detox_tasks import evaluate_defenses_task
     from tasks.sanitize_tasks import accuracy_task
 
+    data_cfg = params.data.model_dump(mode="json")  # its val_fraction / seed: the held-out side reported on
     if attack_cfg is None:
-        return [accuracy_task(data, m["path"], "test", max_images) for m in models.values()]
+        return [accuracy_task(data, m["path"], data_cfg, max_images) for m in models.values()]
     return [evaluate_defenses_task(data, m["path"], purifier, ["none"], params.sampdetox.model_dump(mode="json"),
-                                   attack_cfg, max_images, str(out / name))[0] for name, m in models.items()]
+                                   attack_cfg, max_images, str(out / name), data_cfg)[0]
+            for name, m in models.items()]
 
 
 def _table(before: dict[str, Any], after: dict[str, Any], sanitized: dict[str, Any], poison: bool) -> list[dict]:

@@ -15,12 +15,6 @@ from tasks.caching import HEAVY_CACHE
 __all__ = ["evaluate_defenses_task", "evaluate_byo_task", "log_defense_rows"]
 
 
-def _eval_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
-    if limit is None or n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-
-
 @task(name="detox-eval", cache_policy=HEAVY_CACHE, result_serializer="json")
 def evaluate_defenses_task(
     poisoned_version: str,
@@ -31,12 +25,16 @@ def evaluate_defenses_task(
     attack_cfg: dict[str, Any],
     max_images: int | None,
     out_dir: str,
+    data_cfg: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """One row per defense (CA / PA / ASR in %, images/s, map quality); samples of each defense written to
-    ``<out_dir>/<defense>/samples`` for MLflow. Runs on CUDA when present."""
-    from detoxops.config import SampDetoxConfig
+    """One row per defense (CA / PA / ASR in %, images/s, map quality) on the held-out ``test`` side of the poisoned
+    version's test split (``detoxops.defenses.evaluation.eval_inputs`` with ``data_cfg``'s ``val_fraction`` / ``seed``:
+    the images ``detoxops detox score --split test``, the ``detox_eval`` stage and the benchmarks report on), at most
+    ``max_images`` of each side; samples of each defense written to ``<out_dir>/<defense>/samples`` for MLflow.
+    Runs on CUDA when present."""
+    from detoxops.config import DataConfig, SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
-    from detoxops.defenses.evaluation import EvalSet, evaluate_defenses
+    from detoxops.defenses.evaluation import eval_inputs, evaluate_defenses
     from detoxops.devices import resolve_device
     from detoxops.diffusion import load_purifier
     from detoxops.models import load_classifier
@@ -44,10 +42,9 @@ def evaluate_defenses_task(
 
     device = str(resolve_device())
     clean, triggered, attack = load_test_splits(poisoned_version, attack_cfg)
-    seed = int(sampdetox_cfg.get("seed", 0))
-    clean = clean.subset(_eval_subset(len(clean), max_images, seed))
-    triggered = triggered.subset(_eval_subset(len(triggered), max_images, seed + 1))
-    data = EvalSet.from_imagesets(clean, triggered, attack_cfg["target"], attack=attack)
+    split = DataConfig(**data_cfg)
+    data = eval_inputs(clean, triggered, attack_cfg["target"], "test", split.val_fraction, split.seed,
+                       max_images=max_images, attack=attack)
     classifier = load_classifier(victim_path).to(device).eval()
     purifier = load_purifier(purifier_path, device=device)
     cfg = SampDetoxConfig(**sampdetox_cfg)
@@ -138,10 +135,8 @@ def evaluate_byo_task(
                        purifier_size=pur.image_size if pur is not None else None, resize=resize, progress=False,
                        limits=p.data.limits)
     built, purifier_origin = byo_defenses(defenses, plan.image_size, p.sampdetox, pur, p.diffusion.purifier, device)
-    data = plan.data
     seed = p.sampdetox.seed
-    data = data.subset(_eval_subset(len(data.clean_images), max_images, seed),
-                       _eval_subset(len(data.poisoned_images), max_images, seed + 1))
+    data = plan.data.at_most(max_images, seed)  # `detoxops detox eval --limit`'s sample: the same images
     rng = np.random.default_rng(seed)
     k = min(8, len(data.poisoned_images), len(data.clean_images))
     clean_idx = np.sort(rng.permutation(len(data.clean_images))[:k])

@@ -70,17 +70,20 @@ def _trained_with(victim_path: str) -> dict[str, Any]:
 
 
 @task(name="accuracy", cache_policy=HEAVY_CACHE, result_serializer="json")
-def accuracy_task(version: str, model_path: str, split: str = "test", max_images: int | None = None) -> dict[str, Any]:
-    """Accuracy (%) of a saved classifier on ``<version>/<split>`` (a seeded subset of ``max_images``), for
-    datasets without an attack (no triggered split, so no PA / ASR)."""
+def accuracy_task(version: str, model_path: str, data_cfg: dict[str, Any], max_images: int | None = None) -> dict[str, Any]:
+    """Accuracy (%) of a saved classifier on the held-out ``test`` side of ``<version>/test`` (the split rule of
+    ``detoxops.defenses.evaluation.eval_inputs``, ``data_cfg``'s ``val_fraction`` / ``seed``), at most
+    ``max_images`` of it (``sample_at_most``, the same seed), for datasets without an attack (no PA / ASR)."""
+    from detoxops.config import DataConfig
     from detoxops.data import load_version
+    from detoxops.defenses.evaluation import sample_at_most, split_eval_indices
     from detoxops.metrics import clean_accuracy, percent
     from detoxops.models import load_classifier, predict
 
-    ds = load_version(version)[split]
-    idx = np.arange(len(ds))
-    if max_images is not None and len(ds) > max_images:
-        idx = np.sort(np.random.default_rng(0).choice(len(ds), size=max_images, replace=False))
+    ds = load_version(version)["test"]
+    cfg = DataConfig(**data_cfg)
+    held_out = split_eval_indices(ds, [], cfg.val_fraction, cfg.seed)["test"][0]
+    idx = held_out[sample_at_most((len(held_out),), max_images, cfg.seed)[0]]
     pred = predict(load_classifier(model_path).eval(), np.asarray(ds.images[idx]))
     return {"ca": percent(clean_accuracy(pred, np.asarray(ds.labels)[idx])), "n": int(len(idx))}
 

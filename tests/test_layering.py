@@ -145,7 +145,7 @@ def test_flow_functions_are_short():
 # the rules and helpers issue #26 found written several times: each is defined once now
 ONE_DEFINITION = ["resolve_device", "detection_rates", "split_eval_sets", "choose_purifier", "project_path",
                   "atomic_dir", "temp_path_for", "ssim_map", "percent", "needs_purifier", "read_record", "sanitize",
-                  "prepare_purifier", "evaluate_split"]
+                  "prepare_purifier", "evaluate_split", "eval_inputs", "sample_at_most"]
 DEFINED_ELSEWHERE_PENDING: set[tuple[str, str]] = set()  # none left; a new entry needs a reason
 OPERATION_NAMES_ELSEWHERE = {("sanitize", "flows/sanitize.py"), ("sanitize", "src/detoxops/commands/sanitize.py")}
 """Same name, other things: the sanitize flow and the sanitize CLI command (both call the operation)."""

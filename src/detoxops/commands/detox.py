@@ -194,11 +194,9 @@ def eval_command(
     except (ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
         return
-    data = plan.data
-    if limit is not None:  # a seeded spread over the set: the first N of a class-sorted tree would be few classes
-        rng = np.random.default_rng(p.sampdetox.seed)
-        data = data.subset(*(np.sort(rng.permutation(n)[:limit]) for n in (len(data.clean_images),
-                                                                         len(data.poisoned_images))))
+    # a seeded spread over the set (the first N of a class-sorted tree would be few classes): EvalSet.at_most, the
+    # sample the flow's --max-images takes too
+    data = plan.data.at_most(limit, p.sampdetox.seed)
     typer.echo(f"model     {loaded.description}")
     typer.echo(f"clean     {len(data.clean_images)} images from {plan.clean_origin}")
     typer.echo(f"triggered {len(data.poisoned_images)} images from {plan.triggered_origin}")

@@ -21,7 +21,8 @@ from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 
-__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "split_eval_sets", "split_eval_indices"]
+__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "eval_inputs", "sample_at_most", "split_eval_sets",
+           "split_eval_indices"]
 
 
 @dataclass
@@ -99,12 +100,21 @@ class EvalSet:
         (``None``: all)."""
         if max_images is None:
             return self
-        rng = np.random.default_rng(seed)
+        return self.subset(*sample_at_most((len(self.clean_images), len(self.poisoned_images)), max_images, seed))
 
-        def pick(n: int) -> np.ndarray:
-            return np.arange(n) if n <= max_images else np.sort(rng.choice(n, size=max_images, replace=False))
 
-        return self.subset(pick(len(self.clean_images)), pick(len(self.poisoned_images)))
+def sample_at_most(sizes: tuple[int, ...], max_images: int | None, seed: int) -> tuple[np.ndarray, ...]:
+    """The one "at most N images" rule: for each of ``sizes`` in order, every index when there are no more than
+    ``max_images`` (or ``max_images`` is None), else a sorted sample of ``max_images`` drawn without replacement
+    from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+
+    def pick(n: int) -> np.ndarray:
+        if max_images is None or n <= max_images:
+            return np.arange(n)
+        return np.sort(rng.choice(n, size=max_images, replace=False))
+
+    return tuple(pick(n) for n in sizes)
 
 
 def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, attack=None) -> dict[str, EvalSet]:
@@ -115,6 +125,17 @@ def split_eval_sets(clean, triggered, target: int, fraction: float, seed: int, a
     return {split: EvalSet.from_imagesets(clean.subset(idx), triggered.subset(trig_idx), target, attack=attack,
                                           name=split)
             for split, (idx, trig_idx) in split_eval_indices(clean, [triggered], fraction, seed).items()}
+
+
+def eval_inputs(clean, triggered, target: int, split: str, fraction: float, seed: int, *,
+                max_images: int | None = None, attack=None) -> EvalSet:
+    """What an evaluation of a poisoned test split scores, the one rule of the flows, the CLI, the DVC stages and the
+    benchmarks: the ``split`` side of :func:`split_eval_sets` (``val`` to select settings, ``test`` to report;
+    ``fraction`` = ``data.val_fraction``, ``seed`` = ``data.seed``), at most ``max_images`` clean and triggered
+    images (:meth:`EvalSet.at_most`, the same seed)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    return split_eval_sets(clean, triggered, target, fraction, seed, attack=attack)[split].at_most(max_images, seed)
 
 
 def split_eval_indices(clean, triggered: list, fraction: float, seed: int) -> dict[str, tuple[np.ndarray, ...]]:

@@ -60,15 +60,13 @@ def evaluate_split(clean: ImageSet, triggered: ImageSet, target: int, victim, pa
     :meth:`DetoxOutcome.table` goes to ``<out>/defenses.csv`` and :meth:`DetoxOutcome.metrics` to
     ``<out>/metrics.json`` (percent, the pipeline's stored tables)."""
     from detoxops.defenses.catalog import build_defense, needs_purifier
-    from detoxops.defenses.evaluation import evaluate_defenses, split_eval_sets
+    from detoxops.defenses.evaluation import eval_inputs, evaluate_defenses
     from detoxops.devices import resolve_device
     from detoxops.operations.purifier import load_chosen_purifier
 
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    data = eval_inputs(clean, triggered, target, split, params.data.val_fraction, params.data.seed,
+                       max_images=max_images, attack=attack)
     dev = resolve_device(device or "auto")
-    data = split_eval_sets(clean, triggered, target, params.data.val_fraction, params.data.seed, attack=attack)[split]
-    data = data.at_most(max_images, params.data.seed)
     pur = (load_chosen_purifier(purifier, params.diffusion, int(clean.image_shape[0]), device=dev)
            if needs_purifier(defenses) else None)
     victim = victim.to(dev).eval()
