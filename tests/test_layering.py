@@ -118,6 +118,17 @@ def test_flows_leave_tracking_to_tasks():
     assert not calls, f"flows calling mlflow directly (lines): {calls}"
 
 
+# a flow may share another's *composition* (a function of tasks) but never its settings: presets come from params
+# files (the demo's: params.demo.yaml through detoxops.config.load_params(overlay=)); listed so it can only shrink
+FLOW_IMPORTS_ALLOWED = {("sweep.py", "flows.benchmark.prepare_attacks")}
+
+
+def test_flows_take_no_settings_from_other_flows():
+    imported = {(p.name, m) for p in sorted((ROOT / "flows").glob("*.py")) for _, m in imports(p)
+                if m.startswith("flows.") and not m.startswith("flows.runners")}
+    assert imported <= FLOW_IMPORTS_ALLOWED, f"flows importing from other flows: {imported - FLOW_IMPORTS_ALLOWED}"
+
+
 def test_every_dvc_stage_calls_the_cli():
     """One entry for ``dvc.yaml``: every stage is a ``detoxops`` command (no Prefect, no tasks/, no flows/)."""
     import yaml
