@@ -13,7 +13,8 @@ difference between the two outputs is what is left of the trigger. Per round it 
 * ``clean_psnr_db``: mean PSNR of the purified clean image against the original (what the same strength costs
   benign content);
 * with ``--victim ATTACK=FOLDER`` (a classifier saved by ``save_classifier``, e.g. an attack table entry's
-  ``victim``): ``victim_asr``, the share of purified triggered images it still assigns the target, and
+  ``victim``, or a victim-store name such as ``cifar10-fast/badnets``, whose stored attack then makes the
+  triggers): ``victim_asr``, the share of purified triggered images it still assigns the target, and
   ``victim_clean_acc``, its accuracy on the purified clean images (round 0 = the unpurified inputs). This is what
   DataElixir's label-transition stage sees: a poisoned sample is only caught if its label moves off the target.
 
@@ -42,6 +43,7 @@ from detoxops.diffusion.train import psnr
 from detoxops.diffusion.unet import default_purifier, load_purifier
 from detoxops.metrics import attack_success_rate, clean_accuracy
 from detoxops.models import load_classifier, predict
+from detoxops.models.store import victim_attack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     victims = {k: load_classifier(v) for k, v in (spec.split("=", 1) for spec in args.victim)}
     rows = []
     for name in args.attacks:
-        attack = registry.create(name, target=0, poison_ratio=0.1, seed=args.seed, image_size=images.shape[1],
-                                 num_classes=10)
-        if attack.needs_fit:
+        stored = victim_attack(dict(spec.split("=", 1) for spec in args.victim)[name]) if name in victims else None
+        # a stored victim brings its own attack (fitted state included: TrojanNN's optimised trigger, …)
+        attack = stored or registry.create(name, target=0, poison_ratio=0.1, seed=args.seed,
+                                           image_size=images.shape[1], num_classes=10)
+        if attack.needs_fit and stored is None:
             print(f"{name}: skipped (needs fitting)", file=sys.stderr)
             continue
         triggered = to_tensor(attack.apply_trigger(images)) * 2 - 1
