@@ -1,0 +1,282 @@
+"""DataElixir on CIFAR-10 at 1,000 training images per class with fast_cnn victims (issue #21).
+
+Per (attack, seed): the stratified ``--train-per-class`` subset of the training split (``data.seed`` = seed), poisoned
+by :func:`detoxops.operations.poison` (``params.yaml``'s attack defaults, target 0, poison ratio 0.1, ``attack.seed``
+= seed), a fast_cnn victim trained on it by :func:`detoxops.operations.train_victim` (resumable checkpoints; CA on
+the clean test split, PA / ASR on its triggered non-target version), DataElixir by
+:func:`detoxops.operations.sanitize` with ``-s dataelixir.X=...`` (resumable shards), and a fast_cnn retrained on
+the purified set (ACC / ASR). Next to it, once per seed, the reference: a fast_cnn trained on the same subset
+without poison (the ``clean`` entry's victim, and the ACC a retrained model is compared with).
+
+The work folder keeps every stage (``<work>/seed<S>/<attack>/`` holds the poisoned set and victim; the DataElixir
+part lives under ``elixir-<key>/``, keyed by the ``dataelixir`` settings, so several settings share one victim). A
+finished entry (``elixir-<key>/result.json``) is skipped; an interrupted one resumes stage by stage.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/dataelixir_cifar10_fast.py --seed 1 --attacks badnets \
+        -s dataelixir.T=80 -s dataelixir.rounds=2 -s dataelixir.sampler=ddim -s dataelixir.ddim_stride=10 \
+        -s dataelixir.keep_last=4 --name validation_seed1
+
+Settings are chosen on a validation seed (another seed's poisoned subset) and then run once on the held-out seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detoxops.config import Params, load_params
+from detoxops.data import ImageSet, load_source
+from detoxops.metrics import attack_success_rate, detection_rates, percent, poisoned_accuracy
+from detoxops.models import load_classifier, predict
+from detoxops.operations import load_chosen_purifier, poison, sanitize, train_victim
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from diffusion_throughput import machine_info  # noqa: E402
+
+DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+ATTACKS = ["clean", "badnets", "blended", "sig", "wanet", "bpp", "ftrojan", "ssba"]
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Stages:
+    """Wall time and load average of each stage an entry actually ran (a resumed stage is not timed again)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.load: dict[str, list[float]] = {}
+
+    def run(self, name: str, fn):
+        start, load0 = time.perf_counter(), load_avg()
+        out = fn()
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        self.load[name] = [load0, load_avg()]
+        print(f"  {name}: {self.seconds[name]} s (load {load0} -> {self.load[name][1]})", flush=True)
+        return out
+
+
+def seed_params(base: Params, seed: int, attack: str) -> Params:
+    """The entry's params: data, attack, victim and DataElixir seeds = ``seed`` unless ``-s`` set them."""
+    upd = {
+        "data": base.data.model_copy(update={"seed": seed}),
+        "attack": base.attack.model_copy(update={"name": attack if attack != "clean" else base.attack.name,
+                                                 "seed": seed}),
+        "victim": base.victim.model_copy(update={"arch": "fast_cnn", "seed": seed}),
+    }
+    return base.model_copy(update=upd)
+
+
+def elixir_key(params: Params) -> str:
+    """What the DataElixir part of an entry depends on beyond the victim: its settings and the relabel recipe."""
+    blob = json.dumps({"dataelixir": params.dataelixir.model_dump(mode="json"),
+                       "victim": params.victim.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def trained(folder: Path, fn, stages: Stages, name: str):
+    """A classifier folder: loaded when it is there, else trained by ``fn`` (resumable by its checkpoint dir)."""
+    if (folder / "classifier.json").is_file():
+        return load_classifier(folder)
+    stages.run(name, fn)
+    return load_classifier(folder)
+
+
+def scores(model, clean_test: ImageSet, triggered: ImageSet | None, target: int) -> dict[str, float]:
+    out = {"acc": float((predict(model, clean_test.images) == clean_test.labels).mean())}
+    if triggered is not None:
+        pred = predict(model, triggered.images)
+        out |= {"asr": attack_success_rate(pred, target), "pa": poisoned_accuracy(pred, triggered.original_labels)}
+    return out
+
+
+def reference_model(seed_dir: Path, splits: dict[str, ImageSet], params: Params, stages: Stages, progress: bool):
+    """fast_cnn on the seed's subset without poison (once per seed)."""
+    folder = seed_dir / "reference"
+    return trained(folder, lambda: train_victim(
+        splits["train"], params.victim, folder, clean_test=splits["test"], checkpoint_dir=seed_dir / "reference.ckpt",
+        record={"seed": params.victim.seed, "benchmark": "dataelixir_cifar10_fast reference"}, progress=progress),
+        stages, "reference_train")
+
+
+def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict[str, ImageSet], work: Path) -> dict:
+    params = seed_params(base, seed, attack)
+    seed_dir = work / f"seed{seed}"
+    entry = seed_dir / attack
+    elixir_dir = entry / f"elixir-{elixir_key(params)}"
+    done = elixir_dir / "result.json"
+    if done.is_file():
+        print(f"{attack} seed {seed}: done ({done})", flush=True)
+        return json.loads(done.read_text())
+    print(f"{attack} seed {seed}: {entry}", flush=True)
+    stages = Stages()
+    entry.mkdir(parents=True, exist_ok=True)
+    target = params.attack.target
+    if attack == "clean":
+        train, triggered, attack_obj = splits["train"], None, None
+    else:
+        poisoned_dir = entry / "poisoned"
+        if not (poisoned_dir / "attack.json").is_file():
+            stages.run("poison", lambda: poison(splits["train"], splits["test"], params.attack, out=poisoned_dir,
+                                                overwrite=True, source=str(args.source), progress=args.progress))
+        from detoxops.attacks import registry
+
+        train, triggered = ImageSet.load(poisoned_dir / "train"), ImageSet.load(poisoned_dir / "test")
+        attack_obj = registry.from_record(poisoned_dir)
+        target = attack_obj.target
+    reference = reference_model(seed_dir, splits, params, stages, args.progress)
+    if attack == "clean":
+        victim = reference
+    else:
+        victim_dir = entry / "victim"
+        victim = trained(victim_dir, lambda: train_victim(
+            train, params.victim, victim_dir, attack=attack_obj, clean_test=splits["test"], triggered=triggered,
+            checkpoint_dir=entry / "victim.ckpt", record={"seed": seed, "attack": attack},
+            progress=args.progress), stages, "victim_train")
+
+    elixir_dir.mkdir(parents=True, exist_ok=True)
+    purified_dir = elixir_dir / "purified"
+    summary_file = elixir_dir / "sanitize.json"
+    if not summary_file.is_file():
+        outcome = stages.run("sanitize", lambda: sanitize(
+            train, victim, params, out=purified_dir, purifier=purifier, workdir=elixir_dir / "work",
+            overwrite=True, progress=args.progress))
+        summary_file.write_text(json.dumps({**outcome.summary(), "anomaly_index": outcome.anomaly}, indent=1,
+                                           default=float))
+    summary = json.loads(summary_file.read_text())
+    purified = ImageSet.load(purified_dir)
+    tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
+    poisoned_flags = np.asarray(train.poisoned, dtype=bool)
+    restored = purified.labels == train.original_labels
+
+    retrained_dir = elixir_dir / "retrained"
+    retrained = trained(retrained_dir, lambda: train_victim(
+        purified, params.victim, retrained_dir, clean_test=splits["test"], checkpoint_dir=elixir_dir / "retrained.ckpt",
+        record={"seed": seed, "attack": attack, "purified": True}, progress=args.progress), stages, "retrain")
+
+    row = {
+        "attack": attack, "seed": seed, "n": len(train), "poisoned": int(poisoned_flags.sum()),
+        "true_target": None if attack == "clean" else int(target),
+        "target_labels": summary["target_labels"],
+        "target_found": None if attack == "clean" else summary["target_labels"] == [int(target)],
+        "tpr": None if tpr != tpr else tpr, "fpr": None if fpr != fpr else fpr,
+        "flagged": summary["flagged"], "sets": summary["sets"],
+        # labels of the purified set equal to the true (pre-attack) labels: over all samples, and over the truly
+        # poisoned ones (how many of the poison got its own label back; for clean-label attacks it never lost it)
+        "label_acc": float(restored.mean()),
+        "label_acc_poisoned": float(restored[poisoned_flags].mean()) if poisoned_flags.any() else None,
+        "victim": scores(victim, splits["test"], triggered, target),
+        "reference": scores(reference, splits["test"], triggered, target),
+        "retrained": scores(retrained, splits["test"], triggered, target),
+        "anomaly_index": summary.get("anomaly_index"),
+        "dataelixir": params.dataelixir.model_dump(mode="json"),
+        "elixir_key": elixir_dir.name,
+        "stage_seconds": stages.seconds, "stage_load": stages.load,
+    }
+    done.write_text(json.dumps(row, indent=1, default=float))
+    print(json.dumps({k: row[k] for k in ("attack", "seed", "target_labels", "tpr", "fpr", "label_acc",
+                                          "victim", "reference", "retrained", "stage_seconds")}, default=float),
+          flush=True)
+    return row
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markdown_table(report: dict) -> str:
+    pct = lambda v: "–" if v is None else f"{percent(v):.1f}"  # noqa: E731
+    lines = [
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['torch_threads']} torch thread(s); load average at "
+        f"start {report['machine']['load_average_at_start']}; code {report['code_version']}.",
+        "",
+        "| attack | seed | n | poisoned | target found | detected | TPR | FPR | label acc (all / poisoned) "
+        "| victim ACC / ASR | unpoisoned ACC | retrained ACC / ASR | stage seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        v, ref, rt = r["victim"], r["reference"], r["retrained"]
+        found = "– (clean)" if r["true_target"] is None else ("yes" if r["target_found"] else "no")
+        secs = ", ".join(f"{k} {s:.0f}" for k, s in r["stage_seconds"].items()) or "(resumed)"
+        lines.append(
+            f"| {r['attack']} | {r['seed']} | {r['n']} | {r['poisoned']} | {found} | {r['target_labels'] or 'none'} "
+            f"| {pct(r['tpr'])} | {pct(r['fpr'])} | {pct(r['label_acc'])} / {pct(r['label_acc_poisoned'])} "
+            f"| {pct(v['acc'])} / {pct(v.get('asr'))} | {pct(ref['acc'])} | {pct(rt['acc'])} / {pct(rt.get('asr'))} "
+            f"| {secs} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default=str(DEFAULT_ARCHIVE), help="data source (the CIFAR-10 JPEG archive)")
+    ap.add_argument("--attacks", nargs="+", default=ATTACKS, help=f"entries (default: {' '.join(ATTACKS)})")
+    ap.add_argument("--seed", type=int, nargs="+", default=[0], help="data / attack / victim seeds (one per run)")
+    ap.add_argument("--image-size", type=int, default=None, help="resize to NxN (default: keep, CIFAR-10's 32)")
+    ap.add_argument("--train-per-class", type=int, default=1000)
+    ap.add_argument("--test-per-class", type=int, default=None, help="default: the whole test split")
+    ap.add_argument("--purifier", default=None, help="purifier folder or shipped name (default: shipped for 32 px)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="params override (dotted)")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "dataelixir_cifar10_fast"))
+    ap.add_argument("--name", default="dataelixir_cifar10_fast", help="result file stem")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--docs-results", default=str(ROOT / "docs" / "results"))
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    unknown = sorted(set(args.attacks) - set(ATTACKS))
+    if unknown:
+        from detoxops.attacks import registry
+
+        missing = [a for a in unknown if a not in registry.available()]
+        if missing:
+            ap.error(f"unknown attack(s): {', '.join(missing)}")
+    base = load_params(ROOT / "params.yaml", args.overrides, announce=False)
+    machine = machine_info(torch.device("cpu"))
+    work = Path(args.work)
+    rows, purifier = [], None
+    for seed in args.seed:
+        data_cfg = base.data.model_copy(update={"source": args.source, "image_size": args.image_size, "seed": seed,
+                                                "train_per_class": args.train_per_class,
+                                                "test_per_class": args.test_per_class, "root": str(ROOT / "data")})
+        splits = load_source(args.source, data_cfg, progress=args.progress)
+        if purifier is None:
+            purifier = load_chosen_purifier(args.purifier, base.diffusion, int(splits["train"].image_shape[0]))
+        for attack in args.attacks:
+            rows.append(run_entry(attack, seed, args, base, purifier, splits, work))
+    command = shlex.join(["python", "benchmarks/dataelixir_cifar10_fast.py", *(sys.argv[1:] if argv is None else argv)])
+    report = {"command": command, "code_version": code_version(), "machine": machine,
+              "load_average_at_end": load_avg(), "train_per_class": args.train_per_class, "rows": rows}
+    for folder, text in ((args.results, json.dumps(report, indent=1, default=float)),
+                         (args.docs_results, markdown_table(report))):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        suffix = ".json" if folder == args.results else ".md"
+        path = Path(folder) / f"{args.name}{suffix}"
+        tmp = path.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""benchmarks/dataelixir_cifar10_fast.py end to end on tiny digits (16 px, 6 images per class, one-epoch victims,
+one short DDIM round): the table's fields, and resume (a finished entry is skipped; an entry whose result was
+lost is rebuilt from its stored stages without training or sanitising again)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import dataelixir_cifar10_fast as bench  # noqa: E402
+
+TINY = [
+    "--source", "digits", "--image-size", "16", "--train-per-class", "6", "--test-per-class", "3",
+    "--attacks", "clean", "badnets", "--seed", "1",
+    "-s", "victim.airbench.epochs=1", "-s", "dataelixir.T=20", "-s", "dataelixir.rounds=1",
+    "-s", "dataelixir.sampler=ddim", "-s", "dataelixir.ddim_stride=10", "-s", "dataelixir.keep_last=2",
+    "-s", "dataelixir.relabel_epochs=1", "-s", "dataelixir.finetune_epochs=0",
+]
+
+
+def run(tmp_path: Path) -> dict:
+    args = [*TINY, "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"),
+            "--docs-results", str(tmp_path / "docs"), "--name", "tiny"]
+    assert bench.main(args) == 0
+    return json.loads((tmp_path / "res" / "tiny.json").read_text())
+
+
+def test_table_fields_and_resume(tmp_path):
+    report = run(tmp_path)
+    assert "dataelixir_cifar10_fast.py" in report["command"] and "--seed 1" in report["command"]
+    assert report["machine"]["torch_threads"] == 1 and len(report["load_average_at_end"]) == 3
+    clean, badnets = report["rows"]
+    assert (clean["attack"], badnets["attack"]) == ("clean", "badnets")
+    n = 6 * 10
+    assert clean["n"] == badnets["n"] == n
+    assert clean["poisoned"] == 0 and clean["true_target"] is None and clean["tpr"] is None
+    assert badnets["poisoned"] == round(0.1 * n) and badnets["true_target"] == 0
+    assert badnets["target_found"] == (badnets["target_labels"] == [0])
+    for row in report["rows"]:
+        assert row["dataelixir"]["T"] == 20 and row["dataelixir"]["sampler"] == "ddim"
+        for key in ("fpr", "label_acc"):
+            assert 0.0 <= row[key] <= 1.0
+        for model in ("victim", "reference", "retrained"):
+            assert 0.0 <= row[model]["acc"] <= 1.0
+        # the reference (same subset, no poison) is one model per seed: the same scores in both rows
+        assert row["reference"]["acc"] == clean["reference"]["acc"]
+    # the clean entry's victim is the reference itself
+    assert clean["victim"] == clean["reference"]
+    for model in ("victim", "reference", "retrained"):
+        assert set(badnets[model]) == {"acc", "asr", "pa"}
+    assert set(badnets["stage_seconds"]) == {"poison", "victim_train", "sanitize", "retrain"}
+    assert set(clean["stage_seconds"]) == {"reference_train", "sanitize", "retrain"}
+
+    # the stored purified set agrees with the row: TPR / FPR / label accuracy recomputed from the files
+    from detoxops.data import ImageSet
+    from detoxops.metrics import detection_rates
+
+    entry = tmp_path / "work" / "seed1" / "badnets"
+    train = ImageSet.load(entry / "poisoned" / "train")
+    purified = ImageSet.load(entry / badnets["elixir_key"] / "purified")
+    tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
+    assert (tpr, fpr) == (badnets["tpr"], badnets["fpr"])
+    assert np.isclose((purified.labels == train.original_labels).mean(), badnets["label_acc"])
+    md = (tmp_path / "docs" / "tiny.md").read_text()
+    assert "| badnets | 1 | 60 | 6 |" in md and "| clean | 1 | 60 | 0 | – (clean) |" in md
+
+    # resume 1: everything finished -> rows read back unchanged
+    result_file = entry / badnets["elixir_key"] / "result.json"
+    mtime = result_file.stat().st_mtime_ns
+    again = run(tmp_path)
+    assert again["rows"] == report["rows"] and result_file.stat().st_mtime_ns == mtime
+
+    # resume 2: the result lost, the stages kept -> rebuilt with nothing trained or sanitised again
+    result_file.unlink()
+    rebuilt = run(tmp_path)["rows"][1]
+    assert rebuilt["stage_seconds"] == {}
+    for key in ("target_labels", "tpr", "fpr", "label_acc", "victim", "reference", "retrained"):
+        assert rebuilt[key] == badnets[key], key
+
+    # other DataElixir settings: a new elixir folder beside the first, the victim reused
+    other = [*TINY, "-s", "dataelixir.keep_last=1", "--work", str(tmp_path / "work"), "--results",
+             str(tmp_path / "res"), "--docs-results", str(tmp_path / "docs"), "--name", "tiny2"]
+    assert bench.main(other) == 0
+    rows = json.loads((tmp_path / "res" / "tiny2.json").read_text())["rows"]
+    assert rows[1]["elixir_key"] != badnets["elixir_key"]
+    assert set(rows[1]["stage_seconds"]) == {"sanitize", "retrain"}
+    assert rows[1]["victim"] == badnets["victim"]
