@@ -66,8 +66,11 @@ class SanitizeOutcome:
 
 def relabel_config(params: Params) -> VictimConfig:
     """The recipe of the benign model DataElixir trains to relabel suspicious samples: the victim's own
-    (``params.victim``) for ``dataelixir.relabel_epochs`` epochs."""
-    return params.victim.model_copy(update={"epochs": params.dataelixir.relabel_epochs})
+    (``params.victim``) for ``dataelixir.relabel_epochs`` epochs (``victim.airbench.epochs`` too: the airbench
+    recipe of ``fast_cnn`` counts its epochs there, and would otherwise ignore the setting)."""
+    cfg = params.victim.model_copy(update={"epochs": params.dataelixir.relabel_epochs})
+    airbench = cfg.airbench.model_copy(update={"epochs": float(params.dataelixir.relabel_epochs)})
+    return cfg.model_copy(update={"airbench": airbench})
 
 
 def sanitize(
