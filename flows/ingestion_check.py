@@ -15,9 +15,9 @@ it checks; its input size and class count are the data's) → DataElixir scan wi
   (``detoxops.status=failed``, ``detoxops.failure_reason``), in the marker when a version exists, and in the
   Prefect report; the flow run ends Failed — exit 1. (2: a command-line usage error.)
 
-The data decides what depends on it, unless set explicitly with ``--set``: the image size (a source whose images
-all have one size keeps it; mixed sizes are resized to the most common one, and the log says so; params.yaml's
-``data.image_size`` — the digits demo's 16 — applies only to builtin sources), the purifier (the one shipped for
+The data decides what depends on it, unless set explicitly: the image size (``data.image_size: auto``, the
+default: a source whose images all have one size keeps it; mixed sizes are resized to the most common one, and
+the log says so; :mod:`detoxops.data.sizes`), the purifier (the one shipped for
 that size — ``cifar10-32`` for 32x32, ``digits-16`` for 16x16 — else the check stops before any training with
 the command that trains one), the victim's input size and class count. Every stage logs its progress with an
 ETA and the check ends with the time each stage took.
@@ -88,11 +88,6 @@ def ingestion_check(
         raise
 
 
-def _explicit_image_size(overrides: list[str]) -> bool:
-    """Whether the caller set ``data.image_size`` (``--set``); else the check follows the data's size."""
-    return any(o.partition("=")[0].strip() == "data.image_size" for o in overrides)
-
-
 def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
            stages: dict[str, float], ctx: dict[str, Any], started: float) -> Any:
     from tasks.data_tasks import dataset_identity, version_dataset
@@ -117,7 +112,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
 
     # what the data is decides the image size and the purifier, unless set explicitly (before any heavy work)
     with stage_progress("inspect", stages):
-        params, resolved, expected, purifier = _inspect(params, source, overrides)
+        params, resolved, expected, purifier = _inspect(params, source)
         ctx["params"] = params
 
     with stage_progress("ingest", stages):
@@ -208,16 +203,16 @@ def _ingest(params, resolved: str, data_root: Path, ctx: dict[str, Any]) -> dict
     return ingested
 
 
-def _inspect(params, source: str, overrides: list[str]) -> tuple[Any, str, int | None, dict[str, str] | None]:
+def _inspect(params, source: str) -> tuple[Any, str, int | None, dict[str, str] | None]:
     """``(params with data.image_size decided, resolved source, expected image size, purifier or None)``."""
-    from tasks.ingestion_tasks import choose_image_size, probe_image_sizes, purifier_for_check, resolve_source
+    from detoxops.data.sizes import decide_image_size
+    from tasks.ingestion_tasks import purifier_for_check, resolve_source
 
     resolved = resolve_source(source)
-    sizes = probe_image_sizes(resolved)
-    image_size, size_note = choose_image_size(sizes, _explicit_image_size(overrides), params.data.image_size)
-    params = params.model_copy(update={"data": params.data.model_copy(update={"image_size": image_size})})
-    print(size_note)
-    expected = image_size or (next(iter(sizes))[0] if len(sizes) == 1 else None)
+    decision = decide_image_size(resolved, params.data.image_size, params.data.limits)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"image_size": decision.image_size})})
+    print(decision.note)
+    expected = decision.expected
     purifier = None
     if expected is not None:
         path, origin = purifier_for_check(params.diffusion.purifier, int(expected))

@@ -43,8 +43,6 @@ __all__ = [
     "check_targets",
     "record_ingestion_check",
     "record_failed_check",
-    "probe_image_sizes",
-    "choose_image_size",
     "trainability_problems",
     "refuse_untrainable",
     "purifier_for_check",
@@ -72,64 +70,6 @@ class UntrainableDataset(ValueError):
 
 
 # ------------------------------------------------------------------------------------ what the data is
-def probe_image_sizes(source: str) -> dict[tuple[int, int], int]:
-    """``{(width, height): count}`` of the images in a class-folder tree or archive, from the image headers (no
-    decoding; hidden files and non-images skipped as ingestion skips them). ``{}`` for other sources (builtin
-    names, stored versions, ``.npz``), whose size is already fixed."""
-    import io
-    from collections import Counter
-    from pathlib import PurePosixPath
-
-    from PIL import Image
-
-    from detoxops.data.archives import is_archive, iter_entries
-    from detoxops.data.validate import IMAGE_SUFFIXES
-
-    path = Path(source)
-    if not (path.is_dir() and not (path / "version.json").is_file()) and not (path.is_file() and is_archive(path)):
-        return {}
-    sizes: Counter = Counter()
-    for entry in iter_entries(path):
-        parts = entry.path.split("/")
-        if entry.is_dir or any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue
-        if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        try:
-            with Image.open(io.BytesIO(entry.data)) as img:
-                sizes[img.size] += 1
-        except Exception:  # noqa: BLE001 - ingestion reports the unreadable file with its name
-            continue
-    return dict(sizes)
-
-
-def choose_image_size(sizes: dict[tuple[int, int], int], explicit: bool, configured: int | None
-                      ) -> tuple[int | None, str]:
-    """The ``data.image_size`` a check ingests with, and a sentence saying why.
-
-    Set explicitly (``--set data.image_size=...``): that value. Otherwise the data decides: a source whose images
-    all have one size keeps it (``None``: no resizing); mixed sizes are resized to the most common size (the
-    shorter side of a non-square one). Sources without probe-able files keep the configured value."""
-    if explicit:
-        return configured, (f"images resized to {configured}x{configured} (data.image_size set)" if configured
-                            else "images kept at their size (data.image_size=null set)")
-    if not sizes:
-        return configured, (f"image size from params: {configured}x{configured}" if configured
-                            else "images kept at their size")
-    if len(sizes) == 1:
-        (w, h), = sizes
-        if w == h:
-            return None, f"images kept at {w}x{h}, the source's size (set data.image_size to resize)"
-        return min(w, h), (f"all images are {w}x{h}, not square: resized to {min(w, h)}x{min(w, h)} "
-                           "(set data.image_size to choose)")
-    (w, h), n = max(sizes.items(), key=lambda kv: (kv[1], -kv[0][0] * kv[0][1]))
-    side = min(w, h)
-    listed = ", ".join(f"{a}x{b} ({c})" for (a, b), c in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])
-    more = f" and {len(sizes) - 4} more" if len(sizes) > 4 else ""
-    return side, (f"mixed image sizes ({listed}{more}): resized to {side}x{side}, the most common size "
-                  "(set data.image_size to choose)")
-
-
 def trainability_problems(class_counts: dict[str, int], class_names: list[str]) -> list[str]:
     """Why the check cannot train on a training split with these per-class counts ([] when it can)."""
     problems = []
@@ -198,12 +138,10 @@ def purifier_for_check(configured: str | None, image_size: int) -> tuple[str, st
         f"  1. train one on clean images of this kind — not on the data under check, a purifier learns to "
         f"reproduce what it is shown, triggers included:\n"
         f"       .venv/bin/detoxops diffusion train --data CLEAN_DATA --out {out} "
-        f"--set data.image_size={image_size} --set diffusion.unet.sample_size={image_size}\n"
+        f"--set data.image_size={image_size}\n"
         f"     then run the check with --set diffusion.purifier={out}; or\n"
         f"  2. resize the data to a shipped size: --set data.image_size={sizes[-1] if sizes else 32}"
     )
-
-
 
 
 # ------------------------------------------------------------------------------------------------ source

@@ -57,7 +57,6 @@ def test_wrong_type_names_the_key(tmp_path):
 @pytest.mark.parametrize(
     "override, key, message",
     [
-        ("data.image_size=2", "data.image_size", "greater than or equal to 4"),
         ("data.test_fraction=1.0", "data.test_fraction", "less than 1"),
         ("data.val_fraction=0", "data.val_fraction", "greater than 0"),
         ("attack.poison_ratio=1.5", "attack.poison_ratio", "less than or equal to 1"),
@@ -73,6 +72,13 @@ def test_wrong_type_names_the_key(tmp_path):
 def test_out_of_range_names_the_key(override, key, message):
     with pytest.raises(ConfigError, match=rf"{key}: Input should be {message}"):
         load_params(ROOT / "params.yaml", [override])
+
+
+def test_image_size_out_of_range_names_the_key():
+    with pytest.raises(ConfigError, match=r"data\.image_size: .*must be between 4 and 1024 \(or 'auto' / null\), got 2"):
+        load_params(ROOT / "params.yaml", ["data.image_size=2"])
+    with pytest.raises(ConfigError, match=r"diffusion\.unet\.sample_size: .*at least 4"):
+        load_params(ROOT / "params.yaml", ["diffusion.unet.sample_size=2"])
 
 
 def test_overrides_are_typed_and_nested():
@@ -130,7 +136,7 @@ def test_bad_files(tmp_path):
 def test_flat_uses_dotted_names():
     flat = load_params(None).flat()
     assert flat["victim.epochs"] == 10 and flat["diffusion.schedule.kind"] == "linear"
-    assert flat["data.image_size"] is None
+    assert flat["data.image_size"] == "auto"
 
 
 def test_assignment_is_validated():
@@ -183,7 +189,7 @@ def test_an_overlay_is_its_yaml_merged_key_by_key_into_params_yaml(tmp_path):
     assert overlay_overrides(nested) == ["attack.name=blended", "attack.options.blended.alpha=0.3",
                                          'diffusion.unet.block_out_channels=[16, 32, 32]', "diffusion.purifier=null"]
     merged = load_params(ROOT / "params.yaml", overlay=nested)
-    assert merged.diffusion.unet.block_out_channels == [16, 32, 32] and merged.diffusion.unet.sample_size == 16
+    assert merged.diffusion.unet.block_out_channels == [16, 32, 32] and merged.diffusion.unet.sample_size == "auto"
 
 
 def test_bad_overlays_are_errors_naming_the_file_or_key(tmp_path):

@@ -1,10 +1,11 @@
-"""Which torch device a run uses: the one rule (``auto`` = CUDA when present, else CPU)."""
+"""Which torch device a run uses: the one rule (``auto`` = CUDA when present, else CPU), and whether it trains in
+bf16 autocast."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "bf16_autocast"]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -12,3 +13,19 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if spec is None or spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
+
+
+def bf16_autocast(precision: str, device: torch.device) -> bool:
+    """Whether training runs its forward pass in bf16 autocast: ``bf16`` / ``fp32`` as asked; ``auto`` = on CUDA,
+    and on CPUs with native bf16 (oneDNN's check: AVX512-BF16 / AMX), where it is 1.5-2x fp32's speed on this
+    project's machine; emulated bf16 is slower than fp32, so other CPUs stay fp32.
+
+    (``detoxops.models.fast_train`` has the same rule as ``_use_bf16``; it moves here when the victim store, whose
+    DVC stages depend on that file, is next retrained.)"""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

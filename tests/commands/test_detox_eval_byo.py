@@ -153,11 +153,11 @@ def test_stored_sets_evaluate_like_the_folders(world, tmp_path):
     args = ["--out", str(tmp_path / "data"), "--no-progress", *PARAMS]
     res = runner.invoke(app, ["data", "ingest", str(world["clean"]), "--no-split", *args])
     assert res.exit_code == 0, res.output
-    clean_version = Path(res.output.splitlines()[0])
-    assert "test 40 images" in res.output and "train" not in res.output.splitlines()[1]
+    clean_version = Path(res.stdout.splitlines()[0])
+    assert "test 40 images" in res.output and "train" not in res.stdout.splitlines()[1]
     res = runner.invoke(app, ["data", "ingest", str(trig), "--split", "test", *args])
     assert res.exit_code == 0, res.output
-    trig_version = Path(res.output.splitlines()[0])
+    trig_version = Path(res.stdout.splitlines()[0])
     assert "test 36 images" in res.output and "10 classes" in res.output
     # the empty folder is an error without the flag, and the error says which flag to use
     res = runner.invoke(app, ["data", "ingest", str(trig), *args])
@@ -180,7 +180,7 @@ def test_ingest_split_flags(world, tmp_path):
     assert res.exit_code == 0 and "train 30, test 10 images" in res.output  # the default still splits 80/20
     res = runner.invoke(app, ["data", "ingest", str(world["clean"]), "--split", "train", *args])
     assert res.exit_code == 0, res.output
-    assert list(load_version(Path(res.output.splitlines()[0]))) == ["train"]
+    assert list(load_version(Path(res.stdout.splitlines()[0]))) == ["train"]
     res = runner.invoke(app, ["data", "ingest", str(world["clean"]), "--split", "all", *args])
     assert res.exit_code == 2 and "--split must be train, test or val" in res.output
     res = runner.invoke(app, ["data", "ingest", str(world["clean"]), "--split", "test", "--no-split", *args])
@@ -194,7 +194,7 @@ def test_ingest_split_flags(world, tmp_path):
     assert "--no-split" in res.output
     res = runner.invoke(app, ["data", "ingest", str(layout), "--no-split", *args])
     assert res.exit_code == 0, res.output
-    splits = load_version(Path(res.output.splitlines()[0]))
+    splits = load_version(Path(res.stdout.splitlines()[0]))
     assert len(splits["train"]) == 40 and len(splits["test"]) == 36
     assert splits["test"].class_counts()[byo.CLASSES.index("cat")] == 0
     res = runner.invoke(app, ["data", "ingest", str(layout), "--split", "test", *args])

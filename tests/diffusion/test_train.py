@@ -123,3 +123,37 @@ def test_cli_train_and_eval(tmp_path):
     assert load_purifier(tmp_path / "shipped").dtype == torch.float32
     bad = runner.invoke(app, args[:5] + ["--set", "diffusion.unet.sample_size=32"])
     assert bad.exit_code == 2 and "sample_size" in bad.output
+
+
+def test_init_starts_from_a_purifiers_weights_and_refuses_another_network(tmp_path):
+    images = _images(32)
+    first, _ = train_purifier(images, _cfg(20), tmp_path / "first", progress=False)
+    # zero steps of training on: the start is exactly the given purifier's (EMA) weights
+    same, _ = train_purifier(images, _cfg(1, lr=1e-30, init=str(tmp_path / "first")), tmp_path / "on",
+                             progress=False)
+    for p, q in zip(first.unet.parameters(), same.unet.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-12)
+    # a random start differs from it
+    fresh, _ = train_purifier(images, _cfg(1, lr=1e-30), tmp_path / "fresh", progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(first.unet.parameters(), fresh.unet.parameters(), strict=True))
+    wider = DiffusionConfig.model_validate({**_cfg(1).model_dump(), "unet": {"sample_size": 8,
+                                            "block_out_channels": [16, 16]},
+                                            "train": {**_cfg(1).train.model_dump(), "init": str(tmp_path / "first")}})
+    with pytest.raises(ValueError, match=r"diffusion.train.init: .* is not a diffusion.unet network"):
+        train_purifier(images, wider, tmp_path / "wider", progress=False)
+
+
+def test_bf16_precision_trains_and_fp32_is_the_reference(tmp_path):
+    from detoxops.devices import bf16_autocast
+
+    assert bf16_autocast("fp32", torch.device("cpu")) is False and bf16_autocast("bf16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32"):
+        bf16_autocast("fp16", torch.device("cpu"))
+    images = _images(32)
+    fp32, h32 = train_purifier(images, _cfg(60, precision="fp32"), tmp_path / "fp32", progress=False)
+    bf16, h16 = train_purifier(images, _cfg(60, precision="bf16"), tmp_path / "bf16", progress=False)
+    assert any(not torch.equal(p, q) for p, q in zip(fp32.unet.parameters(), bf16.unet.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in bf16.unet.parameters())  # autocast: the weights stay fp32
+    # both learn, to within 20 % of each other's loss
+    assert h16["loss"][-1][1] < h16["loss"][0][1] and abs(h16["loss"][-1][1] - h32["loss"][-1][1]) < 0.2 * h32[
+        "loss"][-1][1]

@@ -21,8 +21,11 @@ from detoxops.diffusion import (
 
 
 def test_default_and_ddpm_cifar10_sizes():
-    assert count_params(build_unet(UNetConfig())) == 1_063_651  # the reference's 1.06M purifier
-    assert count_params(build_unet(UNetConfig(preset="ddpm-cifar10"))) == 35_746_307  # Ho et al. 35.7M
+    assert count_params(build_unet(UNetConfig(sample_size=32))) == 1_063_651  # the reference's 1.06M purifier
+    assert count_params(build_unet(UNetConfig(sample_size=32, preset="ddpm-cifar10"))) == 35_746_307  # Ho et al.
+    # the default size is the training data's: a network cannot be built before the data says it
+    with pytest.raises(ValueError, match="sample_size is 'auto': give the image side"):
+        build_unet(UNetConfig())
 
 
 def test_build_rejects_indivisible_size():

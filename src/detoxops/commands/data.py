@@ -50,6 +50,7 @@ def ingest_command(
     class-folder tree is split into train / test (data.test_fraction) unless --split NAME or --no-split.
     """
     from detoxops.data import ingest, version_info
+    from detoxops.data.sources import resolve_image_size
 
     cfg = params_from_cli(params, overrides).data
     src = source or cfg.source
@@ -59,12 +60,15 @@ def ingest_command(
         fail(f"--split must be train, test or val, got {split!r}", code=2)
     whole = "as-is" if no_split else split
     try:
+        cfg, size_note = resolve_image_size(src, cfg)
         path = ingest(src, out if out is not None else Path(cfg.root), cfg, name=name, progress=progress,
                       at=to, overwrite=force, split=whole)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         fail(str(exc))
         return
     info = version_info(path)
+    if size_note:
+        typer.echo(size_note, err=True)  # stdout stays the version path and its summary
     typer.echo(str(path))
     counts = ", ".join(f"{s} {e['count']}" for s, e in info["splits"].items())
     shape = "x".join(str(d) for d in info["image_shape"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detoxops.data.sources import CACHE_DIR, load_source, source_name
+from detoxops.data.sources import CACHE_DIR, load_source, resolve_image_size, source_name
 from detoxops.data.store import save_version
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def ingest(
     """
     from detoxops.config import DataConfig
 
-    cfg = cfg or DataConfig()
+    cfg, _ = resolve_image_size(source, cfg or DataConfig())  # the version records the size it was stored at
     root = Path(root if root is not None else cfg.root)
     splits = load_source(source, cfg, progress=progress, cache=cache, cache_root=root / CACHE_DIR, split=split)
     settings = cfg.model_dump(mode="json")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from detoxops.data.archives import ARCHIVE_SUFFIXES, is_archive, iter_entries
 from detoxops.data.folders import imagesets_from_entries
 from detoxops.data.imageset import FORMAT_VERSION, ImageSet
 from detoxops.data.limits import InputLimitError, default_limits, limit_error
+from detoxops.data.sizes import AUTO, decide_image_size
 from detoxops.data.splits import stratified_split, stratified_subset
 from detoxops.data.store import is_version_dir, load_version
 from detoxops.data.validate import ImagePolicy, normalise_array_images, normalise_labels, resize_images
@@ -42,7 +44,10 @@ __all__ = [
     "load_splits",
     "from_arrays",
     "source_name",
+    "resolve_image_size",
 ]
+
+_log = logging.getLogger("detoxops.data")
 
 BUILTIN_SOURCES = ("digits", "cifar10", "gtsrb")
 WHOLE_SPLITS = ("train", "test", "val", "as-is")
@@ -98,7 +103,9 @@ def load_source(
     keyed by the archive's sha256 and the image policy, so the next load of the same archive memory-maps the
     decoded arrays instead of decoding every image again.
     """
-    cfg = cfg or _default_config()
+    cfg, size_note = resolve_image_size(source, cfg or _default_config())
+    if size_note:
+        _log.info(size_note)
     policy = ImagePolicy.from_config(cfg)
     if split is not None and split not in WHOLE_SPLITS:
         raise ValueError(f"split must be one of {', '.join(WHOLE_SPLITS)}, got {split!r}")
@@ -133,6 +140,15 @@ def load_source(
 
 load_splits = load_source
 """Alias of :func:`load_source` (the name used in the data-layer issue)."""
+
+
+def resolve_image_size(source: str | Path, cfg: DataConfig) -> tuple[DataConfig, str | None]:
+    """``(cfg, why)``: ``cfg`` with ``image_size: auto`` replaced by the size the data decides
+    (:mod:`detoxops.data.sizes`) and the sentence saying why; other values are returned as they are, with ``None``."""
+    if cfg.image_size != AUTO:
+        return cfg, None
+    decision = decide_image_size(source, AUTO, cfg.limits)
+    return cfg.model_copy(update={"image_size": decision.image_size}), decision.note
 
 
 def _finish(

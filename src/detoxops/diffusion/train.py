@@ -20,7 +20,7 @@ from torch import Tensor
 
 from detoxops.config import DiffusionConfig
 from detoxops.data.imageset import atomic_dir
-from detoxops.devices import resolve_device  # re-exported: detoxops.diffusion.train.resolve_device
+from detoxops.devices import bf16_autocast, resolve_device  # resolve_device re-exported
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.diffusion.unet import build_unet, save_purifier
@@ -70,6 +70,8 @@ def train_purifier(
     """
     tc = cfg.train
     images_u8 = getattr(images_u8, "images", images_u8)  # an ImageSet trains on its images
+    if cfg.unet.sample_size == "auto":  # the network is built for the training images' size
+        cfg = cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"sample_size": int(images_u8.shape[1])})})
     if images_u8.shape[1] != cfg.unet.sample_size or images_u8.shape[3] != cfg.unet.in_channels:
         raise ValueError(
             f"images are {images_u8.shape[1]}x{images_u8.shape[2]}x{images_u8.shape[3]} but diffusion.unet is "
@@ -83,6 +85,8 @@ def train_purifier(
 
     with seeded(tc.seed):  # the initial weights; everything after draws from ``gen``
         unet = build_unet(cfg.unet).to(device)
+    if tc.init is not None and not (ckpt / "state.json").is_file():
+        _init_from(unet, tc.init)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
@@ -93,7 +97,7 @@ def train_purifier(
 
     data = images_to_diffusion(images_u8)  # kept on CPU; batches move to the device
     model = torch.compile(unet) if tc.compile else unet
-    use_amp = device.type == "cuda"
+    use_amp = bf16_autocast(tc.precision, device)
     if device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
     abar = schedule.abar.to(device=device, dtype=torch.float32)
@@ -113,7 +117,7 @@ def train_purifier(
         noise = torch.randn(x0.shape, generator=gen).to(device)
         ab = abar[levels].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = model(x_t, levels - 1).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -148,6 +152,21 @@ def train_purifier(
             break
     bar.close()
     return Purifier(ema.eval(), schedule), history
+
+
+def _init_from(unet: torch.nn.Module, source: str) -> None:
+    """Copy the weights of purifier ``source`` (folder or shipped name, read from safetensors) into ``unet``."""
+    from detoxops.diffusion.unet import SHIPPED_PURIFIERS, load_purifier, shipped_purifier_dir
+
+    folder = shipped_purifier_dir(source) if source in SHIPPED_PURIFIERS else Path(source)
+    start = load_purifier(folder).unet
+    ours, theirs = unet.state_dict(), start.state_dict()
+    mismatched = sorted(k for k in ours.keys() | theirs.keys()
+                        if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+    if mismatched:
+        raise ValueError(f"diffusion.train.init: {folder} is not a diffusion.unet network ({len(mismatched)} "
+                         f"parameters differ, e.g. {mismatched[0]}); set diffusion.unet to its configuration")
+    unet.load_state_dict({k: v.to(ours[k].dtype) for k, v in theirs.items()})
 
 
 @torch.no_grad()

@@ -57,6 +57,9 @@ def build_unet(cfg: UNetConfig) -> UNet2DModel:
     """
     if cfg.preset is not None:
         cfg = cfg.model_copy(update=UNET_PRESETS[cfg.preset])
+    if not isinstance(cfg.sample_size, int):
+        raise ValueError(f"diffusion.unet.sample_size is {cfg.sample_size!r}: give the image side (train_purifier "
+                         "and prepare_purifier take it from the training images)")
     chans = tuple(int(c) for c in cfg.block_out_channels)
     if not chans:
         raise ValueError("diffusion.unet.block_out_channels must not be empty")
