@@ -9,7 +9,7 @@ the indices of ``split_eval_sets``, here with fraction 0.5 and seed 0): ``val`` 
 in. CA / PA / ASR are ``detoxops.metrics``' fractions, stored in percent in the rows (``metrics.percent_rates``). Detoxified clean images do not depend on the victim, so
 each setting detoxifies the clean images once and every victim classifies them.
 
-    # sweep on the validation half, choose the default by the rule in detoxops.defenses.selection
+    # sweep on the validation half, choose the default by the sweep's rule (detoxops.operations.sweep.choose)
     nice -n 10 .venv/bin/python benchmarks/sampdetox_eval.py sweep --split val --n-clean 500 --n-poisoned 200 \
         --out benchmarks/results/sampdetox_sweep.json
     # report on the held-out half: no defense, faithful (DDPM, DDIM), ablations, baselines, the new default
@@ -294,7 +294,8 @@ def main() -> None:
         "noising,shrinkpad,blur,sampdetox-ddim,sampdetox",
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="table: override params.yaml, e.g. sampdetox.ddim_eta=1 (repeatable)")
+                    help="override params.yaml, e.g. sampdetox.ddim_eta=1 (table) or sweep.max_ca_drop=2 "
+                    "(sweep's rule) (repeatable)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
@@ -307,8 +308,10 @@ def main() -> None:
 
     from detoxops.config import load_params
     from detoxops.defenses.catalog import _NEEDS_CLASSIFIER, build_defense
-    from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
+    from detoxops.defenses.selection import pareto_frontier, summarise_settings
     from detoxops.diffusion import load_purifier
+    from detoxops.metrics import fraction_rates
+    from detoxops.operations.sweep import choose
 
     purifier = load_purifier(args.purifier)
     clean, runs = load_runs(args.runs, [a.strip() for a in args.attacks.split(",") if a.strip()])
@@ -372,17 +375,23 @@ def main() -> None:
         mean_rows = _mean_over_seeds(rows)
         result = {"settings": {k: v.model_dump() for k, v in settings.items()}, "mean_rows": mean_rows}
         if not args.maps_only:
-            chosen, why = select_setting(mean_rows, max_ca_drop=3.0)
+            # the sweep's rule as detoxops.operations.sweep applies it (rows as fractions, the bound in points:
+            # params.sweep.max_ca_drop); this script scores its own way (shared stage-1 restorations, trigger-map
+            # AUC, means over seeds) and stores percent, as its committed results always have
+            choice = choose([fraction_rates(r) for r in mean_rows], load_params("params.yaml", args.overrides)
+                            .sweep.max_ca_drop)
+            # the stored summaries straight from the percent rows (summarise_settings keeps the rows' unit), so a
+            # table's rounding is that of the numbers stored
             summaries = summarise_settings(mean_rows)
             result.update(
                 {
-                    "selected": chosen,
-                    "rule": why,
+                    "selected": {s_["setting"]: s_ for s_ in summaries}[choice.setting],
+                    "rule": choice.why,
                     "summaries": summaries,
                     "frontier": pareto_frontier(summaries),
                 }
             )
-            print("selected:", chosen["setting"], "--", why, flush=True)
+            print("selected:", choice.setting, "--", choice.why, flush=True)
     else:
         params = load_params("params.yaml", args.overrides)
         names = [n.strip() for n in args.defenses.split(",") if n.strip()]

@@ -1,4 +1,6 @@
-"""SampDetox parameter sweep with a stated selection rule, scored on a validation split, checked on a held-out one.
+"""SampDetox parameter sweep with a stated selection rule, scored on a validation split, checked on a held-out one:
+:func:`detoxops.operations.sweep` (the same as ``detoxops detox sweep``) with the points as cached Prefect tasks
+(``tasks.sweep_tasks.evaluate_point``) on the flow's task runner, tracked in MLflow (``tasks.records.log_sweep``).
 
 1. per attack (``--attacks``, default ``params.benchmark.attacks``): poisoned set + victim (cached tasks);
 2. the clean test split is divided per class into ``val`` (``data.val_fraction``) and a held-out ``test``
@@ -10,7 +12,8 @@
    over the attacks subject to a mean CA drop vs no defense ≤ ``--max-ca-drop`` points (default 3); ties
    within 0.01 ASR go to the smaller drop; if no point meets the bound, the smallest drop (and it says so);
 5. the chosen point (and the baseline) evaluated once on the held-out ``test`` split → child run ``heldout``,
-   ``results/sweep.md`` and ``results/sweep_result.json`` (the chosen ``--set`` overrides) on the parent.
+   ``results/sweep.md`` (percent) and ``results/sweep_result.json`` (fractions; the chosen ``--set`` overrides) on
+   the parent.
 
 Grid: ``--grid sampdetox.t2=80,120 --grid localiser=diff,pixel_ssim`` (repeatable; values parsed as YAML
 scalars; the ``sampdetox.`` prefix is optional) and/or ``--spec sweep.yaml`` with
@@ -24,7 +27,6 @@ default grid is ``DEFAULT_GRID``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,48 +38,13 @@ configure_environment()
 
 from prefect import flow  # noqa: E402
 
-from detoxops.config import SweepConfig, load_params, parse_override  # noqa: E402
-from flows.benchmark import prepare_attacks  # noqa: E402
+from detoxops.config import SweepConfig, load_params  # noqa: E402
+from detoxops.operations.sweep import BASELINE, normalise_grid, parse_grid_args  # noqa: E402
 
 __all__ = ["sweep", "DEFAULT_GRID", "normalise_grid", "parse_grid_args", "main"]
 
 # The swept axes of issue #10 (t1, t_loc, t2, localiser, stage-2 option): 2^5 = 32 points; params.sweep.grid.
 DEFAULT_GRID: dict[str, list[Any]] = SweepConfig().grid
-BASELINE = "none"
-
-
-def normalise_grid(grid: dict[str, Any]) -> dict[str, list[Any]]:
-    """Strip ``sampdetox.`` prefixes, make scalars one-element lists, and validate every value against
-    ``SampDetoxConfig`` (a bad key or value fails before anything runs)."""
-    from detoxops.config import ConfigError, SampDetoxConfig
-
-    out: dict[str, list[Any]] = {}
-    for key, values in grid.items():
-        name = key.removeprefix("sampdetox.")
-        if name not in SampDetoxConfig.model_fields:
-            raise ConfigError(f"sweep grid: sampdetox.{name}: unknown key")
-        values = values if isinstance(values, list) else [values]
-        if not values:
-            raise ConfigError(f"sweep grid: sampdetox.{name}: no values")
-        for v in values:
-            try:
-                SampDetoxConfig(**{name: v})
-            except ValueError as exc:
-                raise ConfigError(f"sweep grid: sampdetox.{name}={v!r}: {exc}") from None
-        out[name] = values
-    return out
-
-
-def parse_grid_args(items: list[str]) -> dict[str, list[Any]]:
-    """``["sampdetox.t2=80,120", "localiser=diff"]`` → ``{"sampdetox.t2": [80, 120], "localiser": ["diff"]}``."""
-    import yaml
-
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        path, _ = parse_override(item.split("=", 1)[0] + "=0")
-        raw = item.split("=", 1)[1]
-        grid[".".join(path)] = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-    return grid
 
 
 @flow(name="sweep", log_prints=True)
@@ -89,88 +56,32 @@ def sweep(
     max_ca_drop: float | None = None,
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """Returns ``{"chosen", "overrides", "why", "val_rows", "summaries", "heldout", "run_id"}``."""
+    """:func:`detoxops.operations.sweep` with its points as cached Prefect tasks, tracked in MLflow. Returns
+    :meth:`~detoxops.operations.sweep.SweepOutcome.result` (rates as fractions) and ``run_id``."""
     from prefect.artifacts import create_markdown_artifact
 
-    from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
+    from detoxops.operations.sweep import sweep as run_sweep
+    from tasks.preparation import prepare_attacks
     from tasks.records import log_sweep
-    from tasks.sweep_tasks import grid_points, point_label
+    from tasks.sweep_tasks import task_scorer
     from tasks.tracking import setup_tracking
 
     params = load_params(project_path(params_path), list(overrides or []))
     setup_tracking(params.tracking)
-    grid = normalise_grid(grid or params.sweep.grid)
-    points = grid_points(grid)
     attacks = list(attacks or params.sweep.attacks or params.benchmark.attacks)
-    max_ca_drop = params.sweep.max_ca_drop if max_ca_drop is None else max_ca_drop
     started = time.perf_counter()
-
     prep = prepare_attacks(params, attacks)
-    settings = {BASELINE: None, **{point_label(p): p for p in points}}
-    score = _scorer(prep, params, max_images)
-    val_rows = score(settings, attacks, "val")
-    summaries = summarise_settings(val_rows, baseline=BASELINE)
-    chosen, why = select_setting(val_rows, max_ca_drop=max_ca_drop, baseline=BASELINE)
-    chosen_point = settings[chosen["setting"]]
-    front = {s["setting"] for s in pareto_frontier([s for s in summaries if s["setting"] != BASELINE])}
-    heldout = score({label: settings[label] for label in (BASELINE, chosen["setting"])}, attacks, "test")
-    held_summary = {s["setting"]: s for s in summarise_settings(heldout, baseline=BASELINE)}[chosen["setting"]]
+    score = task_scorer(prep["attacks"], prep["purifier"]["path"], params, max_images)
+    outcome = run_sweep(params, attacks, score, grid=grid, max_ca_drop=max_ca_drop,
+                        out=project_path(params.tracking.runs_dir) / "sweep")
     seconds = time.perf_counter() - started
 
-    chosen_overrides = [f"sampdetox.{k}={v}" for k, v in chosen_point.items()]
-    markdown = _markdown(summaries, chosen, why, front, held_summary, heldout, attacks, max_ca_drop)
-    out_dir = project_path(params.tracking.runs_dir) / "sweep"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"chosen": chosen_point, "setting": chosen["setting"], "overrides": chosen_overrides, "why": why,
-              "rule": f"lowest mean ASR subject to mean CA drop <= {max_ca_drop} points vs no defense (val split)",
-              "grid": grid, "attacks": attacks, "summaries": summaries, "heldout": held_summary,
-              "heldout_rows": heldout, "val_rows": val_rows}
-    (out_dir / "sweep_result.json").write_text(json.dumps(result, indent=2, default=str))
-    (out_dir / "sweep.md").write_text(markdown + "\n")
-
-    run_id = log_sweep(params, result, settings, front, prep["ingested"], out_dir, max_ca_drop, seconds, BASELINE)
+    run_id = log_sweep(params, outcome, prep["ingested"], seconds, BASELINE)
+    markdown = outcome.markdown()
     create_markdown_artifact(markdown=markdown, key="sampdetox-sweep", description="SampDetox sweep and choice")
     print("\n" + markdown + f"\n\n{seconds:.0f} s; MLflow run {run_id}")
-    print("apply with: " + " ".join(f"--set {o}" for o in chosen_overrides))
-    return {**result, "run_id": run_id}
-
-
-def _scorer(prep: dict[str, Any], params, max_images: int | None):
-    """``score({label: point | None}, attacks, split) -> rows``: every setting on every attack, submitted to the
-    flow's task runner together (``None`` = the no-defense baseline)."""
-    from tasks.sweep_tasks import evaluate_point
-
-    base_cfg = params.sampdetox.model_dump(mode="json")
-
-    def score(settings: dict[str, dict | None], attacks: list[str], split: str) -> list[dict[str, Any]]:
-        futures = {}
-        for label, point in settings.items():
-            for name in attacks:
-                a = prep["attacks"][name]
-                futures[label, name] = evaluate_point.submit(
-                    a["poisoned"]["path"], a["victim"]["path"], prep["purifier"]["path"], a["attack_cfg"],
-                    base_cfg if point is None else {**base_cfg, **point}, BASELINE if point is None else "sampdetox",
-                    split, params.data.val_fraction, params.data.seed, max_images)
-        return [{**f.result(), "setting": label} for (label, _name), f in futures.items()]
-
-    return score
-
-
-def _markdown(summaries, chosen, why, front, held, heldout, attacks, max_ca_drop) -> str:
-    lines = [f"# SampDetox sweep ({len(attacks)} attacks: {', '.join(attacks)})", "",
-             f"Rule: lowest mean ASR subject to mean CA drop <= {max_ca_drop} points vs no defense, on the "
-             "validation split.", "", f"**Chosen: `{chosen['setting']}`** — {why}.", "",
-             "| setting | mean ASR | max ASR | mean PA | mean CA drop | Pareto |", "|---|---:|---:|---:|---:|:-:|"]
-    for s in summaries:
-        mark = "**" if s["setting"] == chosen["setting"] else ""
-        lines.append(f"| {mark}{s['setting']}{mark} | {s['mean_asr']:.1f} | {s['max_asr']:.1f} | {s['mean_pa']:.1f} "
-                     f"| {s['mean_ca_drop']:.1f} | {'x' if s['setting'] in front else ''} |")
-    lines += ["", "Held-out test split:", "", "| attack | setting | CA | PA | ASR |", "|---|---|---:|---:|---:|"]
-    for r in sorted(heldout, key=lambda r: (r["attack"], r["setting"] != BASELINE)):
-        lines.append(f"| {r['attack']} | {r['setting']} | {r['ca']:.1f} | {r['pa']:.1f} | {r['asr']:.1f} |")
-    lines += ["", f"Chosen point on held-out: mean ASR {held['mean_asr']:.1f}, mean PA {held['mean_pa']:.1f}, "
-              f"mean CA drop {held['mean_ca_drop']:.1f}."]
-    return "\n".join(lines)
+    print("apply with: " + " ".join(f"--set {o}" for o in outcome.overrides))
+    return {**outcome.result(), "run_id": run_id}
 
 
 def main(argv: list[str] | None = None) -> int:

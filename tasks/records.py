@@ -17,8 +17,13 @@ import mlflow
 from tasks import PROJECT_ROOT
 from tasks.tracking import log_dataset, register_model, run
 
-__all__ = ["fractions", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
+__all__ = ["finite", "fractions", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
            "log_benchmark"]
+
+
+def finite(rates: dict[str, Any]) -> dict[str, float]:
+    """The numeric, finite entries of ``rates`` as floats (MLflow refuses None; NaN says nothing)."""
+    return {k: float(v) for k, v in rates.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def fractions(percent: dict[str, Any]) -> dict[str, float]:
@@ -68,23 +73,24 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
             return {"run_id": r.info.run_id, "model_version": version}
 
 
-def log_sweep(params, result: dict[str, Any], settings: dict[str, Any], front: set[str], ingested: dict[str, Any],
-              out_dir: Path, max_ca_drop: float, seconds: float, baseline: str = "none") -> str:
-    """``flows.sweep``: parent run (grid, rule, choice, held-out metrics, ``results/sweep.md`` / ``.json``), one
-    child per setting on ``val`` (mean and per-attack CA / PA / ASR, CA drop) and one ``heldout`` child for the
-    chosen setting. Returns the parent run id."""
-    grid, attacks, chosen = result["grid"], result["attacks"], result["setting"]
-    val_rows, heldout, held = result["val_rows"], result["heldout_rows"], result["heldout"]
+def log_sweep(params, outcome, ingested: dict[str, Any], seconds: float, baseline: str = "none") -> str:
+    """``flows.sweep`` (a :class:`detoxops.operations.sweep.SweepOutcome`, rates in fractions, logged as they are):
+    parent run (grid, rule, choice, held-out metrics, ``results/sweep.md`` / ``.json``), one child per setting on
+    ``val`` (mean and per-attack CA / PA / ASR, CA drop) and one ``heldout`` child for the chosen setting. Returns the
+    parent run id."""
+    attacks, chosen, settings = outcome.attacks, outcome.setting, outcome.settings
+    val_rows, heldout, held = outcome.val_rows, outcome.heldout_rows, outcome.heldout
+    front = set(outcome.choice.frontier)
     prefix = params.tracking.experiment_prefix
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
             "detoxops.model": params.victim.arch, "detoxops.attacks": ",".join(attacks)}
-    by_setting = {s["setting"]: s for s in result["summaries"]}
+    by_setting = {s["setting"]: s for s in outcome.choice.summaries}
     n_points = len([label for label in settings if label != baseline])
     with run("sweep", f"sweep {n_points} points x {len(attacks)} attacks", kind="sweep", prefix=prefix,
              tags={**tags, "detoxops.chosen": chosen}, params=params.to_dict()) as parent:
         log_dataset(ingested["path"], ingested["name"], ingested["hash"], "validation")
-        mlflow.log_params({"sweep.grid": json.dumps(grid), "sweep.max_ca_drop": str(max_ca_drop),
-                           "sweep.chosen": chosen, "sweep.rule": result["rule"][:250]})
+        mlflow.log_params({"sweep.grid": json.dumps(outcome.grid), "sweep.max_ca_drop": str(outcome.max_ca_drop),
+                           "sweep.chosen": chosen, "sweep.rule": outcome.rule[:250]})
         for label in settings:
             rows = [r for r in val_rows if r["setting"] == label]
             s = by_setting[label]
@@ -94,23 +100,24 @@ def log_sweep(params, result: dict[str, Any], settings: dict[str, Any], front: s
                            "detoxops.pareto": str(label in front).lower()}):
                 point = settings[label] or {}
                 mlflow.log_params({f"sampdetox.{k}": str(v) for k, v in point.items()} or {"sampdetox": "none"})
-                metrics = fractions({"ca": _mean(rows, "ca"), "pa": s["mean_pa"], "asr": s["mean_asr"],
-                                     "ca_drop": s["mean_ca_drop"], "max_asr": s["max_asr"]})
+                metrics = finite({"ca": _mean(rows, "ca"), "pa": s["mean_pa"], "asr": s["mean_asr"],
+                                  "ca_drop": s["mean_ca_drop"], "max_asr": s["max_asr"]})
                 for r in rows:
-                    metrics.update({f"{r['attack']}.{m}": v for m, v in fractions(
+                    metrics.update({f"{r['attack']}.{m}": v for m, v in finite(
                         {m: r[m] for m in ("ca", "pa", "asr")}).items()})
                 mlflow.log_metrics(metrics)
         with run("sweep", f"heldout {chosen}", kind="sweep-heldout", prefix=prefix,
                  parent_run_id=parent.info.run_id, tags={**tags, "detoxops.split": "test"}):
-            mlflow.log_params({f"sampdetox.{k}": str(v) for k, v in result["chosen"].items()})
+            mlflow.log_params({f"sampdetox.{k}": str(v) for k, v in outcome.chosen.items()})
             hrows = [r for r in heldout if r["setting"] == chosen]
-            mlflow.log_metrics(fractions({"ca": _mean(hrows, "ca"), "pa": held["mean_pa"], "asr": held["mean_asr"],
-                                          "ca_drop": held["mean_ca_drop"]}))
-        mlflow.log_metrics({**{f"heldout.{k}": v for k, v in fractions(
+            mlflow.log_metrics(finite({"ca": _mean(hrows, "ca"), "pa": held["mean_pa"], "asr": held["mean_asr"],
+                                       "ca_drop": held["mean_ca_drop"]}))
+        mlflow.log_metrics({**{f"heldout.{k}": v for k, v in finite(
             {"asr": held["mean_asr"], "pa": held["mean_pa"], "ca_drop": held["mean_ca_drop"]}).items()},
             "seconds": seconds})
-        mlflow.log_artifact(str(out_dir / "sweep.md"), "results")
-        mlflow.log_artifact(str(out_dir / "sweep_result.json"), "results")
+        for path in (outcome.markdown_md, outcome.result_json):
+            if path is not None:
+                mlflow.log_artifact(str(path), "results")
         return parent.info.run_id
 
 

@@ -118,9 +118,9 @@ def test_flows_leave_tracking_to_tasks():
     assert not calls, f"flows calling mlflow directly (lines): {calls}"
 
 
-# a flow may share another's *composition* (a function of tasks) but never its settings: presets come from params
-# files (the demo's: params.demo.yaml through detoxops.config.load_params(overlay=)); listed so it can only shrink
-FLOW_IMPORTS_ALLOWED = {("sweep.py", "flows.benchmark.prepare_attacks")}
+# flows share compositions through tasks/ (e.g. tasks.preparation.prepare_attacks), never another flow's settings:
+# presets come from params files (the demo's: params.demo.yaml through detoxops.config.load_params(overlay=))
+FLOW_IMPORTS_ALLOWED: set[tuple[str, str]] = set()  # none left: prepare_attacks lives in tasks.preparation
 
 
 def test_flows_take_no_settings_from_other_flows():
@@ -156,10 +156,13 @@ def test_flow_functions_are_short():
 # the rules and helpers issue #26 found written several times: each is defined once now
 ONE_DEFINITION = ["resolve_device", "detection_rates", "split_eval_sets", "choose_purifier", "project_path",
                   "atomic_dir", "temp_path_for", "ssim_map", "percent", "needs_purifier", "read_record", "sanitize",
-                  "prepare_purifier", "evaluate_split", "eval_inputs", "sample_at_most"]
+                  "prepare_purifier", "evaluate_split", "eval_inputs", "sample_at_most", "sweep", "score_setting",
+                  "normalise_grid", "parse_grid_args", "grid_points", "point_label", "select_setting",
+                  "summarise_settings", "prepare_attacks", "attack_config"]
 DEFINED_ELSEWHERE_PENDING: set[tuple[str, str]] = set()  # none left; a new entry needs a reason
-OPERATION_NAMES_ELSEWHERE = {("sanitize", "flows/sanitize.py"), ("sanitize", "src/detoxops/commands/sanitize.py")}
-"""Same name, other things: the sanitize flow and the sanitize CLI command (both call the operation)."""
+OPERATION_NAMES_ELSEWHERE = {("sanitize", "flows/sanitize.py"), ("sanitize", "src/detoxops/commands/sanitize.py"),
+                             ("sweep", "flows/sweep.py")}
+"""Same name, other things: the sanitize and sweep flows and the sanitize CLI command (all call the operation)."""
 
 
 REPLACED = ["_abs"]  # by tasks.project_path

@@ -65,3 +65,12 @@ def test_percent_is_for_display_only():
     assert percent_rates(row) == {"defense": "none", "ca": 50.0, "asr": 100.0, "images_per_s": 3.0, "n_clean": 4,
                                   "map_auc": 0.9}
     assert row["ca"] == 0.5  # a copy
+
+
+def test_fraction_rates_reads_a_percent_table_back():
+    from detoxops.metrics import fraction_rates, percent_rates
+
+    stored = {"setting": "none", "ca": 87.5, "pa": 12.5, "asr": 100, "n_clean": 40, "flag": True, "map_auc": 0.9}
+    assert fraction_rates(stored) == {"setting": "none", "ca": 0.875, "pa": 0.125, "asr": 1.0, "n_clean": 40,
+                                      "flag": True, "map_auc": 0.9}
+    assert percent_rates(fraction_rates(stored)) == {**stored, "asr": 100.0}

@@ -25,6 +25,7 @@ __all__ = [
     "confusion_matrix",
     "percent",
     "percent_rates",
+    "fraction_rates",
 ]
 
 RATE_KEYS = ("ca", "pa", "asr", "tpr", "fpr", "acc")
@@ -112,4 +113,10 @@ def percent(rate: float | None) -> float | None:
 def percent_rates(row: dict, keys: tuple[str, ...] = RATE_KEYS) -> dict:
     """A copy of a result row with its rates (``keys`` present, numeric) in percent, for a displayed or stored table."""
     return {k: (percent(v) if k in keys and isinstance(v, int | float) and not isinstance(v, bool) else v)
+            for k, v in row.items()}
+
+
+def fraction_rates(row: dict, keys: tuple[str, ...] = RATE_KEYS) -> dict:
+    """The inverse of :func:`percent_rates`: a row read from a table stored in percent, its rates as fractions."""
+    return {k: (float(v) / 100.0 if k in keys and isinstance(v, int | float) and not isinstance(v, bool) else v)
             for k, v in row.items()}

@@ -90,18 +90,34 @@ def test_eval_set_rejects_target_in_poisoned_labels():
 def test_selection_rule_and_frontier():
     from detoxops.defenses.selection import pareto_frontier, select_setting, summarise_settings
 
-    rows = []
-    for attack, base_ca in (("a", 80.0), ("b", 70.0)):
-        rows.append({"setting": "none", "attack": attack, "ca": base_ca, "pa": 5.0, "asr": 95.0})
-        rows.append({"setting": "mild", "attack": attack, "ca": base_ca - 1, "pa": 40.0, "asr": 40.0})
-        rows.append({"setting": "strong", "attack": attack, "ca": base_ca - 2.5, "pa": 60.0, "asr": 10.0})
-        rows.append({"setting": "brutal", "attack": attack, "ca": base_ca - 20, "pa": 50.0, "asr": 1.0})
+    rows = []  # rates as fractions, the bound in points (params.sweep.max_ca_drop)
+    for attack, base_ca in (("a", 0.80), ("b", 0.70)):
+        rows.append({"setting": "none", "attack": attack, "ca": base_ca, "pa": 0.05, "asr": 0.95})
+        rows.append({"setting": "mild", "attack": attack, "ca": base_ca - 0.01, "pa": 0.40, "asr": 0.40})
+        rows.append({"setting": "strong", "attack": attack, "ca": base_ca - 0.025, "pa": 0.60, "asr": 0.10})
+        rows.append({"setting": "brutal", "attack": attack, "ca": base_ca - 0.20, "pa": 0.50, "asr": 0.01})
     chosen, why = select_setting(rows, max_ca_drop=3.0)
-    assert chosen["setting"] == "strong" and "lowest mean ASR" in why
+    assert chosen["setting"] == "strong" and "lowest mean ASR (10.00)" in why and "its drop: 2.50" in why
     chosen, why = select_setting(rows, max_ca_drop=0.5)
     assert chosen["setting"] == "mild" and "fell back" in why
+    assert summarise_settings(rows)[0]["mean_ca_drop"] == pytest.approx(0.20)  # brutal: lowest ASR, 20 points
     front = [s["setting"] for s in pareto_frontier(summarise_settings(rows))]
     assert front == ["none", "mild", "strong", "brutal"]
+
+
+def test_selection_bound_is_inclusive_despite_float_rounding():
+    """A drop of exactly the bound meets it: 0.92 - 0.89 is 0.030000000000000027 in floats, 3 points all the same."""
+    from detoxops.defenses.selection import select_setting
+
+    rows = [{"setting": "none", "attack": "a", "ca": 0.92, "pa": 0.0, "asr": 1.0},
+            {"setting": "at_bound", "attack": "a", "ca": 0.89, "pa": 0.5, "asr": 0.2},
+            {"setting": "safe", "attack": "a", "ca": 0.92, "pa": 0.1, "asr": 0.9}]
+    assert 0.92 - 0.89 > 0.03
+    assert select_setting(rows, max_ca_drop=3.0)[0]["setting"] == "at_bound"
+    assert select_setting(rows, max_ca_drop=2.9)[0]["setting"] == "safe"
+    # ASR within 0.01 points of the best is a tie, won by the smaller CA drop
+    rows[2]["asr"] = 0.20005
+    assert select_setting(rows, max_ca_drop=3.0)[0]["setting"] == "safe"
 
 
 def test_validation_and_heldout_splits_are_disjoint():

@@ -38,6 +38,7 @@ def poisoned(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("max_images", [None, 7])
 def test_flow_task_scores_the_held_out_images_the_cli_and_the_sweep_score(poisoned, max_images):
+    from detoxops.metrics import percent_rates
     from tasks.detox_tasks import evaluate_defenses_task
     from tasks.sweep_tasks import evaluate_point_fn
 
@@ -46,8 +47,8 @@ def test_flow_task_scores_the_held_out_images_the_cli_and_the_sweep_score(poison
     flow_row = evaluate_defenses_task.fn(poisoned["version"], poisoned["victim"], poisoned["purifier"], ["none"],
                                          sampdetox_cfg, poisoned["attack_cfg"], max_images,
                                          str(poisoned["root"] / f"samples-{max_images}"), data_cfg)[0]
-    cli_row = evaluate_point_fn(poisoned["version"], poisoned["victim"], None, poisoned["attack_cfg"], sampdetox_cfg,
-                                "none", "test", 0.5, 3, max_images)
+    cli_row = percent_rates(evaluate_point_fn(poisoned["version"], poisoned["victim"], None, poisoned["attack_cfg"],
+                                              sampdetox_cfg, "none", "test", 0.5, 3, max_images))  # fractions
     keys = ("ca", "pa", "asr", "n_clean", "n_poisoned")
     assert {k: flow_row[k] for k in keys} == {k: cli_row[k] for k in keys}
     # the held-out half (18 of 36 clean test images), capped at max_images

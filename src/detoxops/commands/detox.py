@@ -76,6 +76,58 @@ def score_command(
     typer.echo(json.dumps(outcome.metrics(), indent=2))
 
 
+@detox_app.command("sweep")
+def sweep_command(
+    poisoned: list[Path] = typer.Option(..., "--poisoned", help="output folder of `detoxops attack run`, one per "
+                                        "attack (repeatable; paired in order with --victim)"),
+    victim: list[Path] = typer.Option(..., "--victim", help="classifier folder trained on that poisoned set "
+                                      "(repeatable)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for sweep_result.json (fractions) and sweep.md"),
+    grid: list[str] = typer.Option(None, "--grid", help="axis, e.g. sampdetox.t2=80,120 (repeatable; default: "
+                                   "params.sweep.grid)"),
+    max_ca_drop: float = typer.Option(None, "--max-ca-drop", help="the rule's bound on the mean CA drop, in points "
+                                      "(default: sweep.max_ca_drop)"),
+    clean: str = typer.Option(None, "--clean", help="data source of the clean test split (default: data.source), "
+                              "e.g. the ingest stage's pipeline/raw"),
+    purifier: Path = PURIFIER_OPTION,
+    max_images: int = typer.Option(0, "--max-images", help="clean / triggered images per split and attack at most "
+                                   "(0 = all)"),
+    params_path: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """The SampDetox sweep (``detoxops.operations.sweep``, the same as ``python -m flows.sweep`` without Prefect and
+    MLflow): every grid point and no defense on each attack's ``val`` split, the setting chosen by the rule (lowest
+    mean ASR with a mean CA drop <= --max-ca-drop points), then checked on the held-out ``test`` split."""
+    params = params_from_cli(params_path, overrides)
+    if len(poisoned) != len(victim):
+        fail(f"{len(poisoned)} --poisoned folders but {len(victim)} --victim folders: give one victim per attack")
+    import torch
+
+    from detoxops.attacks import registry
+    from detoxops.data import ImageSet, load_splits
+    from detoxops.models import load_classifier
+    from detoxops.operations.sweep import SweepCase, local_scorer, parse_grid_args, sweep
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    try:
+        test = load_splits(clean or params.data.source, params.data, progress=False)["test"]
+        cases: dict[str, SweepCase] = {}
+        for folder, model in zip(poisoned, victim, strict=True):
+            attack = registry.from_record(folder)
+            if attack.name in cases:
+                raise ValueError(f"{folder}: attack {attack.name!r} given twice")
+            cases[attack.name] = SweepCase(attack.name, test, ImageSet.load(folder / "test"), attack.target,
+                                           load_classifier(model), attack)
+        score = local_scorer(cases, params, purifier=purifier, max_images=max_images or None)
+        outcome = sweep(params, list(cases), score, grid=parse_grid_args(grid) if grid else None,
+                        max_ca_drop=max_ca_drop, out=out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
+        fail(str(exc))
+    typer.echo(outcome.markdown())
+    typer.echo(f"\nwrote {outcome.result_json} and {outcome.markdown_md}")
+    typer.echo("apply with: " + " ".join(f"--set {o}" for o in outcome.overrides))
+
+
 @detox_app.command("run")
 def run_command(
     images: Path = typer.Argument(..., help="a saved ImageSet folder (images.npy, labels.npy, meta.json)"),
