@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     from detoxops.config import load_params, overlay_overrides
+    from detoxops.metrics import percent
     from tasks import DEMO_OVERLAY
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import ingest_dataset
@@ -76,17 +77,19 @@ def main(argv: list[str] | None = None) -> int:
                          str(root / "purifiers"))
         sanitized = stage("dataelixir", sanitize_dataset.fn, poisoned["path"], victim["path"], purifier["path"],
                           params.dataelixir.model_dump(mode="json"), str(root / "data"))
-        shown |= {"tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr"), "n_train": sanitized.get("n_train")}
+        # "shown": the numbers the demo prints, in percent (the tasks return fractions)
+        shown |= {"tpr": percent(sanitized.get("tpr")), "fpr": percent(sanitized.get("fpr")),
+                  "n_train": sanitized.get("n_train")}
         print({k: sanitized.get(k) for k in ("tpr", "fpr", "target_label")}, flush=True)
         clean = stage("retrain", train_victim.fn, sanitized["path"], victim_cfg, None, str(root / "victims"))
         sd_cfg, data_cfg = params.sampdetox.model_dump(mode="json"), params.data.model_dump(mode="json")
         for name in ("none", "sampdetox", "faithful"):
             row = stage(f"eval-{name}", evaluate_defenses_task.fn, poisoned["path"], victim["path"],
                         purifier["path"], [name], sd_cfg, attack, args.max_images, str(root / "samples"), data_cfg)[0]
-            shown |= {f"{name}_ca": row["ca"], f"{name}_asr": row["asr"]}
+            shown |= {f"{name}_ca": percent(row["ca"]), f"{name}_asr": percent(row["asr"])}
         row = stage("eval-retrained", evaluate_defenses_task.fn, poisoned["path"], clean["path"], purifier["path"],
                     ["none"], sd_cfg, attack, None, str(root / "retrained"), data_cfg)[0]
-        shown |= {"retrained_ca": row["ca"], "retrained_asr": row["asr"]}
+        shown |= {"retrained_ca": percent(row["ca"]), "retrained_asr": percent(row["asr"])}
         print(shown, flush=True)
     print(json.dumps({"command": "python benchmarks/demo_stages.py " + " ".join(sys.argv[1:] if argv is None else argv),
                       "threads": args.threads, "overrides": overrides, "stages": stages, "shown": shown}))

@@ -35,8 +35,10 @@ METRICS = ("ca", "pa", "asr")
 
 
 def matrix_markdown(rows: list[dict[str, Any]], attacks: list[str], defenses: list[str]) -> str:
-    """Rows = attacks (+ the mean), column groups = defenses, cells CA / PA / ASR in %."""
-    by = {(r["attack"], r["defense"]): r for r in rows}
+    """Rows = attacks (+ the mean), column groups = defenses, cells CA / PA / ASR in % (the rows': fractions)."""
+    from detoxops.metrics import percent_rates
+
+    by = {(r["attack"], r["defense"]): percent_rates(r) for r in rows}
     head = "| Attack | " + " | ".join(f"{d} {m.upper()}" for d in defenses for m in METRICS) + " |"
     sep = "|---|" + "---:|" * (len(defenses) * len(METRICS))
     lines = [head, sep]
@@ -64,7 +66,8 @@ def benchmark(
     defenses: list[str] | None = None,
     max_images: int | None = 200,
 ) -> dict[str, Any]:
-    """Run the matrix; returns ``{"rows", "markdown", "run_id"}`` (rows: attack, defense, CA / PA / ASR in %)."""
+    """Run the matrix; returns ``{"rows", "markdown", "run_id"}`` (rows: attack, defense, CA / PA / ASR as fractions;
+    the markdown in percent)."""
     from prefect.artifacts import create_markdown_artifact
 
     from tasks.detox_tasks import evaluate_defenses_task
@@ -105,8 +108,10 @@ def benchmark(
 
 
 def _write_matrix(rows: list[dict[str, Any]], markdown: str, out_dir: Path) -> None:
-    """``benchmark.md`` and ``benchmark.csv`` (one row per attack × defense) in ``out_dir``."""
+    """``benchmark.md`` and ``benchmark.csv`` (one row per attack × defense, rates in percent) in ``out_dir``."""
     import csv
+
+    from detoxops.metrics import percent_rates
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.md").write_text(markdown + "\n")
@@ -114,7 +119,7 @@ def _write_matrix(rows: list[dict[str, Any]], markdown: str, out_dir: Path) -> N
     with (out_dir / "benchmark.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([percent_rates(r) for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,8 +171,11 @@ def _change(what: str, before: float, after: float) -> str:
 
 def defense_summaries(table: list[dict[str, Any]], sanitized: dict[str, Any],
                       counts: dict[str, int] | None) -> list[str]:
-    """One line per defense saying what the run showed, in the numbers of the results table (percent), then where
-    on the dashboard the same runs are shown."""
+    """One line per defense saying what the run showed, in the numbers of the results table as it is shown
+    (percent; the rows hold fractions), then where on the dashboard the same runs are shown."""
+    from detoxops.metrics import percent_rates
+
+    table = [percent_rates(r) for r in table]
     rows = {r["defense"]: r for r in table}
     none = rows["none"]
     lines = []

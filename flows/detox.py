@@ -57,7 +57,7 @@ def detox(
     max_images: int | None = 200,
     dvc_root: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Returns the results table: one row per attack × defense (CA / PA / ASR in %)."""
+    """Returns the results table: one row per attack × defense (CA / PA / ASR as fractions; printed in %)."""
     from tasks.data_tasks import dataset_identity, ingest_dataset
     from tasks.ingestion_tasks import version_best_effort
     from tasks.purifier_tasks import get_purifier
@@ -128,7 +128,7 @@ def detox_byo(
     input_range: str = "0-1",
     http_protocol: str = "auto",
 ) -> list[dict[str, Any]]:
-    """CA / PA / ASR of your model behind each defense on your clean and triggered images; returns the rows (in %)
+    """CA / PA / ASR of your model behind each defense on your clean and triggered images; returns the rows (fractions)
     and records them in MLflow with example grids (see the module docstring)."""
     import json
 

@@ -41,7 +41,7 @@ CLEAN_MODEL = "detoxops-clean-model"
 def sanitize(source: str | None = None, params_path: str = "params.yaml", overrides: list[str] | None = None,
              poison: bool = True, max_images: int | None = 200, dvc_root: str | None = None) -> dict[str, Any]:
     """Returns the summary: target label, TPR / FPR (with ground truth), ACC / ASR before and after, the
-    registered model version and the results table."""
+    registered model version and the results table (rates as fractions; printed and ``results.csv`` in percent)."""
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import dataset_identity, ingest_dataset
     from tasks.ingestion_tasks import version_best_effort
@@ -114,7 +114,7 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
 
 def _before_after(params, data: str, attack_cfg: dict[str, Any] | None, purifier: str, models: dict[str, dict],
                   max_images: int | None, out: Path) -> list[dict[str, Any]]:
-    """The victim's and the retrained model's rows (percent): CA / PA / ASR on the clean and triggered test splits
+    """The victim's and the retrained model's rows (fractions): CA / PA / ASR on the clean and triggered test splits
     of the poisoned version, or, with no attack, accuracy on the dataset's own test split."""
     from tasks.detox_tasks import evaluate_defenses_task
     from tasks.sanitize_tasks import accuracy_task

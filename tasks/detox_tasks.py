@@ -27,7 +27,7 @@ def evaluate_defenses_task(
     out_dir: str,
     data_cfg: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """One row per defense (CA / PA / ASR in %, images/s, map quality) on the held-out ``test`` side of the poisoned
+    """One row per defense (CA / PA / ASR as fractions, images/s, map quality) on the held-out ``test`` side of the poisoned
     version's test split (``detoxops.defenses.evaluation.eval_inputs`` with ``data_cfg``'s ``val_fraction`` / ``seed``:
     the images ``detoxops detox score --split test``, the ``detox_eval`` stage and the benchmarks report on), at most
     ``max_images`` of each side; samples of each defense written to ``<out_dir>/<defense>/samples`` for MLflow.
@@ -52,17 +52,16 @@ def evaluate_defenses_task(
              for name in defenses}
     k = min(8, len(data.poisoned_images))
     clean_idx = np.arange(k) if len(data.clean_images) >= k else None
-    return [_display_row(row, write_defense_samples(classifier, built[row["defense"]], row["defense"], data, clean_idx,
+    return [_result_row(row, write_defense_samples(classifier, built[row["defense"]], row["defense"], data, clean_idx,
                                                     np.arange(k), cfg.batch_size, Path(out_dir)))
             for row in evaluate_defenses(classifier, built, data, cfg.batch_size)]
 
 
-def _display_row(row: dict[str, Any], samples_dir: Path) -> dict[str, Any]:
-    """A task's result row: plain floats, rates in percent (the flows' tables), where its sample grid is."""
-    from detoxops.metrics import percent_rates
-
+def _result_row(row: dict[str, Any], samples_dir: Path) -> dict[str, Any]:
+    """A task's result row: plain floats, rates as fractions (``tasks.report_tasks.format_table`` / ``write_table``
+    show them in percent), where its sample grid is."""
     plain = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
-    return percent_rates({**plain, "samples_dir": str(samples_dir)})
+    return {**plain, "samples_dir": str(samples_dir)}
 
 
 def write_defense_samples(classifier, defense, name: str, data, clean_idx: np.ndarray | None, poisoned_idx: np.ndarray,
@@ -113,7 +112,7 @@ def evaluate_byo_task(
     http_protocol: str = "auto",
 ) -> dict[str, Any]:
     """Your model on your images (``detoxops detox eval``'s rules, ``detoxops.defenses.byo``): one row per defense
-    (CA / PA / ASR in %) with its sample grid under ``out_dir``, plus what was read and decided (notes, target,
+    (CA / PA / ASR as fractions) with its sample grid under ``out_dir``, plus what was read and decided (notes, target,
     sizes, the sets' content hashes, the model's digest). Not cached: an endpoint may change behind its URL."""
     import hashlib
 
@@ -141,7 +140,7 @@ def evaluate_byo_task(
     k = min(8, len(data.poisoned_images), len(data.clean_images))
     clean_idx = np.sort(rng.permutation(len(data.clean_images))[:k])
     poisoned_idx = np.sort(rng.permutation(len(data.poisoned_images))[:k])
-    rows = [_display_row(row, write_defense_samples(loaded.classifier, built[row["defense"]], row["defense"], data,
+    rows = [_result_row(row, write_defense_samples(loaded.classifier, built[row["defense"]], row["defense"], data,
                                                     clean_idx, poisoned_idx, p.sampdetox.batch_size, Path(out_dir)))
             for row in evaluate_defenses(loaded.classifier, built, data, p.sampdetox.batch_size)]
     clean_hash = hashlib.sha256(np.ascontiguousarray(data.clean_images).tobytes()
@@ -185,7 +184,7 @@ def log_defense_rows(rows: list[dict[str, Any]], flow: str, parent_run_id: str, 
             flow, f"defense={row['defense']}", kind="defense", prefix=prefix, parent_run_id=parent_run_id,
             tags={**tags, "detoxops.defense": row["defense"]},
         ) as active:
-            metrics = {k: row[k] / 100.0 for k in ("ca", "pa", "asr") if k in row}
+            metrics = {k: float(row[k]) for k in ("ca", "pa", "asr") if k in row}
             for key in ("seconds", "images_per_s", "map_auc", "trigger_level", "image_level"):
                 if isinstance(row.get(key), int | float) and np.isfinite(row[key]):
                     metrics[key] = float(row[key])

@@ -513,7 +513,7 @@ def record_ingestion_check(
         # a folder or archive carries none, so TPR is NaN and "FPR" would merely be the flagged share
         tpr = sanitized.get("tpr")
         if isinstance(tpr, float) and math.isfinite(tpr):
-            metrics |= {k: sanitized[k] / 100.0 for k in ("tpr", "fpr")
+            metrics |= {k: sanitized[k] for k in ("tpr", "fpr")
                         if isinstance(sanitized.get(k), float) and math.isfinite(sanitized[k])}
         mlflow.log_metrics(metrics)
         staging = Path(runs_root) / flow / data_version[:16]

@@ -1,8 +1,9 @@
 """What each flow records in MLflow, given the results its tasks returned: flows compose tasks and call one of these;
 they never call ``mlflow`` themselves (tests/test_layering.py checks it).
 
-Rates arrive as the tasks' table rows give them (percent, for display) and are logged as fractions (the
-conventions of docs/ARCHITECTURE.md), converted here by :func:`fractions` and nowhere else.
+Rates arrive as the tasks return them, fractions (``detoxops.metrics``), and are logged as they are (MLflow's unit
+is the fraction, docs/ARCHITECTURE.md; the dashboard shows percent); :func:`finite` only drops None / NaN, which
+MLflow cannot take. The tables logged as artifacts (``results.csv``) are the displayed ones, in percent.
 """
 
 from __future__ import annotations
@@ -17,19 +18,13 @@ import mlflow
 from tasks import PROJECT_ROOT
 from tasks.tracking import log_dataset, register_model, run
 
-__all__ = ["finite", "fractions", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
+__all__ = ["finite", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
            "log_benchmark"]
 
 
 def finite(rates: dict[str, Any]) -> dict[str, float]:
     """The numeric, finite entries of ``rates`` as floats (MLflow refuses None; NaN says nothing)."""
     return {k: float(v) for k, v in rates.items() if isinstance(v, int | float) and math.isfinite(v)}
-
-
-def fractions(percent: dict[str, Any]) -> dict[str, float]:
-    """``{"asr": 12.5}`` → ``{"asr": 0.125}``, leaving out None and non-finite values."""
-    return {k: float(v) / 100.0 for k, v in percent.items()
-            if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version: str, attack: str | None,
@@ -51,7 +46,7 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
         mlflow.log_metric("seconds", seconds)
         mlflow.log_artifact(str(table_csv), "results")
         with run(flow, "victim", kind="victim", prefix=prefix, parent_run_id=parent.info.run_id, tags=tags):
-            mlflow.log_metrics(fractions({k: before.get(k) for k in ("ca", "pa", "asr")}))
+            mlflow.log_metrics(finite({k: before.get(k) for k in ("ca", "pa", "asr")}))
         sanitize_tags = {
             **tags, "detoxops.defense": "dataelixir",
             "detoxops.target_label": target, "detoxops.status": "quarantined" if target is not None else "passed",
@@ -60,7 +55,7 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
         }
         with run(flow, "dataelixir", kind="sanitize", prefix=prefix, parent_run_id=parent.info.run_id,
                  tags=sanitize_tags) as r:
-            metrics = fractions({"tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr"), "acc": after["ca"],
+            metrics = finite({"tpr": sanitized.get("tpr"), "fpr": sanitized.get("fpr"), "acc": after["ca"],
                                  "pa": after.get("pa"), "asr": after.get("asr")})
             metrics["n_flagged"] = float(sanitized.get("n_flagged") or 0)
             mlflow.log_metrics(metrics)
@@ -211,7 +206,7 @@ def log_benchmark(params, rows: list[dict[str, Any]], attacks: list[str], defens
             with run("benchmark", f"{r['attack']} x {r['defense']}", kind="defense", prefix=prefix,
                      parent_run_id=parent.info.run_id,
                      tags={**tags, "detoxops.attack": r["attack"], "detoxops.defense": r["defense"]}):
-                mlflow.log_metrics(fractions({m: r.get(m) for m in ("ca", "pa", "asr")}))
+                mlflow.log_metrics(finite({m: r.get(m) for m in ("ca", "pa", "asr")}))
                 for key in ("images_per_s", "seconds", "map_auc"):
                     if isinstance(r.get(key), float) and r[key] == r[key]:
                         mlflow.log_metric(key, r[key])
@@ -262,7 +257,7 @@ def _log_demo_sanitize(sanitized: dict[str, Any], retrained: dict[str, Any], par
              tags={**tags, "detoxops.defense": "dataelixir", "detoxops.target_label": target,
                    "detoxops.status": "quarantined" if target is not None else "passed"}) as r:
         rates = {k: sanitized.get(k) for k in ("tpr", "fpr") if isinstance(sanitized.get(k), float)}
-        mlflow.log_metrics(fractions({**rates, "acc": retrained["ca"], "asr": retrained["asr"]}))
+        mlflow.log_metrics(finite({**rates, "acc": retrained["ca"], "asr": retrained["asr"]}))
         if Path(sanitized["decisions"]).is_file():
             mlflow.log_artifact(sanitized["decisions"], "decisions")
         mlflow.log_artifacts(victim["path"], "victim")

@@ -1,4 +1,8 @@
-"""The results table (CA / PA / ASR per defense, TPR / FPR of sanitisation) as text and CSV."""
+"""The results table (CA / PA / ASR per defense, TPR / FPR of sanitisation) as text and CSV.
+
+Rows hold fractions, as every task returns them; :func:`format_table` (printed) and :func:`write_table` (the CSV
+logged as ``results/results.csv``) show the rates in percent (``detoxops.metrics.percent_rates``): the one place
+the flows' tables turn fractions into percent."""
 
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ COLUMNS = ["attack", "defense", "ca", "pa", "asr", "tpr", "fpr", "images_per_s",
 
 @task(name="report")
 def results_table(defense_rows: list[dict[str, Any]], sanitize_row: dict[str, Any] | None, attack: str) -> list[dict[str, Any]]:
-    """Rows in percent: one per inference-time defense, plus DataElixir's (retrained model's CA / ASR,
-    detection TPR / FPR) when sanitisation ran."""
+    """The table's rows (rates as fractions): one per inference-time defense, plus DataElixir's (retrained model's
+    CA / ASR, detection TPR / FPR) when sanitisation ran."""
     rows = [{"attack": attack, **{k: r.get(k) for k in COLUMNS if k != "attack"}} for r in defense_rows]
     if sanitize_row is not None:
         rows.append({"attack": attack, **{k: sanitize_row.get(k) for k in COLUMNS if k != "attack"}})
@@ -26,6 +30,11 @@ def results_table(defense_rows: list[dict[str, Any]], sanitize_row: dict[str, An
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as aligned text, rates in percent."""
+    from detoxops.metrics import percent_rates
+
+    rows = [percent_rates(r) for r in rows]
+
     def cell(v: Any) -> str:
         if v is None:
             return "-"
@@ -40,7 +49,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write the results CSV atomically (temp file + rename): a reader never sees half a table."""
+    """Write the results CSV, rates in percent, atomically (temp file + rename): a reader never sees half a table."""
+    from detoxops.metrics import percent_rates
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
@@ -48,7 +59,7 @@ def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows([percent_rates(r) for r in rows])
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

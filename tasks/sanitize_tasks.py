@@ -26,11 +26,10 @@ def sanitize_dataset(
     relabelling model's recipe, as ``detoxops sanitize`` uses it; ``None`` = the one the victim was trained with
     (``meta.params`` of its ``classifier.json``, recorded by ``train_victim`` and ``detoxops victim train``).
 
-    Returns paths, the detected target label (or None), counts, and TPR / FPR in percent (display values: the
-    demo's table reads them; :func:`tasks.tracking.sanitize_metrics` logs fractions)."""
+    Returns paths, the detected target label (or None), counts, and TPR / FPR as fractions (NaN without ground
+    truth; ``detoxops.metrics.percent`` where a table shows them)."""
     from detoxops.config import DataElixirConfig, Params, VictimConfig
     from detoxops.data import load_version
-    from detoxops.metrics import percent
     from detoxops.models import load_classifier
     from detoxops.operations import sanitize
     from tasks.progress import task_progress
@@ -54,8 +53,8 @@ def sanitize_dataset(
         "n_train": outcome.n,
         "sets": outcome.sets,
         "anomaly_index": _jsonable(outcome.anomaly),
-        "tpr": percent(outcome.tpr),
-        "fpr": percent(outcome.fpr),
+        "tpr": outcome.tpr,
+        "fpr": outcome.fpr,
     }
 
 
@@ -71,13 +70,13 @@ def _trained_with(victim_path: str) -> dict[str, Any]:
 
 @task(name="accuracy", cache_policy=HEAVY_CACHE, result_serializer="json")
 def accuracy_task(version: str, model_path: str, data_cfg: dict[str, Any], max_images: int | None = None) -> dict[str, Any]:
-    """Accuracy (%) of a saved classifier on the held-out ``test`` side of ``<version>/test`` (the split rule of
+    """Accuracy (a fraction) of a saved classifier on the held-out ``test`` side of ``<version>/test`` (the split rule of
     ``detoxops.defenses.evaluation.eval_inputs``, ``data_cfg``'s ``val_fraction`` / ``seed``), at most
     ``max_images`` of it (``sample_at_most``, the same seed), for datasets without an attack (no PA / ASR)."""
     from detoxops.config import DataConfig
     from detoxops.data import load_version
     from detoxops.defenses.evaluation import sample_at_most, split_eval_indices
-    from detoxops.metrics import clean_accuracy, percent
+    from detoxops.metrics import clean_accuracy
     from detoxops.models import load_classifier, predict
 
     ds = load_version(version)["test"]
@@ -85,7 +84,7 @@ def accuracy_task(version: str, model_path: str, data_cfg: dict[str, Any], max_i
     held_out = split_eval_indices(ds, [], cfg.val_fraction, cfg.seed)["test"][0]
     idx = held_out[sample_at_most((len(held_out),), max_images, cfg.seed)[0]]
     pred = predict(load_classifier(model_path).eval(), np.asarray(ds.images[idx]))
-    return {"ca": percent(clean_accuracy(pred, np.asarray(ds.labels)[idx])), "n": int(len(idx))}
+    return {"ca": clean_accuracy(pred, np.asarray(ds.labels)[idx]), "n": int(len(idx))}
 
 
 def _jsonable(value: Any) -> Any:

@@ -24,9 +24,9 @@ def tiny_overrides(root) -> list[str]:
 def test_matrix_markdown_layout():
     from flows.benchmark import matrix_markdown
 
-    rows = [{"attack": "a", "defense": "none", "ca": 90.0, "pa": 10.0, "asr": 88.0},
-            {"attack": "a", "defense": "sd", "ca": 85.0, "pa": 60.0, "asr": 20.0},
-            {"attack": "b", "defense": "none", "ca": 92.0, "pa": 5.0, "asr": 95.0}]
+    rows = [{"attack": "a", "defense": "none", "ca": 0.90, "pa": 0.10, "asr": 0.88},  # fractions, shown in %
+            {"attack": "a", "defense": "sd", "ca": 0.85, "pa": 0.60, "asr": 0.20},
+            {"attack": "b", "defense": "none", "ca": 0.92, "pa": 0.05, "asr": 0.95}]
     md = matrix_markdown(rows, ["a", "b"], ["none", "sd"]).splitlines()
     assert md[0] == "| Attack | none CA | none PA | none ASR | sd CA | sd PA | sd ASR |"
     assert md[2] == "| a | 90.0 | 10.0 | 88.0 | 85.0 | 60.0 | 20.0 |"
@@ -43,7 +43,7 @@ def test_benchmark_flow_tiny_matrix(platform_env):
     assert sorted((r["attack"], r["defense"]) for r in rows) == [
         ("badnets", "none"), ("badnets", "sampdetox"), ("blended", "none"), ("blended", "sampdetox")]
     for r in rows:
-        assert all(0.0 <= r[m] <= 100.0 for m in ("ca", "pa", "asr"))
+        assert all(0.0 <= r[m] <= 1.0 for m in ("ca", "pa", "asr"))  # fractions; the markdown shows percent
     assert out["markdown"].splitlines()[0].startswith("| Attack | none CA")
     assert (platform_env / "bench-runs" / "benchmark" / "benchmark.md").read_text().strip() == out["markdown"]
 

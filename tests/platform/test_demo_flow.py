@@ -43,9 +43,9 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     assert torch.get_num_threads() == threads_before  # the demo's one thread does not leak into the caller
     defenses = [row["defense"] for row in table]
     assert defenses[:3] == ["none", "sampdetox", "faithful"] and defenses[-1].startswith("dataelixir")
-    for row in table:
+    for row in table:  # fractions; the printed table, results.csv and the closing lines show percent
         for key in ("ca", "pa", "asr"):
-            assert 0.0 <= row[key] <= 100.0
+            assert 0.0 <= row[key] <= 1.0
 
     client = MlflowClient(mlflow.get_tracking_uri())
     exp = client.get_experiment_by_name("detoxops/demo")
@@ -80,7 +80,9 @@ def test_demo_flow_records_results_and_reuses_cached_stages(platform_env, tiny_d
     # the closing lines: one per defense, in the table's numbers, then the dashboard pages that show them
     summary = client.download_artifacts(parent.info.run_id, "results/summary.txt", str(tmp_path / "summary"))
     lines = Path(summary).read_text().splitlines()
-    rows = {row["defense"]: row for row in table}
+    from detoxops.metrics import percent_rates
+
+    rows = {row["defense"]: percent_rates(row) for row in table}  # the lines' numbers: percent
     none, elixir = rows["none"], rows[defenses[-1]]
     assert [line.split(":")[0] for line in lines[:3]] == [
         "SampDetox (default profile)", "SampDetox (paper's Algorithm 1)", "DataElixir"]
@@ -168,9 +170,10 @@ def test_defense_summaries_say_what_each_defense_showed(tmp_path):
     assert counts == {"poisoned": 3, "found": 2, "clean": 5, "false": 1}
     assert decision_counts(tmp_path / "absent.csv") is None
 
-    table = [{"defense": "none", "ca": 95.5, "asr": 95.0}, {"defense": "sampdetox", "ca": 94.0, "asr": 9.0},
-             {"defense": "faithful", "ca": 95.5, "asr": 96.5},
-             {"defense": "dataelixir (retrained)", "ca": 97.2, "asr": 0.5, "tpr": 200 / 3, "fpr": 20.0}]
+    # the demo's table holds fractions; its closing lines show percent
+    table = [{"defense": "none", "ca": 0.955, "asr": 0.95}, {"defense": "sampdetox", "ca": 0.94, "asr": 0.09},
+             {"defense": "faithful", "ca": 0.955, "asr": 0.965},
+             {"defense": "dataelixir (retrained)", "ca": 0.972, "asr": 0.005, "tpr": 2 / 3, "fpr": 0.2}]
     lines = defense_summaries(table, {"target_label": 0}, counts)
     assert lines[0] == ("SampDetox (default profile): the victim's ASR on purified triggered inputs fell from 95.0 "
                         "to 9.0; clean accuracy fell from 95.5 to 94.0.")

@@ -134,7 +134,7 @@ def test_byo_flow_records_rows_samples_and_the_dashboard_reads_them(tmp_stores, 
     assert [(r["attack"], r["defense"]) for r in table] == [("triggered:test_triggered", d)
                                                              for d in ("none", "sampdetox")]
     none = table[0]
-    assert none["ca"] >= 80 and none["asr"] >= 80  # the backdoored classifier, scored with the right target
+    assert none["ca"] >= 0.8 and none["asr"] >= 0.8  # the backdoored classifier, scored with the right target
 
     exp = client.get_experiment_by_name("detoxops/detox-byo")
     runs = client.search_runs([exp.experiment_id])
@@ -150,7 +150,7 @@ def test_byo_flow_records_rows_samples_and_the_dashboard_reads_them(tmp_stores, 
         files = {a.path for a in client.list_artifacts(r.info.run_id, "samples")}
         assert files == {"samples/samples.npz", "samples/grid.png"}
         row = next(t for t in table if t["defense"] == r.data.tags["detoxops.defense"])
-        assert r.data.metrics["asr"] == pytest.approx(row["asr"] / 100)
+        assert r.data.metrics["asr"] == pytest.approx(row["asr"])
     local = MlflowClient().download_artifacts(
         next(r for r in defense_runs if r.data.tags["detoxops.defense"] == "sampdetox").info.run_id,
         "samples/samples.npz", str(tmp_path / "dl"))

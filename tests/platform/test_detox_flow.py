@@ -22,9 +22,9 @@ def test_detox_flow_records_attack_x_defense_rows(tmp_stores, tmp_path):
     assert [(r["attack"], r["defense"]) for r in table] == [(a, d) for a in ATTACKS for d in ("none", "sampdetox")]
     for row in table:
         for key in ("ca", "pa", "asr"):
-            assert 0.0 <= row[key] <= 100.0
+            assert 0.0 <= row[key] <= 1.0  # fractions (the printed table and results.csv: percent)
     blended_none = next(r for r in table if r["attack"] == "blended" and r["defense"] == "none")
-    assert blended_none["asr"] > 50.0  # the victim is backdoored, or the evaluation says nothing
+    assert blended_none["asr"] > 0.5  # the victim is backdoored, or the evaluation says nothing
 
     exp = client.get_experiment_by_name("detoxops/detox")
     runs = client.search_runs([exp.experiment_id])
@@ -42,4 +42,4 @@ def test_detox_flow_records_attack_x_defense_rows(tmp_stores, tmp_path):
         assert {"ca", "pa", "asr"} <= set(r.data.metrics) and r.data.tags["detoxops.data_version"]
         row = next(t for t in table if (t["attack"], t["defense"]) == (r.data.tags["detoxops.attack"],
                                                                         r.data.tags["detoxops.defense"]))
-        assert r.data.metrics["asr"] == pytest.approx(row["asr"] / 100)
+        assert r.data.metrics["asr"] == pytest.approx(row["asr"])

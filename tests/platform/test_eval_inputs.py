@@ -38,7 +38,6 @@ def poisoned(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("max_images", [None, 7])
 def test_flow_task_scores_the_held_out_images_the_cli_and_the_sweep_score(poisoned, max_images):
-    from detoxops.metrics import percent_rates
     from tasks.detox_tasks import evaluate_defenses_task
     from tasks.sweep_tasks import evaluate_point_fn
 
@@ -47,9 +46,10 @@ def test_flow_task_scores_the_held_out_images_the_cli_and_the_sweep_score(poison
     flow_row = evaluate_defenses_task.fn(poisoned["version"], poisoned["victim"], poisoned["purifier"], ["none"],
                                          sampdetox_cfg, poisoned["attack_cfg"], max_images,
                                          str(poisoned["root"] / f"samples-{max_images}"), data_cfg)[0]
-    cli_row = percent_rates(evaluate_point_fn(poisoned["version"], poisoned["victim"], None, poisoned["attack_cfg"],
-                                              sampdetox_cfg, "none", "test", 0.5, 3, max_images))  # fractions
+    cli_row = evaluate_point_fn(poisoned["version"], poisoned["victim"], None, poisoned["attack_cfg"], sampdetox_cfg,
+                                "none", "test", 0.5, 3, max_images)
     keys = ("ca", "pa", "asr", "n_clean", "n_poisoned")
-    assert {k: flow_row[k] for k in keys} == {k: cli_row[k] for k in keys}
+    assert {k: flow_row[k] for k in keys} == {k: cli_row[k] for k in keys}  # fractions, both
+    assert all(0.0 <= flow_row[k] <= 1.0 for k in ("ca", "pa", "asr"))
     # the held-out half (18 of 36 clean test images), capped at max_images
     assert flow_row["n_clean"] == (18 if max_images is None else 7)

@@ -40,3 +40,19 @@ def test_rewrites_replace_whole_files(tmp_path):
     assert reader.fieldnames == COLUMNS
     assert len(rows) == 200 and len({row["attack"] for row in rows}) == 1  # one writer's table, whole
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_rows_hold_fractions_and_the_table_shows_percent(tmp_path):
+    """results_table keeps the tasks' fractions; the printed table and the CSV show percent (one conversion)."""
+    from tasks.report_tasks import format_table, results_table
+
+    rows = results_table([{"defense": "none", "ca": 0.875, "pa": 0.125, "asr": 0.9, "images_per_s": 12.0}],
+                         {"defense": "dataelixir (retrained)", "ca": 0.5, "asr": 0.0, "tpr": 0.75, "fpr": None},
+                         "badnets")
+    assert rows[0]["ca"] == 0.875 and rows[1]["tpr"] == 0.75 and rows[1]["fpr"] is None
+    text = format_table(rows).splitlines()
+    assert text[1].split()[:5] == ["badnets", "none", "87.5", "12.5", "90.0"] and "12.0" in text[1]  # images/s as is
+    assert text[2].split()[-7:] == ["50.0", "-", "0.0", "75.0", "-", "-", "-"]  # CA PA ASR TPR FPR images/s s
+    with write_table(rows, tmp_path / "results.csv").open() as f:
+        stored = list(csv.DictReader(f))
+    assert (stored[0]["ca"], stored[0]["asr"], stored[1]["tpr"], stored[1]["fpr"]) == ("87.5", "90.0", "75.0", "")

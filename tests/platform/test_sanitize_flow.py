@@ -22,8 +22,8 @@ def test_sanitize_flow_registers_a_clean_model(tmp_stores, tiny_dataelixir, tmp_
     assert summary["target_label"] == 0
     assert summary["tpr"] is not None and summary["fpr"] is not None
     assert Path(summary["purified_version"]).with_name(Path(summary["purified_version"]).name + ".dvc").is_file()
-    for key in ("ca", "pa", "asr"):
-        assert 0.0 <= summary["after"][key] <= 100.0
+    for key in ("ca", "pa", "asr"):  # fractions
+        assert 0.0 <= summary["after"][key] <= 1.0
 
     mv = client.get_model_version_by_alias(CLEAN_MODEL, "champion")
     assert str(mv.version) == summary["model_version"] and mv.run_id == summary["mlflow_run_id"]
@@ -32,7 +32,7 @@ def test_sanitize_flow_registers_a_clean_model(tmp_stores, tiny_dataelixir, tmp_
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.tags["detoxops.kind"] == "sanitize" and run.data.tags["detoxops.target_label"] == "0"
     assert {"tpr", "fpr", "acc", "asr"} <= set(run.data.metrics)
-    assert run.data.metrics["tpr"] == pytest.approx(summary["tpr"] / 100)
+    assert run.data.metrics["tpr"] == pytest.approx(summary["tpr"])
     paths = {a.path for folder in ("anomaly", "decisions") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"anomaly/anomaly_index.png", "decisions/decisions.csv"} <= paths
     parent_id = run.data.tags["mlflow.parentRunId"]
@@ -52,7 +52,7 @@ def test_sanitize_flow_without_an_attack(tmp_stores, tmp_path):
                  "dataelixir.rounds=1", "dataelixir.keep_last=2", "dataelixir.ddim_stride=4",
                  "dataelixir.relabel_epochs=1", "dataelixir.finetune_epochs=1"] + stores
     summary = sanitize("digits", "params.yaml", overrides, poison=False, max_images=None)
-    assert 0.0 <= summary["after"]["ca"] <= 100.0 and summary["after"]["n"] == 20  # held-out half of 10 x 4
+    assert 0.0 <= summary["after"]["ca"] <= 1.0 and summary["after"]["n"] == 20  # held-out half of 10 x 4
     assert "asr" not in summary["after"] and summary["tpr"] is None
     run = client.get_run(summary["mlflow_run_id"])
     assert "acc" in run.data.metrics and "asr" not in run.data.metrics and "tpr" not in run.data.metrics
