@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from detoxops.data.store import written_at
+
 VERSION_COLUMNS = ["dataset", "version", "source", "created", "splits", "images", "poisoned", "dvc_md5", "path"]
 
 
@@ -69,7 +71,8 @@ def dataset_versions(data_root: Path, project_root: Path) -> pd.DataFrame:
             "dataset": info.get("name", info_file.parent.parent.name),
             "version": info_file.parent.name,
             "source": info.get("source"),
-            "created": info.get("created"),
+            # versions written before 2026-12-06 record it; newer ones are byte-identical wherever they are made
+            "created": info.get("created") or written_at(info_file.parent),
             "splits": ", ".join(f"{s} {v.get('count', '?')}" for s, v in splits.items()),
             "images": sum(int(v.get("count", 0)) for v in splits.values()),
             "poisoned": sum(int(v.get("num_poisoned", 0)) for v in splits.values()),
@@ -78,3 +81,4 @@ def dataset_versions(data_root: Path, project_root: Path) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows, columns=VERSION_COLUMNS)
     return df.sort_values("created", ascending=False, na_position="last").reset_index(drop=True)
+

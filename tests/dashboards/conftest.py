@@ -83,7 +83,7 @@ def build_store(tmp: Path) -> dict:
             rows = []
             for defense in ("none", "sampdetox"):
                 ca, pa, asr = DEFENSE_METRICS[(attack_name, defense)]
-                row = {"defense": defense, "ca": ca * 100, "pa": pa * 100, "asr": asr * 100}  # tasks report in %
+                row = {"defense": defense, "ca": ca, "pa": pa, "asr": asr}  # tasks report fractions (issue #26)
                 if defense == "sampdetox":
                     detoxified = from_tensor(Blur()(to_tensor(poisoned)).images)
                     trigger_map = (np.abs(poisoned.astype(float) - clean).mean(-1) / 255.0).astype(np.float32)

@@ -131,3 +131,17 @@ def test_version_at_a_fixed_folder_keeps_identical_and_guards_different(tmp_path
     assert sorted(p.name for p in dest.parent.iterdir()) == ["raw"]  # no temp or old folders left
     with pytest.raises(ValueError, match="needs a root folder"):
         save_version({"train": a}, None, "toy", source="t")
+
+
+def test_the_same_data_ingested_twice_is_byte_identical(tmp_path, small_tree):
+    """A version folder is a pure function of its content: no creation time, so DVC gives the same data the same
+    hash on every machine and in every clone (issue #28: the demo's digits got a new DVC md5 per clone)."""
+    import time
+
+    first = ingest(small_tree, tmp_path / "a", cfg(tmp_path), progress=False)
+    time.sleep(1.1)  # a later second: a timestamp in the folder would differ
+    second = ingest(small_tree, tmp_path / "b", cfg(tmp_path), progress=False)
+    files = {k: v[0] for k, v in snapshot(first).items()}
+    assert files == {k: v[0] for k, v in snapshot(second).items()} and "version.json" in files
+    assert "created" not in json.loads((first / "version.json").read_text())
+    assert version_info(first)["created"].endswith("Z")  # when it was written: the folder's mtime, not a field

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,8 @@ def save_version(
         "name": name,
         "hash": full,
         "source": source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # no creation time: the folder is content-addressed and DVC hashes every file in it, so a timestamp made
+        # the same data a different DVC version on every machine (issue #28); the folder's mtime says when
         "class_names": first.class_names,
         "image_shape": list(first.image_shape),
         "splits": {
@@ -142,8 +142,19 @@ def _read_info(path: Path) -> dict[str, Any]:
 
 
 def version_info(path: str | Path) -> dict[str, Any]:
-    """The parsed ``version.json`` of a version folder."""
-    return _read_info(Path(path))
+    """The parsed ``version.json`` of a version folder, with ``created``: when the folder was written (its mtime,
+    UTC; versions written before 2026-12-06 recorded it in the file)."""
+    info = _read_info(Path(path))
+    info.setdefault("created", written_at(path))
+    return info
+
+
+def written_at(folder: str | Path) -> str:
+    """When a version folder was written: its mtime in UTC, ``YYYY-MM-DDTHH:MM:SSZ``. Not stored in the folder,
+    which must stay a pure function of its content (DVC hashes every file in it)."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(Path(folder).stat().st_mtime))
 
 
 def load_version(path: str | Path, mmap: bool = True, verify: bool = False) -> dict[str, ImageSet]:
