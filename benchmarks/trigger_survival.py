@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = read_cifar(args.archive, "test", args.per_class)
     images, labels = images[labels != 0], labels[labels != 0]  # the triggered test set: non-target images only
     clean = to_tensor(images) * 2 - 1  # diffusion space [-1, 1]
-    victims = {k: load_classifier(v) for k, v in (spec.split("=", 1) for spec in args.victim)}
+    victim_refs = dict(spec.split("=", 1) for spec in args.victim)  # attack -> folder or victim-store name
+    victims = {k: load_classifier(v) for k, v in victim_refs.items()}
     rows = []
     for name in args.attacks:
-        stored = victim_attack(dict(spec.split("=", 1) for spec in args.victim)[name]) if name in victims else None
+        stored = victim_attack(victim_refs[name]) if name in victim_refs else None
         # a stored victim brings its own attack (fitted state included: TrojanNN's optimised trigger, …)
         attack = stored or registry.create(name, target=0, poison_ratio=0.1, seed=args.seed,
                                            image_size=images.shape[1], num_classes=10)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/trigger_survival.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "purifier": args.purifier or "shipped cifar10-32", "images": int(len(images)),
               "sampler": {"mode": "ddim", "eta": 0.0, "stride": args.stride}, "seed": args.seed,
-              "victims": dict(spec.split("=", 1) for spec in args.victim), "rows": rows}
+              "victims": victim_refs, "rows": rows}
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -109,10 +109,8 @@ def train_command(
     train_images = splits["train"].images
     test_images = splits["test"].images[:eval_images] if eval_images > 0 else None
     size = train_images.shape[1]
-    if cfg.diffusion.unet.sample_size == "auto":  # built for the data's size
-        unet = cfg.diffusion.unet.model_copy(update={"sample_size": int(size)})
-        cfg = cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"unet": unet})})
-    if size != cfg.diffusion.unet.sample_size:
+    # sample_size auto: train_purifier builds the network for the data's size; an explicit one must match it
+    if cfg.diffusion.unet.sample_size != "auto" and size != cfg.diffusion.unet.sample_size:
         fail(
             f"the data are {size}x{size} images but diffusion.unet.sample_size is "
             f"{cfg.diffusion.unet.sample_size}; set --set diffusion.unet.sample_size={size} "
