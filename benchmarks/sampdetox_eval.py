@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 from detoxops.config import SampDetoxConfig
 from detoxops.data import ImageSet, from_tensor, stratified_subset_indices, to_tensor
 from detoxops.defenses.base import make_generator
-from detoxops.defenses.evaluation import split_eval_indices
-from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
+from detoxops.defenses.evaluation import backdoor_rates, map_measures, split_eval_indices
+from detoxops.defenses.map_quality import changed_pixels
 from detoxops.defenses.sampdetox import SampDetox, noise_levels_from_map
-from detoxops.metrics import attack_success_rate, clean_accuracy, percent_rates, poisoned_accuracy
+from detoxops.metrics import percent_rates
 
 DEFAULT_RUNS = Path("runs/shared/cifar10_cpu_noaug")
 DEFAULT_PURIFIER = Path("runs/shared/purifier_cifar10")
@@ -213,21 +213,15 @@ def detox_defense(defense, images_u8: np.ndarray, batch: int, progress: bool = T
 
 # --------------------------------------------------------------------------------------------- scoring
 def score(setting: str, run: AttackRun, clean_labels, clean_out, pois_labels, pois_out, pois_mask) -> dict:
+    """One row, as every sweep point's (``detoxops.defenses.evaluation.evaluate_defense``) is made: the core's rates
+    of the victim's predictions (fractions; the stored rows hold percent, as the committed results always have) and
+    the maps' measures (map quality only for a trigger mask covering under half the image)."""
     clean_pred = run.classify(clean_out["images"])
     pois_pred = run.classify(pois_out["images"])
-    rates = {  # fractions (detoxops.metrics); the stored rows hold percent, as the committed results always have
-        "ca": clean_accuracy(clean_pred, clean_labels) if len(clean_pred) else float("nan"),
-        "pa": poisoned_accuracy(pois_pred, pois_labels) if len(pois_pred) else float("nan"),
-        "asr": attack_success_rate(pois_pred, run.target) if len(pois_pred) else float("nan"),
-    }
-    row = {"setting": setting, "attack": run.name, **percent_rates(rates), "n_clean": int(len(clean_pred)),
-           "n_poisoned": int(len(pois_pred))}
-    if "noise_levels" in clean_out:
-        row["image_level"] = float(clean_out["noise_levels"].mean())
-        row["clean_flagged_fraction"] = float((clean_out["noise_levels"] > 0).mean())
-    if "trigger_map" in pois_out and pois_mask is not None and pois_mask.mean() < 0.5:
-        row.update(trigger_map_quality(pois_out["trigger_map"], pois_out["noise_levels"], pois_mask))
-    return row
+    mask = pois_mask if pois_mask is not None and pois_mask.mean() < 0.5 else None
+    return {"setting": setting, "attack": run.name,
+            **percent_rates(backdoor_rates(clean_pred, clean_labels, pois_pred, pois_labels, run.target)),
+            **map_measures(clean_out, pois_out, mask)}
 
 
 # ------------------------------------------------------------------------------------------------ grids

@@ -21,8 +21,8 @@ from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 
-__all__ = ["EvalSet", "evaluate_defense", "evaluate_defenses", "eval_inputs", "sample_at_most", "split_eval_sets",
-           "split_eval_indices"]
+__all__ = ["EvalSet", "backdoor_rates", "evaluate_defense", "evaluate_defenses", "eval_inputs", "map_measures",
+           "sample_at_most", "split_eval_sets", "split_eval_indices"]
 
 
 @dataclass
@@ -152,34 +152,53 @@ def split_eval_indices(clean, triggered: list, fraction: float, seed: int) -> di
     return out
 
 
+def backdoor_rates(clean_pred: np.ndarray, clean_labels: np.ndarray, poisoned_pred: np.ndarray,
+                   poisoned_labels: np.ndarray, target: int) -> dict[str, Any]:
+    """CA / PA / ASR (:mod:`detoxops.metrics`, fractions; NaN for a side with no images) and the two counts, from
+    the predictions behind a defense: the rates of every evaluation row (:func:`evaluate_defense`, so every sweep
+    point) and of ``benchmarks/sampdetox_eval.py``'s rows."""
+    return {
+        "ca": clean_accuracy(clean_pred, clean_labels) if len(clean_pred) else float("nan"),
+        "pa": poisoned_accuracy(poisoned_pred, poisoned_labels) if len(poisoned_pred) else float("nan"),
+        "asr": attack_success_rate(poisoned_pred, target) if len(poisoned_pred) else float("nan"),
+        "n_clean": int(len(clean_pred)),
+        "n_poisoned": int(len(poisoned_pred)),
+    }
+
+
+def map_measures(clean_maps: dict[str, np.ndarray], poisoned_maps: dict[str, np.ndarray],
+                 trigger_mask: np.ndarray | None) -> dict[str, float]:
+    """What a defense's maps tell beyond the rates: the clean images' mean noise level (``image_level``) and the
+    share of them flagged (level > 0), and with the triggered images' ``trigger_mask`` the trigger map's quality
+    (:func:`~detoxops.defenses.map_quality.trigger_map_quality`, levels = the noise levels, else the map)."""
+    out: dict[str, float] = {}
+    if "noise_levels" in clean_maps:
+        out["image_level"] = float(clean_maps["noise_levels"].mean())
+        out["clean_flagged_fraction"] = float((clean_maps["noise_levels"] > 0).mean())
+    if trigger_mask is not None and "trigger_map" in poisoned_maps:
+        levels = poisoned_maps.get("noise_levels", poisoned_maps["trigger_map"])
+        out.update(trigger_map_quality(poisoned_maps["trigger_map"], levels, trigger_mask))
+    return out
+
+
 def evaluate_defense(
     classifier, defense, data: EvalSet, batch_size: int = 256, progress: bool = False, name: str | None = None
 ) -> dict[str, Any]:
-    """One row: defense name, CA / PA / ASR (:mod:`detoxops.metrics`, fractions; ``metrics.percent_rates`` for a
-    displayed table), counts, wall time, images/s, map quality where available."""
+    """One row: defense name, CA / PA / ASR and counts (:func:`backdoor_rates`: fractions; ``metrics.percent_rates``
+    for a displayed table), wall time, images/s, the maps' measures where available (:func:`map_measures`)."""
     guard = Detoxifier(classifier, defense, batch_size=batch_size, progress=progress)
     start = time.perf_counter()
     clean_pred, clean_maps = guard.predict_with_maps(data.clean_images)
     poisoned_pred, poisoned_maps = guard.predict_with_maps(data.poisoned_images)
     seconds = time.perf_counter() - start
     n_total = len(data.clean_images) + len(data.poisoned_images)
-    row: dict[str, Any] = {
+    return {
         "defense": name or getattr(defense, "name", type(defense).__name__),
-        "ca": clean_accuracy(clean_pred, data.clean_labels) if len(clean_pred) else float("nan"),
-        "pa": poisoned_accuracy(poisoned_pred, data.poisoned_labels) if len(poisoned_pred) else float("nan"),
-        "asr": attack_success_rate(poisoned_pred, data.target) if len(poisoned_pred) else float("nan"),
-        "n_clean": len(clean_pred),
-        "n_poisoned": len(poisoned_pred),
+        **backdoor_rates(clean_pred, data.clean_labels, poisoned_pred, data.poisoned_labels, data.target),
         "seconds": seconds,
         "images_per_s": n_total / seconds if seconds > 0 else float("nan"),
+        **map_measures(clean_maps, poisoned_maps, data.trigger_mask),
     }
-    if "noise_levels" in clean_maps:
-        row["image_level"] = float(clean_maps["noise_levels"].mean())
-        row["clean_flagged_fraction"] = float((clean_maps["noise_levels"] > 0).mean())
-    if data.trigger_mask is not None and "trigger_map" in poisoned_maps:
-        levels = poisoned_maps.get("noise_levels", poisoned_maps["trigger_map"])
-        row.update(trigger_map_quality(poisoned_maps["trigger_map"], levels, data.trigger_mask))
-    return row
 
 
 def evaluate_defenses(
