@@ -16,12 +16,29 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from detoxops.attacks.base import AttackOptions
 from detoxops.attacks.loop import LoopAttack
 from detoxops.seeding import seeded
 
 ClassifierArch = Literal["small_cnn", "preact_resnet18", "resnet34", "vgg19"]
+
+
+class GeneratorOptions(AttackOptions):
+    """The options :class:`GeneratorAttack` itself reads (the attacker classifier, the fit images, the device, a
+    saved state); each attack's options add its networks' and training loop's."""
+
+    classifier_arch: ClassifierArch = "small_cnn"
+    """Attacker-side classifier of the joint stage when ``fit`` gets no ``model``."""
+    classifier_width: int = Field(default=16, ge=4)
+    max_train_images: int | None = Field(default=5000, ge=1)
+    """Training images the generators are fitted on (random subset, CPU scale); ``None`` = all."""
+    device: str = "cpu"
+    """Device of the attacker's training (weights are kept on the CPU afterwards)."""
+    state_path: str | None = None
+    """A saved ``state/`` folder (or the .safetensors file); skips fitting."""
 
 
 class GeneratorAttack(LoopAttack):

@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 
 from detoxops.attacks.base import AttackOptions, truncate_float_pipeline
 from detoxops.attacks.generators import (
-    ClassifierArch,
     GeneratorAttack,
+    GeneratorOptions,
     attacker_scores,
     network_depth,
     recent_mean,
@@ -74,7 +74,7 @@ MIN_CHANGE = 1e-3
 """Grey levels: smaller changes (the never-exactly-zero mask outside its support) are dropped before truncation."""
 
 
-class InputAwareOptions(AttackOptions):
+class InputAwareOptions(GeneratorOptions):
     width: int = Field(default=16, ge=2)
     """Channels of the first generator level (then ×2 per level); BackdoorBench 32."""
     levels: int | None = Field(default=None, ge=1)
@@ -95,17 +95,8 @@ class InputAwareOptions(AttackOptions):
     lr_classifier: float = Field(default=0.01, gt=0.0)
     accumulate_generator_grads: bool = False
     """True reproduces BackdoorBench's missing ``optimizerG.zero_grad()``."""
-    classifier_arch: ClassifierArch = "small_cnn"
-    """Attacker-side classifier of the joint stage when ``fit`` gets no ``model``."""
-    classifier_width: int = Field(default=16, ge=4)
-    max_train_images: int | None = Field(default=5000, ge=1)
-    """Training images the generators are fitted on (random subset, CPU scale); ``None`` = all."""
     augment: bool = True
     """Per-sample random crop (pad S/8) + flip before poisoning, in ``fit`` and ``batch_transform``."""
-    device: str = "cpu"
-    """Device of the attacker's training (weights are kept on the CPU afterwards)."""
-    state_path: str | None = None
-    """A saved ``state/`` folder (or the .safetensors file); skips fitting."""
 
 
 def _block(cin: int, cout: int, relu: bool = True) -> list[nn.Module]:

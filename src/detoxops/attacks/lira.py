@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from detoxops.attacks.base import FLOAT_GUARD, AttackOptions, truncate_float_pipeline
 from detoxops.attacks.generators import (
-    ClassifierArch,
     GeneratorAttack,
+    GeneratorOptions,
     attacker_scores,
     network_depth,
     recent_mean,
@@ -66,7 +66,7 @@ CIFAR_STD = (0.247, 0.243, 0.261)
 """BackdoorBench's CIFAR-10 normalisation std: ε is in these units."""
 
 
-class LIRAOptions(AttackOptions):
+class LIRAOptions(GeneratorOptions):
     eps: float = Field(default=0.01, gt=0.0)
     """Perturbation bound in normalised units (BackdoorBench ``eps`` = ``test_eps`` = 0.01 ≈ 0.67 grey levels)."""
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -84,18 +84,12 @@ class LIRAOptions(AttackOptions):
     lr_classifier: float = Field(default=0.01, gt=0.0)
     sync_every: int | None = Field(default=None, ge=1)
     """Steps between G_atk ← G_tgt; ``None`` = one pass over the fit images (BackdoorBench: every epoch)."""
-    classifier_arch: ClassifierArch = "small_cnn"
-    classifier_width: int = Field(default=16, ge=4)
-    max_train_images: int | None = Field(default=5000, ge=1)
     quantize: bool = True
     """Truncate the backdoored samples of ``batch_transform`` to the uint8 grid, as the test images."""
     post_transform: bool = True
     """BackdoorBench's batch-level crop / rotation / flip in ``fit`` and ``batch_transform``."""
     random_crop: int = Field(default=5, ge=0)
     random_rotation: float = Field(default=10.0, ge=0.0)
-    device: str = "cpu"
-    state_path: str | None = None
-    """A saved ``state/`` folder (or the .safetensors file); skips fitting."""
 
 
 class Autoencoder(nn.Module):

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-# the shared option declarations live in _options; re-exported for the modules that import them from here
-from detoxops.commands._options import PARAMS_OPTION, SET_OPTION  # noqa: F401
 from detoxops.config import ConfigError, Params, load_params
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from detoxops.commands._common import PARAMS_OPTION, SET_OPTION, fail, params_from_cli
+from detoxops.commands._common import fail, params_from_cli
+from detoxops.commands._options import PARAMS_OPTION, PROGRESS_OPTION, SET_OPTION
 
 data_app = typer.Typer(help="Ingest, validate and inspect datasets.", no_args_is_help=True)
 
@@ -40,7 +41,7 @@ def ingest_command(
         False, "--no-split", help="impose no split: a single class-folder tree is stored whole as 'test', a "
         "source with train/ and test/ folders as it is"
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    progress: bool = PROGRESS_OPTION,
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
