@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
-# the dvc.yaml pipeline (ingest → poison → victim → sanitize → detox_eval → report, + the sweep point)
+# the dvc.yaml pipeline (ingest → poison → victim → sanitize → detox_eval → report, + the sweep over
+# params.sweep.grid and the sweep point)
 pipeline: $(STAMP)
-	$(BIN)/dvc repro report sweep
+	$(BIN)/dvc repro report sweep sweep_point
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

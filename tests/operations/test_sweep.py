@@ -4,6 +4,7 @@ flow's Prefect task doing each point (``tasks.sweep_tasks.evaluate_point``, what
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -129,6 +130,45 @@ def test_core_flow_task_and_cli_give_the_same_sweep(inputs):
     assert md == (inputs["root"] / "out-local" / "sweep.md").read_text()
     base = local.heldout_rows[0]
     assert f"| badnets | none | {100 * base['ca']:.1f} | {100 * base['pa']:.1f} | {100 * base['asr']:.1f} |" in md
+
+
+def test_stored_views_and_the_one_point_sweep(inputs, tmp_path):
+    """``metrics.json`` / ``sweep.csv`` (the DVC stages' metrics and plot) are the outcome's summaries in percent; the
+    CLI's ``--point`` (stage ``sweep_point``) is the sweep with an empty grid: params.sampdetox as it is, labelled
+    ``params``, scored exactly as the same setting is as a grid point."""
+    local = _core(inputs, "local", tmp_path / "grid")
+    metrics = json.loads((tmp_path / "grid" / "metrics.json").read_text())
+    val = {s["setting"]: s for s in local.choice.summaries}[local.setting]
+    assert metrics["setting"] == local.setting and metrics["chosen"] == local.chosen
+    for key in ("mean_asr", "max_asr", "mean_pa", "mean_ca_drop", "max_ca_drop"):
+        assert metrics["val"][key] == pytest.approx(100 * val[key])
+        assert metrics["heldout"][key] == pytest.approx(100 * local.heldout[key])
+    with (tmp_path / "grid" / "sweep.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["setting", "mean_asr", "max_asr", "mean_pa", "mean_ca_drop", "max_ca_drop", "chosen",
+                              "pareto"]
+    assert [r["setting"] for r in table] == [s["setting"] for s in local.choice.summaries]
+    assert [r["setting"] for r in table if r["chosen"] == "True"] == [local.setting]
+    assert float(table[0]["mean_asr"]) == pytest.approx(100 * local.choice.summaries[0]["mean_asr"], abs=1e-4)
+
+    # the chosen point as params.sampdetox, scored as one point: the same val rows as in the grid
+    params_file = tmp_path / "params.yaml"
+    chosen = inputs["params"].to_dict()
+    chosen["sampdetox"].update(local.chosen)
+    params_file.write_text(yaml.safe_dump(chosen, sort_keys=False))
+    args = ["detox", "sweep", "--poisoned", inputs["root"] / "poisoned", "--victim", inputs["victim"], "--clean",
+            inputs["clean"], "--purifier", inputs["purifier"], "--out", tmp_path / "point", "--params", params_file,
+            "--point"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    point = json.loads((tmp_path / "point" / "sweep_result.json").read_text())
+    assert point["setting"] == "params" and point["grid"] == {} and point["overrides"] == []
+    grid_rows = {r["setting"]: r for r in _comparable(local.val_rows)}
+    point_rows = {r["setting"]: r for r in _comparable(point["val_rows"])}
+    assert point_rows["none"] == grid_rows["none"]
+    assert {**point_rows["params"], "setting": local.setting} == grid_rows[local.setting]
+    result = CliRunner().invoke(app, [str(a) for a in args + ["--grid", "t2=20"]])
+    assert result.exit_code != 0 and "give it or --grid, not both" in result.output
 
 
 def test_cli_names_bad_input(inputs, tmp_path):

@@ -1,11 +1,13 @@
 """`dvc repro` and `dvc exp run` on the project's real dvc.yaml, in a scratch Git + DVC copy with tiny params.
 
 The copy holds dvc.yaml, params.yaml (shrunk: 20 train / 10 test digits per class, 2 victim epochs, one DataElixir
-round, DDIM), the code and shipped purifiers the stages depend on, and a link to this checkout's .venv (the stages call
-``.venv/bin/detoxops``). Checked: every stage runs (ingest → poison → train_victim → train_purifier (the shipped
-digits purifier, copied) → evaluate, sanitize, detox_eval → report, and sweep), the report joins the held-out defense rows and the sanitize finding,
-a second ``dvc repro`` re-runs nothing, ``dvc status`` of the whole project is clean, and ``dvc exp run -S sampdetox.t2=80`` records an experiment whose
-params and val metrics ``dvc exp show`` reports.
+round, DDIM, a two-point sweep grid), the code and shipped purifiers the stages depend on, and a link to this
+checkout's .venv (the stages call ``.venv/bin/detoxops``). Checked: every stage runs (ingest → poison → train_victim →
+train_purifier (the shipped digits purifier, copied) → evaluate, sanitize, detox_eval → report, sweep and
+sweep_point), the report joins the held-out defense rows and the sanitize finding, the sweep stage chose one of its
+grid's points by the rule (``detoxops.operations.sweep``), a second ``dvc repro`` re-runs nothing, ``dvc status`` of
+the whole project is clean, and ``dvc exp run sweep_point -S sampdetox.t2=80`` records an experiment whose params and
+val metrics ``dvc exp show`` reports.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ TINY = {
     "sampdetox": {"sampler": "ddim", "ddim_stride": 20, "batch_size": 64},
     "dataelixir": {"T": 40, "rounds": 1, "keep_last": 2, "sampler": "ddim", "ddim_stride": 10,
                    "relabel_epochs": 1, "finetune_epochs": 1, "batch_size": 64},
+    "sweep": {"grid": {"t2": [40, 80]}},
 }
+STAGES = ["report", "sweep", "sweep_point"]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +59,9 @@ def project(tmp_path_factory, scratch_repo) -> tuple[Path, dict[str, str]]:
 
 def test_dvc_repro_runs_the_pipeline_and_caches(project, scratch_repo):
     proj, env = project
-    log = scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)
+    log = scratch_repo.run([str(DVC), "repro", *STAGES], proj, env)
     for stage in ("ingest", "poison", "train_victim", "train_purifier", "evaluate", "sanitize", "detox_eval",
-                  "report", "sweep"):
+                  "report", "sweep", "sweep_point"):
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
     # diffusion.purifier is null and a purifier ships for 16x16: the stage copies it rather than training one
     assert json.loads((proj / "pipeline/purifier/origin.json").read_text())["origin"] == "shipped:digits-16"
@@ -79,8 +83,19 @@ def test_dvc_repro_runs_the_pipeline_and_caches(project, scratch_repo):
     files = next(iter(metrics.values()))["data"]
     assert files["pipeline/sanitize.json"]["data"]["flagged"] == summary["flagged"]
     assert files["pipeline/sampdetox/metrics.json"]["data"]["split"] == "test"
+    # the sweep stage is the sweep operation over params' grid: both points and no defense on val, the rule's choice
+    # checked on the held-out part; the point stage scores params.sampdetox as it is the same way
+    result = json.loads((proj / "pipeline/sweep/sweep_result.json").read_text())
+    assert [r["setting"] for r in result["val_rows"]] == ["none", "t2=40", "t2=80"]
+    assert result["setting"] in ("t2=40", "t2=80") and result["unit"] == "fraction"
+    assert [r["setting"] for r in result["heldout_rows"]] == ["none", result["setting"]]
+    sweep_metrics = files["pipeline/sweep/metrics.json"]["data"]
+    assert sweep_metrics["setting"] == result["setting"]
+    assert sweep_metrics["heldout"]["mean_asr"] == pytest.approx(100 * result["heldout"]["mean_asr"])
+    point = files["pipeline/sweep-point/metrics.json"]["data"]
+    assert point["setting"] == "params" and {"mean_asr", "mean_pa", "mean_ca_drop"} <= set(point["val"])
     # nothing changed → nothing re-runs
-    again = scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)
+    again = scratch_repo.run([str(DVC), "repro", *STAGES], proj, env)
     assert "Running stage" not in again, again
     status = scratch_repo.run([str(DVC), "status"], proj, env, stdout_only=True)  # the whole project
     assert "Data and pipelines are up to date" in status, status
@@ -88,11 +103,12 @@ def test_dvc_repro_runs_the_pipeline_and_caches(project, scratch_repo):
 
 def test_dvc_exp_run_sweeps_a_sampdetox_param(project, scratch_repo):
     proj, env = project
-    scratch_repo.run([str(DVC), "repro", "report", "sweep"], proj, env)  # no-op after the first test; makes this one standalone
+    scratch_repo.run([str(DVC), "repro", *STAGES], proj, env)  # no-op after the first test; makes this one standalone
     scratch_repo.run(["git", "add", "-A"], proj, env)
     scratch_repo.run(["git", "commit", "-q", "-m", "pipeline run"], proj, env)
-    log = scratch_repo.run([str(DVC), "exp", "run", "sweep", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj, env)
-    assert "Running stage 'sweep'" in log
+    log = scratch_repo.run([str(DVC), "exp", "run", "sweep_point", "-S", "sampdetox.t2=80", "-n", "t2-80"], proj,
+                           env)
+    assert "Running stage 'sweep_point'" in log
     for stage in ("ingest", "poison", "train_victim", "train_purifier"):  # upstream stages are up to date
         assert f"Running stage '{stage}'" not in log, log
     rows = json.loads(scratch_repo.run([str(DVC), "exp", "show", "--json"], proj, env, stdout_only=True))
@@ -101,5 +117,6 @@ def test_dvc_exp_run_sweeps_a_sampdetox_param(project, scratch_repo):
     assert named, rows
     data = named[0]["data"]
     assert data["params"]["params.yaml"]["data"]["sampdetox"]["t2"] == 80
-    sweep = data["metrics"]["pipeline/sweep/metrics.json"]["data"]
-    assert sweep["split"] == "val" and {"ca", "pa", "asr"} <= set(sweep["sampdetox"])
+    point = data["metrics"]["pipeline/sweep-point/metrics.json"]["data"]
+    assert point["setting"] == "params"  # params.sampdetox as it is (DVC's view leaves out the empty "chosen")
+    assert {"mean_asr", "mean_pa", "mean_ca_drop"} <= set(point["val"]) <= set(point["heldout"])

@@ -82,9 +82,12 @@ def sweep_command(
                                         "attack (repeatable; paired in order with --victim)"),
     victim: list[Path] = typer.Option(..., "--victim", help="classifier folder trained on that poisoned set "
                                       "(repeatable)"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for sweep_result.json (fractions) and sweep.md"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for sweep_result.json (fractions), sweep.md, "
+                             "metrics.json and sweep.csv (percent)"),
     grid: list[str] = typer.Option(None, "--grid", help="axis, e.g. sampdetox.t2=80,120 (repeatable; default: "
                                    "params.sweep.grid)"),
+    point: bool = typer.Option(False, "--point", help="no grid: score params.sampdetox as it is (one point, "
+                               "'params') against no defense; `dvc exp run sweep_point -S sampdetox.t2=80`"),
     max_ca_drop: float = typer.Option(None, "--max-ca-drop", help="the rule's bound on the mean CA drop, in points "
                                       "(default: sweep.max_ca_drop)"),
     clean: str = typer.Option(None, "--clean", help="data source of the clean test split (default: data.source), "
@@ -101,6 +104,8 @@ def sweep_command(
     params = params_from_cli(params_path, overrides)
     if len(poisoned) != len(victim):
         fail(f"{len(poisoned)} --poisoned folders but {len(victim)} --victim folders: give one victim per attack")
+    if point and grid:
+        fail("--point scores params.sampdetox as it is: give it or --grid, not both")
     import torch
 
     from detoxops.attacks import registry
@@ -119,12 +124,13 @@ def sweep_command(
             cases[attack.name] = SweepCase(attack.name, test, ImageSet.load(folder / "test"), attack.target,
                                            load_classifier(model), attack)
         score = local_scorer(cases, params, purifier=purifier, max_images=max_images or None)
-        outcome = sweep(params, list(cases), score, grid=parse_grid_args(grid) if grid else None,
-                        max_ca_drop=max_ca_drop, out=out)
+        axes = parse_grid_args(grid) if grid else None  # None: params.sweep.grid
+        outcome = sweep(params, list(cases), score, grid={} if point else axes, max_ca_drop=max_ca_drop, out=out)
     except (FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError is a ValueError
         fail(str(exc))
     typer.echo(outcome.markdown())
-    typer.echo(f"\nwrote {outcome.result_json} and {outcome.markdown_md}")
+    typer.echo(f"\nwrote {outcome.result_json}, {outcome.markdown_md}, {outcome.metrics_json} and "
+               f"{outcome.summary_csv}")
     typer.echo("apply with: " + " ".join(f"--set {o}" for o in outcome.overrides))
 
 

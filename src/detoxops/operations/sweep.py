@@ -1,11 +1,13 @@
 """Sweep: SampDetox settings scored on the ``val`` part of the test split, one chosen by the stated rule
 (:func:`detoxops.defenses.selection.select_setting`), the choice checked once on the held-out ``test`` part.
 
-The one implementation behind ``detoxops detox sweep``, ``flows.sweep`` (its points are the Prefect task
-``tasks.sweep_tasks.evaluate_point``, which scores a point with :func:`score_setting`, as the default scorer here does)
-and the selection of ``benchmarks/sampdetox_eval.py sweep`` (:func:`choose`). Rates are fractions in every row,
-summary and result; :meth:`SweepOutcome.markdown` shows them in percent. ``max_ca_drop`` is in percentage points,
-as ``params.sweep.max_ca_drop`` states it.
+The one implementation behind ``detoxops detox sweep`` (the ``sweep`` and ``sweep_point`` stages of ``dvc.yaml``),
+``flows.sweep`` (its points are the Prefect task ``tasks.sweep_tasks.evaluate_point``, which scores a point with
+:func:`score_setting`, as the default scorer here does) and the selection of ``benchmarks/sampdetox_eval.py sweep``
+(:func:`choose`; its rows through :func:`detoxops.defenses.evaluation.score_predictions`, as every point's). Rates
+are fractions in every row, summary and result; :meth:`SweepOutcome.markdown`, :meth:`SweepOutcome.metrics` and
+:meth:`SweepOutcome.summary_table` (the pipeline's stored views) show them in percent. ``max_ca_drop`` is in
+percentage points, as ``params.sweep.max_ca_drop`` states it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from detoxops.config import ConfigError, Params, SampDetoxConfig, parse_override
 from detoxops.data import ImageSet
 from detoxops.fileio import temp_path_for
-from detoxops.metrics import percent
+from detoxops.metrics import percent, percent_rates
 
 __all__ = ["BASELINE", "SweepCase", "SweepChoice", "SweepJob", "SweepOutcome", "choose", "grid_points",
            "local_scorer", "normalise_grid", "parse_grid_args", "point_label", "point_params", "score_setting",
@@ -175,7 +177,8 @@ def choose(rows: list[dict[str, Any]], max_ca_drop: float, baseline: str = BASEL
 class SweepOutcome:
     """A sweep's result: the grid, the attacks, the rule's bound (points), every setting's ``val`` rows and summary,
     the choice and its held-out check (rows of the baseline and the chosen setting on ``test``, and the chosen
-    setting's summary there); rates as fractions. ``result_json`` / ``markdown_md`` where they were written."""
+    setting's summary there); rates as fractions. ``result_json`` / ``markdown_md`` / ``metrics_json`` /
+    ``summary_csv`` where they were written."""
 
     grid: dict[str, list[Any]]
     attacks: list[str]
@@ -187,6 +190,8 @@ class SweepOutcome:
     heldout: dict[str, Any]
     result_json: Path | None = None
     markdown_md: Path | None = None
+    metrics_json: Path | None = None
+    summary_csv: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -217,6 +222,22 @@ class SweepOutcome:
                 "frontier": self.choice.frontier, "heldout": self.heldout, "heldout_rows": self.heldout_rows,
                 "val_rows": self.val_rows}
 
+    def metrics(self) -> dict[str, Any]:
+        """The DVC metrics file (``metrics.json``; percent, as the pipeline's other metrics): the chosen setting and
+        its summary on ``val`` (where it was chosen) and on the held-out ``test`` split."""
+        val = {s["setting"]: s for s in self.choice.summaries}[self.setting]
+        return {"setting": self.setting, "chosen": self.chosen, "max_ca_drop_points": self.max_ca_drop,
+                **{split: {k: percent(s[k]) for k in SUMMARY_RATES} for split, s in (("val", val),
+                                                                                     ("heldout", self.heldout))}}
+
+    def summary_table(self) -> list[dict[str, Any]]:
+        """One row per setting on ``val`` (``sweep.csv``, the DVC plot): its summary in percent, whether the rule
+        chose it and whether it is on the Pareto frontier."""
+        front = set(self.choice.frontier)
+        return [{"setting": s["setting"], **percent_rates({k: s[k] for k in SUMMARY_RATES}, SUMMARY_RATES),
+                 "chosen": s["setting"] == self.setting, "pareto": s["setting"] in front}
+                for s in self.choice.summaries]
+
     def markdown(self) -> str:
         """The sweep's table, the choice and the held-out check, rates in percent."""
         choice, held, front = self.choice, self.heldout, set(self.choice.frontier)
@@ -242,16 +263,18 @@ class SweepOutcome:
 
 def sweep(params: Params, attacks: list[str], score: Scorer, *, grid: dict[str, Any] | None = None,
           max_ca_drop: float | None = None, out: str | Path | None = None) -> SweepOutcome:
-    """Score the no-defense baseline and every point of ``grid`` (default ``params.sweep.grid``; ``sampdetox.*``
-    keys) on every attack's ``val`` split with ``score``, choose by the rule (bound ``max_ca_drop`` points, default
-    ``params.sweep.max_ca_drop``), then score the baseline and the choice on ``test``. With ``out`` the result goes to
-    ``<out>/sweep_result.json`` (:meth:`SweepOutcome.result`) and ``<out>/sweep.md`` (:meth:`SweepOutcome.markdown`),
-    each written to a temporary file and renamed."""
+    """Score the no-defense baseline and every point of ``grid`` (``None``: ``params.sweep.grid``; ``sampdetox.*``
+    keys; ``{}``: one point, ``params.sampdetox`` as it is, labelled ``params``) on every attack's ``val`` split with
+    ``score``, choose by the rule (bound ``max_ca_drop`` points, default ``params.sweep.max_ca_drop``), then score the
+    baseline and the choice on ``test``. With ``out`` the result goes to ``<out>/sweep_result.json``
+    (:meth:`SweepOutcome.result`), ``<out>/sweep.md`` (:meth:`SweepOutcome.markdown`), ``<out>/metrics.json``
+    (:meth:`SweepOutcome.metrics`) and ``<out>/sweep.csv`` (:meth:`SweepOutcome.summary_table`), each written to a
+    temporary file and renamed."""
     from detoxops.defenses.selection import summarise_settings
 
     if not attacks:
         raise ValueError("sweep: no attacks to score")
-    grid = normalise_grid(grid or params.sweep.grid)
+    grid = normalise_grid(params.sweep.grid if grid is None else grid)
     bound = params.sweep.max_ca_drop if max_ca_drop is None else float(max_ca_drop)
     settings: dict[str, dict[str, Any] | None] = {BASELINE: None, **{point_label(p): p for p in grid_points(grid)}}
 
@@ -272,10 +295,24 @@ def sweep(params: Params, attacks: list[str], score: Scorer, *, grid: dict[str, 
         return outcome
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"result_json": out / "sweep_result.json", "markdown_md": out / "sweep.md"}
-    for path, text in ((paths["result_json"], json.dumps(outcome.result(), indent=2, default=str) + "\n"),
-                       (paths["markdown_md"], outcome.markdown() + "\n")):
-        tmp = temp_path_for(path)
+    paths = {"result_json": out / "sweep_result.json", "markdown_md": out / "sweep.md",
+             "metrics_json": out / "metrics.json", "summary_csv": out / "sweep.csv"}
+    for key, text in (("result_json", json.dumps(outcome.result(), indent=2, default=str) + "\n"),
+                      ("markdown_md", outcome.markdown() + "\n"),
+                      ("metrics_json", json.dumps(outcome.metrics(), indent=2, default=str) + "\n"),
+                      ("summary_csv", _csv_text(outcome.summary_table()))):
+        tmp = temp_path_for(paths[key])
         tmp.write_text(text)
-        tmp.replace(path)
+        tmp.replace(paths[key])
     return SweepOutcome(**{**outcome.__dict__, **paths})
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    return buffer.getvalue()
