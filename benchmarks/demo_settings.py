@@ -236,8 +236,8 @@ def candidate_grid(args, work: Path) -> list[dict]:
 
     T, R, K = args.grid_T, max(args.grid_rounds), max(args.grid_keep)  # noqa: N806 - the paper's names
     params = load_params(ROOT / "params.yaml", [
-        "dataelixir.sampler=ddpm", f"dataelixir.T={T}", f"dataelixir.rounds={R}", f"dataelixir.keep_last={K}"],
-        overlay=DEMO_OVERLAY)
+        "dataelixir.sampler=ddpm", f"dataelixir.T={T}", f"dataelixir.rounds={R}", f"dataelixir.keep_last={K}",
+        *args.grid_set], overlay=DEMO_OVERLAY)
     root = work / "grid"
     attack_cfg = params.attack.model_dump(mode="json")
     # the demo's own tasks (their plain functions, no Prefect): the same poisoned set and victim as `make demo`
@@ -254,9 +254,9 @@ def candidate_grid(args, work: Path) -> list[dict]:
     splits = load_version(poisoned["path"])
     train, triggered, clean_test = splits["train"], splits["test"], splits["clean_test"]
     victim = load_classifier(victim_info["path"]).eval()
-    purifier = load_purifier(purifier_info["path"])
+    purifier = load_purifier(purifier_info["path"], precision=params.diffusion.precision)
     cfg = params.dataelixir
-    cache = root / f"candidates-T{T}-r{R}-k{K}.npz"
+    cache = root / f"candidates-T{T}-r{R}-k{K}-{params.diffusion.precision}.npz"
     t0 = time.perf_counter()
     if cache.is_file():
         full = dict(np.load(cache))
@@ -303,6 +303,7 @@ def candidate_grid(args, work: Path) -> list[dict]:
                          ).sanitize(train, victim, root / "unused", progress=False)
             tpr, fpr = (100 * v for v in detection_rates(train.labels, res.dataset.labels, train.poisoned))
             row = {"candidate": f"grid ddpm-T{T}-r{r}-k{k}", "T": T, "rounds": r, "keep_last": k,
+                   "precision": params.diffusion.precision, "n_train": int(len(train)),
                    "unet_passes_per_image": r * T, "target_labels": res.target_labels,
                    "n_poisoned": int(np.sum(poisoned_truth)), "n_found": int(np.sum(res.flagged & poisoned_truth)),
                    "tpr": tpr, "fpr": fpr, "victim_ca": victim_ca, "victim_asr": victim_asr,
@@ -396,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-T", type=int, default=40)
     ap.add_argument("--grid-rounds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--grid-keep", type=int, nargs="+", default=[3, 5, 8, 10])
+    ap.add_argument("--grid-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="--grid: more overrides on the overlay, e.g. diffusion.precision=native")
     ap.add_argument("--grid-retrain-all", action="store_true", help="retrain on every cell, not only passing ones")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for --grid (default: torch's)")
     ap.add_argument("--render", action="store_true", help="only rewrite --out-md from --out-json")

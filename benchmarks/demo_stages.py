@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         purifier = stage("purifier", get_purifier.fn, params.diffusion.model_dump(mode="json"), ingested["path"],
                          str(root / "purifiers"))
         sanitized = stage("dataelixir", sanitize_dataset.fn, poisoned["path"], victim["path"], purifier["path"],
-                          params.dataelixir.model_dump(mode="json"), str(root / "data"))
+                          params.dataelixir.model_dump(mode="json"), str(root / "data"), "train", None,
+                          params.diffusion.precision)
         # "shown": the numbers the demo prints, in percent (the tasks return fractions)
         shown |= {"tpr": percent(sanitized.get("tpr")), "fpr": percent(sanitized.get("fpr")),
                   "n_train": sanitized.get("n_train")}
@@ -85,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         sd_cfg, data_cfg = params.sampdetox.model_dump(mode="json"), params.data.model_dump(mode="json")
         for name in ("none", "sampdetox", "faithful"):
             row = stage(f"eval-{name}", evaluate_defenses_task.fn, poisoned["path"], victim["path"],
-                        purifier["path"], [name], sd_cfg, attack, args.max_images, str(root / "samples"), data_cfg)[0]
+                        purifier["path"], [name], sd_cfg, attack, args.max_images, str(root / "samples"), data_cfg,
+                        params.diffusion.precision)[0]
             shown |= {f"{name}_ca": percent(row["ca"]), f"{name}_asr": percent(row["asr"])}
         row = stage("eval-retrained", evaluate_defenses_task.fn, poisoned["path"], clean["path"], purifier["path"],
-                    ["none"], sd_cfg, attack, None, str(root / "retrained"), data_cfg)[0]
+                    ["none"], sd_cfg, attack, None, str(root / "retrained"), data_cfg, params.diffusion.precision)[0]
         shown |= {"retrained_ca": percent(row["ca"]), "retrained_asr": percent(row["asr"])}
         print(shown, flush=True)
     print(json.dumps({"command": "python benchmarks/demo_stages.py " + " ".join(sys.argv[1:] if argv is None else argv),

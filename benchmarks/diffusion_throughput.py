@@ -3,9 +3,12 @@ arithmetic limit they reach.
 
     .venv/bin/python benchmarks/diffusion_throughput.py --threads 2            # CPU → results/..._cpu.json
     .venv/bin/python benchmarks/diffusion_throughput.py --device cuda --compile  # GPU (bf16 autocast)
+    # CPU, fp32 against bf16 on a CPU with native bf16 (diffusion.precision: native), one thread
+    .venv/bin/python benchmarks/diffusion_throughput.py --threads 1 --configs default-16 default-1.06M \
+        --precision native --out benchmarks/results/diffusion_throughput_cpu_native.json
 
-For every UNet configuration and batch size it times forward passes (no grad, eval mode; on CUDA bf16
-autocast and channels_last), counts the FLOPs of one pass with ``torch.utils.flop_counter.FlopCounterMode``
+For every UNet configuration and batch size it times forward passes (no grad, eval mode; in ``--precision``, i.e.
+bf16 autocast on CUDA by default, and channels_last on CUDA), counts the FLOPs of one pass with ``torch.utils.flop_counter.FlopCounterMode``
 (2 FLOPs per multiply-add, convolutions and matmuls only) and compares ``FLOPs/image × images/s`` with
 the measured dense matmul rate of the same device and dtype: ``fraction_of_matmul``. It also times the
 samplers as the defenses use them: DDPM from t = 20 (SampDetox stage 1, 20 passes) and DDIM from t = 120
@@ -33,6 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
     "default-1.06M": UNetConfig(sample_size=32),
     "ddpm-cifar10-35.7M": UNetConfig(sample_size=32, preset="ddpm-cifar10"),
+    "default-16": UNetConfig(sample_size=16),  # the digits purifier's shape (the demo's)
 }
 
 
@@ -101,6 +105,8 @@ def main() -> None:
     parser.add_argument("--sampler-batch", type=int, default=None)
     parser.add_argument("--min-seconds", type=float, default=3.0, help="timing window per measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "native", "bf16", "fp32"],
+                        help="the purifier's forward pass (params.yaml diffusion.precision)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -111,7 +117,8 @@ def main() -> None:
     cuda = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([64, 256, 1024, 2048] if cuda else [1, 16, 64, 256])
     sampler_batch = args.sampler_batch or (1024 if cuda else 64)
-    amp_dtype = torch.bfloat16 if cuda else torch.float32
+    probe = Purifier(build_unet(CONFIGS["default-16"]), NoiseSchedule.linear(), precision=args.precision)
+    amp_dtype = torch.bfloat16 if probe.uses_bf16(device) else torch.float32
     gflops = matmul_rate(device, amp_dtype, 8192 if cuda else 1024, args.min_seconds)
     print(f"matmul {amp_dtype}: {gflops:.1f} GFLOP/s")
     results = {
@@ -121,6 +128,7 @@ def main() -> None:
         "machine": machine_info(device),
         "note": args.note,
         "dtype": str(amp_dtype),
+        "precision": args.precision,
         "matmul_gflops": gflops,
         "unets": [],
     }
@@ -133,7 +141,7 @@ def main() -> None:
         if cuda:
             unet = unet.to(memory_format=torch.channels_last)
         net = torch.compile(unet) if args.compile else unet
-        purifier = Purifier(unet, sched)
+        purifier = Purifier(unet, sched, precision=args.precision)
         if args.compile:
             purifier.unet = net  # the compiled module behaves like the UNet (.config, parameters)
         entry = {"name": name, "params": count_params(unet), "gflops_per_image": flops / 1e9, "passes": []}

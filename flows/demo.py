@@ -113,15 +113,17 @@ def _run_stages(params: Any, max_images: int, runs_root: Path, started: float) -
     purifier = done["purifier"] = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"],
                                                str(runs_root / "purifiers"))
     sanitized = done["sanitized"] = sanitize_dataset(poisoned["path"], victim["path"], purifier["path"],
-                                                     params.dataelixir.model_dump(mode="json"), data_root)
+                                                     params.dataelixir.model_dump(mode="json"), data_root,
+                                                     precision=params.diffusion.precision)
     done["check_seconds"] = time.perf_counter() - started
     clean_model = train_victim(sanitized["path"], victim_cfg, None, str(runs_root / "victims"))
     done["defense_rows"] = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], DEFENSES,
                                                   sampdetox_cfg, attack_cfg, max_images,
-                                                  str(runs_root / "demo" / "samples"), data_cfg)
+                                                  str(runs_root / "demo" / "samples"), data_cfg,
+                                                  params.diffusion.precision)
     done["retrained"] = evaluate_defenses_task(poisoned["path"], clean_model["path"], purifier["path"], ["none"],
                                                sampdetox_cfg, attack_cfg, None, str(runs_root / "demo" / "retrained"),
-                                               data_cfg)[0]
+                                               data_cfg, params.diffusion.precision)[0]
     return done
 
 

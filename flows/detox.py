@@ -107,7 +107,7 @@ def _attack_rows(params, name: str, ingested: dict[str, Any], purifier: dict[str
                           str(project_path(params.tracking.runs_dir) / "victims"))
     rows = evaluate_defenses_task(poisoned["path"], victim["path"], purifier["path"], defenses,
                                   params.sampdetox.model_dump(mode="json"), attack_cfg, max_images, str(out / name),
-                                  params.data.model_dump(mode="json"))
+                                  params.data.model_dump(mode="json"), params.diffusion.precision)
     return name, poisoned, victim, rows
 
 

@@ -69,7 +69,7 @@ def sanitize(source: str | None = None, params_path: str = "params.yaml", overri
     victim = train_victim(data, victim_cfg, attack_cfg, str(runs_root / "victims"))
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
     sanitized = sanitize_dataset(data, victim["path"], purifier["path"], params.dataelixir.model_dump(mode="json"),
-                                 data_root, victim_cfg=victim_cfg)
+                                 data_root, victim_cfg=victim_cfg, precision=params.diffusion.precision)
     purified_dvc = version_best_effort(sanitized["path"], dvc_root, params.tracking.dvc_remote)
     clean_model = train_victim(sanitized["path"], victim_cfg, None, str(runs_root / "victims"))
 
@@ -109,7 +109,8 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
     if purifier is None:
         purifier = get_purifier(params.diffusion.model_dump(mode="json"), version, str(runs_root / "purifiers"))["path"]
     return sanitize_dataset(version, victim, purifier, params.dataelixir.model_dump(mode="json"),
-                            str(out_root or project_path(params.data.root)), victim_cfg=params.victim.model_dump(mode="json"))
+                            str(out_root or project_path(params.data.root)), victim_cfg=params.victim.model_dump(mode="json"),
+                            precision=params.diffusion.precision)
 
 
 def _before_after(params, data: str, attack_cfg: dict[str, Any] | None, purifier: str, models: dict[str, dict],
@@ -123,7 +124,7 @@ def _before_after(params, data: str, attack_cfg: dict[str, Any] | None, purifier
     if attack_cfg is None:
         return [accuracy_task(data, m["path"], data_cfg, max_images) for m in models.values()]
     return [evaluate_defenses_task(data, m["path"], purifier, ["none"], params.sampdetox.model_dump(mode="json"),
-                                   attack_cfg, max_images, str(out / name), data_cfg)[0]
+                                   attack_cfg, max_images, str(out / name), data_cfg, params.diffusion.precision)[0]
             for name, m in models.items()]
 
 

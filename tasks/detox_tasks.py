@@ -26,12 +26,13 @@ def evaluate_defenses_task(
     max_images: int | None,
     out_dir: str,
     data_cfg: dict[str, Any],
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """One row per defense (CA / PA / ASR as fractions, images/s, map quality) on the held-out ``test`` side of the poisoned
     version's test split (``detoxops.defenses.evaluation.eval_inputs`` with ``data_cfg``'s ``val_fraction`` / ``seed``:
     the images ``detoxops detox score --split test``, the ``detox_eval`` stage and the benchmarks report on), at most
     ``max_images`` of each side; samples of each defense written to ``<out_dir>/<defense>/samples`` for MLflow.
-    Runs on CUDA when present."""
+    Runs on CUDA when present; the purifier in ``precision`` (``params.diffusion.precision``)."""
     from detoxops.config import DataConfig, SampDetoxConfig
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.evaluation import eval_inputs, evaluate_defenses
@@ -46,7 +47,7 @@ def evaluate_defenses_task(
     data = eval_inputs(clean, triggered, attack_cfg["target"], "test", split.val_fraction, split.seed,
                        max_images=max_images, attack=attack)
     classifier = load_classifier(victim_path).to(device).eval()
-    purifier = load_purifier(purifier_path, device=device)
+    purifier = load_purifier(purifier_path, device=device, precision=precision)
     cfg = SampDetoxConfig(**sampdetox_cfg)
     built = {name: build_defense(name, purifier if name != "none" else None, cfg, classifier=classifier)
              for name in defenses}

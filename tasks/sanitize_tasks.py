@@ -19,16 +19,17 @@ __all__ = ["sanitize_dataset", "accuracy_task"]
 @task(name="dataelixir", cache_policy=HEAVY_CACHE, result_serializer="json")
 def sanitize_dataset(
     version: str, victim_path: str, purifier_path: str, dataelixir_cfg: dict[str, Any], out_root: str,
-    split: str = "train", victim_cfg: dict[str, Any] | None = None,
+    split: str = "train", victim_cfg: dict[str, Any] | None = None, precision: str = "auto",
 ) -> dict[str, Any]:
     """:func:`detoxops.operations.sanitize` on ``<version>/<split>``: the purified set stored as a version under
     ``out_root`` with its ``decisions.csv`` and ``anomaly_index.json``. ``victim_cfg`` (``params.victim``) is the
     relabelling model's recipe, as ``detoxops sanitize`` uses it; ``None`` = the one the victim was trained with
     (``meta.params`` of its ``classifier.json``, recorded by ``train_victim`` and ``detoxops victim train``).
+    ``precision`` is ``params.diffusion.precision`` (the purifier's forward pass).
 
     Returns paths, the detected target label (or None), counts, and TPR / FPR as fractions (NaN without ground
     truth; ``detoxops.metrics.percent`` where a table shows them)."""
-    from detoxops.config import DataElixirConfig, Params, VictimConfig
+    from detoxops.config import DataElixirConfig, DiffusionConfig, Params, VictimConfig
     from detoxops.data import load_version
     from detoxops.models import load_classifier
     from detoxops.operations import sanitize
@@ -38,7 +39,8 @@ def sanitize_dataset(
     victim = load_classifier(victim_path)
     if victim_cfg is None:
         victim_cfg = _trained_with(victim_path)
-    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), victim=VictimConfig(**victim_cfg))
+    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), victim=VictimConfig(**victim_cfg),
+                    diffusion=DiffusionConfig(precision=precision))
     with task_progress("dataelixir"):
         outcome = sanitize(train, victim, params, version_root=out_root,
                            version_name=f"{Path(version).parent.name}-purified", source=str(version),

@@ -292,6 +292,11 @@ class DiffusionConfig(_Section):
     """A diffusers model folder to use as the purifier, or a shipped purifier's name (``cifar10-32``, ``digits-16``,
     ``cifar10-32-levelmap``: the level-map purifier for per-pixel noise, docs/diffusion.md); ``None`` = the
     purifier shipped for the image size, else the one trained by the pipeline."""
+    precision: Literal["auto", "native", "bf16", "fp32"] = "auto"
+    """The purifier's forward pass when it purifies (SampDetox, DataElixir, the baselines): ``auto`` = bf16 autocast
+    on CUDA, fp32 on CPUs (the precision every CPU number in the docs was measured in); ``native`` = bf16 on CUDA
+    and on CPUs with native bf16 (AVX512-BF16 / AMX: 1.6x faster here, the demo's setting); ``bf16`` / ``fp32``
+    everywhere (:func:`detoxops.devices.bf16_inference`)."""
 
 
 # ---------------------------------------------------------------------------------------- sampdetox

@@ -132,6 +132,37 @@ def test_cpu_chunking_gives_the_whole_batch_result(tiny_purifier):
         Purifier(tiny_purifier.unet, tiny_purifier.schedule, cpu_chunk=0)
 
 
+def test_inference_precision_rule_and_bf16_forward(tiny_purifier, tmp_path, monkeypatch):
+    """``diffusion.precision``: ``auto`` keeps CPUs in fp32 (the docs' numbers), ``native`` follows the CPU's bf16
+    support, ``bf16`` / ``fp32`` as asked; a bf16 pass differs from fp32 only by bf16 rounding, returns fp32 and keeps
+    the weights fp32; the precision travels from load_purifier / load_chosen_purifier; an unknown name fails early."""
+    from detoxops.config import DiffusionConfig
+    from detoxops.devices import bf16_inference
+    from detoxops.operations import load_chosen_purifier
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not bf16_inference("auto", cpu) and bf16_inference("auto", cuda)
+    assert bf16_inference("bf16", cpu) and not bf16_inference("fp32", cuda) and bf16_inference("native", cuda)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not bf16_inference("native", cpu)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert bf16_inference("native", cpu)
+    with pytest.raises(ValueError, match="diffusion.precision must be one of"):
+        Purifier(tiny_purifier.unet, tiny_purifier.schedule, precision="fp16")
+
+    x, t = _inputs()
+    fp32 = tiny_purifier(x, t)
+    bf16 = Purifier(tiny_purifier.unet, tiny_purifier.schedule, precision="bf16")(x, t)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
+    assert all(p.dtype == torch.float32 for p in tiny_purifier.unet.parameters())
+
+    save_purifier(tiny_purifier, tmp_path / "p")
+    assert load_purifier(tmp_path / "p", precision="bf16").precision == "bf16"
+    chosen = load_chosen_purifier(tmp_path / "p", DiffusionConfig(precision="native"), tiny_purifier.image_size)
+    assert chosen.precision == "native" and load_purifier(tmp_path / "p").precision == "auto"
+
+
 def test_purifier_folder_rule(tmp_path):
     """configured folder → shipped for the image size → none (the caller trains one)."""
     from detoxops.diffusion import purifier_folder

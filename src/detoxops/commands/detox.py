@@ -20,12 +20,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(detox_app, name="detox")
 
 
-def _load_purifier(path: Path):
+def _load_purifier(path: Path, precision: str = "auto"):
     from detoxops.diffusion import load_purifier
 
     if not path.exists():
         fail(f"purifier not found: {path}")
-    return load_purifier(path)
+    return load_purifier(path, precision=precision)
 
 
 def _load_imageset(path: Path, what: str):
@@ -155,7 +155,7 @@ def run_command(
     if limit is not None:
         src = src.subset(np.arange(min(limit, len(src))))
     try:
-        d = build_defense(defense, _load_purifier(purifier), cfg, baselines=p.baselines)
+        d = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), cfg, baselines=p.baselines)
     except ValueError as exc:
         fail(str(exc))
         return
@@ -240,7 +240,7 @@ def eval_command(
     try:
         loaded = load_model(model, allow_unsafe=allow_unsafe_model, input_range=input_range,
                             http_protocol=http_protocol)
-        pur = _load_purifier(purifier) if purifier is not None and needs_purifier(names) else None
+        pur = _load_purifier(purifier, p.diffusion.precision) if purifier is not None and needs_purifier(names) else None
         plan = prepare_byo(
             clean, triggered, target=target, model_size=loaded.input_size, model_classes=loaded.class_names,
             model_num_classes=loaded.num_classes, image_size=image_size,

@@ -98,7 +98,7 @@ class LevelMapPurifier(Purifier):
         if level_map.ndim != 4 or level_map.shape[0] != b:
             raise ValueError(f"level_map must be (B, 1|C, H, W) with B = {b}, got {tuple(level_map.shape)}")
         level_map = level_map.amax(1, keepdim=True).expand(b, 1, h, w)
-        use_amp = self.autocast and x_t.device.type == "cuda"
+        use_amp = self.uses_bf16(x_t.device)
         chunk = self.cpu_chunk if x_t.device.type != "cuda" else None
         if chunk is None or b <= chunk:
             return self._forward_map(x_t, level_map, use_amp)
@@ -108,7 +108,7 @@ class LevelMapPurifier(Purifier):
     def _forward_map(self, x_t: Tensor, level_map: Tensor, use_amp: bool) -> Tensor:
         timesteps = (level_map.flatten(1).amax(1) - 1).clamp_min(0)
         inp = torch.cat([x_t, self.sigma_map(level_map).to(x_t.dtype)], 1)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=use_amp):
             eps = self.unet(inp.to(self.dtype), timesteps).sample
         return eps.to(x_t.dtype)
 
@@ -130,7 +130,7 @@ def levelmap_from_uniform(purifier: Purifier) -> LevelMapPurifier:
     w = state["conv_in.weight"]
     state["conv_in.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], 1)
     unet.load_state_dict(state)
-    return LevelMapPurifier(unet, purifier.schedule, autocast=purifier.autocast, cpu_chunk=purifier.cpu_chunk)
+    return LevelMapPurifier(unet, purifier.schedule, precision=purifier.precision, cpu_chunk=purifier.cpu_chunk)
 
 
 # ------------------------------------------------------------------------------------------- training data

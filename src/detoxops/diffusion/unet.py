@@ -126,8 +126,10 @@ def load_purifier(
     *,
     device: str | torch.device = "cpu",
     schedule: NoiseSchedule | ScheduleConfig | None = None,
+    precision: str = "auto",
 ) -> Purifier:
-    """Load a diffusers ``UNet2DModel`` folder (local) or hub id (online only) as a float32 purifier.
+    """Load a diffusers ``UNet2DModel`` folder (local) or hub id (online only) as a float32 purifier whose forward
+    pass runs in ``precision`` (``diffusion.precision``: :func:`detoxops.devices.bf16_inference`).
 
     The schedule comes from ``scheduler_config.json`` in the folder (or its ``scheduler/`` sub-folder, as in
     ``DDPMPipeline`` repos), else from ``schedule`` (default: linear 1e-4..0.02, T = 1000).
@@ -159,8 +161,8 @@ def load_purifier(
         if {k: encoding.get(k) for k in ("kind", "extra_channel", "timestep")} != {
                 k: LEVEL_MAP_ENCODING[k] for k in ("kind", "extra_channel", "timestep")}:
             raise ValueError(f"{unet_dir / LEVEL_MAP_FILE}: unknown level-map encoding {encoding}")
-        return LevelMapPurifier(unet, sched).to(device)
-    return Purifier(unet, sched).to(device)
+        return LevelMapPurifier(unet, sched, precision=precision).to(device)
+    return Purifier(unet, sched, precision=precision).to(device)
 
 
 def _schedule_from_file(path: Path) -> NoiseSchedule:

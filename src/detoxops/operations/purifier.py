@@ -51,11 +51,11 @@ def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_siz
 
 
 def load_chosen_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_size: int, device="cpu"):
-    """The :class:`~detoxops.diffusion.Purifier` of :func:`choose_purifier`, on ``device``."""
+    """The :class:`~detoxops.diffusion.Purifier` of :func:`choose_purifier`, on ``device``, in ``cfg.precision``."""
     from detoxops.diffusion import load_purifier
 
     folder, _ = choose_purifier(explicit, cfg, image_size)
-    return load_purifier(folder, device=device)
+    return load_purifier(folder, device=device, precision=cfg.precision)
 
 
 @dataclass(frozen=True)

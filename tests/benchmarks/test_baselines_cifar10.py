@@ -1,0 +1,69 @@
+"""benchmarks/baselines_cifar10.py on the committed BadNets store victim with tiny budgets (10 clean + 4 triggered
+held-out CIFAR-10 images, two seeds, ZIP with 2 steps, Sancdifi with 8 masks and short DDIM restorations): the rows'
+numbers against a direct evaluation, the query count, the per-seed draw, and resume from the cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import baselines_cifar10 as bench  # noqa: E402
+
+TINY = ["--attacks", "badnets", "--defenses", "none,zip,sancdifi", "--seeds", "0,1", "--n-clean", "10",
+        "--n-poisoned", "4", "--batch", "7",
+        "--set", "baselines.zip.steps=2", "--set", "baselines.sancdifi.n_masks=8",
+        "--set", "baselines.sancdifi.sampler=ddim", "--set", "baselines.sancdifi.ddim_stride=100",
+        "--set", "baselines.sancdifi.t_salient=200", "--set", "baselines.sancdifi.t_rest=100"]
+
+
+@pytest.fixture(scope="module")
+def victim_store():
+    if not (ROOT / "victims" / "cifar10-fast" / "badnets").is_dir():
+        pytest.skip("the committed CIFAR-10 victim store is not in this checkout")
+
+
+def test_rows_queries_and_resume(cifar_archive, victim_store, tmp_path, monkeypatch):
+    from detoxops.metrics import clean_accuracy, percent
+    from detoxops.models import load_classifier, predict
+
+    args = [*TINY, "--data", str(cifar_archive), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "r.json"),
+            "--md", str(tmp_path / "r.md")]
+    assert bench.main(args) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    rows = {(r["seed"], r["defense"]): r for r in record["rows"]}
+    assert len(rows) == 6 and record["machine"]["threads"] == 1 and record["victim_tta"] == 0
+
+    # the no-defense row is the victim's own accuracy on the drawn held-out images
+    clean = bench.clean_test(str(cifar_archive))
+    half = bench.split_indices(clean, "test", len(clean), seed=0)
+    cidx, pidx = bench.pick(clean, half, 10, 4, 0, seed=1)
+    assert len(cidx) == 10 and len(pidx) == 4 and np.isin(cidx, half).all() and (clean.labels[pidx] != 0).all()
+    model = load_classifier("cifar10-fast/badnets").float().eval()
+    assert rows[1, "none"]["ca"] == pytest.approx(percent(clean_accuracy(predict(model, clean.images[cidx]),
+                                                                         clean.labels[cidx])))
+    assert not np.array_equal(cidx, bench.pick(clean, half, 10, 4, 0, seed=0)[0])  # a seed draws other images
+    # black box: Sancdifi sends the image plus one query per mask; ZIP and none send none
+    assert rows[0, "sancdifi"]["queries_per_image"] == 1 + 8
+    assert rows[0, "zip"]["queries_per_image"] == 0 == rows[0, "none"]["queries_per_image"]
+    summary = {(s["attack"], s["defense"]): s for s in record["summary"]}
+    assert summary["badnets", "zip"]["paper"] == [88.12, 86.52, 7.17]
+    assert summary["badnets", "none"]["ca"] == pytest.approx(np.mean([rows[s, "none"]["ca"] for s in (0, 1)]), abs=0.01)
+    assert "| badnets | sancdifi |" in (tmp_path / "r.md").read_text()
+
+    # resume: every defended output is read back from the cache, none is computed again
+    def no_compute(*a, **k):
+        raise AssertionError("recomputed a cached output")
+
+    monkeypatch.setattr(bench, "defend", no_compute)
+    assert bench.main([*args[:-4], "--out", str(tmp_path / "r2.json"), "--md", str(tmp_path / "r2.md")]) == 0
+    again = json.loads((tmp_path / "r2.json").read_text())["rows"]
+    assert [{k: v for k, v in r.items()} for r in again] == record["rows"]
