@@ -41,18 +41,8 @@ def test_help_lists_data_commands():
 
 
 def test_ingest_then_info(tmp_path, tree):
-    result = run(
-        "data",
-        "ingest",
-        tree,
-        "--out",
-        tmp_path / "store",
-        "--no-progress",
-        "-p",
-        ROOT / "params.yaml",
-        "--set",
-        "data.image_size=null",
-    )
+    result = run("data", "ingest", tree, "--out", tmp_path / "store", "--no-progress", "-p", ROOT / "params.yaml",
+                 "--set", "data.image_size=null")
     assert result.exit_code == 0, result.output
     version = Path(result.stdout.splitlines()[0])
     assert version.parent == tmp_path / "store" / "pets" and (version / "version.json").is_file()
@@ -85,18 +75,8 @@ def test_ingest_to_a_fixed_folder_for_pipelines(tmp_path, tree):
 
 
 def test_ingest_applies_set_overrides(tmp_path, tree):
-    result = run(
-        "data",
-        "ingest",
-        tree,
-        "--out",
-        tmp_path / "store",
-        "--no-progress",
-        "--set",
-        "data.image_size=4",
-        "--set",
-        "data.train_per_class=1",
-    )
+    result = run("data", "ingest", tree, "--out", tmp_path / "store", "--no-progress", "--set", "data.image_size=4",
+                 "--set", "data.train_per_class=1")
     assert result.exit_code == 0, result.output
     assert "train 2, test 4 images of 4x4x3" in result.output
 
