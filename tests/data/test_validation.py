@@ -17,26 +17,26 @@ def load(path, tmp_path, **kw):
     return load_source(path, DataConfig(root=str(tmp_path / "store"), **kw), progress=False, cache=False)
 
 
-def test_corrupt_image_names_the_file(tmp_path, mk):
-    files = mk.tree_files()
-    files["train/dog/bad.png"] = b"\x89PNG\r\n\x1a\n garbage"
-    with pytest.raises(ValueError, match=r"train/dog/bad\.png: unreadable, corrupt or truncated image"):
-        load(mk.write_dir(tmp_path / "t", files), tmp_path)
-
-
-def test_truncated_image_names_the_file(tmp_path, mk):
-    files = mk.tree_files(size=32)
+def _half_a_jpeg(mk) -> bytes:
     good = mk.encode(mk.random_pixels(9, 32), fmt="JPEG")
-    files["test/cat/cut.jpg"] = good[: len(good) // 2]
-    with pytest.raises(ValueError, match=r"test/cat/cut\.jpg: unreadable, corrupt or truncated image"):
-        load(mk.write_tar(tmp_path / "t.tar.gz", files), tmp_path)
+    return good[: len(good) // 2]
 
 
-def test_empty_file_is_unreadable(tmp_path, mk):
-    files = mk.tree_files()
-    files["train/cat/empty.jpg"] = b""
-    with pytest.raises(ValueError, match=r"train/cat/empty\.jpg: unreadable"):
-        load(mk.write_zip(tmp_path / "t.zip", files), tmp_path)
+@pytest.mark.parametrize(
+    "bad_file, content, container",
+    [
+        ("train/dog/bad.png", lambda mk: b"\x89PNG\r\n\x1a\n garbage", "dir"),  # corrupt
+        ("test/cat/cut.jpg", _half_a_jpeg, "tar.gz"),  # truncated
+        ("train/cat/empty.jpg", lambda mk: b"", "zip"),  # empty
+    ],
+)
+def test_an_unreadable_image_names_the_file(tmp_path, mk, bad_file, content, container):
+    files = mk.tree_files(size=32)
+    files[bad_file] = content(mk)
+    write = {"dir": mk.write_dir, "tar.gz": mk.write_tar, "zip": mk.write_zip}[container]
+    source = write(tmp_path / ("t" if container == "dir" else f"t.{container}"), files)
+    with pytest.raises(ValueError, match=bad_file.replace(".", r"\.") + ": unreadable, corrupt or truncated image"):
+        load(source, tmp_path)
 
 
 def test_mixed_sizes_without_resize_policy(tmp_path, mk):

@@ -90,30 +90,18 @@ def test_resume_gives_the_same_weights(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_resume_mid_run(tmp_path):
+def test_resume_mid_run(tmp_path, interrupted_at_checkpoint):
     data = _toy_set()
     cfg3 = _cfg(epochs=3)
     full = _model(cfg3)
     train_classifier(full, data, cfg3, progress=False)
-    # stop after one epoch by training a 3-epoch run whose checkpoint we cut back to epoch 1
+    # stop after one epoch: the process dies right after the first epoch's checkpoint of a 3-epoch run
     part = _model(cfg3)
     ckpt = tmp_path / "ckpt"
     from detoxops.models import fast_train
 
-    calls = {"n": 0}
-    real_save = fast_train._save_state
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        raise KeyboardInterrupt  # the process dies right after the first epoch's checkpoint
-
-    fast_train._save_state = save_then_stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_classifier(part, data, cfg3, progress=False, checkpoint_dir=ckpt)
-    finally:
-        fast_train._save_state = real_save
+    with interrupted_at_checkpoint(fast_train, 1) as calls:
+        train_classifier(part, data, cfg3, progress=False, checkpoint_dir=ckpt)
     assert calls["n"] == 1
     resumed = _model(cfg3)
     train_classifier(resumed, data, cfg3, progress=False, checkpoint_dir=ckpt)

@@ -64,7 +64,7 @@ def test_training_learns_a_separable_set_and_is_deterministic():
         assert torch.equal(a, b)
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, interrupted_at_checkpoint):
     data = _toy_set()
     cfg = VictimConfig(epochs=3, batch_size=16, seed=1)
     full = build_classifier("small_cnn", 2, image_size=8)
@@ -72,31 +72,14 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     # interrupt after 2 of 3 epochs (checkpoint written), then resume in a fresh model
     cfg2 = cfg.model_copy(update={"epochs": 3})
     interrupted = build_classifier("small_cnn", 2, image_size=8)
-    _train_epochs_then_stop(interrupted, data, cfg2, tmp_path / "ck", stop_after=2)
+    import detoxops.models.train as train_mod
+
+    with interrupted_at_checkpoint(train_mod, 2):
+        train_classifier(interrupted, data, cfg2, progress=False, checkpoint_dir=tmp_path / "ck")
     resumed = build_classifier("small_cnn", 2, image_size=8)
     train_classifier(resumed, data, cfg2, progress=False, checkpoint_dir=tmp_path / "ck")
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
-
-
-def _train_epochs_then_stop(model, data, cfg, ckpt, stop_after):
-    import detoxops.models.train as train_mod
-
-    calls = {"n": 0}
-    real_save = train_mod._save_state
-
-    def save_then_maybe_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == stop_after:
-            raise KeyboardInterrupt
-
-    train_mod._save_state = save_then_maybe_stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_classifier(model, data, cfg, progress=False, checkpoint_dir=ckpt)
-    finally:
-        train_mod._save_state = real_save
 
 
 def test_loop_attack_hook_transforms_every_batch():
