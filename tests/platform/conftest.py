@@ -4,8 +4,16 @@ MLflow, DVC remote, datasets) in a temporary folder so nothing leaks between run
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +48,106 @@ def platform_env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> Iterator[str]:
+    """A fresh MLflow store for one test (sqlite in ``tmp_path``): its URI, set in the environment (for servers the
+    test starts) and in this process; unset afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+class LocalServer:
+    """A server process a platform test starts on 127.0.0.1 (``mlflow models serve``, ``python -m
+    tasks.serve_guard``): a free port, the environment it runs in, and :meth:`running`, which starts it in its own
+    process group, waits for ``/ping`` and stops the whole group afterwards (the mlflow CLI spawns uvicorn)."""
+
+    @staticmethod
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    @staticmethod
+    def env(tracking_uri: str) -> dict[str, str]:
+        """This interpreter's environment on ``tracking_uri``, one thread, its scripts (``mlflow``) on PATH."""
+        return dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def mlflow_serve(self, model_uri: str, port: int, env: dict[str, str]) -> list[str]:
+        """The ``mlflow models serve`` command of ``model_uri`` with the local environment, one worker."""
+        mlflow_bin = shutil.which("mlflow", path=env["PATH"])
+        assert mlflow_bin, "mlflow CLI not found next to the interpreter"
+        return [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+                "-p", str(port), "-w", "1"]
+
+    @contextmanager
+    def running(self, args: list[str], port: int, env: dict[str, str], log_path: Path, *, cwd: Path | None = None,
+                seconds: float = 300) -> Iterator[str]:
+        """Start ``args`` (output to ``log_path``), yield its base URL once ``/ping`` answers 200 (a loaded 2-core
+        machine needs minutes to import mlflow + torch), and stop it, SIGKILL if SIGTERM is not enough."""
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            self._wait_ready(proc, base, log_path, seconds)
+            yield base
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    @staticmethod
+    def _wait_ready(proc: subprocess.Popen, base: str, log_path: Path, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {seconds} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def local_server() -> LocalServer:
+    return LocalServer()
+
+
+@pytest.fixture
+def dashboard_on(monkeypatch):
+    """``dashboard_on(data_root)`` → the dashboard (``dashboards/app.py``, Streamlit's AppTest) run on that data root
+    with fresh caches, checked to raise nothing; the caches are cleared again afterwards."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    def run(data_root: str | Path):
+        monkeypatch.setenv("DETOXOPS_DATA_ROOT", str(data_root))
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        at = AppTest.from_file(str(ROOT / "dashboards" / "app.py"), default_timeout=60)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    yield run
+    st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,6 @@ dashboard's Defense results page reads it beside the benchmark's runs."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +26,8 @@ PARAMS = str(Path(__file__).parents[1] / "commands" / "byo_params.yaml")  # defa
 FAST = byo.FAST
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(900)
-def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, monkeypatch):
+def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, mlflow_store, local_server):
     """The Done-when, (c): the classifier logged as the project's pyfunc (defense `none`), served by `mlflow models
     serve` on 127.0.0.1; one `detoxops detox eval --model http://.../invocations` prints none and sampdetox."""
     import mlflow
@@ -54,45 +39,16 @@ def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, monkey
     victim = byo.train_backdoored(tmp_path / "victim")
     onnx = byo.export_onnx(victim, tmp_path / "victim.onnx")
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        exp = ensure_experiment("detoxops/test-byo-serve", root=tmp_path)
-        with mlflow.start_run(experiment_id=exp):
-            example = byo.clean_images(1, seed=0)[0][:2]
-            info = log_guard_model(victim, None, "none", {"batch_size": 64}, example, tmp_path / "work",
-                                   registered_model_name="detoxops-byo-test")
-    finally:
-        mlflow.set_tracking_uri(None)
+    exp = ensure_experiment("detoxops/test-byo-serve", root=tmp_path)
+    with mlflow.start_run(experiment_id=exp):
+        example = byo.clean_images(1, seed=0)[0][:2]
+        info = log_guard_model(victim, None, "none", {"batch_size": 64}, example, tmp_path / "work",
+                               registered_model_name="detoxops-byo-test")
 
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    mlflow_bin = shutil.which("mlflow", path=env["PATH"])
-    assert mlflow_bin, "mlflow CLI not found next to the interpreter"
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [mlflow_bin, "models", "serve", "-m", f"models:/detoxops-byo-test/{info.registered_model_version}",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {server.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 300 s:\n{log_path.read_text()}")
-            time.sleep(1)
-
+    port = local_server.free_port()
+    env = local_server.env(mlflow_store)
+    serve = local_server.mlflow_serve(f"models:/detoxops-byo-test/{info.registered_model_version}", port, env)
+    with local_server.running(serve, port, env, tmp_path / "serve.log"):
         runner = CliRunner()
         common = ["detox", "eval", "--no-progress", "--params", PARAMS, "--clean", str(clean), "--triggered", str(triggered),
                   "--limit", "10", *(a for kv in FAST for a in ("--set", kv))]
@@ -103,13 +59,6 @@ def test_served_pyfunc_classifier_folder_and_onnx_agree_on_none(tmp_path, monkey
         folder = runner.invoke(app, [*common, "--model", str(victim), "--defenses", "none"])
         exported = runner.invoke(app, [*common, "--model", str(onnx), "--defenses", "none"])
         assert folder.exit_code == 0 and exported.exit_code == 0, folder.output + exported.output
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the CLI spawns uvicorn in its own process group
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=5)
 
     rows = byo.table_rows(served.output)
     assert set(rows) == {"none", "sampdetox"}

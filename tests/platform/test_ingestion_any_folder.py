@@ -328,27 +328,15 @@ def test_no_option_check_on_a_new_32px_dataset(project, tmp_path):
           f"clean {time.perf_counter() - started:.0f} s; stages {record['stages']}")
 
 
-def test_the_dashboard_shows_failed_checks(project, tmp_path, monkeypatch):
+def test_the_dashboard_shows_failed_checks(project, tmp_path, dashboard_on):
     """A check that failed is on the Overview with its reason, next to the passed / quarantined counts."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from tasks import PROJECT_ROOT
-
     source = write_folders(tmp_path / "oneclass", {"train": gratings(1, 12, 16, 0)})
     code, _ = run_check(["--source", str(source)])
     assert code == 1
-    monkeypatch.setenv("DETOXOPS_DATA_ROOT", str(project / "data"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "app.py"), default_timeout=60)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = dashboard_on(project / "data")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Latest check"] == "failed" and int(metrics["Failed"]) >= 1
     assert any("failed without a verdict" in w.value and "1 class(es)" in w.value for w in at.warning)
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def test_exit_codes_tell_passed_quarantined_and_error_apart():

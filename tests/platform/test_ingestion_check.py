@@ -141,25 +141,13 @@ def test_clean_dataset_passes(clean_check):
     assert "PASSED" in report.data and "clean" in report.data
 
 
-def test_overview_shows_the_checks(poisoned_check, clean_check, monkeypatch):
+def test_overview_shows_the_checks(poisoned_check, clean_check, dashboard_on):
     """The dashboard reads exactly what the flow recorded."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from tasks import PROJECT_ROOT
-
-    monkeypatch.setenv("DETOXOPS_DATA_ROOT", str(Path(clean_check.result()["version"]).parents[1]))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "app.py"), default_timeout=60)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = dashboard_on(Path(clean_check.result()["version"]).parents[1])
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Latest check"] == "passed"
     assert int(metrics["Quarantined"]) >= 1 and int(metrics["Passed"]) >= 1
     assert any("passed the check" in s.value for s in at.success)
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def test_cron_deployment_and_cli_wiring(monkeypatch):

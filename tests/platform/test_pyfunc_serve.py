@@ -7,13 +7,6 @@ No Prefect server is needed (the ``platform_env`` harness is not used); MLflow l
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,23 +17,6 @@ import pytest
 pytestmark = [pytest.mark.platform, pytest.mark.timeout(420)]
 
 MODEL_NAME = "detoxops-guard-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
 
 
 def _tiny_guard_parts(tmp_path: Path):
@@ -72,7 +48,7 @@ def test_check_artifacts_refuses_pickle_weights(tmp_path):
         check_artifacts(tmp_path / "bad")
 
 
-def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
+def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store, local_server):
     import mlflow
     import torch
 
@@ -100,32 +76,10 @@ def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
     expected = np.asarray(expected).astype(int).tolist()
     assert all(0 <= y < 10 for y in expected)
 
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_store, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    mlflow_bin = shutil.which("mlflow", path=env["PATH"])
-    assert mlflow_bin, "mlflow CLI not found next to the interpreter"
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [mlflow_bin, "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to import mlflow + torch
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {server.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 240 s:\n{(tmp_path / 'serve.log').read_text()}")
-            time.sleep(0.5)
+    port = local_server.free_port()
+    env = local_server.env(mlflow_store)
+    serve = local_server.mlflow_serve(f"models:/{MODEL_NAME}/{version}", port, env)
+    with local_server.running(serve, port, env, tmp_path / "serve.log") as base:
         body = json.dumps({"inputs": images.tolist()}).encode()
         req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -148,14 +102,6 @@ def test_guard_served_over_http_matches_in_process(tmp_path, mlflow_store):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(undeclared, timeout=60)
         assert info.value.code == 400 and "pixel_range" in info.value.read().decode()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the CLI spawns uvicorn in its own process group
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=5)
-        log.close()
 
 
 def test_plain_victim_guard_needs_no_purifier(tmp_path, mlflow_store):

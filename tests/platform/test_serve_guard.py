@@ -4,10 +4,7 @@ serve`` of the guard model (JSON wire) is checked in test_pyfunc_serve.py, which
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,39 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "detoxops-guard-serve-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, base: str, log: Path, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready after {seconds} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
 @pytest.fixture
-def registered_guard(tmp_path, monkeypatch):
+def registered_guard(tmp_path, mlflow_store):
     """A width-8 small CNN behind cheap SampDetox (shipped digits purifier), logged and registered as version 1."""
     import mlflow
     import torch
@@ -65,9 +31,6 @@ def registered_guard(tmp_path, monkeypatch):
     from tasks.pyfunc_model import log_guard_model
     from tasks.tracking import ensure_experiment
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     torch.set_num_threads(1)
     clf = build_classifier("small_cnn", 10, 3, 16, seed=0, width=8)
     classifier_dir = save_classifier(clf, tmp_path / "victim")
@@ -79,31 +42,19 @@ def registered_guard(tmp_path, monkeypatch):
                         tmp_path / "work", registered_model_name=MODEL_NAME)
     model_uri = f"models:/{MODEL_NAME}/1"
     expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(images)).astype(int)
-    yield uri, model_uri, images, expected
-    mlflow.set_tracking_uri(None)
+    return mlflow_store, model_uri, images, expected
 
 
-def _env(uri: str) -> dict[str, str]:
-    return dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
-def test_detoxifier_speaks_the_contract_with_the_served_guard(tmp_path, registered_guard):
+def test_detoxifier_speaks_the_contract_with_the_served_guard(tmp_path, registered_guard, local_server):
     from detoxops.defenses.guard import Detoxifier
     from detoxops.serving import GuardHTTPError, classify_over_http
 
     uri, model_uri, images, expected = registered_guard
-    port = _free_port()
+    port = local_server.free_port()
     log_path = tmp_path / "serve_guard.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.serve_guard", "--model", model_uri, "--set", f"serve.port={port}",
-             "--set", "serve.max_body_bytes=1048576"],
-            cwd=ROOT, env=_env(uri), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, base, log_path)
+    command = [sys.executable, "-m", "tasks.serve_guard", "--model", model_uri, "--set", f"serve.port={port}",
+               "--set", "serve.max_body_bytes=1048576"]
+    with local_server.running(command, port, local_server.env(uri), log_path, cwd=ROOT) as base:
         for wire in ("npy", "json"):  # Detoxifier(url): no local defense, the served guard detoxifies
             got = Detoxifier(base, http_wire=wire).predict(images)
             np.testing.assert_array_equal(got, expected)
@@ -127,6 +78,4 @@ def test_detoxifier_speaks_the_contract_with_the_served_guard(tmp_path, register
             reply = sock.recv(65536)
             elapsed = time.perf_counter() - started
         assert reply.startswith(b"HTTP/1.1 413") and elapsed < 1.0, (reply[:100], elapsed)
-    finally:
-        _stop(proc)
     assert "contract v1" in log_path.read_text()
