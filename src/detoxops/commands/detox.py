@@ -54,8 +54,8 @@ def score_command(
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """CA / PA / ASR of the victim behind each defense on the ``val`` or held-out ``test`` part of the test split,
-    with ``params.sampdetox`` as it is (the ``sweep`` and ``detox_eval`` stages: ``dvc exp run -S sampdetox.t2=80``
-    scores one sweep point)."""
+    with ``params.sampdetox`` as it is (the ``detox_eval`` stage; one SampDetox setting with the sweep's rule and
+    held-out check: ``detox sweep --point``, the ``sweep_point`` stage)."""
     params = params_from_cli(params_path, overrides)
     import torch
 

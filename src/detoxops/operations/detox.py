@@ -1,9 +1,10 @@
 """Detox-evaluate: CA / PA / ASR of a victim behind each defense on the ``val`` (selection) or held-out ``test``
 part of the test split (:func:`detoxops.defenses.evaluation.split_eval_sets`).
 
-The one implementation behind ``detoxops detox score`` (the ``sweep`` and ``detox_eval`` stages of ``dvc.yaml``)
-and the sweep's Prefect task (``tasks.sweep_tasks.evaluate_point``): one sweep point is this function with one
-``sampdetox`` setting.
+The one implementation behind ``detoxops detox score`` (the ``detox_eval`` stage of ``dvc.yaml``) and every sweep
+point (:func:`detoxops.operations.sweep.score_setting`: this function with one ``sampdetox`` setting, in
+``detoxops detox sweep``, the ``sweep`` / ``sweep_point`` stages and the sweep's Prefect task
+``tasks.sweep_tasks.evaluate_point``).
 """
 
 from __future__ import annotations
