@@ -336,7 +336,7 @@ def markdown(result: dict) -> str:
         "carries the 1-minute load average before / after it.",
         "Each run: `python -m flows.demo --set …` in a fresh clone (no cache, no stored data), wall time of the "
         "whole command; seeds fixed (params.yaml's). CA / ASR on 200 test images per split, TPR / FPR on the "
-        "1,438 training images, in %. Bounds: TPR ≥ 90, FPR ≤ 2, retrained ASR ≤ 5, SampDetox ASR ≤ 10 with CA "
+        "demo's training images (all 1,438 before the 72-per-class overlay, 720 since), in %. Bounds: TPR ≥ 90, FPR ≤ 2, retrained ASR ≤ 5, SampDetox ASR ≤ 10 with CA "
         "within 3 points of no defense. The temporary Prefect server may take up to 600 s to start in these runs "
         "(the flows' own default, 90 s, made two runs at load ~19 fail: those rows say so).",
         "",
