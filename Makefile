@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
-# the dvc.yaml pipeline (ingest → poison → victim → sanitize → detox_eval → report, + the sweep over
-# params.sweep.grid and the sweep point)
+# the dvc.yaml pipeline (ingest → poison → victim → sanitize → detox_eval → report, + the sweep point); the `sweep`
+# stage scores every point of params.sweep.grid (32 by default, each one sweep_point's cost): `dvc repro sweep`
 pipeline: $(STAMP)
-	$(BIN)/dvc repro report sweep sweep_point
+	$(BIN)/dvc repro report sweep_point
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
