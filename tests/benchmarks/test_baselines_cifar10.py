@@ -67,3 +67,12 @@ def test_rows_queries_and_resume(cifar_archive, victim_store, tmp_path, monkeypa
     assert bench.main([*args[:-4], "--out", str(tmp_path / "r2.json"), "--md", str(tmp_path / "r2.md")]) == 0
     again = json.loads((tmp_path / "r2.json").read_text())["rows"]
     assert [{k: v for k, v in r.items()} for r in again] == record["rows"]
+
+
+def test_explain_measures_the_trigger_left_in_zips_ranges(cifar_archive, victim_store, tmp_path):
+    """BadNets' white 3x3 patch is achromatic: the grayscale projection keeps almost all of it, 2x2 pooling part."""
+    out = tmp_path / "explain.json"
+    assert bench.main(["--explain", "--attacks", "badnets", "--n-clean", "20", "--data", str(cifar_archive),
+                       "--out", str(out)]) == 0
+    shares = json.loads(out.read_text())["zip_trigger_range_share"]["badnets"]
+    assert shares["gray"] > 0.9 and 0.2 < shares["pool"] < 0.95
