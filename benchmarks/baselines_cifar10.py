@@ -133,7 +133,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["attack"], r["defense"]), []).append(r)
     out = []
     for (attack, defense), rs in groups.items():
-        s = {"attack": attack, "defense": defense, "seeds": [r["seed"] for r in rs]}
+        s = {"attack": attack, "defense": defense, "seeds": [r["seed"] for r in rs],
+             "n_clean": rs[0]["n_clean"], "n_poisoned": rs[0]["n_poisoned"]}
         for k in ("ca", "pa", "asr", "images_per_s", "queries_per_image"):
             v = np.array([r[k] for r in rs], dtype=float)
             s[k], s[f"{k}_std"] = round(float(v.mean()), 2), round(float(v.std()), 2)
@@ -143,17 +144,26 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def render_markdown(record: dict) -> str:
-    lines = [f"Command: `{record['command']}`", "",
-             f"Machine: {record['machine']}", "",
-             "CA / PA / ASR in % (mean ± std over seeds " + ", ".join(map(str, record["seeds"])) + f"; "
-             f"{record['n_clean']} clean + {record['n_poisoned']} triggered held-out images per seed); "
-             "paper = SampDetox table 1 (PreAct-ResNet18 victim; `faithful` is compared with its SampDetox column).", "",
-             "| attack | defense | CA | PA | ASR | images/s | queries / image | paper CA / PA / ASR |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in record["summary"]:
+def render_markdown(records: list[dict]) -> str:
+    """One table over the records' rows (several runs, e.g. a cheaper setting for one defense), each run's command
+    and machine above it."""
+    lines = []
+    for record in records:
+        lines += [f"Command: `{record['command']}`", "", f"Machine: {record['machine']}", ""]
+    lines += ["CA / PA / ASR in % (mean ± std over the seeds listed; n = clean + triggered held-out images per seed); "
+              "paper = SampDetox table 1 (PreAct-ResNet18 victim; `faithful` is compared with its SampDetox column).",
+              "", "| attack | defense | seeds | n | CA | PA | ASR | images/s | queries / image | paper CA / PA / ASR |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [r for record in records for r in record["rows"]]
+    by_n: dict[tuple, list[dict]] = {}
+    for r in rows:  # a defense run at another n is its own row
+        by_n.setdefault((r["n_clean"], r["n_poisoned"]), []).append(r)
+    summary = sorted((s for group in by_n.values() for s in summarise(group)),
+                     key=lambda s: (s["attack"], -s["n_clean"], s["defense"] != "none"))
+    for s in summary:
         paper = " / ".join(f"{v:.2f}" for v in s["paper"]) if s["paper"] else "–"
-        lines.append(f"| {s['attack']} | {s['defense']} | {s['ca']:.1f} ± {s['ca_std']:.1f} | "
+        lines.append(f"| {s['attack']} | {s['defense']} | {', '.join(map(str, s['seeds']))} | "
+                     f"{s['n_clean']} + {s['n_poisoned']} | {s['ca']:.1f} ± {s['ca_std']:.1f} | "
                      f"{s['pa']:.1f} ± {s['pa_std']:.1f} | {s['asr']:.1f} ± {s['asr_std']:.1f} | "
                      f"{s['images_per_s']:.3f} | {s['queries_per_image']:.0f} | {paper} |")
     return "\n".join(lines) + "\n"
@@ -174,12 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="params.yaml override, e.g. baselines.sancdifi.sampler=ddim (repeatable)")
     ap.add_argument("--cache", type=Path, default=None, help="folder for defended images (resume)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (required but with --combine)")
     ap.add_argument("--md", type=Path, default=None)
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="only render --md from these result files (one table)")
     ap.add_argument("--explain", action="store_true",
                     help="only measure the share of each attack's trigger in the range of ZIP's degradations "
                          "(on --n-clean held-out images of seed 0) and write it to --out")
     args = ap.parse_args(argv)
+    if args.combine:
+        text = render_markdown([json.loads(f.read_text()) for f in args.combine])
+        if args.md is not None:
+            args.md.parent.mkdir(parents=True, exist_ok=True)
+            args.md.write_text(text)
+        print(text)
+        return 0
+    if args.out is None:
+        ap.error("--out is required")
     torch.set_num_threads(args.threads)
 
     params = load_params(ROOT / "params.yaml", args.overrides)
@@ -246,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     _write_json(args.out, record)
     if args.md is not None:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(render_markdown(record))
-    print(render_markdown(record))
+        args.md.write_text(render_markdown([record]))
+    print(render_markdown([record]))
     return 0
 
 

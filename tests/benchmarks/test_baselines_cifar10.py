@@ -68,6 +68,14 @@ def test_rows_queries_and_resume(cifar_archive, victim_store, tmp_path, monkeypa
     again = json.loads((tmp_path / "r2.json").read_text())["rows"]
     assert [{k: v for k, v in r.items()} for r in again] == record["rows"]
 
+    # one table from several runs: rows at another n stay their own rows
+    other = {**record, "rows": [{**r, "n_clean": 20} for r in record["rows"] if r["defense"] == "sancdifi"]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert bench.main(["--combine", str(tmp_path / "r.json"), str(tmp_path / "other.json"),
+                       "--md", str(tmp_path / "both.md")]) == 0
+    table = (tmp_path / "both.md").read_text()
+    assert "| badnets | sancdifi | 0, 1 | 10 + 4 |" in table and "| badnets | sancdifi | 0, 1 | 20 + 4 |" in table
+
 
 def test_explain_measures_the_trigger_left_in_zips_ranges(cifar_archive, victim_store, tmp_path):
     """BadNets' white 3x3 patch is achromatic: the grayscale projection keeps almost all of it, 2x2 pooling part."""
