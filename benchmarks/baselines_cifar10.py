@@ -126,6 +126,34 @@ def zip_range_shares(attack, images_u8: np.ndarray, labels: np.ndarray, transfor
     return {kind: float(project(delta, kind, scale).pow(2).sum()) / max(total, 1e-12) for kind in transforms}
 
 
+def restoration_measures(defense, model, attack, clean_u8: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """What a localising defense restores, on clean and triggered copies of the same non-target images: the share of
+    pixels it noised above its lowest level (clean; trigger pixels and the rest of triggered images), its trigger
+    map's AUC against the trigger's pixels, and how often the victim's label of a clean image survives it."""
+    from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
+
+    keep = labels != attack.target
+    if not keep.any():
+        raise ValueError(f"restoration_measures: every image is of the target class {attack.target}")
+    clean_u8, labels = np.asarray(clean_u8)[keep], labels[keep]
+    triggered, _, _ = attack.poison_test_arrays(clean_u8, labels)
+    mask = changed_pixels(clean_u8, np.asarray(triggered))
+    outs = {}
+    for part, images in (("clean", clean_u8), ("triggered", np.asarray(triggered))):
+        with torch.no_grad():
+            o = defense(to_tensor(images), make_generator(seed))
+        levels = o.maps["noise_levels"].amax(1).numpy()
+        outs[part] = (o, levels > levels.min())
+    (o_c, restored_c), (o_t, restored_t) = outs["clean"], outs["triggered"]
+    quality = trigger_map_quality(o_t.maps["trigger_map"], o_t.maps["noise_levels"].amax(1), mask)
+    return {"n_images": int(len(clean_u8)), "trigger_pixel_share": float(mask.mean()),
+            "clean_pixels_restored": float(restored_c.mean()),
+            "trigger_pixels_restored": float(restored_t[mask].mean()) if mask.any() else None,
+            "other_pixels_restored": float(restored_t[~mask].mean()),
+            "trigger_map_auc": quality["map_auc"],
+            "clean_label_kept": float(np.mean(predict(model, from_tensor(o_c.images)) == predict(model, clean_u8)))}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (attack, defense), rates in %."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -188,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                     help="only render --md from these result files (one table)")
+    ap.add_argument("--explain-defenses", default="",
+                    help="--explain: also measure what these localising defenses restore (restoration_measures) on "
+                         "--explain-n images per attack")
+    ap.add_argument("--explain-n", type=int, default=16)
     ap.add_argument("--explain", action="store_true",
                     help="only measure the share of each attack's trigger in the range of ZIP's degradations "
                          "(on --n-clean held-out images of seed 0) and write it to --out")
@@ -218,9 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         cidx, _ = pick(clean, half, args.n_clean, 0, None, 0)
         shares = {a: zip_range_shares(attack, clean.images[cidx], clean.labels[cidx], list(z.transforms), z.deg_scale)
                   for a, (_, attack) in victims.items()}
-        _write_json(args.out, {"command": shlex.join(["python", "benchmarks/baselines_cifar10.py",
-                                                      *(sys.argv[1:] if argv is None else argv)]),
-                               "n_images": int(len(cidx)), "zip_trigger_range_share": shares})
+        record = {"command": shlex.join(["python", "benchmarks/baselines_cifar10.py",
+                                         *(sys.argv[1:] if argv is None else argv)]),
+                  "n_images": int(len(cidx)), "zip_trigger_range_share": shares, "restoration": {},
+                  "precision": params.diffusion.precision, "load_avg_1min_start": round(load_start, 2)}
+        eidx = cidx[: args.explain_n]
+        for name in filter(None, args.explain_defenses.split(",")):
+            for a, (model, attack) in victims.items():
+                d = build_defense(name, purifier, params.sampdetox, classifier=model, baselines=params.baselines)
+                t0 = time.perf_counter()
+                m = restoration_measures(d, model, attack, clean.images[eidx], clean.labels[eidx], seed=0)
+                record["restoration"][f"{a}/{name}"] = m | {"seconds": round(time.perf_counter() - t0, 1)}
+                print(a, name, json.dumps(record["restoration"][f"{a}/{name}"]), flush=True)
+        record["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+        _write_json(args.out, record)
         print(json.dumps(shares, indent=1))
         return 0
 

@@ -158,7 +158,7 @@ def _scan(params, version: str, purifier: str, data_root: Path, runs_root: Path,
         victim = train_victim(version, victim_cfg, None, str(runs_root / "victims"))
     with stage_progress("dataelixir", stages):
         sanitized = sanitize_dataset(version, victim["path"], purifier, params.dataelixir.model_dump(mode="json"),
-                                     str(data_root), victim_cfg=victim_cfg)
+                                     str(data_root), victim_cfg=victim_cfg, precision=params.diffusion.precision)
     return victim, sanitized
 
 

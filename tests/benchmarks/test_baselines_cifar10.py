@@ -84,3 +84,28 @@ def test_explain_measures_the_trigger_left_in_zips_ranges(cifar_archive, victim_
                        "--out", str(out)]) == 0
     shares = json.loads(out.read_text())["zip_trigger_range_share"]["badnets"]
     assert shares["gray"] > 0.9 and 0.2 < shares["pool"] < 0.95
+
+
+def test_restoration_measures_on_a_planted_patch(cifar_archive, victim_store):
+    """BDMAE (cheap settings) on BadNets images: the shares are fractions, the trigger is 9 of 1,024 pixels."""
+    import torch
+
+    from detoxops.config import BaselinesConfig
+    from detoxops.defenses.catalog import build_defense
+    from detoxops.diffusion import load_purifier
+    from detoxops.models import load_classifier
+    from detoxops.models.store import victim_attack
+
+    torch.manual_seed(0)
+    clean = bench.clean_test(str(cifar_archive))
+    model, attack = load_classifier("cifar10-fast/badnets").float().eval(), victim_attack("cifar10-fast/badnets")
+    cfg = BaselinesConfig(bdmae={"rp_init_in": 2, "rp_init_out": 2, "rp_refine": 2, "restore_rounds": 1,
+                                 "inpaint_stride": 500})
+    d = build_defense("bdmae", load_purifier(bench.SHIPPED_PURIFIER), classifier=model, baselines=cfg)
+    idx = np.arange(0, 10_000, 1_000)[:6]  # the test split is stored class by class: one image of six classes
+    m = bench.restoration_measures(d, model, attack, clean.images[idx], clean.labels[idx], seed=0)
+    assert m["n_images"] == int((clean.labels[idx] != attack.target).sum()) == 5
+    assert m["trigger_pixel_share"] == pytest.approx(9 / 1024, abs=2 / 1024)
+    for k in ("clean_pixels_restored", "trigger_pixels_restored", "other_pixels_restored", "clean_label_kept"):
+        assert 0.0 <= m[k] <= 1.0
+    assert 0.0 <= m["trigger_map_auc"] <= 1.0
