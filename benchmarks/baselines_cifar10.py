@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                          *(sys.argv[1:] if argv is None else argv)]),
                   "n_images": int(len(cidx)), "zip_trigger_range_share": shares, "restoration": {},
                   "precision": params.diffusion.precision, "load_avg_1min_start": round(load_start, 2)}
-        eidx = cidx[: args.explain_n]
+        eidx, _ = pick(clean, half, args.explain_n, 0, None, 0)  # class-balanced (the split is stored by class)
         for name in filter(None, args.explain_defenses.split(",")):
             for a, (model, attack) in victims.items():
                 d = build_defense(name, purifier, params.sampdetox, classifier=model, baselines=params.baselines)
