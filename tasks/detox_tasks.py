@@ -129,12 +129,14 @@ def evaluate_byo_task(
     device = str(resolve_device())
     loaded = load_model(model, allow_unsafe=allow_unsafe_model, device=device, input_range=input_range,
                         http_protocol=http_protocol)
-    pur = load_purifier(purifier, device=device) if purifier and needs_purifier(defenses) else None
+    pur = (load_purifier(purifier, device=device, precision=p.diffusion.precision)
+           if purifier and needs_purifier(defenses) else None)
     plan = prepare_byo(clean, triggered, target=target, model_size=loaded.input_size,
                        model_classes=loaded.class_names, model_num_classes=loaded.num_classes, image_size=image_size,
                        purifier_size=pur.image_size if pur is not None else None, resize=resize, progress=False,
                        limits=p.data.limits)
-    built, purifier_origin = byo_defenses(defenses, plan.image_size, p.sampdetox, pur, p.diffusion.purifier, device)
+    built, purifier_origin = byo_defenses(defenses, plan.image_size, p.sampdetox, pur, p.diffusion.purifier, device,
+                                          precision=p.diffusion.precision)
     seed = p.sampdetox.seed
     data = plan.data.at_most(max_images, seed)  # `detoxops detox eval --limit`'s sample: the same images
     rng = np.random.default_rng(seed)

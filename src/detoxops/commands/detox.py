@@ -248,7 +248,8 @@ def eval_command(
             limits=p.data.limits,
         )
         built, purifier_origin = byo_defenses(names, plan.image_size, p.sampdetox, pur, p.diffusion.purifier,
-                                              classifier=loaded.classifier, baselines=p.baselines)
+                                              classifier=loaded.classifier, baselines=p.baselines,
+                                              precision=p.diffusion.precision)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
         return

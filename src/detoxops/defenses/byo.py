@@ -201,9 +201,10 @@ def _fit(ds: ImageSet, what: str, size: tuple[int, int], resize: bool, why: str,
 
 
 def byo_defenses(names: list[str], size: tuple[int, int], cfg, purifier=None, configured: str | None = None,
-                 device: str = "cpu", *, classifier=None, baselines=None) -> tuple[dict, str]:
+                 device: str = "cpu", *, classifier=None, baselines=None, precision: str = "auto") -> tuple[dict, str]:
     """``({name: defense}, purifier origin)``. A diffusion defense uses ``purifier`` (loaded), else
-    ``diffusion.purifier`` (``configured``), else the purifier shipped for ``size``; its size must be ``size``."""
+    ``diffusion.purifier`` (``configured``), else the purifier shipped for ``size``, loaded in ``precision``
+    (``diffusion.precision``); its size must be ``size``."""
     from detoxops.defenses.catalog import build_defense, needs_purifier
 
     origin = "none"
@@ -220,7 +221,7 @@ def byo_defenses(names: list[str], size: tuple[int, int], cfg, purifier=None, co
                     "(`detoxops diffusion train --help`) and pass --purifier, or evaluate defenses that need none "
                     "(--defenses none,noising,shrinkpad,blur)"
                 )
-            purifier = load_purifier(folder, device=device)
+            purifier = load_purifier(folder, device=device, precision=precision)
             origin = f"{origin} ({folder})"
         else:
             origin = "given"
