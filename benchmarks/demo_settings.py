@@ -212,7 +212,8 @@ def candidate_grid(args, work: Path) -> list[dict]:
 
     Exact, not an approximation: a round's noise is drawn from the shard's generator before and during its reverse
     steps, whatever ``keep_last`` is, so the first r rounds of an R-round run are the r-round run, and the last k of
-    its K kept steps are the k-step run. Stages 2-4 (transitions, target label, purification, relabelling) are
+    its K kept steps are the k-step run. (Measured once to differ: in bf16, the 4-round slice of a 5-round run found
+    65 / 72 where the fresh-clone 4-round demo found 64, docs/platform.md; the 3-round slice matched.) Stages 2-4 (transitions, target label, purification, relabelling) are
     DataElixir's own (``DataElixir.sanitize``), fed the sliced candidates; a model is retrained on every purified
     set that meets TPR / FPR (the demo's recipe), and its ASR measured on the demo's triggered test images.
     Times here are not demo times (one run serves every cell): the UNet passes per image are the cost."""
