@@ -7,7 +7,9 @@ Reads the first ``--n`` CIFAR-10 test images (``read_per_class``: the archive's 
 Per purifier: PSNR of the noisy input, the one-shot x̂0 and the full DDIM restoration at t = 20, 120, 300
 (``evaluate_denoising``); inpainting PSNR inside 3x3 / 4x4 / 8x8 holes restored from full noise (t = T) with
 clean context (``evaluate_inpainting``) with today's per-pixel sampler, and for uniform purifiers also with
-RePaint-style resampling (U = each ``--repaint-resample`` value). Every entry is stored in ``--json`` as it
+RePaint-style resampling (U = each ``--repaint-resample`` value); with ``--tasks victim`` the accuracy of
+``--victim`` (a classifier folder or victim-store name) on the clean images, the one-shot x̂0 and the DDIM
+restorations at the same levels (issue #25: within 8 points of clean at t = 120, within 2 at t = 20). Every entry is stored in ``--json`` as it
 finishes, keyed by purifier weights (sha256), task and settings, and is not recomputed by a rerun; the
 markdown table ``--md`` is rewritten from the JSON at the end.
 """
@@ -56,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=256, help="test images for the denoising PSNR")
     ap.add_argument("--levels", default="20,120,300")
     ap.add_argument("--restore-stride", type=int, default=20, help="DDIM stride of the full restoration")
-    ap.add_argument("--inpaint-n", type=int, default=256, help="test images for inpainting (the first of --n)")
+    ap.add_argument("--inpaint-n", type=int, default=None, help="test images for inpainting (the first of --n; "
+                    "default: all --n)")
     ap.add_argument("--holes", default="3,4,8")
     ap.add_argument("--inpaint-stride", type=int, default=50, help="DDIM stride from t = T (50: 20 steps)")
     ap.add_argument("--repaint-resample", default="1", help="RePaint U values for uniform purifiers ('' = none)")
-    ap.add_argument("--tasks", default="denoise,inpaint", help="which tasks, in this order")
+    ap.add_argument("--tasks", default="denoise,inpaint", help="which tasks, in this order (denoise, inpaint, victim)")
+    ap.add_argument("--victim", default="cifar10-fast/clean", help="classifier of the victim task (folder or "
+                    "victim-store name)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/purifier_eval_cifar10.json")
@@ -75,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     from detoxops.diffusion import load_purifier
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
+    from detoxops.models import load_classifier, predict
 
     if args.threads:
         torch.set_num_threads(args.threads)
     levels = tuple(int(v) for v in args.levels.split(",") if v.strip())
     sides = tuple(int(v) for v in args.holes.split(",") if v.strip())
     resamples = tuple(int(v) for v in args.repaint_resample.split(",") if v.strip())
+    args.inpaint_n = args.n if args.inpaint_n is None else args.inpaint_n
     if args.inpaint_n > args.n:
         raise SystemExit("--inpaint-n must be <= --n")
     per_class = -(-args.n // 10)
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # first n (and the first --inpaint-n) hold every class about equally
     order = np.argsort(np.concatenate([np.arange((labels == c).sum()) for c in range(10)]) * 10 + labels,
                        kind="stable")
-    images = images[order][:args.n]
+    images, labels = images[order][:args.n], labels[order][:args.n]
 
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"entries": {}}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -149,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                     lambda p=purifier: evaluate_denoising(p, images, levels, mode="ddim", stride=args.restore_stride,
                                                           seed=args.seed, batch_size=64))
                 continue
+            if task == "victim":
+                victim = load_classifier(args.victim)
+                run(f"{label}@{sha}/victim/{args.victim}/n{args.n}/ddim{args.restore_stride}/{args.seed}", label,
+                    f"victim:{args.victim}",
+                    lambda p=purifier, v=victim: evaluate_denoising(
+                        p, images, levels, mode="ddim", stride=args.restore_stride, seed=args.seed, batch_size=64,
+                        classify=lambda batch: predict(v, batch), labels=labels))
+                continue
             if task != "inpaint":
-                raise SystemExit(f"--tasks: unknown task {task!r} (denoise, inpaint)")
+                raise SystemExit(f"--tasks: unknown task {task!r} (denoise, inpaint, victim)")
             methods = [("per-pixel", 1)] + ([("repaint", u) for u in resamples] if kind == "uniform" else [])
             for method, u in methods:
                 tag = method if method == "per-pixel" else f"repaint-U{u}"
@@ -179,6 +194,18 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {e['label']} (`{key.split('/')[0]}`) | {t} | {m['psnr_noisy']:.2f} | "
                          f"{m['psnr_x0_oneshot']:.2f} | {m.get('psnr_restored', float('nan')):.2f} | "
                          f"{m['eps_mse']:.4f} | {e['wall_s']} | {e['cpu_s']} | {e['loadavg_1min']} |")
+    victim_rows = [(key, e) for key, e in results["entries"].items() if e["task"].startswith("victim:")]
+    if victim_rows:
+        lines += ["", "## A clean victim's accuracy (%) on restorations: clean images / one-shot x̂0 / DDIM restoration",
+                  "", "| purifier | victim | images | level | clean | one-shot | restored | drop (restored) | PSNR "
+                  "one-shot / restored | wall s | CPU s | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, e in victim_rows:
+            n = key.split("/")[-3]
+            for t, m in e["metrics"].items():
+                lines.append(f"| {e['label']} (`{key.split('/')[0]}`) | {e['task'].split(':', 1)[1]} | {n[1:]} | {t} | "
+                             f"{m['acc_clean']:.1f} | {m['acc_oneshot']:.1f} | {m['acc_restored']:.1f} | "
+                             f"{m['acc_clean'] - m['acc_restored']:.1f} | {m['psnr_x0_oneshot']:.2f} / "
+                             f"{m['psnr_restored']:.2f} | {e['wall_s']} | {e['cpu_s']} | {e['loadavg_1min']} |")
     lines += ["", "## Inpainting from full noise (t = T) with clean context: PSNR (dB) inside the hole", "",
               "| purifier | method | " + " | ".join(f"{s}x{s} hole" for s in _sides(results)) +
               " | mean-colour fill (ref.) | images | wall s | CPU s | load |",

@@ -13,6 +13,7 @@ from detoxops.config import DiffusionConfig
 from detoxops.diffusion import build_unet, evaluate_denoising, load_purifier, train_purifier
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
+from detoxops.models import build_classifier, save_classifier
 
 
 def _cfg(steps: int, **train) -> DiffusionConfig:
@@ -101,6 +102,36 @@ def test_evaluate_denoising_restores_with_an_oracle():
     assert m["eps_mse"] < 1e-8  # the oracle's ε is the noise that was added
 
 
+def test_evaluate_denoising_scores_a_classifier_on_the_restorations():
+    """Accuracy on clean / one-shot / restored images: a nearest-neighbour classifier of the clean images is right
+    on every exact restoration (oracle ε) and the numbers are per cent of the images; PSNR is unchanged by it."""
+    images = _images(4)
+    labels = np.array([3, 1, 4, 1])
+    x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    sched = NoiseSchedule.linear()
+
+    class Oracle:
+        schedule = sched
+        device = torch.device("cpu")
+
+        def __call__(self, x_t, t):
+            return sched.predict_eps(x_t, t, x0.expand_as(x_t))
+
+    def nearest(batch: np.ndarray) -> np.ndarray:
+        d = ((batch[:, None].astype(np.float64) - images[None].astype(np.float64)) ** 2).sum((2, 3, 4))
+        return labels[d.argmin(1)]
+
+    plain = evaluate_denoising(Oracle(), images, (120,), seed=0)[120]
+    m = evaluate_denoising(Oracle(), images, (120,), seed=0, classify=nearest, labels=labels)[120]
+    assert m["acc_clean"] == m["acc_oneshot"] == m["acc_restored"] == 100.0
+    assert {k: m[k] for k in plain} == plain
+    constant = evaluate_denoising(Oracle(), images, (120,), restore=False, classify=lambda b: np.full(len(b), 1),
+                                  labels=labels)[120]
+    assert constant["acc_clean"] == constant["acc_oneshot"] == 50.0 and "acc_restored" not in constant
+    with pytest.raises(ValueError, match="one label per image"):
+        evaluate_denoising(Oracle(), images, (120,), classify=nearest, labels=labels[:3])
+
+
 def test_cli_train_and_eval(tmp_path):
     from detoxops.cli import app
 
@@ -117,6 +148,16 @@ def test_cli_train_and_eval(tmp_path):
                               "--json", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
     assert set(json.loads((tmp_path / "m.json").read_text())["levels"]["3"]) >= {"psnr_noisy", "psnr_restored"}
+    save_classifier(build_classifier("small_cnn", 10, 3, 16, width=4), tmp_path / "victim")
+    res = runner.invoke(app, ["diffusion", "eval", str(out), "--data", "digits", "--n", "4", "--levels", "3",
+                              "--victim", str(tmp_path / "victim"), "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    assert "accuracy (%) on the clean / one-shot / restored" in res.output
+    level = json.loads((tmp_path / "v.json").read_text())["levels"]["3"]
+    assert all(0.0 <= level[k] <= 100.0 and level[k] % 25 == 0 for k in ("acc_clean", "acc_oneshot", "acc_restored"))
+    missing = runner.invoke(app, ["diffusion", "eval", str(out), "--data", "digits", "--n", "2", "--levels", "3",
+                                  "--victim", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0 and "--victim" in missing.output
     res = runner.invoke(app, ["diffusion", "export", str(out), str(tmp_path / "shipped")])
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "shipped" / "checkpoint").exists()

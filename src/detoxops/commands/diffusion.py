@@ -148,7 +148,8 @@ def train_command(
 
 @diffusion_app.command("eval")
 def eval_command(
-    purifier_path: str = typer.Argument(..., help="a diffusers UNet2DModel folder (or hub id when online)"),
+    purifier_path: str = typer.Argument(..., help="a diffusers UNet2DModel folder, a shipped purifier's name "
+                                        "(cifar10-32, ...) or a hub id (online only)"),
     data: str = typer.Option(None, "--data", "-d", help="data source (default: data.source from params)"),
     split: str = typer.Option("test", "--split", help="which split to evaluate on"),
     n: int = typer.Option(256, "--n", help="number of images (the first N of the split)"),
@@ -167,18 +168,29 @@ def eval_command(
     inpaint_stride: int = typer.Option(50, "--inpaint-stride", help="DDIM stride of the inpainting from t = T"),
     inpaint_n: int = typer.Option(None, "--inpaint-n", help="images inpainted (default: --n)"),
     seed: int = typer.Option(0, "--seed"),
+    victim: str = typer.Option(
+        None, "--victim", help="also report this classifier's accuracy on the clean, one-shot and restored images "
+        "(a classifier folder or a victim-store name, e.g. cifar10-fast/clean)"
+    ),
     json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """PSNR of noisy input vs one-shot x0 prediction vs full restoration, per noise level; with --holes also
-    the PSNR inside square holes inpainted from full noise (uniform and level-map purifiers alike)."""
+    """PSNR of noisy input vs one-shot x0 prediction vs full restoration, per noise level; with --victim also a
+    classifier's accuracy on them; with --holes also the PSNR inside square holes inpainted from full noise
+    (uniform and level-map purifiers alike)."""
     import torch
 
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
-    from detoxops.diffusion.unet import load_purifier
+    from detoxops.diffusion.unet import (
+        OPTIONAL_PURIFIERS,
+        SHIPPED_PURIFIERS,
+        load_purifier,
+        shipped_purifier_dir,
+    )
+    from detoxops.models import load_classifier, predict
 
     if threads:
         torch.set_num_threads(threads)
@@ -191,6 +203,9 @@ def eval_command(
     cfg = params_from_cli(params, overrides)
     eval_levels = _parse_levels(levels)
     hole_sides = _parse_levels(holes) if holes.strip() else []
+    name = purifier_path.removeprefix("shipped:")
+    if not Path(purifier_path).is_dir() and name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}:
+        purifier_path = str(shipped_purifier_dir(name))  # a shipped purifier by name, e.g. cifar10-32
     try:
         purifier = load_purifier(purifier_path)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -200,9 +215,21 @@ def eval_command(
     if split not in splits:
         fail(f"split {split!r} not in the data (have {sorted(splits)})", code=2)
     images = splits[split].images[:n]
+    classify = None
+    if victim is not None:
+        try:
+            model = load_classifier(victim)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            fail(f"--victim {victim}: {exc}")
+            return
+
+        def classify(batch):
+            return predict(model, batch)
+
     try:
         metrics = evaluate_denoising(
-            purifier, images, eval_levels, mode=mode, stride=stride, seed=seed, restore=restore
+            purifier, images, eval_levels, mode=mode, stride=stride, seed=seed, restore=restore,
+            classify=classify, labels=splits[split].labels[:n],
         )
     except ValueError as exc:
         fail(str(exc))
@@ -212,6 +239,13 @@ def eval_command(
     typer.echo(_format_table(metrics))
     record = {"purifier": purifier_path, "kind": kind, "n": len(images), "mode": mode, "stride": stride,
               "levels": metrics}
+    if victim is not None:
+        typer.echo(f"{victim}: accuracy (%) on the clean / one-shot / restored images")
+        typer.echo("level  clean  one-shot  restored")
+        for t, m in sorted(metrics.items()):
+            restored_acc = f"{m['acc_restored']:8.1f}" if "acc_restored" in m else f"{'-':>8}"
+            typer.echo(f"{t:5d}  {m['acc_clean']:5.1f}  {m['acc_oneshot']:8.1f}  {restored_acc}")
+        record["victim"] = victim
     if hole_sides:
         inpaint_images = images[: inpaint_n or n]
         try:

@@ -246,11 +246,30 @@ def evaluate_denoising(
     batch_size: int = 256,
     seed: int = 0,
     restore: bool = True,
+    classify: Callable[[np.ndarray], np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> dict[int, dict[str, float]]:
     """PSNR (dB) of the noisy input, the one-shot x̂_0 and the full reverse-process restoration per level,
     plus the ε-MSE — the "denoising error per band of t". ``restore=False`` skips the reverse process
-    (t UNet passes per image) and reports only the one-shot numbers (one pass)."""
+    (t UNet passes per image) and reports only the one-shot numbers (one pass).
+
+    With ``classify`` (uint8 NHWC batch → labels, e.g. a victim's ``predict``) and the images' ``labels``, also
+    the classifier's accuracy (%) on the clean images (``acc_clean``), on the one-shot x̂_0 (``acc_oneshot``) and
+    on the restorations (``acc_restored``), each quantised to uint8 as a defense hands images to a model: how
+    much of the class a restoration from level t keeps (issue #25's victim check)."""
+    from detoxops.data.tensors import from_tensor
     from detoxops.diffusion.samplers import denoise
+
+    if classify is not None:
+        if labels is None or len(labels) != len(images_u8):
+            raise ValueError(f"classify needs one label per image: {len(images_u8)} images, "
+                             f"{'no' if labels is None else len(labels)} labels")
+        labels = np.asarray(labels)
+
+    def n_correct(x: Tensor, start: int) -> float:
+        assert classify is not None and labels is not None
+        pred = np.asarray(classify(from_tensor(((x.clamp(-1, 1) + 1) / 2).float().cpu())))
+        return float((pred == labels[start : start + len(x)]).sum()) * 100.0
 
     x_all = images_to_diffusion(images_u8)
     gen = torch.Generator().manual_seed(seed)
@@ -267,9 +286,14 @@ def evaluate_denoising(
             x0_hat = purifier.schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
             sums["psnr_noisy"] += float(psnr(x_t.clamp(-1, 1), x0).sum())
             sums["psnr_x0_oneshot"] += float(psnr(x0_hat, x0).sum())
+            if classify is not None:
+                sums["acc_clean"] = sums.get("acc_clean", 0.0) + n_correct(x0, i)
+                sums["acc_oneshot"] = sums.get("acc_oneshot", 0.0) + n_correct(x0_hat, i)
             if restore:
                 restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
                 sums["psnr_restored"] += float(psnr(restored.clamp(-1, 1), x0).sum())
+                if classify is not None:
+                    sums["acc_restored"] = sums.get("acc_restored", 0.0) + n_correct(restored, i)
             sums["eps_mse"] += float((eps - noise).pow(2).flatten(1).mean(1).sum())
         out[int(t)] = {k: v / len(x_all) for k, v in sums.items()}
     return out
