@@ -65,17 +65,19 @@ def ingestion_check(
     params_path: str = "params.yaml",
     overrides: list[str] | None = None,
     dvc_root: str | None = None,
+    workers: int = 1,
 ) -> Any:
     """Check ``source`` (default ``params.data.source``); returns the check record when it passed, a Failed
     state carrying it when the dataset was quarantined. Any error ends the run Failed too (the exception), after
-    the check was recorded as ``failed`` with its reason (MLflow, the marker when a version exists, Prefect)."""
+    the check was recorded as ``failed`` with its reason (MLflow, the marker when a version exists, Prefect).
+    ``workers`` > 1 splits DataElixir's candidate shards over that many tasks (``flows.sanitize``'s scale-out)."""
     from tasks.ingestion_tasks import check_markdown, record_failed_check
 
     started = time.perf_counter()
     stages: dict[str, float] = {}
     ctx: dict[str, Any] = {"source": source}
     try:
-        return _check(source, params_path, list(overrides or []), dvc_root, stages, ctx, started)
+        return _check(source, params_path, list(overrides or []), dvc_root, stages, ctx, started, workers)
     except Exception as exc:
         params = ctx.get("params")
         record = record_failed_check(
@@ -89,7 +91,7 @@ def ingestion_check(
 
 
 def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
-           stages: dict[str, float], ctx: dict[str, Any], started: float) -> Any:
+           stages: dict[str, float], ctx: dict[str, Any], started: float, workers: int = 1) -> Any:
     from tasks.data_tasks import dataset_identity, version_dataset
     from tasks.ingestion_tasks import (
         check_targets,
@@ -130,7 +132,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
         dvc = version_dataset(ingested["path"], str(repo_root), params.tracking.dvc_remote)
     data_version = dataset_identity(ingested, dvc)
     ctx["data_version"] = data_version
-    victim, sanitized = _scan(params, ingested["path"], purifier["path"], data_root, runs_root, stages)
+    victim, sanitized = _scan(params, ingested["path"], purifier["path"], data_root, runs_root, stages, workers)
     targets = check_targets(sanitized)
     purified_dvc = None
     if targets:  # the purified set becomes a version of its own, next to the quarantined one
@@ -146,9 +148,10 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
 
 
 def _scan(params, version: str, purifier: str, data_root: Path, runs_root: Path,
-          stages: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+          stages: dict[str, float], workers: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     """The victim and DataElixir's result. DataElixir labels candidates with a model trained on the very data it
     checks (no attack is known here); its input size and class count are the data's."""
+    from flows.runners import candidates_in_parallel
     from tasks.progress import stage_progress
     from tasks.sanitize_tasks import sanitize_dataset
     from tasks.victim_tasks import train_victim
@@ -157,6 +160,7 @@ def _scan(params, version: str, purifier: str, data_root: Path, runs_root: Path,
     with stage_progress("victim", stages):
         victim = train_victim(version, victim_cfg, None, str(runs_root / "victims"))
     with stage_progress("dataelixir", stages):
+        candidates_in_parallel(version, victim["path"], purifier, params, str(data_root), workers)
         sanitized = sanitize_dataset(version, victim["path"], purifier, params.dataelixir.model_dump(mode="json"),
                                      str(data_root), victim_cfg=victim_cfg, precision=params.diffusion.precision)
     return victim, sanitized
@@ -227,19 +231,22 @@ def deployment_options(
     dvc_root: str | None = None,
     cron: str = DEFAULT_CRON,
     name: str = DEPLOYMENT_NAME,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Keyword arguments of ``ingestion_check.serve`` / ``.to_deployment`` for a scheduled check of ``source``."""
     return {
         "name": name,
         "cron": cron,
         "parameters": {"source": source, "params_path": params_path, "overrides": list(overrides or []),
-                       "dvc_root": dvc_root},
+                       "dvc_root": dvc_root, "workers": workers},
         "tags": ["detoxops", "ingestion-check"],
         "description": f"Scheduled DataElixir ingestion check of {source or 'params.data.source'} ({cron}).",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.runners import RUNNERS, make_task_runner, worker_api
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default=None,
                     help="folder, archive, stored version, builtin name or DVC-tracked path (default: data.source)")
@@ -250,12 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", action="store_true", help="serve a scheduled deployment instead of checking once")
     ap.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule with --serve (default {DEFAULT_CRON!r})")
     ap.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name with --serve")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="parallel DataElixir candidate tasks (default: --dask-workers or 2 on dask, 1 on thread)")
+    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
+    ap.add_argument("--dask-workers", type=int, default=None)
+    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     args = ap.parse_args(argv)
-    if args.serve:
-        ingestion_check.serve(**deployment_options(args.source, args.params, args.overrides, args.dvc_root,
-                                                   args.cron, args.name))
-        return 0
-    state = ingestion_check(args.source, args.params, args.overrides, args.dvc_root, return_state=True)
+    workers = args.workers or ((args.dask_workers or 2) if args.runner == "dask" else 1)
+    check = ingestion_check if args.runner == "thread" else ingestion_check.with_options(  # thread: the default
+        task_runner=make_task_runner(args.runner, args.dask_workers, args.dask_address))
+    with worker_api(args.runner):
+        if args.serve:
+            check.serve(**deployment_options(args.source, args.params, args.overrides, args.dvc_root, args.cron,
+                                             args.name, workers))
+            return 0
+        state = check(args.source, args.params, args.overrides, args.dvc_root, workers, return_state=True)
     return exit_code(state)
 
 

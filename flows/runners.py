@@ -1,4 +1,6 @@
-"""Task runners selectable by a flag in the benchmark / sweep flows (``--runner thread|dask``).
+"""Task runners selectable by a flag in the benchmark / sweep / sanitize / ingestion-check flows
+(``--runner thread|dask``), and the one piece of work the flows split over them themselves: DataElixir's candidate
+shards (:func:`candidates_in_parallel`).
 
 * ``thread`` (default): Prefect's ``ThreadPoolTaskRunner`` — submitted tasks run in threads of the flow process.
 * ``dask``: ``prefect_dask.DaskTaskRunner`` — a temporary ``LocalCluster`` (``--dask-workers`` processes, one
@@ -17,7 +19,7 @@ import os
 
 from tasks import PROJECT_ROOT
 
-__all__ = ["RUNNERS", "make_task_runner", "worker_api"]
+__all__ = ["RUNNERS", "make_task_runner", "worker_api", "candidates_in_parallel"]
 
 RUNNERS = ("thread", "dask")
 
@@ -67,3 +69,19 @@ def worker_api(kind: str = "thread"):
             os.environ["PREFECT_API_URL"] = old
         if server is not None:
             server.stop()
+
+
+def candidates_in_parallel(version: str, victim: str, purifier: str, params, out_root: str, workers: int) -> list[int]:
+    """DataElixir's candidate shards of ``version`` submitted as ``workers`` tasks over disjoint shard lists
+    (round-robin, so the short last shard does not leave one worker idle), on the flow's task runner; returns the
+    shards computed. The ``dataelixir`` task that follows (same arguments) finds them stored and only loads them.
+    ``workers`` <= 1: nothing here, the ``dataelixir`` task computes every shard itself."""
+    from tasks.sanitize_tasks import candidate_shards, shard_count_task
+
+    if workers <= 1:
+        return []
+    cfg = params.dataelixir.model_dump(mode="json")
+    n = shard_count_task(version, cfg)
+    futures = [candidate_shards.submit(version, victim, purifier, cfg, out_root, list(range(i, n, workers)),
+                                       precision=params.diffusion.precision) for i in range(min(workers, n))]
+    return sorted(k for f in futures for k in f.result())

@@ -7,7 +7,12 @@ CA / PA / ASR, DataElixir's TPR / FPR / target label and the retrained model's A
 registered as ``detoxops-clean-model`` (alias ``champion``).
 
     python -m flows.sanitize [--source SRC] [--no-poison] [--params params.yaml] [--set key=value ...]
-                             [--max-images N] [--dvc-root DIR]
+                             [--max-images N] [--dvc-root DIR] [--workers N] [--runner thread|dask]
+
+``--workers N`` splits DataElixir's costly stage (the candidate sets, ``dataelixir.shard_size`` images per shard)
+into N tasks over disjoint shards; on ``--runner dask`` (a local cluster of ``--dask-workers`` processes, or
+``--dask-address``) they run in parallel processes or machines that share the data root, and the DataElixir task
+then only loads their shards. The result is the same as with one worker (each shard draws its own noise).
 
 Demo-sized budgets (``params.demo.yaml`` but its ``data`` section); ``--set`` overrides them. Heavy tasks are cached.
 
@@ -39,9 +44,11 @@ CLEAN_MODEL = "detoxops-clean-model"
 
 @flow(name="sanitize", log_prints=True)
 def sanitize(source: str | None = None, params_path: str = "params.yaml", overrides: list[str] | None = None,
-             poison: bool = True, max_images: int | None = 200, dvc_root: str | None = None) -> dict[str, Any]:
+             poison: bool = True, max_images: int | None = 200, dvc_root: str | None = None,
+             workers: int = 1) -> dict[str, Any]:
     """Returns the summary: target label, TPR / FPR (with ground truth), ACC / ASR before and after, the
     registered model version and the results table (rates as fractions; printed and ``results.csv`` in percent)."""
+    from flows.runners import candidates_in_parallel
     from tasks.attack_tasks import poison_dataset
     from tasks.data_tasks import dataset_identity, ingest_dataset
     from tasks.ingestion_tasks import version_best_effort
@@ -68,6 +75,7 @@ def sanitize(source: str | None = None, params_path: str = "params.yaml", overri
     data = poison_dataset(ingested["path"], attack_cfg, data_root)["path"] if poison else ingested["path"]
     victim = train_victim(data, victim_cfg, attack_cfg, str(runs_root / "victims"))
     purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
+    candidates_in_parallel(data, victim["path"], purifier["path"], params, data_root, workers)
     sanitized = sanitize_dataset(data, victim["path"], purifier["path"], params.dataelixir.model_dump(mode="json"),
                                  data_root, victim_cfg=victim_cfg, precision=params.diffusion.precision)
     purified_dvc = version_best_effort(sanitized["path"], dvc_root, params.tracking.dvc_remote)
@@ -97,10 +105,14 @@ def sanitize(source: str | None = None, params_path: str = "params.yaml", overri
 
 @flow(name="sanitize-version", log_prints=True)
 def sanitize_version(version: str, victim: str, purifier: str | None = None, params_path: str = "params.yaml",
-                     overrides: list[str] | None = None, out_root: str | None = None) -> dict[str, Any]:
+                     overrides: list[str] | None = None, out_root: str | None = None,
+                     workers: int = 1) -> dict[str, Any]:
     """DataElixir alone on a stored dataset version with a given victim (what ``detoxops sanitize`` and the
     ``sanitize`` stage of ``dvc.yaml`` do): the purified set as a version under ``out_root`` (default
-    ``data.root``), with the same artifacts. ``purifier`` ``None`` = the rule of ``tasks.purifier_tasks``."""
+    ``data.root``), with the same artifacts. ``purifier`` ``None`` = the rule of ``tasks.purifier_tasks``.
+    ``workers`` > 1: :func:`candidates_in_parallel` first; ``parallel_shards`` in the result lists the shards its
+    tasks computed (empty when they were all stored already)."""
+    from flows.runners import candidates_in_parallel
     from tasks.purifier_tasks import get_purifier
     from tasks.sanitize_tasks import sanitize_dataset
 
@@ -108,9 +120,11 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
     runs_root = project_path(params.tracking.runs_dir)
     if purifier is None:
         purifier = get_purifier(params.diffusion.model_dump(mode="json"), version, str(runs_root / "purifiers"))["path"]
-    return sanitize_dataset(version, victim, purifier, params.dataelixir.model_dump(mode="json"),
-                            str(out_root or project_path(params.data.root)), victim_cfg=params.victim.model_dump(mode="json"),
-                            precision=params.diffusion.precision)
+    out_root = str(out_root or project_path(params.data.root))
+    parallel = candidates_in_parallel(version, victim, purifier, params, out_root, workers)
+    result = sanitize_dataset(version, victim, purifier, params.dataelixir.model_dump(mode="json"), out_root,
+                              victim_cfg=params.victim.model_dump(mode="json"), precision=params.diffusion.precision)
+    return result | {"parallel_shards": parallel}
 
 
 def _before_after(params, data: str, attack_cfg: dict[str, Any] | None, purifier: str, models: dict[str, dict],
@@ -146,6 +160,8 @@ def _csv_rows(table: list[dict[str, Any]], attack: str | None) -> list[dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.runners import RUNNERS, make_task_runner, worker_api
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default=None, help="dataset source (default: data.source)")
     ap.add_argument("--no-poison", dest="poison", action="store_false",
@@ -154,8 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
     ap.add_argument("--max-images", type=int, default=200, help="test images per split for the evaluation")
     ap.add_argument("--dvc-root", default=None, help="DVC repository (default: the nearest .dvc/ above the data)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="parallel DataElixir candidate tasks (default: --dask-workers or 2 on dask, 1 on thread)")
+    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
+    ap.add_argument("--dask-workers", type=int, default=None)
+    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     args = ap.parse_args(argv)
-    sanitize(args.source, args.params, args.overrides, args.poison, args.max_images, args.dvc_root)
+    workers = args.workers or ((args.dask_workers or 2) if args.runner == "dask" else 1)
+    runner = make_task_runner(args.runner, args.dask_workers, args.dask_address)
+    with worker_api(args.runner):
+        sanitize.with_options(task_runner=runner)(args.source, args.params, args.overrides, args.poison,
+                                                  args.max_images, args.dvc_root, workers)
     return 0
 
 

@@ -13,7 +13,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["sanitize_dataset", "accuracy_task"]
+__all__ = ["sanitize_dataset", "candidate_shards", "shard_count_task", "work_dir", "accuracy_task"]
 
 
 @task(name="dataelixir", cache_policy=HEAVY_CACHE, result_serializer="json")
@@ -44,8 +44,7 @@ def sanitize_dataset(
     with task_progress("dataelixir"):
         outcome = sanitize(train, victim, params, version_root=out_root,
                            version_name=f"{Path(version).parent.name}-purified", source=str(version),
-                           purifier=purifier_path, workdir=Path(out_root) / "work" / Path(version).name,
-                           progress=False)
+                           purifier=purifier_path, workdir=work_dir(out_root, version), progress=False)
     return {
         "path": str(outcome.version),
         "decisions": str(outcome.decisions),
@@ -58,6 +57,43 @@ def sanitize_dataset(
         "tpr": outcome.tpr,
         "fpr": outcome.fpr,
     }
+
+
+def work_dir(out_root: str, version: str) -> Path:
+    """Where ``sanitize_dataset`` keeps (and finds) the candidate shards of ``version``."""
+    return Path(out_root) / "work" / Path(version).name
+
+
+@task(name="dataelixir-shard-count", result_serializer="json")
+def shard_count_task(version: str, dataelixir_cfg: dict[str, Any], split: str = "train") -> int:
+    """How many candidate shards DataElixir makes of ``<version>/<split>`` (``dataelixir.shard_size``)."""
+    from detoxops.config import DataElixirConfig, Params
+    from detoxops.data import load_version
+    from detoxops.operations import shard_count
+
+    return shard_count(len(load_version(version)[split]), Params(dataelixir=DataElixirConfig(**dataelixir_cfg)))
+
+
+@task(name="dataelixir-candidates", result_serializer="json")
+def candidate_shards(
+    version: str, victim_path: str, purifier_path: str, dataelixir_cfg: dict[str, Any], out_root: str,
+    shard_ids: list[int], split: str = "train", precision: str = "auto",
+) -> list[int]:
+    """DataElixir's costly stage for ``shard_ids`` of ``<version>/<split>``
+    (:func:`detoxops.operations.sanitize_shards`), stored where ``sanitize_dataset`` with the same arguments looks
+    for them: submitted for disjoint shard lists on a Dask (or thread) task runner, the work runs in parallel and
+    ``sanitize_dataset`` then only loads it. Not cached by Prefect: the shard store itself skips finished shards.
+    Returns the shards this call computed."""
+    from detoxops.config import DataElixirConfig, DiffusionConfig, Params
+    from detoxops.data import load_version
+    from detoxops.models import load_classifier
+    from detoxops.operations import sanitize_shards
+    from tasks.progress import task_progress
+
+    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), diffusion=DiffusionConfig(precision=precision))
+    with task_progress("dataelixir-candidates"):
+        return sanitize_shards(load_version(version)[split], load_classifier(victim_path), params, shard_ids,
+                               work_dir(out_root, version), purifier=purifier_path, progress=False)
 
 
 def _trained_with(victim_path: str) -> dict[str, Any]:

@@ -70,6 +70,43 @@ def test_deterministic_and_resumes_from_finished_shards(setup, tmp_path, monkeyp
         assert np.array_equal(full[key], resumed[key]), key
 
 
+def test_shards_computed_apart_in_parallel_equal_one_run(setup, tmp_path, monkeypatch):
+    """Two workers (threads, own DataElixir each) compute disjoint shard lists into one work folder at the same
+    time; loading them gives exactly the one-process candidates, and nothing is computed again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    train, purifier, victim, cfg = setup
+    elixir = de.DataElixir(purifier, cfg)
+    assert elixir.shard_bounds(len(train)) == [(0, 10), (10, 20), (20, 24)]
+    full = elixir.candidate_sets(train, victim, tmp_path / "one", progress=False)
+
+    def worker(ids):
+        return de.DataElixir(purifier, cfg).compute_shards(train, victim, tmp_path / "shared", ids, progress=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        computed = list(pool.map(worker, [[0, 2], [1]]))
+    assert computed == [[0, 2], [1]]
+    assert worker([1, 2]) == []  # stored shards are skipped
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a stored shard was computed again")
+
+    monkeypatch.setattr(de, "build_candidates", no_compute)
+    loaded = elixir.candidate_sets(train, victim, tmp_path / "shared", progress=False)
+    for key in full:
+        assert np.array_equal(full[key], loaded[key]), key
+    with pytest.raises(ValueError, match="3 shards"):
+        elixir.compute_shards(train, victim, tmp_path / "shared", [3], progress=False)
+
+
+def test_purifier_precision_keys_its_own_work_folder(setup, tmp_path):
+    """Candidates made with bf16 UNet passes are not resumed by an fp32 run (and the other way round)."""
+    train, purifier, victim, cfg = setup
+    bf16 = Purifier(purifier.unet, purifier.schedule, precision="bf16")
+    folders = {de.DataElixir(p, cfg).work_store(train, victim, tmp_path).folder for p in (purifier, bf16, purifier)}
+    assert len(folders) == 2
+
+
 def test_keep_last_larger_than_the_round_is_an_error(setup, tmp_path):
     train, purifier, victim, _ = setup
     cfg = DataElixirConfig(T=4, rounds=1, keep_last=10)

@@ -165,7 +165,9 @@ def test_cron_deployment_and_cli_wiring(monkeypatch):
     monkeypatch.setattr(module.ingestion_check, "serve", lambda **kw: served.update(kw))
     assert module.main(["--source", "data/incoming", "--serve", "--cron", "0 * * * *"]) == 0
     assert served["cron"] == "0 * * * *" and served["name"] == "ingestion-check"
-    assert served["parameters"]["source"] == "data/incoming"
+    assert served["parameters"]["source"] == "data/incoming" and served["parameters"]["workers"] == 1
+    assert module.main(["--source", "data/incoming", "--serve", "--workers", "3"]) == 0
+    assert served["parameters"]["workers"] == 3
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0

@@ -31,7 +31,7 @@ pytestmark = [
 # tiny, but DataElixir finds target labels and replaces images (a threshold this low flags an untrained victim's
 # constant predictions), so the purified set depends on every candidate image and distance
 TINY = {"T": 4, "rounds": 2, "keep_last": 2, "tau": 1, "anomaly_threshold": 0.1, "min_target_share": 0,
-        "relabel_epochs": 1, "finetune_epochs": 1}
+        "relabel_epochs": 1, "finetune_epochs": 1, "shard_size": 8}  # 3 candidate shards
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,26 @@ def test_the_task_relabels_with_the_recipe_the_victim_was_trained_with(tmp_path)
     params = Params(victim=VictimConfig(**recipe))
     relabel = relabel_config(params)
     assert relabel.epochs == params.dataelixir.relabel_epochs and relabel.lr == 0.05 and relabel.width == 4
+
+
+@pytest.mark.parametrize("kind", ["thread", "dask"])
+def test_the_flow_split_over_parallel_workers_gives_the_same_artifacts(inputs, platform_env, tmp_path, kind):
+    """``workers=2``: the candidate shards run as two tasks over disjoint shards (threads, or two Dask worker
+    processes), the DataElixir task only loads them, and the purified set and decisions equal one worker's."""
+    import torch
+
+    from flows.runners import make_task_runner, worker_api
+    from flows.sanitize import sanitize_version
+
+    torch.set_num_threads(1)
+    version = save_version({"train": ImageSet.load(inputs["train"])}, tmp_path / "versions", "tiny", source="test")
+    args = (str(version), str(inputs["victim"]), str(inputs["purifier"]), str(inputs["params"]))
+    one = sanitize_version(*args, out_root=str(tmp_path / "one"))
+    with worker_api(kind):
+        two = sanitize_version.with_options(task_runner=make_task_runner(kind, workers=2))(
+            *args, out_root=str(tmp_path / "two"), workers=2)
+    assert two["parallel_shards"] == [0, 1, 2] and one["parallel_shards"] == []  # the parallel tasks did the work
+    assert two["content_hash"] == one["content_hash"] and two["target_label"] == one["target_label"]
+    assert Path(two["decisions"]).read_text() == Path(one["decisions"]).read_text()
+    shards = sorted(p.name for p in (tmp_path / "two" / "work").rglob("shard-*.npz"))
+    assert shards == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]

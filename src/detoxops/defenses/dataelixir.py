@@ -31,7 +31,7 @@ from detoxops.data import ImageSet
 from detoxops.defenses.elixir.candidates import build_candidates, steps_per_image
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
-from detoxops.defenses.elixir.shards import DamagedShardError, open_work_store
+from detoxops.defenses.elixir.shards import DamagedShardError, ShardStore, open_work_store
 from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels
 from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SUSPICIOUS, analyse_transitions
 from detoxops.progress import tqdm
@@ -96,29 +96,63 @@ class DataElixir:
             raise ValueError(f"dataelixir.T = {self.cfg.T} exceeds the purifier's {purifier.schedule.T} levels")
 
     # ------------------------------------------------------------------ stage 1 (streamed, resumable)
-    def candidate_sets(
-        self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
-    ) -> dict[str, np.ndarray]:
-        """Per sample: candidate labels (N, K), distances (N, K), the selected candidate index and image."""
+    def work_store(self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path) -> ShardStore:
+        """The folder of this run's candidate shards, ``workdir/candidates/<key>/``, keyed by everything the
+        candidates depend on: a re-run with other data, models, settings or purifier precision gets its own folder,
+        an identical one resumes from finished shards."""
         c = self.cfg
-        victim = victim.to(self.purifier.device).eval()
-        # the work folder is keyed by everything the candidates depend on (workdir/candidates/<key>/): a re-run
-        # with other data, models or settings gets its own folder, an identical one resumes from finished shards
-        store = open_work_store(Path(workdir) / "candidates", {
+        uses_bf16 = getattr(self.purifier, "uses_bf16", None)
+        return open_work_store(Path(workdir) / "candidates", {
             "data": train.content_hash(), "victim": _fingerprint_module(victim),
             "purifier": _fingerprint_module(self.purifier.unet),
             "schedule": hashlib.sha256(self.purifier.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:16],
+            "bf16": bool(uses_bf16(self.purifier.device)) if uses_bf16 is not None else False,
             # only what changes the candidates: later stages (tau, rules, relabelling) can be re-run on them
             "cfg": c.model_dump(mode="json", include=CANDIDATE_FIELDS),
         })
+
+    def shard_bounds(self, n: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each candidate shard of an ``n``-image dataset (``dataelixir.shard_size``)."""
+        return [(start, min(start + self.cfg.shard_size, n)) for start in range(0, n, self.cfg.shard_size)]
+
+    def compute_shards(
+        self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, shard_ids: list[int] | None = None,
+        progress: bool = True,
+    ) -> list[int]:
+        """Stage 1 for the shards ``shard_ids`` only (default: all), each stored as it finishes; stored shards
+        are skipped. Shards are independent (each draws its noise from the seed and its own index), so disjoint
+        lists may run at the same time in threads, processes or machines that share ``workdir`` (the scale-out
+        of ``flows.sanitize``); :meth:`candidate_sets` then only loads them. Returns the shards this call computed."""
+        victim = victim.to(self.purifier.device).eval()
+        store = self.work_store(train, victim, workdir)
+        bounds = self.shard_bounds(len(train))
+        ids = list(range(len(bounds))) if shard_ids is None else [int(k) for k in shard_ids]
+        if any(k < 0 or k >= len(bounds) for k in ids):
+            raise ValueError(f"shard ids {ids} out of range: {len(train)} images make {len(bounds)} shards of "
+                             f"{self.cfg.shard_size}")
+        todo = [k for k in ids if not store.done(k)]
+        per_image = steps_per_image(self.cfg)
+        bar = tqdm(total=sum(bounds[k][1] - bounds[k][0] for k in todo) * per_image,
+                   desc=f"DataElixir candidates, shards {todo}", unit="step", disable=not progress)
+        for k in todo:
+            self._compute_shard(store, train, victim, k, *bounds[k], on_step=bar.update)
+        bar.close()
+        return todo
+
+    def candidate_sets(
+        self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Per sample: candidate labels (N, K), distances (N, K), the selected candidate index and image. Shards
+        stored by an earlier or a concurrent run (:meth:`compute_shards`) are loaded, the others computed."""
+        victim = victim.to(self.purifier.device).eval()
+        store = self.work_store(train, victim, workdir)
         n = len(train)
-        shards = range(0, n, c.shard_size)
+        bounds = self.shard_bounds(n)
         loaded: dict[int, dict[str, np.ndarray]] = {}
-        per_image = steps_per_image(c)  # progress in denoising steps: it moves within a batch, too
+        per_image = steps_per_image(self.cfg)  # progress in denoising steps: it moves within a batch, too
         bar = tqdm(total=n * per_image, desc=f"DataElixir candidates ({n} img x {per_image} denoising steps)",
                    unit="step", disable=not progress)
-        for k, start in enumerate(shards):
-            stop = min(start + c.shard_size, n)
+        for k, (start, stop) in enumerate(bounds):
             if store.done(k):
                 try:
                     loaded[k] = store.load(k, keys=set(SHARD_ARRAYS), length=stop - start)
@@ -128,26 +162,30 @@ class DataElixir:
                 else:
                     bar.update((stop - start) * per_image)
                     continue
-            # one generator per shard: a resumed run draws exactly the noise an uninterrupted one would
-            gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
-            parts: dict[str, list[np.ndarray]] = {key: [] for key in SHARD_ARRAYS}
-            for b in range(start, stop, c.batch_size):
-                x = np.array(train.images[b : min(b + c.batch_size, stop)])  # copy: the source may be a read-only memmap
-                x01 = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
-                cand = build_candidates(self.purifier, victim, x01, c, gen, on_step=bar.update)
-                dist = cand.distances.numpy()
-                sel = select_at_percentile(dist, c.select_percentile)
-                chosen = cand.images[torch.arange(len(sel)), torch.from_numpy(sel)]
-                parts["labels"].append(cand.labels.numpy().astype(np.int16))
-                parts["distances"].append(dist.astype(np.float32))
-                parts["selected"].append(sel.astype(np.int16))
-                parts["images"].append(
-                    (chosen.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-                )
-            loaded[k] = {key: np.concatenate(v) for key, v in parts.items()}
-            store.save(k, **loaded[k])
+            loaded[k] = self._compute_shard(store, train, victim, k, start, stop, on_step=bar.update)
         bar.close()
-        return {key: np.concatenate([loaded[k][key] for k in range(len(shards))]) for key in SHARD_ARRAYS}
+        return {key: np.concatenate([loaded[k][key] for k in range(len(bounds))]) for key in SHARD_ARRAYS}
+
+    def _compute_shard(self, store: ShardStore, train: ImageSet, victim: torch.nn.Module, k: int, start: int,
+                       stop: int, on_step) -> dict[str, np.ndarray]:
+        c = self.cfg
+        # one generator per shard: a resumed or a parallel run draws exactly the noise an uninterrupted one would
+        gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in SHARD_ARRAYS}
+        for b in range(start, stop, c.batch_size):
+            x = np.array(train.images[b : min(b + c.batch_size, stop)])  # copy: the source may be a read-only memmap
+            x01 = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
+            cand = build_candidates(self.purifier, victim, x01, c, gen, on_step=on_step)
+            dist = cand.distances.numpy()
+            sel = select_at_percentile(dist, c.select_percentile)
+            chosen = cand.images[torch.arange(len(sel)), torch.from_numpy(sel)]
+            parts["labels"].append(cand.labels.numpy().astype(np.int16))
+            parts["distances"].append(dist.astype(np.float32))
+            parts["selected"].append(sel.astype(np.int16))
+            parts["images"].append((chosen.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+        arrays = {key: np.concatenate(v) for key, v in parts.items()}
+        store.save(k, **arrays)
+        return arrays
 
     # ------------------------------------------------------------------ stages 2-4
     def sanitize(

@@ -10,6 +10,7 @@ Nothing here knows about Prefect, MLflow or DVC; tracking is the task layer's jo
 | train victim | :func:`~detoxops.operations.victim.train_victim` | :class:`VictimOutcome` |
 | prepare the purifier (configured, shipped or trained) | :func:`~detoxops.operations.purifier.prepare_purifier` | :class:`PurifierOutcome` |
 | sanitize (DataElixir on a training set) | :func:`~detoxops.operations.sanitize.sanitize` | :class:`SanitizeOutcome` |
+| sanitize's candidate shards (its costly stage, for parallel workers) | :func:`~detoxops.operations.sanitize.sanitize_shards` | shard ids computed |
 | detox-evaluate (defenses on the val / held-out split) | :func:`~detoxops.operations.detox.evaluate_split` | :class:`DetoxOutcome` |
 | sweep (SampDetox settings on val, the rule's choice, checked on test) | :func:`~detoxops.operations.sweep.sweep` | :class:`SweepOutcome` |
 | report (the pipeline's table) | :func:`~detoxops.operations.report.write_report` | rows |
@@ -24,10 +25,16 @@ from detoxops.operations.purifier import (
     prepare_purifier,
 )
 from detoxops.operations.report import write_report
-from detoxops.operations.sanitize import SanitizeOutcome, relabel_config, sanitize
+from detoxops.operations.sanitize import (
+    SanitizeOutcome,
+    relabel_config,
+    sanitize,
+    sanitize_shards,
+    shard_count,
+)
 from detoxops.operations.sweep import SweepCase, SweepOutcome, sweep
 from detoxops.operations.victim import VictimOutcome, train_victim
 
 __all__ = ["DetoxOutcome", "PoisonOutcome", "PurifierOutcome", "SanitizeOutcome", "choose_purifier", "evaluate_split",
-           "load_chosen_purifier", "poison", "prepare_purifier", "relabel_config", "sanitize", "SweepCase", "SweepOutcome",
-           "sweep", "train_victim", "VictimOutcome", "write_report"]
+           "load_chosen_purifier", "poison", "prepare_purifier", "relabel_config", "sanitize", "sanitize_shards",
+           "shard_count", "SweepCase", "SweepOutcome", "sweep", "train_victim", "VictimOutcome", "write_report"]

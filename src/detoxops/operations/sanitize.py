@@ -22,7 +22,8 @@ from detoxops.data import ImageSet
 from detoxops.fileio import atomic_dir
 from detoxops.metrics import detection_rates
 
-__all__ = ["SanitizeOutcome", "relabel_config", "sanitize", "DECISIONS_FILE", "ANOMALY_FILE"]
+__all__ = ["SanitizeOutcome", "relabel_config", "sanitize", "sanitize_shards", "shard_count", "DECISIONS_FILE",
+           "ANOMALY_FILE"]
 
 DECISIONS_FILE = "decisions.csv"
 ANOMALY_FILE = "anomaly_index.json"
@@ -97,8 +98,6 @@ def sanitize(
     candidate shards (default ``<out>.work``, else ``<version_root>/work``). ``device`` ``None`` = ``auto``.
     """
     from detoxops.defenses.dataelixir import DataElixir
-    from detoxops.models import resolve_device
-    from detoxops.operations.purifier import load_chosen_purifier
 
     if out is None and version_root is None:
         raise ValueError("sanitize needs an output folder (out) or a version root (version_root)")
@@ -107,9 +106,7 @@ def sanitize(
         raise FileExistsError(f"{out} already exists (pass --force / overwrite=True to replace it)")
     if workdir is None:
         workdir = out.with_name(out.name + ".work") if out is not None else Path(version_root) / "work"
-    dev = resolve_device(device or "auto")
-    pur = (purifier if hasattr(purifier, "schedule")  # a loaded Purifier (a benchmark's, reused across runs)
-           else load_chosen_purifier(purifier, params.diffusion, int(train.image_shape[0]), device=dev))
+    pur = _purifier_for(train, params, purifier, device)
     result = DataElixir(pur, params.dataelixir, relabel_config(params)).sanitize(
         train, victim, workdir, progress=progress)
 
@@ -140,3 +137,42 @@ def sanitize(
         target_labels=[int(t) for t in result.target_labels], flagged=int(result.flagged.sum()), n=len(train),
         sets=dict(meta["sets"]), tpr=tpr, fpr=fpr, version=version, anomaly=result.anomaly_index,
     )
+
+
+def shard_count(n_images: int, params: Params) -> int:
+    """How many candidate shards DataElixir splits ``n_images`` into (``dataelixir.shard_size`` each)."""
+    return -(-int(n_images) // params.dataelixir.shard_size)
+
+
+def sanitize_shards(
+    train: ImageSet,
+    victim,
+    params: Params,
+    shard_ids: list[int],
+    workdir: str | Path,
+    *,
+    purifier=None,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[int]:
+    """DataElixir's costly stage alone (candidate sets, :meth:`DataElixir.compute_shards`) for ``shard_ids``, stored
+    in ``workdir``: run disjoint lists of shards in parallel workers that share ``workdir``, then :func:`sanitize`
+    with the same ``workdir`` loads them and does the rest. Returns the shards this call computed (stored ones are
+    skipped)."""
+    from detoxops.defenses.dataelixir import DataElixir
+
+    pur = _purifier_for(train, params, purifier, device)
+    return DataElixir(pur, params.dataelixir, relabel_config(params)).compute_shards(
+        train, victim, workdir, list(shard_ids), progress=progress)
+
+
+def _purifier_for(train: ImageSet, params: Params, purifier, device: str | None):
+    """``purifier`` when it is a loaded one (a benchmark's, reused across runs), else the one
+    :func:`~detoxops.operations.load_chosen_purifier` picks for the data (``device`` ``None`` = ``auto``)."""
+    from detoxops.models import resolve_device
+    from detoxops.operations.purifier import load_chosen_purifier
+
+    if hasattr(purifier, "schedule"):
+        return purifier
+    return load_chosen_purifier(purifier, params.diffusion, int(train.image_shape[0]),
+                                device=resolve_device(device or "auto"))
