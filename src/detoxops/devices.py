@@ -18,10 +18,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 def bf16_autocast(precision: str, device: torch.device) -> bool:
     """Whether training runs its forward pass in bf16 autocast: ``bf16`` / ``fp32`` as asked; ``auto`` = on CUDA,
     and on CPUs with native bf16 (oneDNN's check: AVX512-BF16 / AMX), where it is 1.5-2x fp32's speed on this
-    project's machine; emulated bf16 is slower than fp32, so other CPUs stay fp32.
-
-    (``detoxops.models.fast_train`` has the same rule as ``_use_bf16``; it moves here when the victim store, whose
-    DVC stages depend on that file, is next retrained.)"""
+    project's machine; emulated bf16 is slower than fp32, so other CPUs stay fp32. Used by the purifier's training
+    and by ``detoxops.models.fast_train``."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision != "auto":

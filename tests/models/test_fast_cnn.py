@@ -51,6 +51,21 @@ def test_loss_falls_and_whitening_stays_frozen():
     assert not model.whiten.weight.requires_grad
 
 
+def test_whitening_sample_is_drawn_from_every_class_of_a_class_sorted_set(monkeypatch):
+    """Stored sets are sorted by class: the whitening statistics come from a seeded random sample, not from the
+    first images (here the first 16 of 64 are all class 0)."""
+    from detoxops.models.fast_cnn import FastCNN
+
+    data, cfg = _toy_set(), _cfg(whiten_images=16, epochs=1)
+    seen = []
+    monkeypatch.setattr(FastCNN, "init_whitening", lambda self, x, **k: seen.append(x.clone()))
+    for _ in range(2):
+        train_classifier(_model(cfg), data, cfg, progress=False)
+    bright = (seen[0][:, :, 4:12, 4:12] > 0.85).flatten(1).all(1)  # class 0's bright square
+    assert len(seen[0]) == 16 and 0 < int(bright.sum()) < 16
+    assert torch.equal(seen[0], seen[1])  # the same seed draws the same sample
+
+
 def test_whitening_layer_whitens_patches():
     model = build_classifier("fast_cnn", 10, 3, 16, widths=[8, 8, 8])
     x = torch.rand(64, 3, 16, 16) * torch.linspace(0.2, 1, 16)  # correlated, non-uniform patches

@@ -38,9 +38,14 @@ from torch import Tensor
 from detoxops.config import AirbenchConfig
 from detoxops.data import ImageSet
 from detoxops.data.imageset import atomic_dir
+from detoxops.devices import bf16_autocast
 from detoxops.models.fast_cnn import FastCNN
 from detoxops.progress import tqdm
 from detoxops.seeding import seed_global
+
+RECIPE_REVISION = 2
+"""Bumped when a code change alters what a run with the same data, recipe and seed trains, so that no checkpoint of
+the older code is resumed (2: the whitening layer from a random sample of the training images, not the first)."""
 
 __all__ = ["train_fast_classifier", "alternating_flip", "random_translate", "triangular_lr"]
 
@@ -75,15 +80,6 @@ def random_translate(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def _use_bf16(precision: str, dev: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if dev.type == "cuda":
-        return True
-    # emulated bf16 is slower than fp32; only CPUs with native bf16 (oneDNN's check) gain
-    return dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _Lookahead:
@@ -162,7 +158,7 @@ def train_fast_classifier(
     start_epoch, step = 0, 0
     # what the checkpoint must belong to: a checkpoint of other data, recipe, seed or attack is not resumed
     fingerprint = hashlib.sha256(json.dumps(
-        [train.content_hash(), cfg.model_dump(mode="json"), seed, init_whitening,
+        [RECIPE_REVISION, train.content_hash(), cfg.model_dump(mode="json"), seed, init_whitening,
          attack.describe() if hasattr(attack, "describe") else None, type(model).__name__,
          {k: list(v.shape) for k, v in model.state_dict().items()}], sort_keys=True, default=str).encode()).hexdigest()
     saved = ckpt is not None and (ckpt / "state.json").is_file()
@@ -175,12 +171,17 @@ def train_fast_classifier(
         start_epoch, step, history = _load_state(ckpt, model, lookahead, opt, sched, gen, dev)
     else:
         if init_whitening:
-            model.init_whitening(images[: cfg.whiten_images].float().div_(255.0).to(dev))
+            # a random sample, not the first images: stored datasets are often sorted by class (this project's
+            # loaders sort by class and path, so the first 5,000 CIFAR-10 images are all airplanes), while
+            # airbench's first 5,000 of torchvision's order mix every class. Own generator: the training RNG
+            # stream is unchanged.
+            sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: cfg.whiten_images]
+            model.init_whitening(images[sample.sort().values].float().div_(255.0).to(dev))
         lookahead = _Lookahead(model)
 
     loop_attack = attack is not None and getattr(attack, "kind", "data") == "loop"
     own_augment = not (loop_attack and getattr(attack, "replaces_augmentation", False))
-    use_amp = _use_bf16(cfg.precision, dev)
+    use_amp = bf16_autocast(cfg.precision, dev)
     n_epochs = math.ceil(cfg.epochs)
     for epoch in range(start_epoch, n_epochs):
         if step >= total_steps:
