@@ -11,6 +11,11 @@ validation half, ``table`` only the held-out half.
     # held-out: map quality, the gate's ROC, CA / PA / ASR of none / robust / repair / faithful per attack
     python benchmarks/patch_repair_eval.py table --attacks badnets --n-clean 200 --n-poisoned 100 \
         --calibration benchmarks/results/patch_repair_calibration.json --out benchmarks/results/patch_repair_table.json
+    # the label-confirmed repair at several gate fire rates, on the context maps `table` left in --cache
+    python benchmarks/patch_repair_eval.py confirm --attacks badnets --n-clean 100 --n-poisoned 100 \
+        --calibration benchmarks/results/patch_repair_calibration_rates.json --fire-rates 0.05,0.15,0.3 \
+        --cache runs/patch_repair_cache --clean-maps runs/patch_repair_cache/clean_repair_<key>.npz \
+        --out benchmarks/results/patch_repair_confirm.json
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["calibrate", "table"])
+    ap.add_argument("mode", choices=["calibrate", "table", "confirm"])
     ap.add_argument("--data", default="../shared/datasets/cifar10-jpeg.tar.gz")
     ap.add_argument("--store", default="cifar10-fast")
     ap.add_argument("--purifier", type=Path, default=SHIPPED_PURIFIER)
@@ -106,6 +111,10 @@ def main() -> None:
     ap.add_argument("--n-poisoned", type=int, default=100)
     ap.add_argument("--fire-rate", type=float, default=0.05)
     ap.add_argument("--pixel-rate", type=float, default=0.01)
+    ap.add_argument("--fire-rates", default="",
+                    help="calibrate: also the gate thresholds at these clean fire rates; confirm: the rates to run")
+    ap.add_argument("--clean-maps", type=Path, default=None,
+                    help="confirm: the held-out clean images' context maps (a `table` run's clean_repair_*.npz)")
     ap.add_argument("--calibration", type=Path, default=None, help="table: thresholds written by `calibrate`")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="patch repair field, e.g. --set stride=100")
@@ -139,6 +148,16 @@ def main() -> None:
         record["clean_map_seconds"] = round(time.perf_counter() - t0, 1)
         record["thresholds"] = calibrate(torch.from_numpy(clean_maps[:, None]), args.fire_rate, args.pixel_rate)
         record["fire_rate"], record["pixel_rate"] = args.fire_rate, args.pixel_rate
+        record["clean_peaks"] = clean_maps.reshape(len(clean_maps), -1).max(1).tolist()  # any other rate later
+        record["gate_thresholds"] = {r: calibrate(torch.from_numpy(clean_maps[:, None]), float(r),
+                                                  args.pixel_rate)["gate_threshold"]
+                                     for r in filter(None, args.fire_rates.split(","))}
+        _write(args.out, record)
+        return
+
+    if args.mode == "confirm":
+        record["rows"] = confirm_table(args, patch_cfg, purifier, clean, cidx)
+        record["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
         _write(args.out, record)
         return
 
@@ -195,6 +214,64 @@ def main() -> None:
     record["rows"] = rows
     record["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
     _write(args.out, record)
+
+
+def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.ndarray) -> list[dict]:
+    """The repair profile with ``confirm: label`` (and without it) at the gate thresholds of ``--fire-rates``
+    (validation calibration), on held-out images whose context maps a ``table`` run stored: the costly maps are
+    reused, the gate, region, repair, confirmation and SampDetox's global path run for real."""
+    if args.calibration is None or args.clean_maps is None or args.cache is None:
+        raise SystemExit("confirm needs --calibration (with gate_thresholds), --clean-maps and --cache")
+    gates = json.loads(args.calibration.read_text())["gate_thresholds"]
+    clean_maps = np.load(args.clean_maps)["maps"]
+    if len(clean_maps) != len(cidx):
+        raise SystemExit(f"--clean-maps holds {len(clean_maps)} maps, --n-clean selects {len(cidx)} images")
+    rows = []
+    for name in filter(None, args.attacks.split(",")):
+        ref = f"{args.store}/{name}"
+        model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
+        half = split_indices(clean, "test", len(clean), seed=0)
+        pool = half[clean.labels[half] != attack.target]
+        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
+        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+        trig_maps = np.load(args.cache / f"triggered_{name}_seed{args.seed}.npz")["maps"]
+        maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
+        for rate in filter(None, args.fire_rates.split(",")):
+            for confirm in ("none", "label"):
+                cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
+                defense = SampDetox(purifier, SampDetoxConfig(profile="repair", sampler="ddim", patch=cfg),
+                                    classifier=model)
+                defense.patch.context_map = maps  # the stored maps instead of recomputing them
+                c_imgs, c_flags, c_s, _ = defend(defense, clean.images[cidx], args.batch, args.seed, "clean")
+                p_imgs, p_flags, p_s, _ = defend(defense, triggered, args.batch, args.seed + 1, name)
+                pc, pp = predict(model, c_imgs), predict(model, p_imgs)
+                row = {"attack": name, "fire_rate": float(rate), "gate_threshold": gates[rate], "confirm": confirm,
+                       "ca": 100 * float(np.mean(pc == clean.labels[cidx])),
+                       "pa": 100 * float(np.mean(pp == true_labels)),
+                       "asr": 100 * float(np.mean(pp == attack.target)),
+                       "gated_clean": float(np.mean(clean_maps.reshape(len(cidx), -1).max(1) > gates[rate])),
+                       "gated_triggered": float(np.mean(trig_maps.reshape(len(pidx), -1).max(1) > gates[rate])),
+                       "repaired_clean": float(c_flags.mean()), "repaired_triggered": float(p_flags.mean()),
+                       "seconds_without_maps": round(c_s + p_s, 1)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+class MapLookup:
+    """Stands in for :meth:`PatchRepair.context_map`: the stored map of each image of the batch, found by its
+    uint8 content (the batch is in diffusion space)."""
+
+    def __init__(self, image_sets: list[np.ndarray], map_sets: list[np.ndarray]) -> None:
+        self.maps = {np.ascontiguousarray(img).tobytes(): m for imgs, ms in zip(image_sets, map_sets, strict=True)
+                     for img, m in zip(np.asarray(imgs), ms, strict=True)}
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        u8 = from_tensor(((x + 1) / 2).float().cpu())
+        try:
+            return torch.from_numpy(np.stack([self.maps[img.tobytes()] for img in u8]))[:, None].to(x)
+        except KeyError:
+            raise SystemExit("an image without a stored context map reached the repair") from None
 
 
 def _write(path: Path, record: dict) -> None:

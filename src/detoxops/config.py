@@ -324,6 +324,12 @@ class PatchRepairConfig(_Section):
     """Pixels the region is grown by before the repair."""
     repair_stride: int = Field(default=50, ge=1)
     """DDIM stride of the region's inpainting."""
+    confirm: Literal["none", "label"] = "none"
+    """``label``: a gated image's repair is kept only when the classifier labels the repaired image differently from
+    the input (two black-box queries per gated image). A trigger decides the label, so removing it changes the
+    label, while inpainting a piece of a clean image rarely does; the gate can then be calibrated at a higher clean
+    fire rate (more triggered images reach the repair) while few clean images are changed. Needs the classifier
+    (``build_defense(..., classifier=)``)."""
 
 
 class SampDetoxConfig(_Section):

@@ -112,3 +112,44 @@ def test_catalog_names_the_profiles():
     assert build_defense("repair-ddim", Oracle(clean), cfg).patch is not None
     assert build_defense("robust", Oracle(clean), cfg).patch is None
     assert build_defense("sampdetox", Oracle(clean), cfg).patch is None
+
+
+def _keys_on_the_patch(x):
+    """A black box whose label is 1 when the patch pixels are white (diffusion space), else 0."""
+    return (x[:, :, 10:13, 5:8].mean(dim=(1, 2, 3)) > 0.9).long()
+
+
+def test_label_confirmation_keeps_only_repairs_that_change_the_label():
+    clean, triggered = _scene()
+    cfg = PatchRepairConfig(stride=100, repair_stride=100, confirm="label").model_copy(
+        update={"gate_threshold": -1.0})  # gate every image (unvalidated: the field is >= 0 for users)
+    repair = PatchRepair(Oracle(clean), cfg)
+    out = repair(torch.cat([clean, triggered]), torch.Generator().manual_seed(1), _keys_on_the_patch)
+    assert out.gated.tolist() == [True, True] and out.queries.tolist() == [2, 2]
+    # the clean image's repair leaves its label alone: discarded, the input comes back bit for bit
+    assert not out.region[0].any()
+    torch.testing.assert_close(out.images[0], clean[0], atol=0, rtol=0)
+    # the triggered image's repair takes the label away from the trigger: kept
+    assert out.region[1].any() and _keys_on_the_patch(out.images[1:]).item() == 0
+    torch.testing.assert_close(out.images[1], clean[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="classify"):
+        repair(clean, torch.Generator().manual_seed(1))
+
+
+def test_sampdetox_confirms_through_the_black_box_and_counts_its_queries():
+    import numpy as np
+
+    clean, triggered = _scene()
+    patch = PatchRepairConfig(stride=100, repair_stride=100, confirm="label").model_copy(update={"gate_threshold": -1.0})
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=patch)
+
+    def black_box(images_u8: np.ndarray) -> np.ndarray:  # what a served model receives: uint8 NHWC
+        return (images_u8[:, 10:13, 5:8].mean(axis=(1, 2, 3)) > 240).astype(np.int64)
+
+    out = SampDetox(Oracle(clean), cfg, classifier=black_box)(torch.cat([clean, triggered]) / 2 + 0.5)
+    assert out.repaired.tolist() == [False, True] and out.queries.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="classifier"):
+        SampDetox(Oracle(clean), cfg)
+    from detoxops.defenses.catalog import build_defense
+
+    assert build_defense("repair", Oracle(clean), cfg, classifier=black_box).black_box is not None

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DefenseOutput", "Defense", "NoDefense", "check_batch", "make_generator"]
+__all__ = ["BlackBox", "DefenseOutput", "Defense", "NoDefense", "check_batch", "make_generator"]
 
 
 @dataclass
@@ -59,3 +59,27 @@ def check_batch(x01: torch.Tensor) -> None:
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+class BlackBox:
+    """The classifier as a black box: float (B, C, H, W) in [0, 1] -> int64 labels (B,), counting queries.
+
+    ``classifier`` is anything :class:`detoxops.defenses.guard.Detoxifier` accepts (a torch module, a callable on
+    uint8 NHWC batches returning labels or scores, a guard URL). Images are quantised to uint8 first, as they
+    would be on the wire; only labels come back. ``queries`` counts the images sent.
+    """
+
+    def __init__(self, classifier, batch_size: int = 4096) -> None:
+        from detoxops.defenses.guard import Detoxifier
+
+        if classifier is None:
+            raise ValueError("this defense queries the classifier: pass classifier= (a module, callable or URL)")
+        self._guard = Detoxifier(classifier, None, batch_size=batch_size)
+        self.queries = 0
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        from detoxops.data import from_tensor
+
+        labels = self._guard.predict(from_tensor(x01.detach().float().cpu()))
+        self.queries += len(labels)
+        return torch.from_numpy(labels).to(x01.device)

@@ -115,7 +115,7 @@ def build_defense(name: str, purifier=None, cfg: SampDetoxConfig | None = None, 
         return Stage1Only(purifier, variant_cfg)
     if base == "noise*":
         return NoiseOnly(purifier, variant_cfg)
-    defense = SampDetox(purifier, variant_cfg)
+    defense = SampDetox(purifier, variant_cfg, classifier=classifier)  # the classifier only for patch.confirm
     defense.name = name
     return defense
 

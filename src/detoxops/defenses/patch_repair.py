@@ -21,6 +21,10 @@ its surroundings. So the context map here is leave-region-out:
    that contains the peak, grown by ``dilate`` pixels.
 4. **Repair.** The region is inpainted from full noise with everything else as context (RePaint again,
    ``repair_stride``); pixels outside it are returned bit for bit.
+5. **Confirmation** (optional, ``confirm: label``). The repair of a gated image is kept only when the classifier,
+   queried as a black box, labels the repaired image differently from the input. A trigger decides the victim's
+   label, so taking it away changes the label; inpainting a small piece of a clean image rarely does. The gate can
+   then fire on more images (calibrated at a higher clean rate) without changing many clean ones.
 
 Everything is vectorised over the batch: the 4 (or 16) masked copies of a chunk run through the purifier as one
 batch. Cost per image: ``4 · len(offsets) · t_start / stride`` network passes for the map, plus
@@ -29,6 +33,7 @@ batch. Cost per image: ``4 · len(offsets) · t_start / stride`` network passes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,13 +49,16 @@ __all__ = ["PatchRepair", "PatchRepairOutput", "calibrate", "tiling_masks", "gro
 @dataclass
 class PatchRepairOutput:
     """``images`` in the diffusion space [-1, 1]; ``context_map`` (B, 1, H, W) >= 0; ``region`` (B, 1, H, W) bool
-    (empty for images not gated); ``score`` (B,) map peaks; ``gated`` (B,) bool."""
+    (empty for images not repaired); ``score`` (B,) map peaks; ``gated`` (B,) bool: above the gate (with
+    ``confirm: label`` the repair is kept only where ``region`` is non-empty); ``queries`` (B,) int64 classifier
+    queries spent per image."""
 
     images: torch.Tensor
     context_map: torch.Tensor
     region: torch.Tensor
     score: torch.Tensor
     gated: torch.Tensor
+    queries: torch.Tensor | None = None
 
 
 def tiling_masks(size: int, block: int, offsets: str = "all") -> torch.Tensor:
@@ -91,7 +99,8 @@ def box_mean(m: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class PatchRepair:
-    """``PatchRepair(purifier, cfg)(x, generator) -> PatchRepairOutput`` on diffusion-space batches ([-1, 1])."""
+    """``PatchRepair(purifier, cfg)(x, generator, classify) -> PatchRepairOutput`` on diffusion-space batches
+    ([-1, 1]); ``classify`` (diffusion-space batch -> labels, a black box) is needed with ``confirm: label``."""
 
     def __init__(self, purifier, cfg: PatchRepairConfig) -> None:
         self.purifier = purifier
@@ -145,13 +154,39 @@ class PatchRepair:
         out[idx] = filled
         return torch.where(region, out, x)
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> PatchRepairOutput:
-        cmap = self.context_map(x, g)
+    def confirm(self, x: torch.Tensor, repaired: torch.Tensor, gated: torch.Tensor,
+                classify: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 5: which gated images the classifier labels differently once repaired (B,) bool, and the queries
+        spent per image (two per gated image: the input and its repair, sent together)."""
+        changed = torch.zeros_like(gated)
+        queries = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+        idx = torch.nonzero(gated).squeeze(1)
+        if len(idx):
+            labels = classify(torch.cat([x[idx], repaired[idx]])).to(x.device)
+            changed[idx] = labels[: len(idx)] != labels[len(idx):]
+            queries[idx] = 2
+        return changed, queries
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator,
+                 classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PatchRepairOutput:
+        return self.apply_map(x, self.context_map(x, g), g, classify)
+
+    def apply_map(self, x: torch.Tensor, cmap: torch.Tensor, g: torch.Generator,
+                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PatchRepairOutput:
+        """Steps 2-5 on a context map of ``x`` (:meth:`context_map`, the costly step)."""
+        if self.cfg.confirm == "label" and classify is None:
+            raise ValueError("patch repair with confirm = label queries the classifier: pass classify (a black box)")
         score = cmap.flatten(1).amax(dim=1)
         gated = score > self.cfg.gate_threshold
         region = self.region(cmap, gated)
-        return PatchRepairOutput(images=self.repair(x, region, g), context_map=cmap, region=region,
-                                 score=score, gated=gated)
+        images = self.repair(x, region, g)
+        queries = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+        if self.cfg.confirm == "label":
+            changed, queries = self.confirm(x, images, gated, classify)
+            region = region & changed.view(-1, 1, 1, 1)
+            images = torch.where(region, images, x)
+        return PatchRepairOutput(images=images, context_map=cmap, region=region, score=score, gated=gated,
+                                 queries=queries)
 
 
 def calibrate(clean_maps: torch.Tensor, fire_rate: float = 0.05, pixel_rate: float = 0.01) -> dict[str, float]:

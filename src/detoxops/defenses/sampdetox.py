@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from detoxops.config import SampDetoxConfig
-from detoxops.defenses.base import DefenseOutput, check_batch, make_generator
+from detoxops.defenses.base import BlackBox, DefenseOutput, check_batch, make_generator
 from detoxops.defenses.localisers import build_localiser
 from detoxops.defenses.patch_repair import PatchRepair, PatchRepairOutput
 
@@ -42,12 +42,14 @@ __all__ = ["SampDetox", "SampDetoxOutput", "noise_levels_from_map"]
 class SampDetoxOutput(DefenseOutput):
     """``images`` in [0, 1]; ``trigger_map`` (B, 1, H, W) in [0, 1]; ``noise_levels`` (B, 1, H, W) int64 stage-2
     level per pixel; ``stage1`` the stage-1 restoration in [0, 1]; ``repaired`` (B,) bool: the patch repair
-    changed the image (all False when it is off)."""
+    changed the image (all False when it is off); ``queries`` (B,) int64: classifier queries spent per image (the
+    patch repair's label confirmation; 0 otherwise)."""
 
     trigger_map: torch.Tensor | None = None
     noise_levels: torch.Tensor | None = None
     stage1: torch.Tensor | None = None
     repaired: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
 
 
 def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig) -> torch.Tensor:
@@ -62,9 +64,11 @@ def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig) -> to
 
 
 class SampDetox:
-    """``SampDetox(purifier, cfg)(x01) -> SampDetoxOutput``; ``purifier`` is a :class:`detoxops.diffusion.Purifier`."""
+    """``SampDetox(purifier, cfg)(x01) -> SampDetoxOutput``; ``purifier`` is a :class:`detoxops.diffusion.Purifier`.
+    ``classifier`` (a black box: module, callable on uint8 batches or URL) only for the patch repair's label
+    confirmation (``sampdetox.patch.confirm: label``); SampDetox itself never queries the model."""
 
-    def __init__(self, purifier, cfg: SampDetoxConfig | None = None) -> None:
+    def __init__(self, purifier, cfg: SampDetoxConfig | None = None, classifier=None) -> None:
         self.purifier = purifier
         self.schedule = purifier.schedule
         self.cfg = (cfg or SampDetoxConfig()).resolved()
@@ -77,6 +81,8 @@ class SampDetox:
                 )
         self.localiser = build_localiser(c)
         self.patch = PatchRepair(purifier, c.patch) if c.patch_repair else None
+        confirming = self.patch is not None and c.patch.confirm == "label"
+        self.black_box = BlackBox(classifier) if confirming else None  # refuses a missing classifier
         self.name = f"sampdetox[{c.profile}/{c.sampler}]"
 
     # ------------------------------------------------------------------------------------------ public
@@ -99,7 +105,8 @@ class SampDetox:
         x0 = x01 * 2 - 1  # diffusion space [-1, 1]
 
         # before line 1 (issue #20, optional): inpaint a localised trigger away, on gated images only
-        repair = self.patch(x0, g) if self.patch is not None else None
+        classify = None if self.black_box is None else (lambda x: self.black_box(_to01(x)))
+        repair = self.patch(x0, g, classify) if self.patch is not None else None
         if repair is not None:
             x0 = repair.images
 
@@ -127,6 +134,8 @@ class SampDetox:
             noise_levels=levels,
             stage1=_to01(stage1),
             repaired=_repaired(repair, x0.shape[0], x0.device),
+            queries=(repair.queries if repair is not None and repair.queries is not None
+                     else torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)),
         )
 
     def restore(self, x: torch.Tensor, t: int, g: torch.Generator) -> torch.Tensor:
@@ -196,4 +205,5 @@ def _concat(outputs: list[SampDetoxOutput]) -> SampDetoxOutput:
         noise_levels=cat("noise_levels"),
         stage1=cat("stage1"),
         repaired=cat("repaired"),
+        queries=cat("queries"),
     )
