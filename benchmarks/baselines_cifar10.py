@@ -154,6 +154,62 @@ def restoration_measures(defense, model, attack, clean_u8: np.ndarray, labels: n
             "clean_label_kept": float(np.mean(predict(model, from_tensor(o_c.images)) == predict(model, clean_u8)))}
 
 
+def trigger_survival(defenses: dict, purifier, model, attack, clean_u8: np.ndarray, labels: np.ndarray, seed: int,
+                     amplitudes: list[float], levels: list[int], batch: int, stride: int = 10) -> dict:
+    """Why a trigger keeps firing through a defense, measured on ``clean_u8``'s non-target images x and their
+    triggered copies x' = x + δ (δ as the attack applies it, clipping included):
+
+    * ``victim_asr_at_amplitude``: the victim's ASR on x + a·δ (uint8-rounded, no defense) per fraction a: how much
+      of the trigger it needs in order to fire;
+    * ``defenses``: per defense, the share of δ left in its output, ⟨D(x') − D(x), δ⟩ / ‖δ‖² with the same noise for
+      x and x' (1 = passed through, 0 = removed), and the ASR on D(x');
+    * ``global_restoration``: per level t, ASR on x' and the victim's accuracy on x after the purifier alone noises
+      every pixel to t and restores (DDIM, ``stride``), with the same share measure: the level at which the trigger
+      stops firing and what that costs clean images."""
+    from detoxops.diffusion.samplers import denoise
+
+    keep = np.asarray(labels) != attack.target
+    x_u8, y = np.asarray(clean_u8)[keep], np.asarray(labels)[keep]
+    xt_u8 = np.asarray(attack.poison_test_arrays(x_u8, y)[0])
+    x, xt = to_tensor(x_u8), to_tensor(xt_u8)
+    delta = xt - x
+
+    def share_left(out_clean: np.ndarray, out_triggered: np.ndarray) -> float:
+        r = to_tensor(out_triggered) - to_tensor(out_clean)
+        return float((r * delta).sum() / delta.pow(2).sum().clamp_min(1e-12))
+
+    def asr(images_u8: np.ndarray) -> float:
+        return percent(attack_success_rate(predict(model, images_u8), attack.target))
+
+    record: dict = {"n_images": int(len(x_u8)), "target": int(attack.target),
+                    "trigger_l2_per_image": float(delta.flatten(1).norm(dim=1).mean()),
+                    "victim_clean_accuracy": percent(clean_accuracy(predict(model, x_u8), y)),
+                    "victim_asr_at_amplitude": {str(a): asr(from_tensor(x + a * delta)) for a in amplitudes},
+                    "defenses": {}, "global_restoration": {}}
+    for name, defense in defenses.items():
+        out_c, _, _ = defend(defense, x_u8, batch, seed, f"survival/{name}/clean")
+        out_t, _, _ = defend(defense, xt_u8, batch, seed, f"survival/{name}/triggered")
+        record["defenses"][name] = {"share_left": share_left(out_c, out_t), "asr": asr(out_t),
+                                    "clean_accuracy": percent(clean_accuracy(predict(model, out_c), y))}
+    for t in levels:
+        outs = []
+        for images in (x, xt):
+            gen = torch.Generator().manual_seed(seed * 1009 + t)  # the same noise for x and x'
+            x0 = images * 2 - 1
+            noise = torch.randn(x0.shape, generator=gen)
+            with torch.no_grad():
+                restored = torch.cat([
+                    denoise(purifier, purifier.schedule.q_sample(x0[i:i + batch], t, noise[i:i + batch]), t,
+                            mode="ddim", stride=stride, generator=gen)
+                    for i in range(0, len(x0), batch)])
+            outs.append(from_tensor((restored.clamp(-1, 1) + 1) / 2))
+        record["global_restoration"][str(t)] = {
+            "share_left": share_left(*outs), "asr": asr(outs[1]),
+            "clean_accuracy": percent(clean_accuracy(predict(model, outs[0]), y))}
+        print(attack.name, t, record["global_restoration"][str(t)], flush=True)
+    return record
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (attack, defense), rates in %."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -220,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="--explain: also measure what these localising defenses restore (restoration_measures) on "
                          "--explain-n images per attack")
     ap.add_argument("--explain-n", type=int, default=16)
+    ap.add_argument("--survival", action="store_true",
+                    help="only measure how much of each attack's trigger survives --explain-defenses and a global "
+                         "restoration from each of --survival-levels, and the victim's ASR at fractions "
+                         "--survival-amplitudes of the trigger (trigger_survival), on --n-poisoned held-out images "
+                         "of seed 0; write it to --out")
+    ap.add_argument("--survival-levels", default="20,60,120,200,300,400")
+    ap.add_argument("--survival-amplitudes", default="0.1,0.2,0.3,0.5,0.75,1.0")
     ap.add_argument("--explain", action="store_true",
                     help="only measure the share of each attack's trigger in the range of ZIP's degradations "
                          "(on --n-clean held-out images of seed 0) and write it to --out")
@@ -244,6 +307,33 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     victims = {a: (load_classifier(f"{args.store}/{a}").float().eval(), victim_attack(f"{args.store}/{a}"))
                for a in args.attacks.split(",") if a}
+
+    if args.survival:
+        record = {"command": shlex.join(["python", "benchmarks/baselines_cifar10.py",
+                                         *(sys.argv[1:] if argv is None else argv)]),
+                  "precision": params.diffusion.precision, "load_avg_1min_start": round(load_start, 2),
+                  "survival": {}}
+        # attacks measured by an earlier run with the same settings (whatever its --attacks) are kept, not redone
+        record["settings"] = json.loads(json.dumps(vars(args) | {"attacks": None}, default=str))
+        if args.out.is_file() and json.loads(args.out.read_text()).get("settings") == record["settings"]:
+            record["survival"] = json.loads(args.out.read_text())["survival"]
+        for a, (model, attack) in victims.items():
+            if a in record["survival"]:
+                continue
+            _, pidx = pick(clean, half, 0, args.n_poisoned, attack.target, 0)
+            defenses = {name: build_defense(name, purifier, params.sampdetox, classifier=model,
+                                            baselines=params.baselines)
+                        for name in filter(None, args.explain_defenses.split(","))}
+            t0 = time.perf_counter()
+            record["survival"][a] = trigger_survival(
+                defenses, purifier, model, attack, clean.images[pidx], clean.labels[pidx], seed=0,
+                amplitudes=[float(v) for v in args.survival_amplitudes.split(",")],
+                levels=[int(v) for v in args.survival_levels.split(",")], batch=args.batch) | {
+                "seconds": round(time.perf_counter() - t0, 1)}
+            print(a, json.dumps(record["survival"][a]), flush=True)
+            record["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+            _write_json(args.out, record)  # after every attack: a killed run keeps what it finished
+        return 0
 
     if args.explain:
         z = params.baselines.zip

@@ -109,3 +109,50 @@ def test_restoration_measures_on_a_planted_patch(cifar_archive, victim_store):
     for k in ("clean_pixels_restored", "trigger_pixels_restored", "other_pixels_restored", "clean_label_kept"):
         assert 0.0 <= m[k] <= 1.0
     assert 0.0 <= m["trigger_map_auc"] <= 1.0
+
+
+def test_trigger_survival_on_the_identity_and_a_restoration(cifar_archive, victim_store):
+    """With no defense the whole trigger is left (share 1) and the ASR is the victim's own; the amplitude sweep's
+    end points are the clean and the triggered images; a global restoration leaves part of the trigger."""
+    from detoxops.defenses.catalog import build_defense
+    from detoxops.diffusion import load_purifier
+    from detoxops.metrics import attack_success_rate, clean_accuracy, percent
+    from detoxops.models import load_classifier, predict
+    from detoxops.models.store import victim_attack
+
+    clean = bench.clean_test(str(cifar_archive))
+    model, attack = load_classifier("cifar10-fast/badnets").float().eval(), victim_attack("cifar10-fast/badnets")
+    idx = np.arange(0, 10_000, 1_000)[:6]
+    x, y = clean.images[idx], clean.labels[idx]
+    m = bench.trigger_survival({"none": build_defense("none", None)}, load_purifier(bench.SHIPPED_PURIFIER), model,
+                               attack, x, y, seed=0, amplitudes=[0.0, 1.0], levels=[20], batch=4)
+    keep = y != attack.target
+    triggered = attack.poison_test_arrays(x[keep], y[keep])[0]
+    own_asr = percent(attack_success_rate(predict(model, triggered), attack.target))
+    assert m["n_images"] == 5 and m["defenses"]["none"]["share_left"] == pytest.approx(1.0)
+    assert m["defenses"]["none"]["asr"] == m["victim_asr_at_amplitude"]["1.0"] == pytest.approx(own_asr)
+    assert m["victim_asr_at_amplitude"]["0.0"] == percent(attack_success_rate(predict(model, x[keep]), attack.target))
+    assert m["defenses"]["none"]["clean_accuracy"] == m["victim_clean_accuracy"] == pytest.approx(
+        percent(clean_accuracy(predict(model, x[keep]), y[keep])))
+    restored = m["global_restoration"]["20"]
+    assert 0.0 < restored["share_left"] < 1.0 and 0.0 <= restored["asr"] <= 100.0
+
+
+def test_survival_mode_writes_per_attack_and_keeps_finished_attacks(cifar_archive, victim_store, tmp_path,
+                                                                     monkeypatch):
+    out = tmp_path / "survival.json"
+    args = ["--survival", "--attacks", "badnets", "--explain-defenses", "none", "--survival-levels", "10",
+            "--survival-amplitudes", "1.0", "--n-poisoned", "4", "--batch", "4", "--data", str(cifar_archive),
+            "--out", str(out)]
+    assert bench.main(args) == 0
+    first = json.loads(out.read_text())["survival"]["badnets"]
+    assert first["n_images"] == 4 and first["defenses"]["none"]["share_left"] == pytest.approx(1.0)
+
+    def no_compute(*a, **k):
+        raise AssertionError("a finished attack was measured again")
+
+    monkeypatch.setattr(bench, "trigger_survival", no_compute)
+    assert bench.main(args) == 0
+    assert json.loads(out.read_text())["survival"]["badnets"] == first
+    with pytest.raises(AssertionError, match="measured again"):  # other settings: not the same measurement
+        bench.main([*args[:-2], "--n-poisoned", "5", "--out", str(out)])
