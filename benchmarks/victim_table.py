@@ -5,6 +5,10 @@ leaves in ``victims/<name>/<attack>/classifier.json`` (nothing is re-evaluated; 
     python benchmarks/victim_table.py --name cifar10-fast \
         --out-json benchmarks/results/victim_store_cifar10_fast.json --out-md docs/results/victims-cifar10-fast-attacks.md
 
+"current recipe" says whether the victim was trained with today's ``fast_train.py`` / ``fast_cnn.py`` (the md5 its
+stage recorded in ``victims/dvc.lock`` against the files now): after a recipe change the store is retrained stage by
+stage, and until then the table mixes recipes.
+
 Issue #19's bounds are checked per row: dirty-label attacks ASR >= 90 and CA within 2 points of the clean victim,
 loop attacks ASR >= 85, clean-label attacks (SIG, LC) report their CA cost.
 """
@@ -12,6 +16,7 @@ loop attacks ASR >= 85, clean-label attacks (SIG, LC) report their CA cost.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -19,6 +24,24 @@ from pathlib import Path
 
 CLEAN_LABEL = {"sig", "lc"}
 LOOP = {"wanet", "bpp", "inputaware", "lira"}
+
+
+RECIPE_FILES = ("src/detoxops/models/fast_train.py", "src/detoxops/models/fast_cnn.py")
+
+
+def recipe_current(store: Path, stage: str, root: Path) -> bool | None:
+    """Whether ``stage`` of ``store/dvc.lock`` was run with the recipe files as they are now (None: not in the lock)."""
+    import yaml
+
+    lock = store / "dvc.lock"
+    if not lock.is_file():
+        return None
+    deps = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("deps")
+    if deps is None:
+        return None
+    recorded = {d["path"]: d.get("md5") for d in deps}
+    return all(recorded.get(f) == hashlib.md5((root / f).read_bytes()).hexdigest() for f in RECIPE_FILES
+               if f in recorded)
 
 
 def rows(store: Path, name: str) -> list[dict]:
@@ -37,6 +60,8 @@ def rows(store: Path, name: str) -> list[dict]:
             "train_cpu_seconds": meta.get("train_cpu_seconds"),
             "command": meta.get("command"), "seed": meta.get("seed", (meta.get("victim") or {}).get("seed")),
             "train_hash": meta.get("train_hash"),
+            "recipe_current": recipe_current(store, "clean" if config.parent.name == "clean"
+                                             else f"attack@{config.parent.name}", Path(__file__).resolve().parents[1]),
         })
     clean = next((r for r in out if r["attack"] == "clean"), None)
     for r in out:
@@ -66,13 +91,15 @@ def markdown(table: list[dict], command: str, name: str) -> str:
         f"Command: `{command}` (reads the stores' training records; the victims come from `dvc repro victims/dvc.yaml`,"
         " each trained on all 50,000 training images of the JPEG copy of CIFAR-10, evaluated on all 10,000 test images)",
         "",
-        "| attack | CA | PA | ASR | CA (TTA 2) | PA (TTA 2) | ASR (TTA 2) | CA drop vs clean | issue #19 bound | training wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | CA | PA | ASR | CA (TTA 2) | PA (TTA 2) | ASR (TTA 2) | CA drop vs clean | issue #19 bound | training wall s "
+        "| current recipe |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
             f"| {r['attack']} | {pct(r['ca'])} | {pct(r['pa'])} | {pct(r['asr'])} | {pct(r['ca_tta2'])} | {pct(r['pa_tta2'])}"
-            f" | {pct(r['asr_tta2'])} | {pct(r['ca_drop'])} | {r['bound']} | {r['train_seconds'] or '–'} |"
+            f" | {pct(r['asr_tta2'])} | {pct(r['ca_drop'])} | {r['bound']} | {r['train_seconds'] or '–'} | "
+            f"{ {True: 'yes', False: 'no (retrain pending)', None: '–'}[r['recipe_current']] } |"
         )
     lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).", ""]
     return "\n".join(lines)
