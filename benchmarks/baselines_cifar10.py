@@ -126,6 +126,19 @@ def zip_range_shares(attack, images_u8: np.ndarray, labels: np.ndarray, transfor
     return {kind: float(project(delta, kind, scale).pow(2).sum()) / max(total, 1e-12) for kind in transforms}
 
 
+def range_accuracy(model, images_u8: np.ndarray, labels: np.ndarray, transforms: list[str], scale: int) -> dict:
+    """The victim's accuracy (%) on the clean images and on each ZIP degradation's range part alone, P x = A⁺A x
+    (grayscale for ``gray``, 2x2 block means for ``pool``): what ZIP's guidance keeps of an image; the rest its
+    diffusion model has to generate."""
+    from detoxops.defenses.zip import project
+
+    x = to_tensor(np.asarray(images_u8))
+    out = {"clean": percent(clean_accuracy(predict(model, images_u8), labels))}
+    for kind in transforms:
+        out[kind] = percent(clean_accuracy(predict(model, from_tensor(project(x, kind, scale).clamp(0, 1))), labels))
+    return out
+
+
 def restoration_measures(defense, model, attack, clean_u8: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """What a localising defense restores, on clean and triggered copies of the same non-target images: the share of
     pixels it noised above its lowest level (clean; trigger pixels and the rest of triggered images), its trigger
@@ -340,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         cidx, _ = pick(clean, half, args.n_clean, 0, None, 0)
         shares = {a: zip_range_shares(attack, clean.images[cidx], clean.labels[cidx], list(z.transforms), z.deg_scale)
                   for a, (_, attack) in victims.items()}
+        range_acc = {a: range_accuracy(model, clean.images[cidx], clean.labels[cidx], list(z.transforms), z.deg_scale)
+                     for a, (model, _) in victims.items()}
         record = {"command": shlex.join(["python", "benchmarks/baselines_cifar10.py",
                                          *(sys.argv[1:] if argv is None else argv)]),
-                  "n_images": int(len(cidx)), "zip_trigger_range_share": shares, "restoration": {},
+                  "n_images": int(len(cidx)), "zip_trigger_range_share": shares,
+                  "victim_accuracy_on_zip_ranges": range_acc, "restoration": {},
                   "precision": params.diffusion.precision, "load_avg_1min_start": round(load_start, 2)}
         eidx, _ = pick(clean, half, args.explain_n, 0, None, 0)  # class-balanced (the split is stored by class)
         for name in filter(None, args.explain_defenses.split(",")):

@@ -82,8 +82,12 @@ def test_explain_measures_the_trigger_left_in_zips_ranges(cifar_archive, victim_
     out = tmp_path / "explain.json"
     assert bench.main(["--explain", "--attacks", "badnets", "--n-clean", "20", "--data", str(cifar_archive),
                        "--out", str(out)]) == 0
-    shares = json.loads(out.read_text())["zip_trigger_range_share"]["badnets"]
+    record = json.loads(out.read_text())
+    shares = record["zip_trigger_range_share"]["badnets"]
     assert shares["gray"] > 0.9 and 0.2 < shares["pool"] < 0.95
+    acc = record["victim_accuracy_on_zip_ranges"]["badnets"]
+    assert set(acc) == {"clean", "gray", "pool"} and all(0.0 <= v <= 100.0 for v in acc.values())
+    assert acc["gray"] < acc["clean"]  # a colour victim loses accuracy on grayscale images
 
 
 def test_restoration_measures_on_a_planted_patch(cifar_archive, victim_store):
