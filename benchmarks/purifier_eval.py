@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
     from detoxops.models import load_classifier, predict
+    from detoxops.models.store import resolve_classifier_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if task == "victim":
                 victim = load_classifier(args.victim)
-                run(f"{label}@{sha}/victim/{args.victim}/n{args.n}/ddim{args.restore_stride}/{args.seed}", label,
-                    f"victim:{args.victim}",
+                # the victim's weights are part of the key: a retrained store victim of the same name is another one
+                victim_sha = hashlib.sha256((resolve_classifier_path(args.victim) / "model.safetensors")
+                                            .read_bytes()).hexdigest()[:12]
+                run(f"{label}@{sha}/victim/{args.victim}@{victim_sha}/n{args.n}/ddim{args.restore_stride}/{args.seed}",
+                    label, f"victim:{args.victim}@{victim_sha}",
                     lambda p=purifier, v=victim: evaluate_denoising(
                         p, images, levels, mode="ddim", stride=args.restore_stride, seed=args.seed, batch_size=64,
                         classify=lambda batch: predict(v, batch), labels=labels))

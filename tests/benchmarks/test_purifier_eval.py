@@ -34,7 +34,7 @@ def test_victim_task_matches_a_direct_evaluation_and_resumes(cifar_archive, tmp_
     assert bench.main(args) == 0
     entries = json.loads((tmp_path / "r.json").read_text())["entries"]
     (key, entry), = entries.items()
-    assert "/victim/cifar10-fast/clean/n20/ddim60/0" in key
+    assert "/victim/cifar10-fast/clean@" in key and key.endswith("/n20/ddim60/0")
 
     images, labels = read_per_class(cifar_archive, "test", 2)
     order = np.argsort(np.concatenate([np.arange((labels == c).sum()) for c in range(10)]) * 10 + labels,
