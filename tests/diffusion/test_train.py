@@ -83,20 +83,22 @@ def test_rejects_mismatched_images(tmp_path):
         train_purifier(np.zeros((4, 16, 16, 3), np.uint8), _cfg(1), tmp_path / "x", progress=False)
 
 
+class _Oracle:
+    """A "purifier" that knows the clean images: its ε denoises every noisy batch exactly back to them."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        self.schedule = NoiseSchedule.linear()
+        self.device = torch.device("cpu")
+
+    def __call__(self, x_t, t):
+        return self.schedule.predict_eps(x_t, t, self.x0.expand_as(x_t))
+
+
 def test_evaluate_denoising_restores_with_an_oracle():
     """With the exact ε of a single image the one-shot x̂0 is perfect: PSNR of x̂0 ≫ noisy input."""
     images = _images(1)
-    x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    sched = NoiseSchedule.linear()
-
-    class Oracle:
-        schedule = sched
-        device = torch.device("cpu")
-
-        def __call__(self, x_t, t):
-            return sched.predict_eps(x_t, t, x0.expand_as(x_t))
-
-    m = evaluate_denoising(Oracle(), images, (120,), seed=0)[120]
+    m = evaluate_denoising(_Oracle(images), images, (120,), seed=0)[120]
     assert m["psnr_x0_oneshot"] > m["psnr_noisy"] + 30
     assert m["psnr_restored"] > m["psnr_noisy"] + 5
     assert m["eps_mse"] < 1e-8  # the oracle's ε is the noise that was added
@@ -107,29 +109,21 @@ def test_evaluate_denoising_scores_a_classifier_on_the_restorations():
     on every exact restoration (oracle ε) and the numbers are per cent of the images; PSNR is unchanged by it."""
     images = _images(4)
     labels = np.array([3, 1, 4, 1])
-    x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    sched = NoiseSchedule.linear()
-
-    class Oracle:
-        schedule = sched
-        device = torch.device("cpu")
-
-        def __call__(self, x_t, t):
-            return sched.predict_eps(x_t, t, x0.expand_as(x_t))
+    oracle = _Oracle(images)
 
     def nearest(batch: np.ndarray) -> np.ndarray:
         d = ((batch[:, None].astype(np.float64) - images[None].astype(np.float64)) ** 2).sum((2, 3, 4))
         return labels[d.argmin(1)]
 
-    plain = evaluate_denoising(Oracle(), images, (120,), seed=0)[120]
-    m = evaluate_denoising(Oracle(), images, (120,), seed=0, classify=nearest, labels=labels)[120]
+    plain = evaluate_denoising(oracle, images, (120,), seed=0)[120]
+    m = evaluate_denoising(oracle, images, (120,), seed=0, classify=nearest, labels=labels)[120]
     assert m["acc_clean"] == m["acc_oneshot"] == m["acc_restored"] == 100.0
     assert {k: m[k] for k in plain} == plain
-    constant = evaluate_denoising(Oracle(), images, (120,), restore=False, classify=lambda b: np.full(len(b), 1),
+    constant = evaluate_denoising(oracle, images, (120,), restore=False, classify=lambda b: np.full(len(b), 1),
                                   labels=labels)[120]
     assert constant["acc_clean"] == constant["acc_oneshot"] == 50.0 and "acc_restored" not in constant
     with pytest.raises(ValueError, match="one label per image"):
-        evaluate_denoising(Oracle(), images, (120,), classify=nearest, labels=labels[:3])
+        evaluate_denoising(oracle, images, (120,), classify=nearest, labels=labels[:3])
 
 
 def test_cli_train_and_eval(tmp_path):
