@@ -123,7 +123,7 @@ def _write_matrix(rows: list[dict[str, Any]], markdown: str, out_dir: Path) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.runners import RUNNERS, make_task_runner, worker_api
+    from flows.runners import add_runner_arguments, make_task_runner, worker_api
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", help="comma-separated (default: benchmark.attacks)")
     ap.add_argument("--defenses", help="comma-separated (default: benchmark.defenses)")
     ap.add_argument("--max-images", type=int, default=200, help="clean / triggered test images per attack (0 = all)")
-    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
-    ap.add_argument("--dask-workers", type=int, default=None)
-    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    add_runner_arguments(ap)
     args = ap.parse_args(argv)
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     runner = make_task_runner(args.runner, args.dask_workers, args.dask_address)

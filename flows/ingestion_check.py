@@ -245,7 +245,7 @@ def deployment_options(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.runners import RUNNERS, make_task_runner, worker_api
+    from flows.runners import add_runner_arguments, candidate_workers, make_task_runner, worker_api
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default=None,
@@ -257,13 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", action="store_true", help="serve a scheduled deployment instead of checking once")
     ap.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule with --serve (default {DEFAULT_CRON!r})")
     ap.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name with --serve")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="parallel DataElixir candidate tasks (default: --dask-workers or 2 on dask, 1 on thread)")
-    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
-    ap.add_argument("--dask-workers", type=int, default=None)
-    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    add_runner_arguments(ap, candidate_workers=True)
     args = ap.parse_args(argv)
-    workers = args.workers or ((args.dask_workers or 2) if args.runner == "dask" else 1)
+    workers = candidate_workers(args)
     check = ingestion_check if args.runner == "thread" else ingestion_check.with_options(  # thread: the default
         task_runner=make_task_runner(args.runner, args.dask_workers, args.dask_address))
     with worker_api(args.runner):

@@ -14,14 +14,35 @@ each, all on one SQLite file); :func:`worker_api` starts one first and exports i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 
 from tasks import PROJECT_ROOT
 
-__all__ = ["RUNNERS", "make_task_runner", "worker_api", "candidates_in_parallel"]
+__all__ = ["RUNNERS", "add_runner_arguments", "candidate_workers", "make_task_runner", "worker_api",
+           "candidates_in_parallel"]
 
 RUNNERS = ("thread", "dask")
+
+
+def add_runner_arguments(ap: argparse.ArgumentParser, *, candidate_workers: bool = False) -> None:
+    """The runner flags every flow CLI shares (``--runner``, ``--dask-workers``, ``--dask-address``), plus
+    ``--workers`` (parallel DataElixir candidate tasks) for the flows that sanitise."""
+    if candidate_workers:
+        ap.add_argument("--workers", type=int, default=None,
+                        help="parallel DataElixir candidate tasks (default: --dask-workers or 2 on dask, 1 on thread)")
+    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
+    ap.add_argument("--dask-workers", type=int, default=None, help="local Dask worker processes (default 2)")
+    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+
+
+def candidate_workers(args: argparse.Namespace) -> int:
+    """Parallel candidate tasks from :func:`add_runner_arguments`' flags: ``--workers`` if given, else one per
+    Dask worker (2 by default) on dask and 1 on threads (the candidate stage already uses every core)."""
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {args.workers}")
+    return args.workers or ((args.dask_workers or 2) if args.runner == "dask" else 1)
 
 
 def make_task_runner(kind: str = "thread", workers: int | None = None, address: str | None = None):

@@ -160,7 +160,7 @@ def _csv_rows(table: list[dict[str, Any]], attack: str | None) -> list[dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.runners import RUNNERS, make_task_runner, worker_api
+    from flows.runners import add_runner_arguments, candidate_workers, make_task_runner, worker_api
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default=None, help="dataset source (default: data.source)")
@@ -170,13 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. victim.epochs=5")
     ap.add_argument("--max-images", type=int, default=200, help="test images per split for the evaluation")
     ap.add_argument("--dvc-root", default=None, help="DVC repository (default: the nearest .dvc/ above the data)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="parallel DataElixir candidate tasks (default: --dask-workers or 2 on dask, 1 on thread)")
-    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
-    ap.add_argument("--dask-workers", type=int, default=None)
-    ap.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    add_runner_arguments(ap, candidate_workers=True)
     args = ap.parse_args(argv)
-    workers = args.workers or ((args.dask_workers or 2) if args.runner == "dask" else 1)
+    workers = candidate_workers(args)
     runner = make_task_runner(args.runner, args.dask_workers, args.dask_address)
     with worker_api(args.runner):
         sanitize.with_options(task_runner=runner)(args.source, args.params, args.overrides, args.poison,

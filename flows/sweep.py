@@ -87,7 +87,7 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from flows.runners import RUNNERS, make_task_runner, worker_api
+    from flows.runners import add_runner_arguments, make_task_runner, worker_api
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", help="comma-separated (default: benchmark.attacks)")
     ap.add_argument("--max-ca-drop", type=float, default=None, help="CA-drop bound of the rule, points (default 3)")
     ap.add_argument("--max-images", type=int, default=0, help="images per split and attack (0 = all)")
-    ap.add_argument("--runner", choices=RUNNERS, default="thread", help="Prefect task runner")
-    ap.add_argument("--dask-workers", type=int, default=None)
-    ap.add_argument("--dask-address", default=None)
+    add_runner_arguments(ap)
     args = ap.parse_args(argv)
     spec: dict[str, Any] = yaml.safe_load(Path(args.spec).read_text()) if args.spec else {}
     grid = {**(spec.get("grid") or {}), **parse_grid_args(args.grid)} or None
