@@ -39,7 +39,7 @@ from detoxops.config import DataConfig, PatchRepairConfig, SampDetoxConfig  # no
 from detoxops.data import from_tensor, load_splits, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
 from detoxops.defenses.map_quality import roc_auc  # noqa: E402
-from detoxops.defenses.patch_repair import PatchRepair, calibrate  # noqa: E402
+from detoxops.defenses.patch_repair import PatchCalibration, PatchRepair, calibrate  # noqa: E402
 from detoxops.defenses.sampdetox import SampDetox  # noqa: E402
 from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
@@ -49,7 +49,7 @@ SHIPPED_PURIFIER = Path(__file__).resolve().parents[1] / "src/detoxops/assets/pu
 
 
 def clean_test(source: str):
-    return load_splits(source, DataConfig(source=source, image_size=None, train_per_class=None,
+    return load_splits(source, DataConfig(source=source, image_size="auto", train_per_class=None,
                                           test_per_class=None), progress=False)["test"]
 
 
@@ -114,7 +114,13 @@ def main() -> None:
     ap.add_argument("--fire-rates", default="",
                     help="calibrate: also the gate thresholds at these clean fire rates; confirm: the rates to run")
     ap.add_argument("--clean-maps", type=Path, default=None,
-                    help="confirm: the held-out clean images' context maps (a `table` run's clean_repair_*.npz)")
+                    help="confirm: the clean images' context maps (a `table` run's clean_repair_*.npz; default: "
+                         "computed once and kept in --cache)")
+    ap.add_argument("--confirm-modes", default="none,label",
+                    help="confirm: the `confirm` settings to run at every rate; a mode written MODE@RATE runs only "
+                         "at that rate, e.g. label,none@0.05")
+    ap.add_argument("--split", choices=["val", "test"], default="test",
+                    help="confirm: the half to run on (val: the selection of issue #20; test: held out)")
     ap.add_argument("--calibration", type=Path, default=None, help="table: thresholds written by `calibrate`")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="patch repair field, e.g. --set stride=100")
@@ -123,7 +129,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=None,
                     help="table: keep the defended clean images here (they do not depend on the victim), keyed by "
-                         "defense settings, images and seed, so a later run with more attacks reuses them")
+                         "defense settings, images and seed, so a later run with more attacks reuses them; "
+                         "calibrate / confirm: keep the context maps here")
+    ap.add_argument("--save-calibration", type=Path, default=None,
+                    help="calibrate: also write the maps' PatchCalibration there (the file the repair profile reads, "
+                         "e.g. the purifier folder's patch_calibration.json)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,7 +145,7 @@ def main() -> None:
     purifier = load_purifier(args.purifier)
     repair = PatchRepair(purifier, patch_cfg)
     clean = clean_test(args.data)
-    split = "val" if args.mode == "calibrate" else "test"
+    split = "val" if args.mode == "calibrate" else args.split if args.mode == "confirm" else "test"
     cidx = split_indices(clean, split, args.n_clean, seed=0)
     record = {"command": shlex.join(["python", *sys.argv]), "mode": args.mode, "split": split,
               "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier), "n_clean": int(len(cidx)),
@@ -144,9 +154,16 @@ def main() -> None:
 
     if args.mode == "calibrate":
         t0 = time.perf_counter()
-        clean_maps = context_maps(repair, clean.images[cidx], args.batch, args.seed)
+        clean_maps = (context_maps(repair, clean.images[cidx], args.batch, args.seed) if args.cache is None else
+                      stored_context_maps(args.cache, "val_clean", repair, clean.images[cidx], args.batch, args.seed,
+                                          str(args.purifier)))  # the maps `confirm --split val` reuses
         record["clean_map_seconds"] = round(time.perf_counter() - t0, 1)
         record["thresholds"] = calibrate(torch.from_numpy(clean_maps[:, None]), args.fire_rate, args.pixel_rate)
+        if args.save_calibration is not None:
+            PatchCalibration.from_maps(torch.from_numpy(clean_maps[:, None]), patch_cfg, meta={
+                "images_from": f"{args.data}: test split, validation half (benchmarks/sampdetox_eval.py split_indices), "
+                               f"{len(cidx)} images", "purifier": str(args.purifier), "seed": args.seed,
+                "batch_size": args.batch, "command": record["command"]}).save(args.save_calibration)
         record["fire_rate"], record["pixel_rate"] = args.fire_rate, args.pixel_rate
         record["clean_peaks"] = clean_maps.reshape(len(clean_maps), -1).max(1).tolist()  # any other rate later
         record["gate_thresholds"] = {r: calibrate(torch.from_numpy(clean_maps[:, None]), float(r),
@@ -216,28 +233,60 @@ def main() -> None:
     _write(args.out, record)
 
 
+def stored_context_maps(cache: Path, tag: str, repair: PatchRepair, images_u8: np.ndarray, batch: int, seed: int,
+                        purifier: str) -> np.ndarray:
+    """:func:`context_maps`, kept in ``cache`` under a key of everything a map depends on (the map's own
+    settings, the purifier, the images, batch and seed), so a later run with other gate rates reuses them."""
+    import hashlib
+
+    cfg = repair.cfg.model_dump(include={"block", "offsets", "t_start", "stride", "window"})
+    key = hashlib.sha256(f"{json.dumps(cfg, sort_keys=True)}|{purifier}|{batch}|{seed}".encode()
+                         + np.ascontiguousarray(images_u8).tobytes()).hexdigest()[:16]
+    path = cache / f"maps_{tag}_{key}.npz"
+    if path.is_file():
+        return np.load(path)["maps"]
+    maps = context_maps(repair, images_u8, batch, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, maps=maps)
+    tmp.replace(path)
+    return maps
+
+
 def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.ndarray) -> list[dict]:
     """The repair profile with ``confirm: label`` (and without it) at the gate thresholds of ``--fire-rates``
-    (validation calibration), on held-out images whose context maps a ``table`` run stored: the costly maps are
-    reused, the gate, region, repair, confirmation and SampDetox's global path run for real."""
-    if args.calibration is None or args.clean_maps is None or args.cache is None:
-        raise SystemExit("confirm needs --calibration (with gate_thresholds), --clean-maps and --cache")
+    (validation calibration) on ``--split``. The costly context maps are reused: on the held-out half those a
+    ``table`` run stored (``--clean-maps``, ``triggered_<attack>_seed<S>.npz``), elsewhere those computed by an
+    earlier ``confirm`` run (computed and kept in ``--cache`` when missing); the gate, region, repair,
+    confirmation and SampDetox's global path run for real."""
+    if args.calibration is None or args.cache is None:
+        raise SystemExit("confirm needs --calibration (with gate_thresholds) and --cache")
     gates = json.loads(args.calibration.read_text())["gate_thresholds"]
-    clean_maps = np.load(args.clean_maps)["maps"]
+    repair = PatchRepair(purifier, patch_cfg)
+    if args.clean_maps is not None:
+        clean_maps = np.load(args.clean_maps)["maps"]
+    else:
+        clean_maps = stored_context_maps(args.cache, f"{args.split}_clean", repair, clean.images[cidx], args.batch,
+                                         args.seed, str(args.purifier))
     if len(clean_maps) != len(cidx):
         raise SystemExit(f"--clean-maps holds {len(clean_maps)} maps, --n-clean selects {len(cidx)} images")
     rows = []
     for name in filter(None, args.attacks.split(",")):
         ref = f"{args.store}/{name}"
         model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
-        half = split_indices(clean, "test", len(clean), seed=0)
+        half = split_indices(clean, args.split, len(clean), seed=0)
         pool = half[clean.labels[half] != attack.target]
         pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
         triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
-        trig_maps = np.load(args.cache / f"triggered_{name}_seed{args.seed}.npz")["maps"]
+        table_maps = args.cache / f"triggered_{name}_seed{args.seed}.npz"  # a held-out `table` run's
+        if args.split == "test" and table_maps.is_file():
+            trig_maps = np.load(table_maps)["maps"]
+        else:
+            trig_maps = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
+                                            args.seed + 1, str(args.purifier))
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
         for rate in filter(None, args.fire_rates.split(",")):
-            for confirm in ("none", "label"):
+            for confirm in confirm_modes(args.confirm_modes, rate):
                 cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
                 defense = SampDetox(purifier, SampDetoxConfig(profile="repair", sampler="ddim", patch=cfg),
                                     classifier=model)
@@ -245,7 +294,7 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
                 c_imgs, c_flags, c_s, _ = defend(defense, clean.images[cidx], args.batch, args.seed, "clean")
                 p_imgs, p_flags, p_s, _ = defend(defense, triggered, args.batch, args.seed + 1, name)
                 pc, pp = predict(model, c_imgs), predict(model, p_imgs)
-                row = {"attack": name, "fire_rate": float(rate), "gate_threshold": gates[rate], "confirm": confirm,
+                row = {"attack": name, "split": args.split, "fire_rate": float(rate), "gate_threshold": gates[rate], "confirm": confirm,
                        "ca": 100 * float(np.mean(pc == clean.labels[cidx])),
                        "pa": 100 * float(np.mean(pp == true_labels)),
                        "asr": 100 * float(np.mean(pp == attack.target)),
@@ -256,6 +305,18 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
+
+
+def confirm_modes(spec: str, rate: str) -> list[str]:
+    """The ``confirm`` settings of ``--confirm-modes`` that run at gate rate ``rate`` (``MODE@RATE``: that rate only)."""
+    modes = []
+    for item in filter(None, (m.strip() for m in spec.split(","))):
+        mode, _, only = item.partition("@")
+        if mode not in ("none", "label"):
+            raise SystemExit(f"--confirm-modes: unknown confirm setting {mode!r} (none, label)")
+        if not only or float(only) == float(rate):
+            modes.append(mode)
+    return modes
 
 
 class MapLookup:

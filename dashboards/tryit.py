@@ -124,7 +124,8 @@ def detoxify_one(image_u8: np.ndarray, victim, purifier, cfg=None) -> TryResult:
     batch = image_u8[None]
     started = time.perf_counter()
     with torch.no_grad():
-        out = SampDetox(purifier, cfg or SampDetoxConfig())(to_tensor(batch))
+        # the victim as a black box: only the patch repair's label confirmation (sampdetox.patch.confirm) queries it
+        out = SampDetox(purifier, cfg or SampDetoxConfig(), classifier=victim)(to_tensor(batch))
     detoxified = from_tensor(out.images.cpu())
     classify = Detoxifier(victim, batch_size=1)  # no defense: the victim on exactly these pixels
     trigger_map = out.trigger_map[0, 0].float().cpu().numpy() if out.trigger_map is not None else None

@@ -316,10 +316,20 @@ class PatchRepairConfig(_Section):
     """DDIM stride of the context-map inpainting (t_start / stride network passes per tiling phase)."""
     window: int = Field(default=3, ge=1)
     """Box-average window of the context map."""
-    gate_threshold: float = Field(default=0.25, ge=0.0)
-    """An image is repaired when its map peak exceeds this (calibrated: clean validation images' peak quantile)."""
-    pixel_threshold: float = Field(default=0.12, ge=0.0)
-    """Pixels above this, connected to the peak, form the region (calibrated: clean pixels' quantile)."""
+    gate_threshold: float | None = Field(default=None, ge=0.0)
+    """An image is repaired when its map peak exceeds this. ``None``: from the purifier's calibration (the clean
+    validation images' peak quantile at ``fire_rate``; ``calibration``)."""
+    pixel_threshold: float | None = Field(default=None, ge=0.0)
+    """Pixels above this, connected to the peak, form the region. ``None``: from the calibration (the clean
+    pixels' quantile at ``pixel_rate``)."""
+    fire_rate: float = Field(default=0.05, gt=0.0, lt=1.0)
+    """Share of clean validation images whose peak exceeds the calibrated gate (used when ``gate_threshold`` is
+    ``None``)."""
+    pixel_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
+    """Share of clean validation pixels above the calibrated pixel threshold (when ``pixel_threshold`` is ``None``)."""
+    calibration: str | None = None
+    """Calibration file (``detoxops detox calibrate``); ``None``: ``patch_calibration.json`` in the purifier's
+    folder (the shipped CIFAR-10 purifier has one)."""
     dilate: int = Field(default=1, ge=0)
     """Pixels the region is grown by before the repair."""
     repair_stride: int = Field(default=50, ge=1)

@@ -30,3 +30,32 @@ def test_map_lookup_returns_each_images_stored_map_in_batch_order():
     np.testing.assert_allclose(got[:, 0].numpy(), np.stack([trig_maps[2], clean_maps[0], trig_maps[0]]), rtol=1e-6)
     with pytest.raises(SystemExit, match="without a stored context map"):
         lookup(to_tensor(255 - batch) * 2 - 1, torch.Generator())
+
+
+def test_stored_context_maps_are_computed_once_per_setting(tmp_path, monkeypatch):
+    from detoxops.config import PatchRepairConfig
+    from detoxops.defenses.patch_repair import PatchRepair
+    from detoxops.diffusion import load_purifier
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    repair = PatchRepair(load_purifier(shipped_purifier_dir("cifar10-32")),
+                         PatchRepairConfig(stride=500, offsets="aligned"))
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    first = bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p")
+    assert first.shape == (2, 32, 32) and np.isfinite(first).all() and len(list(tmp_path.glob("maps_val_clean_*.npz"))) == 1
+
+    computed = []
+    monkeypatch.setattr(bench, "context_maps", lambda *a: computed.append(a) or np.zeros((2, 32, 32)))
+    np.testing.assert_array_equal(bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p"), first)
+    assert computed == []  # reused, not recomputed
+    bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 1, "p")  # another seed: another entry
+    bench.stored_context_maps(tmp_path, "val_clean", repair, images[::-1].copy(), 2, 0, "p")  # other images
+    assert len(computed) == 2 and len(list(tmp_path.glob("maps_val_clean_*.npz"))) == 3
+
+
+def test_confirm_modes_can_be_limited_to_one_rate():
+    assert bench.confirm_modes("none,label", "0.3") == ["none", "label"]
+    assert bench.confirm_modes("label,none@0.05", "0.05") == ["label", "none"]
+    assert bench.confirm_modes("label,none@0.05", "0.3") == ["label"]
+    with pytest.raises(SystemExit, match="unknown confirm setting 'both'"):
+        bench.confirm_modes("both", "0.3")

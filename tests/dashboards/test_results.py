@@ -121,3 +121,22 @@ def test_newest_run_per_flow_is_the_default_selection():
                               "flow": ["detox-byo", "benchmark", "detox-byo", "benchmark", "demo"]})
     assert results.newest_run_per_flow(flow_runs) == ["byo2", "bench2", "demo1"]
     assert results.newest_run_per_flow(flow_runs.iloc[:0]) == []
+
+
+def test_try_it_hands_the_victim_to_a_label_confirming_patch_repair():
+    from detoxops.config import PatchRepairConfig, SampDetoxConfig
+    from detoxops.diffusion import load_purifier
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    batches = []
+
+    def victim(batch_u8):  # a black box on uint8 NHWC batches
+        batches.append(len(batch_u8))
+        return np.zeros(len(batch_u8), dtype=np.int64)
+
+    patch = PatchRepairConfig(stride=500, repair_stride=500, confirm="label", pixel_threshold=0.5).model_copy(
+        update={"gate_threshold": -1.0})  # gate every image, so the confirmation must query the victim
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=patch)
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    result = tryit.detoxify_one(image, victim, load_purifier(shipped_purifier_dir("digits-16")), cfg)
+    assert result.detoxified.shape == image.shape and 2 in batches  # input + repair, in one query

@@ -113,3 +113,24 @@ def test_bad_inputs():
         Detoxifier(lambda x: np.zeros(3, dtype=np.int64)).predict(_images(2))
     with pytest.raises(ValueError, match="batch_size"):
         Detoxifier(brightness_labels, batch_size=0)
+
+
+def test_guard_from_params_lets_the_patch_repair_confirm_with_the_guarded_classifier():
+    from detoxops.config import PatchRepairConfig, SampDetoxConfig
+    from detoxops.diffusion import load_purifier
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    seen = []
+
+    def black_box(images_u8):
+        seen.append(len(images_u8))
+        return brightness_labels(images_u8)
+
+    patch = PatchRepairConfig(stride=500, repair_stride=500, confirm="label", pixel_threshold=0.5).model_copy(
+        update={"gate_threshold": -1.0})  # every image gated: 2 confirmation queries each
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=patch, batch_size=4)
+    guard = Detoxifier.from_params(black_box, load_purifier(shipped_purifier_dir("digits-16")), cfg)
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    labels = guard.predict(images)
+    assert seen == [6, 3] and labels.shape == (3,)  # the confirmation (input + repair), then the prediction
+    assert guard.defense.cfg.profile == "repair"

@@ -3,15 +3,25 @@ outcome is computable, plus the geometry helpers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from detoxops.config import PatchRepairConfig, SampDetoxConfig, ScheduleConfig
-from detoxops.defenses.patch_repair import PatchRepair, calibrate, grow_region, tiling_masks
+from detoxops.defenses.patch_repair import (
+    CALIBRATION_FILE,
+    PatchCalibration,
+    PatchRepair,
+    calibrate,
+    calibrate_on_images,
+    grow_region,
+    tiling_masks,
+)
 from detoxops.defenses.sampdetox import SampDetox
 from detoxops.diffusion import NoiseSchedule
 
 H = 16
+THRESHOLDS = dict(gate_threshold=0.25, pixel_threshold=0.12)  # explicit: the Oracle has no calibration file
 
 
 class Oracle:
@@ -63,7 +73,7 @@ def test_grow_region_keeps_the_component_of_the_seed():
 
 def test_exact_denoiser_finds_gates_and_repairs_the_patch_only():
     clean, triggered = _scene()
-    repair = PatchRepair(Oracle(clean), PatchRepairConfig(stride=100, repair_stride=100))
+    repair = PatchRepair(Oracle(clean), PatchRepairConfig(stride=100, repair_stride=100, **THRESHOLDS))
     out = repair(torch.cat([clean, triggered]), torch.Generator().manual_seed(1))
     patch = torch.zeros(1, H, H, dtype=torch.bool)
     patch[0, 10:13, 5:8] = True
@@ -94,7 +104,8 @@ def test_calibration_quantiles_and_bad_input():
 
 def test_repair_profile_runs_before_stage_one():
     clean, triggered = _scene()
-    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=PatchRepairConfig(stride=100, repair_stride=100))
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim",
+                          patch=PatchRepairConfig(stride=100, repair_stride=100, **THRESHOLDS))
     out = SampDetox(Oracle(clean), cfg)(torch.cat([clean, triggered]) / 2 + 0.5)
     assert out.repaired.tolist() == [False, True]
     assert {"context_map", "repair_region"} <= set(out.maps)
@@ -108,7 +119,8 @@ def test_catalog_names_the_profiles():
     from detoxops.defenses.catalog import build_defense
 
     clean, _ = _scene()
-    cfg = SampDetoxConfig(patch_repair=False)  # an explicit field does not survive a named profile
+    cfg = SampDetoxConfig(patch_repair=False, patch=PatchRepairConfig(**THRESHOLDS))  # an explicit field does not
+    # survive a named profile
     assert build_defense("repair-ddim", Oracle(clean), cfg).patch is not None
     assert build_defense("robust", Oracle(clean), cfg).patch is None
     assert build_defense("sampdetox", Oracle(clean), cfg).patch is None
@@ -121,7 +133,7 @@ def _keys_on_the_patch(x):
 
 def test_label_confirmation_keeps_only_repairs_that_change_the_label():
     clean, triggered = _scene()
-    cfg = PatchRepairConfig(stride=100, repair_stride=100, confirm="label").model_copy(
+    cfg = PatchRepairConfig(stride=100, repair_stride=100, confirm="label", pixel_threshold=0.12).model_copy(
         update={"gate_threshold": -1.0})  # gate every image (unvalidated: the field is >= 0 for users)
     repair = PatchRepair(Oracle(clean), cfg)
     out = repair(torch.cat([clean, triggered]), torch.Generator().manual_seed(1), _keys_on_the_patch)
@@ -140,7 +152,8 @@ def test_sampdetox_confirms_through_the_black_box_and_counts_its_queries():
     import numpy as np
 
     clean, triggered = _scene()
-    patch = PatchRepairConfig(stride=100, repair_stride=100, confirm="label").model_copy(update={"gate_threshold": -1.0})
+    patch = PatchRepairConfig(stride=100, repair_stride=100, confirm="label", pixel_threshold=0.12).model_copy(
+        update={"gate_threshold": -1.0})
     cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=patch)
 
     def black_box(images_u8: np.ndarray) -> np.ndarray:  # what a served model receives: uint8 NHWC
@@ -153,3 +166,74 @@ def test_sampdetox_confirms_through_the_black_box_and_counts_its_queries():
     from detoxops.defenses.catalog import build_defense
 
     assert build_defense("repair", Oracle(clean), cfg, classifier=black_box).black_box is not None
+
+
+# ------------------------------------------------------------------------------- calibration files
+
+
+def _maps():
+    maps = torch.zeros(100, 1, 4, 4)
+    maps[:, 0, 0, 0] = torch.linspace(0, 1, 100)
+    return maps
+
+
+def _calibration():
+    return PatchCalibration.from_maps(_maps(), PatchRepairConfig(), meta={"note": "test"})
+
+
+def test_calibration_gives_the_thresholds_of_any_rate_and_explicit_values_win():
+    cal = _calibration()
+    gate, pixel = cal.thresholds(PatchRepairConfig(fire_rate=0.05))
+    assert gate == pytest.approx(calibrate(torch.linspace(0, 1, 100).view(100, 1, 1, 1), 0.05)["gate_threshold"])
+    assert cal.thresholds(PatchRepairConfig(fire_rate=0.3))[0] == pytest.approx(0.7, abs=0.01)
+    assert pixel == pytest.approx(calibrate(_maps(), 0.05, 0.01)["pixel_threshold"])
+    assert cal.thresholds(PatchRepairConfig(gate_threshold=0.5, pixel_threshold=0.2)) == (0.5, 0.2)
+    with pytest.raises(ValueError, match="pixel_rate 0.03 is not calibrated"):
+        cal.thresholds(PatchRepairConfig(pixel_rate=0.03))
+    with pytest.raises(ValueError, match="other context-map settings.*stride"):
+        cal.thresholds(PatchRepairConfig(stride=100))
+
+
+def test_calibration_file_round_trip_and_bad_files(tmp_path):
+    cal = _calibration()
+    path = cal.save(tmp_path / "patch_calibration.json")
+    back = PatchCalibration.load(path)
+    assert back == cal and not list(tmp_path.glob("*.tmp"))
+    for text, match in [("{", "not a JSON"), ('{"format": "x"}', "format field"),
+                        ('{"format": "detoxops-patch-calibration", "peaks": [1]}', "at least 2"),
+                        ('{"format": "detoxops-patch-calibration", "peaks": [1, NaN], "pixel_thresholds": {"0.01": 1}}',
+                         "finite"),
+                        ('{"format": "detoxops-patch-calibration", "peaks": [1, 2], "pixel_thresholds": {"0.01": 1},'
+                         ' "map_settings": {"block": -3}}', "bad calibration contents")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            PatchCalibration.load(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        PatchCalibration.load(tmp_path / "missing.json")
+
+
+def test_repair_finds_the_purifier_folders_calibration_or_names_the_fix(tmp_path):
+    clean, triggered = _scene()
+    oracle = Oracle(clean)
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=PatchRepairConfig(stride=100, repair_stride=100))
+    with pytest.raises(ValueError, match="detoxops detox calibrate"):
+        SampDetox(oracle, cfg)  # no thresholds, no calibration: refused at build time
+    oracle.source_dir = tmp_path
+    cal = calibrate_on_images(oracle, ((clean.repeat(4, 1, 1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
+                              .numpy(), cfg.patch, batch_size=2)
+    assert cal.meta["images"] == 4 and max(cal.peaks) < 0.01  # exact denoiser: only uint8 rounding is left
+    cal.save(tmp_path / CALIBRATION_FILE)
+    defense = SampDetox(oracle, cfg)
+    gate, pixel = defense.patch.thresholds
+    assert gate == pytest.approx(float(np.quantile(cal.peaks, 1 - cfg.patch.fire_rate)))
+    assert pixel == cal.pixel_thresholds[0.01]
+    out = defense(torch.cat([clean, triggered]) / 2 + 0.5)
+    assert out.repaired.tolist() == [False, True]
+    # an explicit calibration file wins over the folder's
+    other = PatchCalibration(cal.map_settings, (5.0, 6.0), {0.01: 9.0}, {})
+    other.save(tmp_path / "other.json")
+    explicit = cfg.patch.model_copy(update={"calibration": str(tmp_path / "other.json")})
+    assert PatchRepair(oracle, explicit).thresholds == (pytest.approx(5.95), 9.0)
+    with pytest.raises(ValueError, match="uint8"):
+        calibrate_on_images(oracle, np.zeros((2, H, H, 3), np.float32), cfg.patch)

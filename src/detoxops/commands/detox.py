@@ -141,6 +141,8 @@ def run_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the detoxified ImageSet (+ maps.npz)"),
     defense: str = typer.Option("sampdetox", "--defense", help="defense name, see detoxops.defenses.catalog"),
     limit: int = typer.Option(None, "--limit", help="only the first N images"),
+    victim: str = typer.Option(None, "--victim", help="classifier (folder, victim-store name or http URL) queried as "
+                               "a black box by defenses that need it (sampdetox.patch.confirm: label)"),
     progress: bool = PROGRESS_OPTION,
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
@@ -154,10 +156,20 @@ def run_command(
     src = _load_imageset(images, "input")
     if limit is not None:
         src = src.subset(np.arange(min(limit, len(src))))
+    classifier = None
+    if victim is not None:
+        from detoxops.models import load_classifier
+
+        try:
+            classifier = victim if victim.startswith(("http://", "https://")) else load_classifier(victim)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"--victim {victim}: {exc}")
+            return
     try:
-        d = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), cfg, baselines=p.baselines)
+        d = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), cfg, classifier=classifier,
+                          baselines=p.baselines)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc) + ("" if victim else " (detox run: --victim)") if "classifier" in str(exc) else str(exc))
         return
     guard = Detoxifier(
         lambda batch: np.zeros(len(batch), dtype=np.int64), d, cfg.batch_size, progress=progress
@@ -175,6 +187,46 @@ def run_command(
     if maps:
         np.savez_compressed(Path(saved) / "maps.npz", **{k: np.concatenate(v) for k, v in maps.items()})
     typer.echo(f"{saved}: {len(result)} images detoxified with {defense} ({cfg.resolved().profile} profile)")
+
+
+@detox_app.command("calibrate")
+def calibrate_command(
+    images: Path = typer.Argument(..., help="a saved ImageSet of clean images from the deployment domain, kept apart "
+                                  "from the images you evaluate on (e.g. a validation split)"),
+    purifier: Path = typer.Option(..., "--purifier", help="diffusers UNet folder of the purifier"),
+    out: Path = typer.Option(None, "--out", "-o", help="calibration file (default: PURIFIER/patch_calibration.json, "
+                             "where the repair finds it)"),
+    limit: int = typer.Option(None, "--limit", help="only the first N images (100 is enough for the default rates)"),
+    batch: int = typer.Option(25, "--batch", help="images per purifier call (each is masked 16 times)"),
+    progress: bool = PROGRESS_OPTION,
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Calibrate the patch repair (profile ``repair``) for a purifier: the context maps of clean images give the
+    gate and region thresholds at any clean fire rate (``sampdetox.patch.fire_rate`` / ``pixel_rate``)."""
+    from detoxops.defenses.patch_repair import CALIBRATION_FILE, calibrate_on_images
+
+    p = params_from_cli(params, overrides)
+    cfg = p.sampdetox.patch
+    src = _load_imageset(images, "clean")
+    if limit is not None:
+        if limit < 2:
+            fail(f"--limit must be at least 2 (a calibration needs 2 images), got {limit}")
+        src = src.subset(np.arange(min(limit, len(src))))
+    pur = _load_purifier(purifier, p.diffusion.precision)
+    target = out if out is not None else purifier / CALIBRATION_FILE
+    try:
+        calibration = calibrate_on_images(
+            pur, np.asarray(src.images), cfg, batch_size=batch, seed=p.sampdetox.seed, progress=progress,
+            meta={"images_from": str(images), "purifier": str(purifier),
+                  "data_version": src.content_hash()})
+        gate, pixel = calibration.thresholds(cfg.model_copy(update={"gate_threshold": None, "pixel_threshold": None}))
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    calibration.save(target)
+    typer.echo(f"{target}: {len(src)} clean images; at fire_rate {cfg.fire_rate} the gate is {gate:.4f}, at "
+               f"pixel_rate {cfg.pixel_rate} the pixel threshold is {pixel:.4f}")
 
 
 @detox_app.command("eval")

@@ -89,10 +89,14 @@ class Detoxifier:
 
     @classmethod
     def from_params(cls, classifier, purifier, cfg, **kwargs) -> Detoxifier:
-        """The platform's guard: SampDetox with ``cfg`` (a :class:`SampDetoxConfig`; its profile, default robust)."""
+        """The platform's guard: SampDetox with ``cfg`` (a :class:`SampDetoxConfig`; its profile, default robust).
+        The guarded classifier is also the black box the patch repair's label confirmation queries
+        (``sampdetox.patch.confirm: label``), through the same client (HTTP settings included)."""
         from detoxops.defenses.sampdetox import SampDetox
 
-        return cls(classifier, SampDetox(purifier, cfg), batch_size=cfg.batch_size, **kwargs)
+        guard = cls(classifier, None, batch_size=cfg.batch_size, **kwargs)
+        guard.defense = SampDetox(purifier, cfg, classifier=guard._classify)
+        return guard
 
     def batches(self, images: np.ndarray, with_maps: bool = False):
         """Yield (start, uint8 detoxified batch) pairs -- or (start, batch, maps) with ``with_maps`` -- for

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,16 @@ import torch.nn.functional as F
 from detoxops.config import PatchRepairConfig
 from detoxops.diffusion.samplers import repaint
 
-__all__ = ["PatchRepair", "PatchRepairOutput", "calibrate", "tiling_masks", "grow_region", "box_mean"]
+__all__ = ["PatchRepair", "PatchRepairOutput", "PatchCalibration", "CALIBRATION_FILE", "calibrate",
+           "calibrate_on_images", "find_calibration", "tiling_masks", "grow_region", "box_mean"]
+
+CALIBRATION_FILE = "patch_calibration.json"
+"""A purifier folder's calibration of the context map (:class:`PatchCalibration`), found by the repair when
+``sampdetox.patch.calibration`` is unset."""
+MAP_FIELDS = ("block", "offsets", "t_start", "stride", "window")
+"""The :class:`PatchRepairConfig` fields a context map depends on: a calibration holds only for these values."""
+PIXEL_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+"""Clean pixel flag rates whose thresholds a calibration stores (``pixel_rate`` must be one of them)."""
 
 
 @dataclass
@@ -98,9 +108,145 @@ def box_mean(m: torch.Tensor, window: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(m, (pad, pad, pad, pad), mode="replicate"), window, stride=1)
 
 
+@dataclass(frozen=True)
+class PatchCalibration:
+    """What the context map looks like on clean validation images, for one purifier and map setting: every image's
+    peak and the pixel quantiles at :data:`PIXEL_RATES`. The thresholds at any clean fire rate follow from it
+    (:meth:`thresholds`), so choosing another operating point needs no new maps. Stored as JSON
+    (:meth:`save` / :meth:`load`, ``detoxops detox calibrate``)."""
+
+    map_settings: dict
+    peaks: tuple[float, ...]
+    pixel_thresholds: dict[float, float]
+    meta: dict
+
+    @classmethod
+    def from_maps(cls, clean_maps: torch.Tensor, cfg: PatchRepairConfig, meta: dict | None = None) -> PatchCalibration:
+        """From the context maps (B, 1, H, W) of clean validation images computed with ``cfg``'s map settings."""
+        if clean_maps.ndim != 4 or clean_maps.shape[0] < 2:
+            raise ValueError(f"calibration needs the maps of at least 2 clean images, got {tuple(clean_maps.shape)}")
+        if not bool(torch.isfinite(clean_maps).all()):
+            raise ValueError("calibration: the context maps hold NaN or infinite values")
+        pixels = clean_maps.flatten().double().numpy()
+        return cls(map_settings=cfg.model_dump(include=set(MAP_FIELDS)),
+                   peaks=tuple(float(v) for v in clean_maps.flatten(1).amax(dim=1).double().tolist()),
+                   pixel_thresholds={r: float(np.quantile(pixels, 1 - r)) for r in PIXEL_RATES},
+                   meta={"images": int(clean_maps.shape[0]), "size": int(clean_maps.shape[-1]), **(meta or {})})
+
+    def thresholds(self, cfg: PatchRepairConfig) -> tuple[float, float]:
+        """(gate, pixel) thresholds for ``cfg``: its explicit values, else the calibrated ones at ``fire_rate`` /
+        ``pixel_rate``. Refuses a calibration made with other map settings (its numbers would not apply)."""
+        ours = cfg.model_dump(include=set(MAP_FIELDS))
+        if ours != self.map_settings:
+            diff = {k: (self.map_settings.get(k), ours[k]) for k in MAP_FIELDS if self.map_settings.get(k) != ours[k]}
+            raise ValueError("patch repair: the calibration was made with other context-map settings "
+                             f"(calibrated, configured: {diff}); recalibrate with `detoxops detox calibrate`")
+        gate = cfg.gate_threshold
+        if gate is None:
+            gate = float(np.quantile(np.asarray(self.peaks), 1 - cfg.fire_rate))
+        pixel = cfg.pixel_threshold
+        if pixel is None:
+            match = [r for r in self.pixel_thresholds if abs(r - cfg.pixel_rate) < 1e-12]
+            if not match:
+                raise ValueError(f"patch repair: pixel_rate {cfg.pixel_rate} is not calibrated; choose one of "
+                                 f"{sorted(self.pixel_thresholds)} or set pixel_threshold")
+            pixel = self.pixel_thresholds[match[0]]
+        return float(gate), float(pixel)
+
+    def to_json(self) -> dict:
+        return {"format": "detoxops-patch-calibration", "version": 1, "map_settings": self.map_settings,
+                "peaks": list(self.peaks), "pixel_thresholds": {str(r): v for r, v in self.pixel_thresholds.items()},
+                "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a temporary file renamed over ``path``): an existing calibration is never half-written."""
+        import json
+        import os
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchCalibration:
+        """Read and check a calibration file (bounded JSON, no code)."""
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"patch calibration not found: {path}")
+        if path.stat().st_size > 4_000_000:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes is too large for a patch calibration")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a JSON patch calibration ({exc})") from None
+        if not isinstance(raw, dict) or raw.get("format") != "detoxops-patch-calibration":
+            raise ValueError(f"{path}: not a detoxops patch calibration (format field missing)")
+        peaks, pix, settings = raw.get("peaks"), raw.get("pixel_thresholds"), raw.get("map_settings")
+        numbers = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)  # noqa: E731
+        if not isinstance(peaks, list) or len(peaks) < 2 or not all(numbers(v) for v in peaks):
+            raise ValueError(f"{path}: peaks must be a list of at least 2 finite numbers")
+        if not isinstance(pix, dict) or not pix or not all(numbers(v) for v in pix.values()):
+            raise ValueError(f"{path}: pixel_thresholds must map rates to finite numbers")
+        try:
+            pixel_thresholds = {float(r): float(v) for r, v in pix.items()}
+            PatchRepairConfig(**settings)  # the map settings must be valid ones
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: bad calibration contents ({exc})") from None
+        return cls(map_settings={k: settings[k] for k in MAP_FIELDS if k in settings}, peaks=tuple(map(float, peaks)),
+                   pixel_thresholds=pixel_thresholds, meta=raw.get("meta") if isinstance(raw.get("meta"), dict) else {})
+
+
+def calibrate_on_images(purifier, images_u8: np.ndarray, cfg: PatchRepairConfig, *, batch_size: int = 25,
+                        seed: int = 0, progress: bool = False, meta: dict | None = None) -> PatchCalibration:
+    """:class:`PatchCalibration` from clean validation images (uint8 NHWC, the purifier's size and channels):
+    their context maps, ``batch_size`` images per call (each becomes 4 or 16 masked copies), batch ``i`` with
+    the generator seeded ``seed * 1009 + i``."""
+    from detoxops.data.tensors import to_tensor
+    from detoxops.defenses.base import make_generator
+    from detoxops.progress import tqdm
+
+    images_u8 = np.asarray(images_u8)
+    if images_u8.ndim != 4 or images_u8.dtype != np.uint8:
+        raise ValueError(f"calibration images must be uint8 (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
+    size, channels = getattr(purifier, "image_size", None), getattr(purifier, "in_channels", None)
+    if size is not None and images_u8.shape[1:3] != (size, size) or channels is not None and images_u8.shape[3] != channels:
+        raise ValueError(f"calibration images are {images_u8.shape[1]}x{images_u8.shape[2]}x{images_u8.shape[3]}, "
+                         f"the purifier expects {size}x{size}x{channels}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    repair = PatchRepair(purifier, cfg)
+    maps = []
+    starts = range(0, len(images_u8), batch_size)
+    for i, start in enumerate(tqdm(starts, desc="context maps", disable=not progress)):
+        x = to_tensor(images_u8[start : start + batch_size]).to(purifier.device, purifier.dtype) * 2 - 1
+        with torch.no_grad():
+            maps.append(repair.context_map(x, make_generator(seed * 1009 + i, x.device)).float().cpu())
+    return PatchCalibration.from_maps(torch.cat(maps), cfg, meta={"seed": seed, "batch_size": batch_size,
+                                                                   **(meta or {})})
+
+
+def find_calibration(purifier, cfg: PatchRepairConfig) -> PatchCalibration | None:
+    """``cfg.calibration`` if set, else the purifier folder's :data:`CALIBRATION_FILE` (``None`` if it has none)."""
+    if cfg.calibration is not None:
+        return PatchCalibration.load(cfg.calibration)
+    folder = getattr(purifier, "source_dir", None)
+    if folder is not None and (Path(folder) / CALIBRATION_FILE).is_file():
+        return PatchCalibration.load(Path(folder) / CALIBRATION_FILE)
+    return None
+
+
 class PatchRepair:
     """``PatchRepair(purifier, cfg)(x, generator, classify) -> PatchRepairOutput`` on diffusion-space batches
-    ([-1, 1]); ``classify`` (diffusion-space batch -> labels, a black box) is needed with ``confirm: label``."""
+    ([-1, 1]); ``classify`` (diffusion-space batch -> labels, a black box) is needed with ``confirm: label``.
+
+    The gate and pixel thresholds are ``cfg``'s when set, else calibrated ones (:class:`PatchCalibration`, from
+    ``cfg.calibration`` or the purifier folder); they are resolved on first use (:attr:`thresholds`), so the
+    context map alone (what a calibration computes) needs none."""
 
     def __init__(self, purifier, cfg: PatchRepairConfig) -> None:
         self.purifier = purifier
@@ -108,6 +254,25 @@ class PatchRepair:
         num_steps = int(purifier.schedule.num_train_timesteps)
         if cfg.t_start > num_steps:
             raise ValueError(f"patch_repair.t_start {cfg.t_start} exceeds the schedule's {num_steps} steps")
+        self._thresholds: tuple[float, float] | None = None
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(gate, pixel) thresholds in use; raises a ValueError naming the fix when they are neither set nor
+        calibrated for this purifier."""
+        if self._thresholds is None:
+            c = self.cfg
+            if c.gate_threshold is not None and c.pixel_threshold is not None:
+                self._thresholds = (c.gate_threshold, c.pixel_threshold)
+            else:
+                calibration = find_calibration(self.purifier, c)
+                if calibration is None:
+                    raise ValueError(
+                        "patch repair needs its thresholds calibrated for this purifier: run `detoxops detox "
+                        "calibrate CLEAN_IMAGES --purifier FOLDER` (writes FOLDER/patch_calibration.json), or set "
+                        "sampdetox.patch.calibration, or sampdetox.patch.gate_threshold and pixel_threshold")
+                self._thresholds = calibration.thresholds(c)
+        return self._thresholds
 
     # ------------------------------------------------------------------------------------------ steps
     def context_map(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -135,7 +300,7 @@ class PatchRepair:
         peak = torch.zeros_like(flat, dtype=torch.bool)
         peak[torch.arange(b), flat.argmax(dim=1)] = True
         peak = peak.view_as(cmap)
-        allowed = (cmap > c.pixel_threshold) | peak
+        allowed = (cmap > self.thresholds[1]) | peak
         region = grow_region(peak, allowed)
         if c.dilate > 0:
             k = 2 * c.dilate + 1
@@ -177,7 +342,7 @@ class PatchRepair:
         if self.cfg.confirm == "label" and classify is None:
             raise ValueError("patch repair with confirm = label queries the classifier: pass classify (a black box)")
         score = cmap.flatten(1).amax(dim=1)
-        gated = score > self.cfg.gate_threshold
+        gated = score > self.thresholds[0]
         region = self.region(cmap, gated)
         images = self.repair(x, region, g)
         queries = torch.zeros(len(x), dtype=torch.int64, device=x.device)

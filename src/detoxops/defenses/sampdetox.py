@@ -81,6 +81,8 @@ class SampDetox:
                 )
         self.localiser = build_localiser(c)
         self.patch = PatchRepair(purifier, c.patch) if c.patch_repair else None
+        if self.patch is not None:
+            self.patch.thresholds  # noqa: B018  (fail at build time, with the fix, if they are not calibrated)
         confirming = self.patch is not None and c.patch.confirm == "label"
         self.black_box = BlackBox(classifier) if confirming else None  # refuses a missing classifier
         self.name = f"sampdetox[{c.profile}/{c.sampler}]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,9 @@ class Purifier:
         if cpu_chunk is not None and int(cpu_chunk) < 1:
             raise ValueError(f"cpu_chunk must be >= 1 or None, got {cpu_chunk}")
         self.cpu_chunk = cpu_chunk
+        self.source_dir: Path | None = None
+        """The folder the weights were loaded from (:func:`load_purifier`), where files that belong to them
+        live (the patch repair's ``patch_calibration.json``); ``None`` for a purifier built in memory."""
 
     @property
     def device(self) -> torch.device:

@@ -161,8 +161,12 @@ def load_purifier(
         if {k: encoding.get(k) for k in ("kind", "extra_channel", "timestep")} != {
                 k: LEVEL_MAP_ENCODING[k] for k in ("kind", "extra_channel", "timestep")}:
             raise ValueError(f"{unet_dir / LEVEL_MAP_FILE}: unknown level-map encoding {encoding}")
-        return LevelMapPurifier(unet, sched, precision=precision).to(device)
-    return Purifier(unet, sched, precision=precision).to(device)
+        purifier = LevelMapPurifier(unet, sched, precision=precision).to(device)
+    else:
+        purifier = Purifier(unet, sched, precision=precision).to(device)
+    # where it came from: files that belong to these weights (the patch repair's calibration) are found there
+    purifier.source_dir = p.resolve() if p.is_dir() else None
+    return purifier
 
 
 def _schedule_from_file(path: Path) -> NoiseSchedule:
