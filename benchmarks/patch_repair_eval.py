@@ -154,10 +154,13 @@ def main() -> None:
 
     if args.mode == "calibrate":
         t0 = time.perf_counter()
-        clean_maps = (context_maps(repair, clean.images[cidx], args.batch, args.seed) if args.cache is None else
-                      stored_context_maps(args.cache, "val_clean", repair, clean.images[cidx], args.batch, args.seed,
-                                          str(args.purifier)))  # the maps `confirm --split val` reuses
-        record["clean_map_seconds"] = round(time.perf_counter() - t0, 1)
+        if args.cache is None:
+            clean_maps = context_maps(repair, clean.images[cidx], args.batch, args.seed)
+            seconds = time.perf_counter() - t0
+        else:  # the maps `confirm --split val` reuses; their computing time is stored with them
+            clean_maps, seconds = stored_context_maps(args.cache, "val_clean", repair, clean.images[cidx], args.batch,
+                                                      args.seed, str(args.purifier))
+        record["clean_map_seconds"] = round(seconds, 1)
         record["thresholds"] = calibrate(torch.from_numpy(clean_maps[:, None]), args.fire_rate, args.pixel_rate)
         if args.save_calibration is not None:
             PatchCalibration.from_maps(torch.from_numpy(clean_maps[:, None]), patch_cfg, meta={
@@ -234,9 +237,10 @@ def main() -> None:
 
 
 def stored_context_maps(cache: Path, tag: str, repair: PatchRepair, images_u8: np.ndarray, batch: int, seed: int,
-                        purifier: str) -> np.ndarray:
+                        purifier: str) -> tuple[np.ndarray, float]:
     """:func:`context_maps`, kept in ``cache`` under a key of everything a map depends on (the map's own
-    settings, the purifier, the images, batch and seed), so a later run with other gate rates reuses them."""
+    settings, the purifier, the images, batch and seed), so a later run with other gate rates reuses them.
+    Returns the maps and the seconds their computation took (stored with them, also when reused)."""
     import hashlib
 
     cfg = repair.cfg.model_dump(include={"block", "offsets", "t_start", "stride", "window"})
@@ -244,13 +248,16 @@ def stored_context_maps(cache: Path, tag: str, repair: PatchRepair, images_u8: n
                          + np.ascontiguousarray(images_u8).tobytes()).hexdigest()[:16]
     path = cache / f"maps_{tag}_{key}.npz"
     if path.is_file():
-        return np.load(path)["maps"]
+        z = np.load(path)
+        return z["maps"], float(z["seconds"]) if "seconds" in z else float("nan")
+    t0 = time.perf_counter()
     maps = context_maps(repair, images_u8, batch, seed)
+    seconds = time.perf_counter() - t0
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, maps=maps)
+    np.savez(tmp, maps=maps, seconds=seconds)
     tmp.replace(path)
-    return maps
+    return maps, seconds
 
 
 def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.ndarray) -> list[dict]:
@@ -266,8 +273,8 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
     if args.clean_maps is not None:
         clean_maps = np.load(args.clean_maps)["maps"]
     else:
-        clean_maps = stored_context_maps(args.cache, f"{args.split}_clean", repair, clean.images[cidx], args.batch,
-                                         args.seed, str(args.purifier))
+        clean_maps, _ = stored_context_maps(args.cache, f"{args.split}_clean", repair, clean.images[cidx],
+                                            args.batch, args.seed, str(args.purifier))
     if len(clean_maps) != len(cidx):
         raise SystemExit(f"--clean-maps holds {len(clean_maps)} maps, --n-clean selects {len(cidx)} images")
     rows = []
@@ -282,8 +289,8 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
         if args.split == "test" and table_maps.is_file():
             trig_maps = np.load(table_maps)["maps"]
         else:
-            trig_maps = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
-                                            args.seed + 1, str(args.purifier))
+            trig_maps, _ = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
+                                               args.seed + 1, str(args.purifier))
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
         for rate in filter(None, args.fire_rates.split(",")):
             for confirm in confirm_modes(args.confirm_modes, rate):

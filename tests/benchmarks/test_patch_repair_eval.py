@@ -41,13 +41,14 @@ def test_stored_context_maps_are_computed_once_per_setting(tmp_path, monkeypatch
     repair = PatchRepair(load_purifier(shipped_purifier_dir("cifar10-32")),
                          PatchRepairConfig(stride=500, offsets="aligned"))
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    first = bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p")
+    first, seconds = bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p")
     assert first.shape == (2, 32, 32) and np.isfinite(first).all() and len(list(tmp_path.glob("maps_val_clean_*.npz"))) == 1
 
     computed = []
     monkeypatch.setattr(bench, "context_maps", lambda *a: computed.append(a) or np.zeros((2, 32, 32)))
-    np.testing.assert_array_equal(bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p"), first)
-    assert computed == []  # reused, not recomputed
+    again, again_seconds = bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 0, "p")
+    np.testing.assert_array_equal(again, first)
+    assert computed == [] and again_seconds == seconds > 0  # reused with the time it took, not recomputed
     bench.stored_context_maps(tmp_path, "val_clean", repair, images, 2, 1, "p")  # another seed: another entry
     bench.stored_context_maps(tmp_path, "val_clean", repair, images[::-1].copy(), 2, 0, "p")  # other images
     assert len(computed) == 2 and len(list(tmp_path.glob("maps_val_clean_*.npz"))) == 3

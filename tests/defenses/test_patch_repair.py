@@ -237,3 +237,18 @@ def test_repair_finds_the_purifier_folders_calibration_or_names_the_fix(tmp_path
     assert PatchRepair(oracle, explicit).thresholds == (pytest.approx(5.95), 9.0)
     with pytest.raises(ValueError, match="uint8"):
         calibrate_on_images(oracle, np.zeros((2, H, H, 3), np.float32), cfg.patch)
+
+
+@pytest.mark.parametrize("name", ["cifar10-32", "digits-16"])
+def test_shipped_purifiers_carry_a_calibration_for_the_default_map(name):
+    from detoxops.config import SampDetoxConfig
+    from detoxops.diffusion import load_purifier
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    purifier = load_purifier(shipped_purifier_dir(name))
+    cal = PatchCalibration.load(shipped_purifier_dir(name) / CALIBRATION_FILE)
+    assert cal.meta["images"] == len(cal.peaks) == 100 and cal.meta["size"] == purifier.image_size
+    gate, pixel = PatchRepair(purifier, SampDetoxConfig().patch).thresholds
+    assert gate == pytest.approx(float(np.quantile(cal.peaks, 0.95))) and pixel == cal.pixel_thresholds[0.01]
+    # a looser operating point is a quantile of the same peaks: no new maps
+    assert PatchRepair(purifier, PatchRepairConfig(fire_rate=0.3)).thresholds[0] < gate
