@@ -278,6 +278,10 @@ class DiffusionTrainConfig(_Section):
     """Forward-pass precision in training: ``auto`` = bf16 autocast on CUDA and on CPUs with native bf16 (1.5x
     fp32's step rate for the 1.06M UNet on this project's AVX512-BF16 CPU), fp32 otherwise; weights, optimizer
     state and the loss stay fp32."""
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    """What the network learns to output (diffusers' name, stored in ``scheduler_config.json``): the noise ε (DDPM,
+    the default), the clean image x_0 (``sample``) or v = √ᾱ ε − √(1-ᾱ) x_0. Plain MSE on that target, so x_0 and v
+    weight the levels differently from ε (v: by SNR + 1). The loaded purifier always returns ε̂."""
     init: str | None = None
     """Start from this purifier's weights (a diffusers folder or a shipped name, e.g. ``cifar10-32``) instead of
     random ones: fine-tuning or training on. Its network must be ``diffusion.unet``'s. Ignored when OUT already

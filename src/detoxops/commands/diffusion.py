@@ -81,6 +81,10 @@ def train_command(
     time_budget: float = typer.Option(
         None, "--time-budget", help="stop after this many seconds of training (after writing a checkpoint)"
     ),
+    cpu_budget: float = typer.Option(
+        None, "--cpu-budget", help="stop once the run (all its resumed sessions) has trained for this many process "
+        "CPU seconds: the budget for comparing recipes at equal CPU on a shared machine"
+    ),
     eval_images: int = typer.Option(
         256, "--eval-images", help="test images for the one-shot PSNR written at every checkpoint (0 = none)"
     ),
@@ -90,7 +94,8 @@ def train_command(
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Train (or resume) an epsilon-prediction purifier with EMA on the train split of DATA.
+    """Train (or resume) a purifier with EMA on the train split of DATA (ε prediction unless
+    diffusion.train.prediction_type says otherwise).
 
     At every checkpoint OUT holds the EMA model as a diffusers folder (loadable by `load_purifier` while
     training continues), OUT/checkpoint/ the resumable state, and OUT/README.txt + OUT/denoising.json the
@@ -136,8 +141,8 @@ def train_command(
 
     try:
         _, history = train_purifier(
-            train_images, cfg.diffusion, out, progress=progress, time_budget_s=time_budget, on_checkpoint=report
-        )
+            train_images, cfg.diffusion, out, progress=progress, time_budget_s=time_budget, cpu_budget_s=cpu_budget,
+            on_checkpoint=report)
     except ValueError as exc:
         fail(str(exc))
         return

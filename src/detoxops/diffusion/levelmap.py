@@ -72,6 +72,9 @@ class LevelMapPurifier(Purifier):
             raise ValueError(
                 f"a level-map UNet needs in_channels = out_channels + 1, got {cfg.in_channels} / {cfg.out_channels}"
             )
+        if kwargs.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError("a level-map purifier predicts ε (prediction_type epsilon), got "
+                             f"{kwargs['prediction_type']!r}")
         super().__init__(unet, schedule, **kwargs)
         self._sigma = (1.0 - schedule.abar).clamp_min(0).sqrt().float()  # σ per level 0..T
 
@@ -118,6 +121,8 @@ def levelmap_from_uniform(purifier: Purifier) -> LevelMapPurifier:
     input channel whose ``conv_in`` weights are zero. The given purifier is not modified."""
     if getattr(purifier, "accepts_level_map", False):
         raise ValueError("the purifier already takes a level map")
+    if getattr(purifier, "prediction_type", "epsilon") != "epsilon":
+        raise ValueError(f"a level-map purifier is built from an ε-predicting one, got {purifier.prediction_type!r}")
     src = getattr(purifier.unet, "_orig_mod", purifier.unet)
     cfg = dict(src.config)
     chans = int(cfg["in_channels"])

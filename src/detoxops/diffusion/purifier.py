@@ -10,7 +10,11 @@ from torch import Tensor, nn
 from detoxops.devices import bf16_inference
 from detoxops.diffusion.schedule import NoiseSchedule
 
-__all__ = ["Purifier"]
+__all__ = ["Purifier", "PREDICTION_TYPES"]
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What the network outputs (diffusers' ``prediction_type``): the noise ε, the clean image x_0 (``sample``) or
+v = √ᾱ ε − √(1-ᾱ) x_0. :class:`Purifier` always returns ε̂, so samplers and defenses never see the difference."""
 
 
 class Purifier:
@@ -30,10 +34,14 @@ class Purifier:
     """
 
     def __init__(
-        self, unet: nn.Module, schedule: NoiseSchedule, *, precision: str = "auto", cpu_chunk: int | None = 64
+        self, unet: nn.Module, schedule: NoiseSchedule, *, precision: str = "auto", cpu_chunk: int | None = 64,
+        prediction_type: str = "epsilon",
     ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
         self.unet = unet.eval()
         self.schedule = schedule
+        self.prediction_type = prediction_type
         bf16_inference(precision, torch.device("cpu"))  # an unknown name fails here, not at the first call
         self.precision = precision
         if cpu_chunk is not None and int(cpu_chunk) < 1:
@@ -91,5 +99,16 @@ class Purifier:
 
     def _forward(self, x_t: Tensor, timesteps: Tensor, use_amp: bool) -> Tensor:
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            eps = self.unet(x_t.to(self.dtype), timesteps).sample
-        return eps.to(x_t.dtype)
+            out = self.unet(x_t.to(self.dtype), timesteps).sample
+        return self.output_to_eps(x_t, timesteps + 1, out.to(x_t.dtype))
+
+    def output_to_eps(self, x_t: Tensor, levels: Tensor, out: Tensor) -> Tensor:
+        """The network's output as ε̂ (identity for ``epsilon``), in float64 coefficients at ``levels`` (>= 1)."""
+        if self.prediction_type == "epsilon":
+            return out
+        ab = self.schedule.abar.to(x_t.device)[levels.long().clamp(1, self.schedule.T)]
+        ab = ab.reshape(-1, *([1] * (x_t.ndim - 1))) if ab.ndim else ab
+        sqrt_ab, sqrt_1m = ab.sqrt().to(x_t.dtype), (1 - ab).sqrt().to(x_t.dtype)
+        if self.prediction_type == "sample":  # ε = (x_t - √ᾱ x̂_0) / √(1-ᾱ)
+            return (x_t - sqrt_ab * out) / sqrt_1m
+        return sqrt_ab * out + sqrt_1m * x_t  # v: ε = √ᾱ v + √(1-ᾱ) x_t

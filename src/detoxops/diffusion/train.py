@@ -59,6 +59,7 @@ def train_purifier(
     *,
     progress: bool = True,
     time_budget_s: float | None = None,
+    cpu_budget_s: float | None = None,
     on_checkpoint: Callable[[int, Purifier], None] | None = None,
 ) -> tuple[Purifier, dict[str, Any]]:
     """Train (or resume) a purifier on uint8 NHWC images; writes the EMA model to ``out_dir``.
@@ -66,7 +67,9 @@ def train_purifier(
     ``out_dir/checkpoint/`` holds the resumable state (online + EMA weights and AdamW state, safetensors /
     ``torch.save`` read back with ``weights_only=True``); ``out_dir`` itself is a diffusers folder with the
     EMA weights. ``time_budget_s`` stops early (after a checkpoint) — used for the "about an hour on CPU" run.
-    Returns the EMA purifier and a history dict.
+    ``cpu_budget_s`` stops once the run's training has used that many process CPU seconds *in all its sessions*
+    (``history["cpu_seconds"]``): the fair budget for comparing recipes on a shared machine, where wall time
+    depends on the other jobs. Returns the EMA purifier and a history dict.
     """
     tc = cfg.train
     images_u8 = getattr(images_u8, "images", images_u8)  # an ImageSet trains on its images
@@ -90,10 +93,16 @@ def train_purifier(
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
-    history: dict[str, Any] = {"loss": [], "step": 0, "seconds": 0.0}
+    history: dict[str, Any] = {"loss": [], "step": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+                               "prediction_type": tc.prediction_type}
     start_step = 0
     if (ckpt / "state.json").is_file():
         start_step, history = _load_checkpoint(ckpt, unet, ema, opt, gen)
+        resumed_type = history.get("prediction_type", "epsilon")
+        if resumed_type != tc.prediction_type:
+            raise ValueError(f"{ckpt}: the run being resumed trains prediction_type {resumed_type!r}, "
+                             f"diffusion.train.prediction_type is {tc.prediction_type!r}; use another --out")
+        history["prediction_type"] = resumed_type
 
     data = images_to_diffusion(images_u8)  # kept on CPU; batches move to the device
     model = torch.compile(unet) if tc.compile else unet
@@ -103,11 +112,16 @@ def train_purifier(
     abar = schedule.abar.to(device=device, dtype=torch.float32)
 
     prior_seconds = float(history.get("seconds", 0.0))
+    prior_cpu = float(history.get("cpu_seconds", 0.0))
     train_seconds = 0.0  # this session's training time, checkpoint writing excluded
+    train_cpu = 0.0  # the same in process CPU seconds (all threads)
     bar = tqdm(total=tc.steps, initial=start_step, desc="train purifier", disable=not progress)
     step = start_step
     running = history["loss"][-1][1] if history["loss"] else 0.0
-    tick = time.time()
+    tick, cpu_tick = time.time(), time.process_time()
+    if cpu_budget_s is not None and prior_cpu >= cpu_budget_s:  # a finished budget: nothing left to train
+        bar.close()
+        return Purifier(ema.eval(), schedule, prediction_type=tc.prediction_type), history
     while step < tc.steps:
         idx = torch.randint(0, len(data), (tc.batch_size,), generator=gen)
         x0 = data[idx]
@@ -119,7 +133,13 @@ def train_purifier(
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = model(x_t, levels - 1).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        if tc.prediction_type == "epsilon":
+            target = noise
+        elif tc.prediction_type == "sample":
+            target = x0
+        else:  # v = √ᾱ ε − √(1-ᾱ) x_0
+            target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -130,28 +150,31 @@ def train_purifier(
         running = loss.item() if running == 0.0 else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
-        now = time.time()
+        now, cpu_now = time.time(), time.process_time()
         train_seconds += now - tick
-        tick = now
-        stop = time_budget_s is not None and train_seconds >= time_budget_s
+        train_cpu += cpu_now - cpu_tick
+        tick, cpu_tick = now, cpu_now
+        stop = (time_budget_s is not None and train_seconds >= time_budget_s) or (
+            cpu_budget_s is not None and prior_cpu + train_cpu >= cpu_budget_s)
         if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
             history["loss"].append([step, running])
             history["step"] = step
             history["seconds"] = prior_seconds + train_seconds
+            history["cpu_seconds"] = prior_cpu + train_cpu
             _save_checkpoint(ckpt, unet, ema, opt, gen, step, history)
-            purifier = Purifier(ema, schedule)
+            purifier = Purifier(ema, schedule, prediction_type=tc.prediction_type)
             save_purifier(purifier, out)
             if on_checkpoint is not None:
                 on_checkpoint(step, purifier)
-            tick = time.time()
+            tick, cpu_tick = time.time(), time.process_time()
         if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps or stop):
-            write_sample_grid(Purifier(ema, schedule), images_u8[:8], out / "samples" / f"step_{step:07d}.png",
-                              seed=tc.seed)
-            tick = time.time()
+            write_sample_grid(Purifier(ema, schedule, prediction_type=tc.prediction_type), images_u8[:8],
+                              out / "samples" / f"step_{step:07d}.png", seed=tc.seed)
+            tick, cpu_tick = time.time(), time.process_time()
         if stop:
             break
     bar.close()
-    return Purifier(ema.eval(), schedule), history
+    return Purifier(ema.eval(), schedule, prediction_type=tc.prediction_type), history
 
 
 def _init_from(unet: torch.nn.Module, source: str) -> None:
@@ -243,6 +266,7 @@ def evaluate_denoising(
     *,
     mode: str = "ddpm",
     stride: int = 1,
+    eta: float = 0.0,
     batch_size: int = 256,
     seed: int = 0,
     restore: bool = True,
@@ -251,7 +275,8 @@ def evaluate_denoising(
 ) -> dict[int, dict[str, float]]:
     """PSNR (dB) of the noisy input, the one-shot x̂_0 and the full reverse-process restoration per level,
     plus the ε-MSE — the "denoising error per band of t". ``restore=False`` skips the reverse process
-    (t UNet passes per image) and reports only the one-shot numbers (one pass).
+    (t UNet passes per image) and reports only the one-shot numbers (one pass). ``eta`` is DDIM's stochasticity
+    (0: deterministic; 1: ancestral noise at every step, DDPM-like at the given stride).
 
     With ``classify`` (uint8 NHWC batch → labels, e.g. a victim's ``predict``) and the images' ``labels``, also
     the classifier's accuracy (%) on the clean images (``acc_clean``), on the one-shot x̂_0 (``acc_oneshot``) and
@@ -273,6 +298,8 @@ def evaluate_denoising(
 
     x_all = images_to_diffusion(images_u8)
     gen = torch.Generator().manual_seed(seed)
+    # the sampler's own noise (DDPM, DDIM eta > 0) has its own stream, so every sampler sees the same noised inputs
+    sampler_gen = torch.Generator().manual_seed(seed + 1)
     out: dict[int, dict[str, float]] = {}
     for t in levels:
         sums = {"psnr_noisy": 0.0, "psnr_x0_oneshot": 0.0, "eps_mse": 0.0}
@@ -290,7 +317,7 @@ def evaluate_denoising(
                 sums["acc_clean"] = sums.get("acc_clean", 0.0) + n_correct(x0, i)
                 sums["acc_oneshot"] = sums.get("acc_oneshot", 0.0) + n_correct(x0_hat, i)
             if restore:
-                restored = denoise(purifier, x_t, t, mode=mode, stride=stride, generator=gen)
+                restored = denoise(purifier, x_t, t, mode=mode, stride=stride, eta=eta, generator=sampler_gen)
                 sums["psnr_restored"] += float(psnr(restored.clamp(-1, 1), x0).sum())
                 if classify is not None:
                     sums["acc_restored"] = sums.get("acc_restored", 0.0) + n_correct(restored, i)

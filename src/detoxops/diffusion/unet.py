@@ -104,7 +104,9 @@ def save_purifier(purifier: Purifier, path: str | Path, *, fp16: bool = False) -
         if fp16:  # same file, half-precision tensors (the caller's network is left as it is)
             state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in unet.state_dict().items()}
             save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
-        (tmp / SCHEDULER_CONFIG).write_text(json.dumps(purifier.schedule.to_diffusers_config(), indent=1))
+        (tmp / SCHEDULER_CONFIG).write_text(json.dumps(
+            {**purifier.schedule.to_diffusers_config(),
+             "prediction_type": getattr(purifier, "prediction_type", "epsilon")}, indent=1))
         if getattr(purifier, "accepts_level_map", False):  # the marker that makes load_purifier build one again
             (tmp / LEVEL_MAP_FILE).write_text(json.dumps(LEVEL_MAP_ENCODING, indent=1))
         for f in tmp.iterdir():
@@ -145,8 +147,9 @@ def load_purifier(
         unet = _unet_from_folder(unet_dir)
         sched_file = next((f for f in (p / SCHEDULER_CONFIG, p / "scheduler" / SCHEDULER_CONFIG) if f.is_file()), None)
         sched = _schedule_from_file(sched_file) if sched_file else None
+        prediction_type = _prediction_type(sched_file) if sched_file else "epsilon"
     elif "/" in str(path) and not p.exists() and not str(path).startswith((".", "/")):
-        unet, sched = _load_from_hub(str(path))
+        unet, sched, prediction_type = _load_from_hub(str(path))
     else:
         raise FileNotFoundError(f"purifier not found: {path}")
     if sched is None:
@@ -161,12 +164,22 @@ def load_purifier(
         if {k: encoding.get(k) for k in ("kind", "extra_channel", "timestep")} != {
                 k: LEVEL_MAP_ENCODING[k] for k in ("kind", "extra_channel", "timestep")}:
             raise ValueError(f"{unet_dir / LEVEL_MAP_FILE}: unknown level-map encoding {encoding}")
-        purifier = LevelMapPurifier(unet, sched, precision=precision).to(device)
+        purifier = LevelMapPurifier(unet, sched, precision=precision, prediction_type=prediction_type).to(device)
     else:
-        purifier = Purifier(unet, sched, precision=precision).to(device)
+        purifier = Purifier(unet, sched, precision=precision, prediction_type=prediction_type).to(device)
     # where it came from: files that belong to these weights (the patch repair's calibration) are found there
     purifier.source_dir = p.resolve() if p.is_dir() else None
     return purifier
+
+
+def _prediction_type(path: Path) -> str:
+    """What the network predicts, from ``scheduler_config.json`` (diffusers' ``prediction_type``; default ε)."""
+    from detoxops.diffusion.purifier import PREDICTION_TYPES
+
+    value = read_json_config(path, "scheduler config").get("prediction_type", "epsilon")
+    if value not in PREDICTION_TYPES:
+        raise ModelFileError(f"{path}: prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {value!r}")
+    return value
 
 
 def _schedule_from_file(path: Path) -> NoiseSchedule:
@@ -262,7 +275,7 @@ def _unet_from_folder(folder: Path) -> UNet2DModel:
     return unet
 
 
-def _load_from_hub(repo_id: str) -> tuple[UNet2DModel, NoiseSchedule | None]:
+def _load_from_hub(repo_id: str) -> tuple[UNet2DModel, NoiseSchedule | None, str]:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise RuntimeError(
             f"purifier {repo_id!r} is neither a local folder nor loadable: HF_HUB_OFFLINE is set, so the "
@@ -282,9 +295,16 @@ def _load_from_hub(repo_id: str) -> tuple[UNet2DModel, NoiseSchedule | None]:
         from diffusers import DDPMScheduler
 
         sched_cfg = DDPMScheduler.load_config(repo_id, subfolder="scheduler")
-        return unet, NoiseSchedule.from_diffusers_config(sched_cfg)
+        schedule = NoiseSchedule.from_diffusers_config(sched_cfg)
     except Exception:
-        return unet, None
+        return unet, None, "epsilon"
+    from detoxops.diffusion.purifier import PREDICTION_TYPES
+
+    prediction_type = sched_cfg.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelFileError(f"{repo_id}: scheduler prediction_type {prediction_type!r} is not one of "
+                             f"{', '.join(PREDICTION_TYPES)}")
+    return unet, schedule, prediction_type
 
 
 def shipped_purifier_dir(name: str) -> Path:
