@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=256, help="test images for the denoising PSNR")
     ap.add_argument("--levels", default="20,120,300")
     ap.add_argument("--restore-stride", type=int, default=20, help="DDIM stride of the full restoration")
+    ap.add_argument("--restore-mode", choices=("ddim", "ddpm"), default="ddim",
+                    help="sampler of the victim task's restoration (the denoise task always uses DDIM)")
+    ap.add_argument("--restore-eta", type=float, default=0.0,
+                    help="DDIM eta of the victim task's restoration (0 deterministic, 1 ancestral noise)")
     ap.add_argument("--inpaint-n", type=int, default=None, help="test images for inpainting (the first of --n; "
                     "default: all --n)")
     ap.add_argument("--holes", default="3,4,8")
@@ -162,11 +166,16 @@ def main(argv: list[str] | None = None) -> int:
                 # the victim's weights are part of the key: a retrained store victim of the same name is another one
                 victim_sha = hashlib.sha256((resolve_classifier_path(args.victim) / "model.safetensors")
                                             .read_bytes()).hexdigest()[:12]
-                run(f"{label}@{sha}/victim/{args.victim}@{victim_sha}/n{args.n}/ddim{args.restore_stride}/{args.seed}",
+                # "ddim20" alone (no eta) keeps the keys of the entries stored before the sampler was a choice
+                sampler = f"{args.restore_mode}{args.restore_stride}" + (
+                    f"-eta{args.restore_eta:g}" if args.restore_mode == "ddim" and args.restore_eta else "")
+                if tuple(levels) != (20, 120, 300):  # other levels are another entry (default: the old keys)
+                    sampler += "-t" + "-".join(str(t) for t in levels)
+                run(f"{label}@{sha}/victim/{args.victim}@{victim_sha}/n{args.n}/{sampler}/{args.seed}",
                     label, f"victim:{args.victim}@{victim_sha}",
                     lambda p=purifier, v=victim: evaluate_denoising(
-                        p, images, levels, mode="ddim", stride=args.restore_stride, seed=args.seed, batch_size=64,
-                        classify=lambda batch: predict(v, batch), labels=labels))
+                        p, images, levels, mode=args.restore_mode, stride=args.restore_stride, eta=args.restore_eta,
+                        seed=args.seed, batch_size=64, classify=lambda batch: predict(v, batch), labels=labels))
                 continue
             if task != "inpaint":
                 raise SystemExit(f"--tasks: unknown task {task!r} (denoise, inpaint, victim)")
@@ -200,13 +209,15 @@ def write_markdown(results: dict, path: Path) -> None:
                          f"{m['eps_mse']:.4f} | {e['wall_s']} | {e['cpu_s']} | {e['loadavg_1min']} |")
     victim_rows = [(key, e) for key, e in results["entries"].items() if e["task"].startswith("victim:")]
     if victim_rows:
-        lines += ["", "## A clean victim's accuracy (%) on restorations: clean images / one-shot x̂0 / DDIM restoration",
-                  "", "| purifier | victim | images | level | clean | one-shot | restored | drop (restored) | PSNR "
-                  "one-shot / restored | wall s | CPU s | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## A clean victim's accuracy (%) on restorations: clean images / one-shot x̂0 / restoration",
+                  "", "Sampler: `ddim20` = DDIM stride 20, `-eta1` = with ancestral noise, `ddpm1` = DDPM every step.",
+                  "", "| purifier | victim | images | sampler | level | clean | one-shot | restored | drop (restored) | "
+                  "PSNR one-shot / restored | wall s | CPU s | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, e in victim_rows:
-            n = key.split("/")[-3]
+            n, sampler = key.split("/")[-3], key.split("/")[-2]
             for t, m in e["metrics"].items():
-                lines.append(f"| {e['label']} (`{key.split('/')[0]}`) | {e['task'].split(':', 1)[1]} | {n[1:]} | {t} | "
+                lines.append(f"| {e['label']} (`{key.split('/')[0]}`) | {e['task'].split(':', 1)[1]} | {n[1:]} | "
+                             f"{sampler} | {t} | "
                              f"{m['acc_clean']:.1f} | {m['acc_oneshot']:.1f} | {m['acc_restored']:.1f} | "
                              f"{m['acc_clean'] - m['acc_restored']:.1f} | {m['psnr_x0_oneshot']:.2f} / "
                              f"{m['psnr_restored']:.2f} | {e['wall_s']} | {e['cpu_s']} | {e['loadavg_1min']} |")

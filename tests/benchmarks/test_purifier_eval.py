@@ -34,7 +34,7 @@ def test_victim_task_matches_a_direct_evaluation_and_resumes(cifar_archive, tmp_
     assert bench.main(args) == 0
     entries = json.loads((tmp_path / "r.json").read_text())["entries"]
     (key, entry), = entries.items()
-    assert "/victim/cifar10-fast/clean@" in key and key.endswith("/n20/ddim60/0")
+    assert "/victim/cifar10-fast/clean@" in key and key.endswith("/n20/ddim60-t20-120/0")
 
     images, labels = read_per_class(cifar_archive, "test", 2)
     order = np.argsort(np.concatenate([np.arange((labels == c).sum()) for c in range(10)]) * 10 + labels,
@@ -52,3 +52,13 @@ def test_victim_task_matches_a_direct_evaluation_and_resumes(cifar_archive, tmp_
     capsys.readouterr()
     assert bench.main(args) == 0
     assert "done before, kept" in capsys.readouterr().out
+
+    # the stochastic sampler is its own entry (same noised inputs, other restorations), shown as such
+    assert bench.main([*args, "--restore-eta", "1"]) == 0
+    entries = json.loads((tmp_path / "r.json").read_text())["entries"]
+    stochastic = next(e for k, e in entries.items() if k.endswith("/n20/ddim60-eta1-t20-120/0"))
+    for t in ("20", "120"):  # the same noised inputs (the sampler's noise is a stream of its own)
+        for k in ("psnr_noisy", "psnr_x0_oneshot", "acc_oneshot"):
+            assert stochastic["metrics"][t][k] == entry["metrics"][t][k]
+    assert stochastic["metrics"]["120"]["psnr_restored"] != entry["metrics"]["120"]["psnr_restored"]
+    assert "| ddim60-eta1-t20-120 | 120 |" in (tmp_path / "r.md").read_text()
