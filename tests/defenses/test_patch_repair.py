@@ -252,3 +252,21 @@ def test_shipped_purifiers_carry_a_calibration_for_the_default_map(name):
     assert gate == pytest.approx(float(np.quantile(cal.peaks, 0.95))) and pixel == cal.pixel_thresholds[0.01]
     # a looser operating point is a quantile of the same peaks: no new maps
     assert PatchRepair(purifier, PatchRepairConfig(fire_rate=0.3)).thresholds[0] < gate
+
+
+def test_the_global_path_noise_does_not_depend_on_how_many_images_the_repair_gated():
+    clean, triggered = _scene()
+    x01 = torch.cat([clean, triggered]) / 2 + 0.5
+
+    def constant(images_u8):  # labels never change: every repair is discarded by the confirmation
+        return np.zeros(len(images_u8), dtype=np.int64)
+
+    def run(gate: float):
+        patch = PatchRepairConfig(stride=100, repair_stride=100, confirm="label", pixel_threshold=0.12).model_copy(
+            update={"gate_threshold": gate})
+        cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=patch)
+        return SampDetox(Oracle(clean), cfg, classifier=constant)(x01, torch.Generator().manual_seed(5))
+
+    none_gated, all_gated = run(1e9), run(-1.0)
+    assert none_gated.queries.tolist() == [0, 0] and all_gated.queries.tolist() == [2, 2]
+    assert torch.equal(none_gated.images, all_gated.images)  # same global-path noise, repairs discarded

@@ -108,7 +108,13 @@ class SampDetox:
 
         # before line 1 (issue #20, optional): inpaint a localised trigger away, on gated images only
         classify = None if self.black_box is None else (lambda x: self.black_box(_to01(x)))
-        repair = self.patch(x0, g, classify) if self.patch is not None else None
+        repair = None
+        if self.patch is not None:
+            # the repair draws from a stream of its own (seeded by one draw of g), so the global path below sees the
+            # same noise whether the repair gated no image or all of them: two settings of the gate then differ
+            # only in what the repair did, not in the global path's noise
+            seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+            repair = self.patch(x0, make_generator(seed, g.device), classify)
         if repair is not None:
             x0 = repair.images
 
