@@ -101,7 +101,7 @@ def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["calibrate", "table", "confirm"])
+    ap.add_argument("mode", choices=["calibrate", "table", "confirm", "select"])
     ap.add_argument("--data", default="../shared/datasets/cifar10-jpeg.tar.gz")
     ap.add_argument("--store", default="cifar10-fast")
     ap.add_argument("--purifier", type=Path, default=SHIPPED_PURIFIER)
@@ -134,8 +134,15 @@ def main() -> None:
     ap.add_argument("--save-calibration", type=Path, default=None,
                     help="calibrate: also write the maps' PatchCalibration there (the file the repair profile reads, "
                          "e.g. the purifier folder's patch_calibration.json)")
+    ap.add_argument("--rows", type=Path, action="append", default=[],
+                    help="select: `confirm --split val` results to choose from (repeat; every attack of every file)")
+    ap.add_argument("--max-ca-drop", type=float, default=5.0,
+                    help="select: the rule's bound on the mean CA drop against no defense (points)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.mode == "select":
+        _write(args.out, select(args))
+        return
     torch.set_num_threads(args.threads)
     patch_kw = {k: json.loads(v) if v[:1].isdigit() or v[:1] in "[{-" else v
                 for k, v in (o.split("=", 1) for o in args.overrides)}
@@ -312,6 +319,67 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
+
+
+def select(args) -> dict:
+    """Issue #20's selection rule on validation rows (``confirm --split val``): per setting (gate rate, confirm),
+    the mean over the attacks of ASR and of the CA drop against no defense (the victim on the same validation
+    images, computed here); the chosen setting has the lowest mean ASR with a mean CA drop <= ``--max-ca-drop``
+    (ties: fewer clean images changed, then the stricter gate). Settings not run on every attack are left out."""
+    rows = [r for path in args.rows for r in json.loads(path.read_text())["rows"]]
+    if not rows or any(r.get("split") != "val" for r in rows):
+        raise SystemExit("select needs --rows files of `confirm --split val` runs (and only those)")
+    clean = clean_test(args.data)
+    cidx = split_indices(clean, "val", args.n_clean, seed=0)
+    none = {}
+    for name in sorted({r["attack"] for r in rows}):
+        ref = f"{args.store}/{name}"
+        model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
+        half = split_indices(clean, "val", len(clean), seed=0)
+        pool = half[clean.labels[half] != attack.target]
+        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
+        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+        pp = predict(model, triggered)
+        none[name] = {"ca": 100 * float(np.mean(predict(model, clean.images[cidx]) == clean.labels[cidx])),
+                      "pa": 100 * float(np.mean(pp == true_labels)), "asr": 100 * float(np.mean(pp == attack.target))}
+    attacks = sorted(none)
+    table = rule_table(rows, none)
+    chosen = choose(table, args.max_ca_drop)
+    for t in table:
+        print(json.dumps({k: v for k, v in t.items() if k != "per_attack"}))
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("fire_rate", "confirm", "mean_asr",
+                                                                          "mean_ca_drop")})
+    return {"command": shlex.join(["python", *sys.argv]), "mode": "select", "split": "val", "attacks": attacks,
+            "max_ca_drop": args.max_ca_drop, "none": none, "settings": table,
+            "chosen": None if chosen is None else {"fire_rate": chosen["fire_rate"], "confirm": chosen["confirm"]}}
+
+
+def rule_table(rows: list[dict], none: dict[str, dict]) -> list[dict]:
+    """Per setting (gate rate, confirm) run on every attack of ``none``: mean ASR, mean CA drop against no
+    defense, mean PA and the share of clean images the repair changed."""
+    attacks = sorted(none)
+    settings: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        settings.setdefault((r["fire_rate"], r["confirm"]), {})[r["attack"]] = r
+    table = []
+    for (rate, confirm), by_attack in sorted(settings.items()):
+        if set(by_attack) != set(attacks):
+            continue
+        table.append({"fire_rate": rate, "confirm": confirm,
+                      "mean_asr": float(np.mean([by_attack[a]["asr"] for a in attacks])),
+                      "mean_ca_drop": float(np.mean([none[a]["ca"] - by_attack[a]["ca"] for a in attacks])),
+                      "mean_pa": float(np.mean([by_attack[a]["pa"] for a in attacks])),
+                      "clean_changed": float(np.mean([by_attack[a]["repaired_clean"] for a in attacks])),
+                      "per_attack": {a: {k: by_attack[a][k] for k in ("ca", "pa", "asr", "repaired_clean",
+                                                                        "repaired_triggered")} for a in attacks}})
+    return table
+
+
+def choose(table: list[dict], max_ca_drop: float) -> dict | None:
+    """The rule: lowest mean ASR among settings with mean CA drop <= ``max_ca_drop``; ties: fewer clean images
+    changed, then the stricter gate (lower fire rate)."""
+    allowed = [t for t in table if t["mean_ca_drop"] <= max_ca_drop]
+    return min(allowed, key=lambda t: (t["mean_asr"], t["clean_changed"], t["fire_rate"])) if allowed else None
 
 
 def confirm_modes(spec: str, rate: str) -> list[str]:

@@ -60,3 +60,24 @@ def test_confirm_modes_can_be_limited_to_one_rate():
     assert bench.confirm_modes("label,none@0.05", "0.3") == ["label"]
     with pytest.raises(SystemExit, match="unknown confirm setting 'both'"):
         bench.confirm_modes("both", "0.3")
+
+
+def test_the_selection_rule_takes_the_lowest_mean_asr_within_the_ca_bound():
+    def row(attack, rate, confirm, ca, asr, changed=0.0):
+        return {"attack": attack, "fire_rate": rate, "confirm": confirm, "ca": ca, "pa": 100 - asr, "asr": asr,
+                "repaired_clean": changed, "repaired_triggered": 0.5}
+
+    none = {"a": {"ca": 90.0}, "b": {"ca": 80.0}}
+    rows = [row("a", 0.05, "label", 88, 20), row("b", 0.05, "label", 78, 10),      # drop 2, ASR 15
+            row("a", 0.3, "label", 86, 4), row("b", 0.3, "label", 76, 6, 0.02),    # drop 4, ASR 5
+            row("a", 0.5, "label", 80, 2), row("b", 0.5, "label", 70, 2),          # drop 10: over the bound
+            row("a", 0.3, "none", 86, 5, 0.3)]                                       # not run on b: left out
+    table = bench.rule_table(rows, none)
+    assert [(t["fire_rate"], t["confirm"]) for t in table] == [(0.05, "label"), (0.3, "label"), (0.5, "label")]
+    assert table[1]["mean_asr"] == 5.0 and table[1]["mean_ca_drop"] == 4.0 and table[1]["clean_changed"] == 0.01
+    chosen = bench.choose(table, 5.0)
+    assert (chosen["fire_rate"], chosen["confirm"]) == (0.3, "label")
+    assert bench.choose(table, 1.0) is None
+    # a tie on ASR goes to the setting that changes fewer clean images
+    tie = [dict(table[1], mean_asr=15.0), table[0]]
+    assert bench.choose(tie, 5.0)["fire_rate"] == 0.05
