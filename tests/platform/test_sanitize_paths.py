@@ -158,3 +158,28 @@ def test_the_flow_split_over_parallel_workers_gives_the_same_artifacts(inputs, p
     assert Path(two["decisions"]).read_text() == Path(one["decisions"]).read_text()
     shards = sorted(p.name for p in (tmp_path / "two" / "work").rglob("shard-*.npz"))
     assert shards == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
+
+
+def test_the_fullscan_benchmark_times_the_flow_on_a_balanced_prefix(inputs, platform_env, tmp_path):
+    """benchmarks/dataelixir_fullscan.py: the first n images (classes interleaved) through the flow with two candidate
+    tasks, one JSON entry with the wall time and the stated extrapolation to 50,000 images."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dataelixir_fullscan as bench
+
+    torch.set_num_threads(1)
+    out = tmp_path / "fullscan.json"
+    args = ["--poisoned", str(inputs["train"]), "--victim", str(inputs["victim"]), "--purifier",
+            str(inputs["purifier"]), "--n", "18", "--workers", "2", "--params", str(inputs["params"]),
+            "--work", str(tmp_path / "work"), "--json", str(out), "--note", "test"]
+    assert bench.main(args) == 0
+    (entry,) = json.loads(out.read_text())["entries"]
+    assert entry["n"] == 18 and entry["workers"] == 2 and entry["parallel_shards"] == [0, 1, 2]
+    assert entry["wall_s"] > 0 and entry["extrapolated_full_scan_s"] == pytest.approx(entry["wall_s"] * 50_000 / 18, rel=0.02)
+    labels = ImageSet.load(inputs["train"]).labels[np.sort(bench.interleaved(ImageSet.load(inputs["train"]).labels)[:18])]
+    assert np.bincount(labels).tolist() == [6, 6, 6]  # the prefix keeps the classes balanced
+    with pytest.raises(SystemExit, match="--workers"):
+        bench.main([*args, "--workers", "0"])
