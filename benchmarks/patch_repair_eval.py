@@ -148,6 +148,9 @@ def main() -> None:
                 for k, v in (o.split("=", 1) for o in args.overrides)}
     if args.calibration is not None:
         patch_kw = {**json.loads(args.calibration.read_text())["thresholds"], **patch_kw}
+    # `table` compares the repair without confirmation (its clean outputs are shared by every victim);
+    # `confirm` sets it per row; --set confirm=label overrides
+    patch_kw.setdefault("confirm", "none")
     patch_cfg = PatchRepairConfig(**patch_kw)
     purifier = load_purifier(args.purifier)
     repair = PatchRepair(purifier, patch_cfg)

@@ -326,9 +326,11 @@ class PatchRepairConfig(_Section):
     pixel_threshold: float | None = Field(default=None, ge=0.0)
     """Pixels above this, connected to the peak, form the region. ``None``: from the calibration (the clean
     pixels' quantile at ``pixel_rate``)."""
-    fire_rate: float = Field(default=0.05, gt=0.0, lt=1.0)
+    fire_rate: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Share of clean validation images whose peak exceeds the calibrated gate (used when ``gate_threshold`` is
-    ``None``)."""
+    ``None``). 0.5 with ``confirm: label`` is the setting issue #20's rule chose on the validation half (lowest mean
+    ASR over five attacks with mean CA drop <= 5; docs/sampdetox.md): the label confirmation keeps the repair off
+    clean images (2 % changed) however often the gate fires, so the looser gate lets more triggers reach it."""
     pixel_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
     """Share of clean validation pixels above the calibrated pixel threshold (when ``pixel_threshold`` is ``None``)."""
     calibration: str | None = None
@@ -338,7 +340,7 @@ class PatchRepairConfig(_Section):
     """Pixels the region is grown by before the repair."""
     repair_stride: int = Field(default=50, ge=1)
     """DDIM stride of the region's inpainting."""
-    confirm: Literal["none", "label"] = "none"
+    confirm: Literal["none", "label"] = "label"
     """``label``: a gated image's repair is kept only when the classifier labels the repaired image differently from
     the input (two black-box queries per gated image). A trigger decides the label, so removing it changes the
     label, while inpainting a piece of a clean image rarely does; the gate can then be calibrated at a higher clean

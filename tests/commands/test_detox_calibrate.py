@@ -15,7 +15,8 @@ from detoxops.defenses.patch_repair import CALIBRATION_FILE, PatchCalibration
 from detoxops.diffusion.unet import shipped_purifier_dir
 
 runner = CliRunner()
-FAST = ["--set", "sampdetox.patch.stride=500", "--set", "sampdetox.patch.repair_stride=500"]  # 2 passes per inpainting
+FAST = ["--set", "sampdetox.patch.stride=500", "--set", "sampdetox.patch.repair_stride=500",  # 2 passes per inpainting
+        "--set", "sampdetox.patch.confirm=none"]  # no classifier to confirm with (tested apart below)
 
 
 def _images(tmp_path, n=6):

@@ -21,7 +21,8 @@ from detoxops.defenses.sampdetox import SampDetox
 from detoxops.diffusion import NoiseSchedule
 
 H = 16
-THRESHOLDS = dict(gate_threshold=0.25, pixel_threshold=0.12)  # explicit: the Oracle has no calibration file
+# explicit: the Oracle has no calibration file; no label confirmation (no classifier in these tests)
+THRESHOLDS = dict(gate_threshold=0.25, pixel_threshold=0.12, confirm="none")
 
 
 class Oracle:
@@ -216,7 +217,8 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path):
 def test_repair_finds_the_purifier_folders_calibration_or_names_the_fix(tmp_path):
     clean, triggered = _scene()
     oracle = Oracle(clean)
-    cfg = SampDetoxConfig(profile="repair", sampler="ddim", patch=PatchRepairConfig(stride=100, repair_stride=100))
+    cfg = SampDetoxConfig(profile="repair", sampler="ddim",
+                          patch=PatchRepairConfig(stride=100, repair_stride=100, confirm="none"))
     with pytest.raises(ValueError, match="detoxops detox calibrate"):
         SampDetox(oracle, cfg)  # no thresholds, no calibration: refused at build time
     oracle.source_dir = tmp_path
@@ -234,7 +236,7 @@ def test_repair_finds_the_purifier_folders_calibration_or_names_the_fix(tmp_path
     other = PatchCalibration(cal.map_settings, (5.0, 6.0), {0.01: 9.0}, {})
     other.save(tmp_path / "other.json")
     explicit = cfg.patch.model_copy(update={"calibration": str(tmp_path / "other.json")})
-    assert PatchRepair(oracle, explicit).thresholds == (pytest.approx(5.95), 9.0)
+    assert PatchRepair(oracle, explicit).thresholds == (pytest.approx(float(np.quantile([5.0, 6.0], 1 - explicit.fire_rate))), 9.0)
     with pytest.raises(ValueError, match="uint8"):
         calibrate_on_images(oracle, np.zeros((2, H, H, 3), np.float32), cfg.patch)
 
@@ -248,10 +250,12 @@ def test_shipped_purifiers_carry_a_calibration_for_the_default_map(name):
     purifier = load_purifier(shipped_purifier_dir(name))
     cal = PatchCalibration.load(shipped_purifier_dir(name) / CALIBRATION_FILE)
     assert cal.meta["images"] == len(cal.peaks) == 100 and cal.meta["size"] == purifier.image_size
-    gate, pixel = PatchRepair(purifier, SampDetoxConfig().patch).thresholds
-    assert gate == pytest.approx(float(np.quantile(cal.peaks, 0.95))) and pixel == cal.pixel_thresholds[0.01]
-    # a looser operating point is a quantile of the same peaks: no new maps
-    assert PatchRepair(purifier, PatchRepairConfig(fire_rate=0.3)).thresholds[0] < gate
+    default = SampDetoxConfig().patch
+    gate, pixel = PatchRepair(purifier, default).thresholds
+    assert gate == pytest.approx(float(np.quantile(cal.peaks, 1 - default.fire_rate)))
+    assert pixel == cal.pixel_thresholds[0.01]
+    # another operating point is a quantile of the same peaks: no new maps
+    assert PatchRepair(purifier, PatchRepairConfig(fire_rate=0.05)).thresholds[0] > gate
 
 
 def test_the_global_path_noise_does_not_depend_on_how_many_images_the_repair_gated():
