@@ -214,7 +214,8 @@ def calibrate_on_images(purifier, images_u8: np.ndarray, cfg: PatchRepairConfig,
     if images_u8.ndim != 4 or images_u8.dtype != np.uint8:
         raise ValueError(f"calibration images must be uint8 (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
     size, channels = getattr(purifier, "image_size", None), getattr(purifier, "in_channels", None)
-    if size is not None and images_u8.shape[1:3] != (size, size) or channels is not None and images_u8.shape[3] != channels:
+    wrong_size = size is not None and images_u8.shape[1:3] != (size, size)
+    if wrong_size or (channels is not None and images_u8.shape[3] != channels):
         raise ValueError(f"calibration images are {images_u8.shape[1]}x{images_u8.shape[2]}x{images_u8.shape[3]}, "
                          f"the purifier expects {size}x{size}x{channels}")
     if batch_size < 1:
