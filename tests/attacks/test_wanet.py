@@ -108,3 +108,8 @@ def test_loop_batch_helpers_draw_like_the_inline_rule(ratio, b):
             positions = torch.arange(nb, nb + nc)
             assert torch.equal(donors, (positions + shift) % b) and not (donors == positions).any()
     assert torch.equal(g.get_state(), ref.get_state())
+
+
+def test_without_post_transform_the_victims_own_augmentation_applies():
+    assert registry.create("wanet").replaces_augmentation is True  # BackdoorBench: crop / rotation / flip
+    assert registry.create("wanet", options={"post_transform": False}).replaces_augmentation is False

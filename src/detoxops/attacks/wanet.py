@@ -60,6 +60,12 @@ class WaNet(LoopAttack):
         super().__init__(**kwargs)
         self.noise_grid, self.identity_grid = self._make_grids()
 
+    @property
+    def replaces_augmentation(self) -> bool:  # type: ignore[override]
+        """With ``post_transform`` (BackdoorBench) the loop brings its own crop / rotation / flip; without it the
+        victim's recipe augments as for any other data (e.g. airbench's flip + translate), instead of nothing."""
+        return self.options.post_transform
+
     def _make_grids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(upsampled noise U↑, identity) as float64 (1, S, S, 2) tensors, x then y in the last axis."""
         k, size = self.options.k, self.image_size
