@@ -44,6 +44,9 @@ def test_calibrate_writes_the_purifier_folders_file_and_the_repair_profile_uses_
                                "--defense", "repair", "--no-progress", *FAST])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "out" / "maps.npz").is_file()
+    # the record names the settings the defense ran with: the repair variant, not params.yaml's default profile
+    record = ImageSet.load(tmp_path / "out").meta["transforms"][-1]
+    assert record["defense"] == "repair" and record["profile"] == "repair" and record["patch_repair"] is True
 
     # label confirmation queries a classifier: without --victim the command says so
     confirm = runner.invoke(app, ["detox", "run", str(images), "--purifier", str(purifier), "--out",

@@ -180,13 +180,16 @@ def run_command(
         detoxed[start : start + len(batch)] = batch
         for k, v in batch_maps.items():
             maps.setdefault(k, []).append(v)
+    # the settings the defense ran with (a named variant such as `repair` has its own profile), not params' alone
+    used = getattr(d, "cfg", None)
+    used = used if hasattr(used, "model_dump") else cfg.resolved()
     result = src.replace(images=detoxed).with_transform(
-        {"op": "detox", "defense": defense, **cfg.resolved().model_dump(mode="json")}
+        {"op": "detox", "defense": defense, **used.model_dump(mode="json")}
     )
     saved = result.save(out, overwrite=True)
     if maps:
         np.savez_compressed(Path(saved) / "maps.npz", **{k: np.concatenate(v) for k, v in maps.items()})
-    typer.echo(f"{saved}: {len(result)} images detoxified with {defense} ({cfg.resolved().profile} profile)")
+    typer.echo(f"{saved}: {len(result)} images detoxified with {defense} ({getattr(d, 'name', defense)})")
 
 
 @detox_app.command("calibrate")
