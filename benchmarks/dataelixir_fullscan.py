@@ -40,15 +40,6 @@ if str(ROOT) not in sys.path:
 FULL = 50_000  # CIFAR-10's training split
 
 
-def interleaved(labels: np.ndarray) -> np.ndarray:
-    """Indices taking image j of every class, then j + 1: any prefix keeps the classes balanced."""
-    rank = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.nonzero(labels == c)[0]
-        rank[idx] = np.arange(len(idx))
-    return np.lexsort((labels, rank))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--poisoned", type=Path, required=True, help="poisoned training ImageSet folder")
@@ -67,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--n must be >= 2 and --workers >= 1, got {args.n} / {args.workers}")
 
     from detoxops.data import ImageSet, save_version
+    from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion.unet import purifier_folder
     from detoxops.models.store import resolve_classifier_path
     from flows.runners import make_task_runner, worker_api
     from flows.sanitize import sanitize_version
 
     train = ImageSet.load(args.poisoned)
-    take = interleaved(np.asarray(train.labels))[: args.n]
+    take = class_interleaved_indices(np.asarray(train.labels))[: args.n]
     subset = train.subset(np.sort(take))
     purifier = args.purifier or str(purifier_folder(None, int(np.asarray(subset.images).shape[1]))[0])
     run = f"{args.runner}-w{args.workers}-n{len(subset)}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -45,15 +45,6 @@ def parse_candidate(text: str) -> tuple[str, list[str]]:
     return name, [f"diffusion.{o.strip()}" for o in rest.split(";") if o.strip()]
 
 
-def _interleave(labels: np.ndarray) -> np.ndarray:
-    """Indices that take image j of every class, then j + 1 (so the first n hold every class about equally)."""
-    rank = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.nonzero(labels == c)[0]
-        rank[idx] = np.arange(len(idx))
-    return np.lexsort((labels, rank))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -73,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from detoxops.config import load_params
     from detoxops.data import load_splits
+    from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion.train import evaluate_denoising, train_purifier
 
     candidates = [parse_candidate(c) for c in args.candidate]
@@ -82,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_params(args.params, args.overrides, announce=False)
     splits = load_splits(args.data, base.data.model_copy(update={"source": args.data}), progress=False)
     train_images = np.asarray(splits["train"].images)
-    test_images = np.asarray(splits["test"].images)[_interleave(splits["test"].labels)][: args.n]
+    test_images = np.asarray(splits["test"].images)[class_interleaved_indices(splits["test"].labels)][: args.n]
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"entries": {}}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()

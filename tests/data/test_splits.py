@@ -53,3 +53,14 @@ def test_split_validation_holds_out_part_of_test(ds):
     assert split_validation(out, 0.5, seed=0)["val"] is out["val"]
     with pytest.raises(ValueError, match="needs a 'test' split"):
         split_validation({"train": train}, 0.5, seed=0)
+
+
+def test_class_interleaved_indices_keep_every_prefix_balanced():
+    import numpy as np
+
+    from detoxops.data.splits import class_interleaved_indices
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])  # class-sorted, as the loaders store data
+    order = class_interleaved_indices(labels)
+    assert labels[order].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    assert sorted(order.tolist()) == list(range(9)) and order[:3].tolist() == [0, 3, 6]

@@ -11,12 +11,24 @@ import numpy as np
 from detoxops.data.imageset import ImageSet
 
 __all__ = [
+    "class_interleaved_indices",
     "stratified_subset",
     "stratified_split",
     "stratified_subset_indices",
     "stratified_split_indices",
     "split_validation",
 ]
+
+
+def class_interleaved_indices(labels: np.ndarray) -> np.ndarray:
+    """Indices taking image j of every class, then j + 1 (classes in label order): any prefix keeps the classes
+    balanced, e.g. the first n images of a class-sorted test split for an evaluation."""
+    labels = np.asarray(labels)
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        rank[idx] = np.arange(len(idx))
+    return np.lexsort((labels, rank))
 
 
 def stratified_subset_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
