@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - wall0
     entry = {"run": run, "command": shlex.join(["python", *sys.argv]), "n": len(subset),
              "poisoned_share": float(np.mean(subset.poisoned)), "runner": args.runner, "workers": args.workers,
-             "overrides": args.overrides, "victim": args.victim, "purifier": purifier, "wall_s": round(wall, 1),
+             "overrides": args.overrides, "victim": args.victim, "purifier": purifier, "wall_s": round(wall, 3),
              "images_per_s": round(len(subset) / wall, 3), "extrapolated_full_scan_s": round(wall * FULL / len(subset)),
              "target_label": result.get("target_label"), "tpr": result.get("tpr"), "fpr": result.get("fpr"),
              "parallel_shards": result.get("parallel_shards"), "load_avg_before": load0,
