@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from detoxops.data import ImageSet, save_version
     from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion.unet import purifier_folder
+    from detoxops.fileio import atomic_write_text
     from detoxops.models.store import resolve_classifier_path
     from flows.runners import make_task_runner, worker_api
     from flows.sanitize import sanitize_version
@@ -89,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                     cwd=ROOT).stdout.strip(), "note": args.note}
     record = json.loads(args.json.read_text()) if args.json.is_file() else {"entries": []}
     record["entries"].append(entry)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, args.json)
+    atomic_write_text(args.json, json.dumps(record, indent=1))
     print(json.dumps(entry, indent=1))
     return 0
 

@@ -33,6 +33,7 @@ from detoxops.config import load_params
 from detoxops.data import ImageSet, load_source
 from detoxops.diffusion import step_levels
 from detoxops.diffusion.unet import default_purifier, load_purifier
+from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, clean_accuracy, detection_rates
 from detoxops.models import build_classifier, load_classifier, predict, save_classifier, train_classifier
 from detoxops.operations import sanitize
@@ -142,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               "dataelixir": params.dataelixir.model_dump(), "overrides": args.set, "victim_epochs": args.epochs,
               "purifier": args.purifier or "shipped digits-16", "seed": args.seed, "rows": rows}
     out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1, default=float))
     return 0
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patch_repair_eval import clean_test  # noqa: E402
 from sampdetox_eval import split_indices  # noqa: E402
 
+from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
 
@@ -52,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(name, json.dumps(rows[name]), flush=True)
     record = {"command": shlex.join(["python", *sys.argv]), "images": f"{len(cidx)} held-out clean test images",
               "defenses": sorted(defended), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 
 

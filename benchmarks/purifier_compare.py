@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from detoxops.data import load_splits
     from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion.train import evaluate_denoising, train_purifier
+    from detoxops.fileio import atomic_write_text
 
     candidates = [parse_candidate(c) for c in args.candidate]
     if len({n for n, _ in candidates}) != len(candidates):
@@ -104,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_wall_s_this_call": round(wall, 1), "final_loss": history["loss"][-1][1] if history["loss"] else None,
             "parameters": sum(p.numel() for p in purifier.unet.parameters()), "metrics": metrics, "commit": commit,
             "load_avg_end": list(os.getloadavg())}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(results, indent=1))
         print(f"{name}: {history['step']} steps in {history['cpu_seconds']:.0f} CPU-s: "
               + ", ".join(f"t={t} {m['psnr_x0_oneshot']:.2f} dB" for t, m in metrics.items()), flush=True)
     write_markdown(results, args.md)

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from detoxops.diffusion import load_purifier
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
+    from detoxops.fileio import atomic_write_text
     from detoxops.models import load_classifier, predict
     from detoxops.models.store import resolve_classifier_path
 
@@ -130,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json.is_file():  # keep what a concurrent run of this script stored meanwhile
             for key, entry in json.loads(args.json.read_text())["entries"].items():
                 results["entries"].setdefault(key, entry)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(results, indent=1))
 
     def run(key: str, label: str, task: str, fn) -> None:
         if key in results["entries"]:

@@ -41,6 +41,7 @@ from detoxops.data.tensors import to_tensor
 from detoxops.diffusion import denoise
 from detoxops.diffusion.train import psnr
 from detoxops.diffusion.unet import default_purifier, load_purifier
+from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, clean_accuracy
 from detoxops.models import load_classifier, predict
 from detoxops.models.store import victim_attack
@@ -128,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               "sampler": {"mode": "ddim", "eta": 0.0, "stride": args.stride}, "seed": args.seed,
               "victims": victim_refs, "rows": rows}
     out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1))
     return 0
 
 

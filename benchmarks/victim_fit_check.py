@@ -23,6 +23,7 @@ import torch
 
 from detoxops.config import DataConfig
 from detoxops.data import load_splits
+from detoxops.fileio import atomic_write_text
 from detoxops.models import load_classifier, predict
 from detoxops.models.store import victim_attack
 
@@ -60,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": round(time.perf_counter() - t0, 1),
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                           "load_avg_end": list(os.getloadavg())}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 
 

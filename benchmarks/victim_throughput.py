@@ -20,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_table import machine  # noqa: E402
 
+from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import build_classifier  # noqa: E402
 
 
@@ -64,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": "python benchmarks/victim_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "load_avg_start": [round(v, 2) for v in load0],
            "load_avg_end": [round(v, 2) for v in os.getloadavg()], "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(out, indent=1))
     return 0
 
 

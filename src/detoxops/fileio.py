@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["atomic_dir", "clean_stale_temps", "temp_path_for", "STALE_TEMP_SECONDS"]
+__all__ = ["atomic_dir", "atomic_write_text", "clean_stale_temps", "temp_path_for", "STALE_TEMP_SECONDS"]
 
 
 class atomic_dir:  # noqa: N801 - used as a context manager, reads like a function
@@ -73,6 +73,20 @@ def temp_path_for(dest: str | Path) -> Path:
     is gone (``<dest>.tmp-<host>-<pid>-<uuid>``); for writers that cannot use :class:`atomic_dir` itself."""
     dest = Path(dest)
     return dest.with_name(f"{dest.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
+
+
+def atomic_write_text(dest: str | Path, text: str) -> Path:
+    """Write ``text`` to ``dest`` (parents created) through a temp file beside it and a rename, so a reader or a
+    killed writer never leaves a half-written file where an older complete one stood."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(dest)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def clean_stale_temps(parent: str | Path, *, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:

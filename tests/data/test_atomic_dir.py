@@ -10,6 +10,8 @@ import textwrap
 import time
 import uuid
 
+import pytest
+
 from detoxops.fileio import STALE_TEMP_SECONDS, atomic_dir
 
 
@@ -65,3 +67,15 @@ def test_old_style_temp_folders_are_judged_by_age(tmp_path):
     with atomic_dir(tmp_path / "new") as tmp:
         (tmp / "f").write_text("1")
     assert not old.exists() and fresh.exists() and unrelated.exists()
+
+
+def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path):
+    from detoxops.fileio import atomic_write_text
+
+    dest = tmp_path / "deep" / "result.json"
+    atomic_write_text(dest, '{"a": 1}')
+    atomic_write_text(dest, '{"a": 2}')
+    assert dest.read_text() == '{"a": 2}'
+    with pytest.raises(TypeError):
+        atomic_write_text(dest, None)  # type: ignore[arg-type]  # the write itself fails
+    assert dest.read_text() == '{"a": 2}' and sorted(p.name for p in dest.parent.iterdir()) == ["result.json"]

@@ -79,3 +79,80 @@ def test_export_keeps_the_attack_record_and_rebuilds_the_attack(tmp_path, monkey
     assert victim_attack("toy/clean") is None
     bad = CliRunner().invoke(app, [*args, "--attack-run", str(tmp_path)])
     assert bad.exit_code != 0 and "attack.json" in bad.output
+
+
+def test_store_keeps_only_what_the_test_trigger_needs_in_fp16(tmp_path):
+    """LC's adversarial training images stay behind (its test trigger is fixed); a fitted trigger's float tensors
+    are stored in fp16 with integers and metadata unchanged, and load back into fp32 networks."""
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from detoxops.attacks.generators import load_modules, save_modules
+    from detoxops.models.store import store_attack_state, victim_attack
+
+    def attack_run(name: str, state: dict) -> object:
+        run = tmp_path / f"run-{name}"
+        (run / "state").mkdir(parents=True)
+        (run / "attack.json").write_text(json.dumps({"name": name, "target": 0, "poison_ratio": 0.1, "seed": 0,
+                                                     "image_size": 16, "num_classes": 10, "options": {}}))
+        save_file(state, str(run / "state" / f"{name}.safetensors"), metadata={"made_by": "test"})
+        return run
+
+    victim = tmp_path / "store" / "lc"
+    save_classifier(build_classifier("small_cnn", 10, image_size=16, width=4), victim)
+    store_attack_state(victim, attack_run("lc", {"adv_images": torch.zeros(2, 16, 16, 3, dtype=torch.uint8)}))
+    assert not (victim / "attack" / "state").exists()
+    attack = victim_attack(victim)
+    triggered, _, kept = attack.poison_test_arrays(np.full((3, 16, 16, 3), 128, np.uint8), np.array([1, 0, 2]))
+    assert list(kept) == [0, 2] and set(np.unique(triggered[:, :3, :3])) == {0, 255}
+
+    net = torch.nn.Linear(3, 2)
+    weights = tmp_path / "net.safetensors"
+    save_modules(weights, {"g": net}, {"made_by": "test"})
+    with safe_open(str(weights), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    state["steps"] = torch.tensor([7], dtype=torch.int64)
+    victim = tmp_path / "store" / "badnets"
+    save_classifier(build_classifier("small_cnn", 10, image_size=16, width=4), victim)
+    store_attack_state(victim, attack_run("badnets", state))
+    stored = victim / "attack" / "state" / "badnets.safetensors"
+    with safe_open(str(stored), framework="pt") as f:
+        assert f.metadata() == {"made_by": "test"}
+        assert f.get_tensor("g.weight").dtype == torch.float16 and f.get_tensor("steps").tolist() == [7]
+    loaded = torch.nn.Linear(3, 2)
+    load_modules(stored, {"g": loaded}, "test")
+    assert loaded.weight.dtype == torch.float32
+    assert torch.equal(loaded.weight, net.weight.detach().half().float())
+    assert 0 < (loaded.weight - net.weight).abs().max() < 1e-3
+
+
+def test_stored_ssba_keeps_the_encoder_only_and_triggers_the_same(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from detoxops.attacks import registry
+    from detoxops.models.store import store_attack_state, victim_attack
+
+    ssba = registry.create("ssba", target=0, image_size=16, num_classes=10, options={"width": 4})
+    ssba._fitted = True  # an unfitted encoder is still a deterministic network: enough to compare its copies
+    run = tmp_path / "run"
+    ssba.save_state(run / "state")
+    (run / "attack.json").write_text(json.dumps(ssba.describe()))
+    victim = tmp_path / "store" / "ssba"
+    save_classifier(build_classifier("small_cnn", 10, image_size=16, width=4), victim)
+    store_attack_state(victim, run)
+    stored = victim_attack(victim)
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    original, copy = ssba.apply_trigger(images), stored.apply_trigger(images)
+    assert np.abs(original.astype(int) - copy.astype(int)).max() <= 1 and np.mean(original != copy) < 0.05
+    assert not stored.has_decoder and ssba.decode_bits(images).shape == (6, ssba.options.bits)
+    with pytest.raises(ValueError, match="no decoder"):
+        stored.decode_bits(images)
+    full = sum(p.stat().st_size for p in (run / "state").iterdir())
+    kept = sum(p.stat().st_size for p in (victim / "attack" / "state").iterdir())
+    assert kept < full / 2  # half precision, and no decoder

@@ -36,7 +36,9 @@ class Attack(ABC):
     the training loop through :meth:`batch_transform`), ``clean_label`` and ``Options``.
 
     ``needs_fit`` says that :meth:`fit` must run before :meth:`apply_trigger` (LF, SSBA, …); ``needs_model``
-    that ``fit`` needs a ``model=`` (a torch classifier taking float [0, 1] NCHW).
+    that ``fit`` needs a ``model=`` (a torch classifier taking float [0, 1] NCHW). ``trigger_uses_state`` is False
+    when the fitted state serves only :meth:`poison_train_arrays` (LC's adversarial training images): the test
+    trigger then needs no fit, and a stored victim's attack record leaves the state out.
     """
 
     name: ClassVar[str]
@@ -44,6 +46,10 @@ class Attack(ABC):
     clean_label: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
+    trigger_uses_state: ClassVar[bool] = True
+    trigger_state_prefixes: ClassVar[tuple[str, ...] | None] = None
+    """The safetensors key prefixes of the fitted state that :meth:`apply_trigger` reads (None: all of it); a stored
+    victim's attack record keeps only these (SSBA: the encoder, not the decoder that only fitting needs)."""
     Options: ClassVar[type[AttackOptions]] = AttackOptions
 
     def __init__(

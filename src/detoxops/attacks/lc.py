@@ -78,6 +78,7 @@ class LabelConsistent(Attack):
     name: ClassVar[str] = "lc"
     clean_label: ClassVar[bool] = True
     needs_fit: ClassVar[bool] = True
+    trigger_uses_state: ClassVar[bool] = False  # the corner trigger is fixed; the PGD images are training-only
     needs_model: ClassVar[bool] = True
     Options: ClassVar[type[AttackOptions]] = LabelConsistentOptions
     options: LabelConsistentOptions

@@ -60,7 +60,7 @@ def trigger_test(attack: Attack, test: ImageSet) -> ImageSet:
     from detoxops.data import ImageSet
 
     _check_pair(attack, test, "test")
-    if attack.needs_fit and not attack.is_fitted:
+    if attack.needs_fit and attack.trigger_uses_state and not attack.is_fitted:
         raise ValueError(f"attack {attack.name!r} must be fitted before poisoning (call attack.fit(...))")
     images, _true, keep = attack.poison_test_arrays(np.asarray(test.images), test.labels)
     meta = {k: v for k, v in test.meta.items() if k != "attack"}

@@ -130,6 +130,7 @@ class StegaDecoder(nn.Module):
 class SSBA(Attack):
     name: ClassVar[str] = "ssba"
     needs_fit: ClassVar[bool] = True
+    trigger_state_prefixes: ClassVar[tuple[str, ...] | None] = ("encoder.",)
     Options: ClassVar[type[AttackOptions]] = SSBAOptions
     options: SSBAOptions
 
@@ -141,6 +142,7 @@ class SSBA(Attack):
             self.encoder = StegaEncoder(self.image_size, o.bits, o.width)
             self.decoder = StegaDecoder(self.image_size, o.bits, o.width)
         self._fitted = False
+        self.has_decoder = True
         self.fit_report: dict[str, Any] = {}
         if o.encoder_path:
             self.load_state(o.encoder_path)
@@ -228,8 +230,12 @@ class SSBA(Attack):
         if not path.is_file():
             raise FileNotFoundError(f"SSBA weights not found: {path}")
         tensors = load_file(str(path))
+        # A victim store's copy carries the encoder only (the trigger's part); the decoder then keeps its init.
+        self.has_decoder = any(k.startswith("decoder.") for k in tensors)
         for prefix, module in (("encoder.", self.encoder), ("decoder.", self.decoder)):
             sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if module is self.decoder and not self.has_decoder:
+                continue
             try:
                 module.load_state_dict(sub)
             except RuntimeError as exc:
@@ -258,5 +264,8 @@ class SSBA(Attack):
     @torch.no_grad()
     def decode_bits(self, images: np.ndarray) -> np.ndarray:
         """Decoded {0, 1} bits (N, bits) of uint8 images."""
+        if not self.has_decoder:
+            raise ValueError("this SSBA state has no decoder (a victim store keeps only the encoder the trigger "
+                             "needs): load the attack run's state/ to decode bits")
         x = torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2) / 255
         return (self.decoder(x) > 0).numpy().astype(np.uint8)

@@ -19,6 +19,7 @@ __all__ = [
     "resolve_classifier_path",
     "list_victims",
     "store_attack_state",
+    "half_precision_safetensors",
     "victim_attack",
 ]
 
@@ -65,19 +66,46 @@ _ATTACK_DIR = "attack"
 def store_attack_state(victim_dir: str | Path, attack_run: str | Path) -> Path:
     """Copy the attack record of ``attack_run`` (a `detoxops attack run` folder: ``attack.json`` and, for a fitted
     trigger, ``state/``) into ``<victim_dir>/attack/``, atomically, so the victim's triggered test set can be
-    regenerated wherever the victim travels (:func:`victim_attack`)."""
+    regenerated wherever the victim travels (:func:`victim_attack`).
+
+    Only what the test trigger needs travels: an attack whose state is training-only (LC's adversarial images,
+    15 MB at CIFAR-10 scale) keeps no ``state/``, and the float tensors of a fitted trigger (SSBA's StegaStamp,
+    the Input-Aware / LIRA generators) are stored in fp16 like the victims' weights (they load back into fp32
+    networks; the effect on the triggers is measured by ``benchmarks/attack_state_precision.py``), keeping only the
+    part the trigger reads (``Attack.trigger_state_prefixes``: SSBA's encoder, not its decoder)."""
     import shutil
 
+    from detoxops.attacks import registry
     from detoxops.fileio import atomic_dir
 
     src = Path(attack_run)
     if not (src / "attack.json").is_file():
         raise FileNotFoundError(f"{src}: not an attack output folder (no attack.json)")
+    attack_cls = registry.get(json.loads((src / "attack.json").read_text())["name"])
     with atomic_dir(Path(victim_dir) / _ATTACK_DIR, overwrite=True) as tmp:
         shutil.copy2(src / "attack.json", tmp / "attack.json")
-        if (src / "state").is_dir():
+        if (src / "state").is_dir() and attack_cls.trigger_uses_state:
             shutil.copytree(src / "state", tmp / "state")
+            for file in (tmp / "state").rglob("*.safetensors"):
+                half_precision_safetensors(file, keep_prefixes=attack_cls.trigger_state_prefixes)
     return Path(victim_dir) / _ATTACK_DIR
+
+
+def half_precision_safetensors(path: Path, keep_prefixes: tuple[str, ...] | None = None) -> None:
+    """Rewrite ``path`` with its fp32 / fp64 tensors as fp16 (integer tensors and the metadata unchanged), keeping
+    only the keys that start with one of ``keep_prefixes`` when given."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        keys = [k for k in f.keys() if keep_prefixes is None or k.startswith(keep_prefixes)]
+        tensors = {k: f.get_tensor(k) for k in keys}
+    tensors = {k: v.half() if v.dtype in (torch.float32, torch.float64) else v for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
 
 
 def victim_attack(ref: str | Path, store: str | Path | None = None):
