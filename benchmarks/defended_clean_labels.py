@@ -1,9 +1,12 @@
 """What a victim says about *clean* images after a defense: accuracy and the share labelled as its attack's target,
 on the defended clean held-out images that ``patch_repair_eval.py table --cache`` stored (no diffusion is rerun).
 A victim whose backdoor keys on what a purifier produces (LF's low-frequency trigger) labels restored clean images
-as its target, so the defense itself fires the backdoor.
+as its target, so the defense itself fires the backdoor. Also the label drift each defense causes
+(:func:`detoxops.defenses.drift.label_drift`: the victim's labels of the undefended images as reference, the
+largest net inflow into one class), the check a user can run without knowing the target; ``clean`` (no attack)
+is accepted as a victim.
 
-    python benchmarks/defended_clean_labels.py --victims lf,sig,ssba,badnets --cache runs/patch_repair_cache \\
+    python benchmarks/defended_clean_labels.py --victims clean,lf,sig,ssba,badnets --cache runs/patch_repair_cache \\
         --out benchmarks/results/defended_clean_labels.json
 """
 
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patch_repair_eval import clean_test  # noqa: E402
 from sampdetox_eval import split_indices  # noqa: E402
 
+from detoxops.defenses.drift import label_drift  # noqa: E402
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
@@ -47,9 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in filter(None, args.victims.split(",")):
         ref = f"{args.store}/{name}"
-        model, target = load_classifier(ref).float().eval(), int(victim_attack(ref).target)
-        rows[name] = {d: {"accuracy": 100 * float(np.mean((p := predict(model, imgs)) == clean.labels[cidx])),
-                          "labelled_target": 100 * float(np.mean(p == target))} for d, imgs in defended.items()}
+        attack = victim_attack(ref)
+        model, target = load_classifier(ref).float().eval(), None if attack is None else int(attack.target)
+        labels = {d: predict(model, imgs) for d, imgs in defended.items()}
+        rows[name] = {}
+        for d, p in labels.items():
+            drift = label_drift(labels["none"], p, len(clean.class_names))
+            rows[name][d] = {"accuracy": 100 * float(np.mean(p == clean.labels[cidx])),
+                             "labelled_target": None if target is None else 100 * float(np.mean(p == target)),
+                             "drift_changed": 100 * drift.changed, "drift_top_class": drift.top_class,
+                             "drift_top_inflow": 100 * drift.top_inflow}
         print(name, json.dumps(rows[name]), flush=True)
     record = {"command": shlex.join(["python", *sys.argv]), "images": f"{len(cidx)} held-out clean test images",
               "defenses": sorted(defended), "rows": rows}

@@ -232,6 +232,67 @@ def calibrate_command(
                f"pixel_rate {cfg.pixel_rate} the pixel threshold is {pixel:.4f}")
 
 
+@detox_app.command("drift")
+def drift_command(
+    images: Path = typer.Argument(..., help="a saved ImageSet of clean images from the deployment domain (labels "
+                                  "are not used)"),
+    victim: str = typer.Option(..., "--victim", help="the classifier behind the defense (folder, victim-store name "
+                               "or http URL of a served model)"),
+    purifier: Path = typer.Option(..., "--purifier", help="diffusers UNet folder of the purifier"),
+    defense: str = typer.Option("sampdetox", "--defense", help="defense name, see detoxops.defenses.catalog"),
+    limit: int = typer.Option(None, "--limit", help="only the first N images (100 resolve a 10-point inflow)"),
+    max_inflow: float = typer.Option(None, "--max-inflow", help="flag at this net inflow into one class "
+                                     "(share, default 0.10)"),
+    out: Path = typer.Option(None, "--out", "-o", help="write the drift report (JSON) here"),
+    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="exit with status 3 when the drift is flagged "
+                                      "(for a deployment gate)"),
+    progress: bool = PROGRESS_OPTION,
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Does the defense move the classifier's labels of clean images towards one class? A defense that fires a
+    backdoor itself (a smooth trigger, e.g. LF, Refool, LIRA) sends clean inputs to the target: this check names
+    the class before you deploy (detoxops.defenses.drift)."""
+    from detoxops.defenses.catalog import build_defense
+    from detoxops.defenses.guard import Detoxifier
+    from detoxops.fileio import atomic_write_text
+
+    p = params_from_cli(params, overrides)
+    if max_inflow is not None and not 0.0 < max_inflow <= 1.0:
+        fail(f"--max-inflow: max_inflow must be in (0, 1], got {max_inflow}")
+    src = _load_imageset(images, "clean")
+    if limit is not None:
+        src = src.subset(np.arange(min(limit, len(src))))
+    if victim.startswith(("http://", "https://")):
+        classifier = victim
+    else:
+        from detoxops.models import load_classifier
+
+        try:
+            classifier = load_classifier(victim)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"--victim {victim}: {exc}")
+            return
+    guard = Detoxifier(classifier, None, p.sampdetox.batch_size, progress=progress)
+    try:
+        guard.defense = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), p.sampdetox,
+                                      classifier=classifier, baselines=p.baselines)
+        drift = guard.check_drift(np.asarray(src.images), len(src.class_names), max_inflow)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    used = getattr(guard.defense, "cfg", None)
+    record = drift.to_dict() | {
+        "images": str(images), "data_version": src.content_hash(), "victim": victim, "purifier": str(purifier),
+        "defense": defense, "settings": (used if hasattr(used, "model_dump") else p.sampdetox.resolved()).model_dump(
+            mode="json"), "seed": p.sampdetox.seed, "class_names": list(src.class_names)}
+    if out is not None:
+        atomic_write_text(out, json.dumps(record, indent=1))
+    typer.echo(drift.describe(list(src.class_names)))
+    if fail_on_flag and drift.flagged:
+        raise typer.Exit(3)
+
+
 @detox_app.command("eval")
 def eval_command(
     model: str = typer.Option(

@@ -144,6 +144,20 @@ class Detoxifier:
 
     __call__ = predict
 
+    def check_drift(self, clean_images: np.ndarray, num_classes: int, max_inflow: float | None = None):
+        """:func:`detoxops.defenses.drift.label_drift` of this guard on clean images of the deployment domain: the
+        classifier's labels of the raw images against its labels of the detoxified ones (no ground truth needed).
+        A flagged drift means the defense sends clean inputs to one class -- it fires a backdoor itself."""
+        from detoxops.defenses.drift import DEFAULT_MAX_INFLOW, label_drift
+
+        clean_images = _check_images(clean_images)
+        before = np.concatenate([
+            _as_labels(self._classify(np.array(clean_images[i : i + self.batch_size])),
+                       len(clean_images[i : i + self.batch_size]), "classifier")
+            for i in range(0, len(clean_images), self.batch_size)])
+        after = self.predict(clean_images)
+        return label_drift(before, after, num_classes, DEFAULT_MAX_INFLOW if max_inflow is None else max_inflow)
+
 
 def _check_images(images) -> np.ndarray:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
