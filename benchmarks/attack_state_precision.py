@@ -3,8 +3,8 @@ SSBA's StegaStamp and the Input-Aware / LIRA generators in fp16, :func:`detoxops
 
 For each ``NAME=ATTACK_RUN`` pair: the attack rebuilt from the fp32 attack run (``detoxops attack run`` output) and
 from the record the store keeps (:func:`~detoxops.models.store.store_attack_state`: fp16, trigger part only)
-trigger the same N non-target CIFAR-10 test images; reported: the share of triggered pixel values that differ, the largest difference in grey levels, and the store
-victim's ASR on both triggered sets.
+trigger the same N non-target CIFAR-10 test images; reported: the share of triggered pixel values that differ, the
+largest difference in grey levels, and the store victim's ASR on both triggered sets.
 
     python benchmarks/attack_state_precision.py --n 1000 \\
         --pair cifar10-fast/ssba=runs/zoo/cifar10-fast/ssba/poisoned \\

@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from detoxops.data.archive_sample import read_per_class
+    from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion import load_purifier
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = read_per_class(args.data, "test", per_class)
     # read_per_class sorts by class; interleave the classes (image j of every class, then j + 1) so that the
     # first n (and the first --inpaint-n) hold every class about equally
-    order = np.argsort(np.concatenate([np.arange((labels == c).sum()) for c in range(10)]) * 10 + labels,
-                       kind="stable")
+    order = class_interleaved_indices(labels)
     images, labels = images[order][:args.n], labels[order][:args.n]
 
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"entries": {}}

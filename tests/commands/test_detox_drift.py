@@ -26,8 +26,8 @@ def _inputs(tmp_path):
 
 def test_drift_reports_and_gates(tmp_path, monkeypatch):
     images, victim = _inputs(tmp_path)
-    args = ["detox", "drift", str(images), "--victim", str(victim), "--purifier", str(shipped_purifier_dir("digits-16")),
-            "--limit", "4", "--no-progress"]
+    args = ["detox", "drift", str(images), "--victim", str(victim), "--purifier",
+            str(shipped_purifier_dir("digits-16")), "--limit", "4", "--no-progress"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "drift.json")])
     assert result.exit_code == 0, result.output
     assert "label drift on 4 clean images" in result.output

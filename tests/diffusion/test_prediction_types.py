@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from detoxops.config import DiffusionConfig, ScheduleConfig
+from detoxops.config import ScheduleConfig
 from detoxops.diffusion import build_unet, evaluate_denoising, load_purifier, save_purifier, train_purifier
 from detoxops.diffusion.purifier import Purifier
 from detoxops.diffusion.schedule import NoiseSchedule
@@ -44,24 +43,10 @@ def test_the_wrapper_turns_an_exact_x0_or_v_prediction_into_the_true_noise(kind)
         Purifier(_Fixed(exact), sched, prediction_type="x0")
 
 
-def _cfg(steps: int, **train) -> DiffusionConfig:
-    return DiffusionConfig.model_validate({
-        "unet": {"sample_size": 8, "block_out_channels": [8, 16]},
-        "train": {"steps": steps, "batch_size": 16, "lr": 2e-3, "checkpoint_every": 10, "max_t": 300,
-                  "device": "cpu", **train},
-    })
-
-
-def _images(n: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 1, 8)[None, :, None, None] * np.ones((1, 8, 8, 3))
-    return (255 * (0.2 + 0.6 * ramp * rng.uniform(0, 1, (n, 1, 1, 3)))).astype(np.uint8)
-
-
 @pytest.mark.parametrize("kind", ["sample", "v_prediction"])
-def test_training_learns_the_chosen_target_and_the_folder_remembers_it(tmp_path, kind):
-    images = _images()
-    cfg = _cfg(120, prediction_type=kind)
+def test_training_learns_the_chosen_target_and_the_folder_remembers_it(tmp_path, kind, tiny_train_cfg, ramp_images):
+    images = ramp_images()
+    cfg = tiny_train_cfg(120, prediction_type=kind)
     torch.manual_seed(0)
     untrained = Purifier(build_unet(cfg.unet), NoiseSchedule.from_config(cfg.schedule), prediction_type=kind)
     before = evaluate_denoising(untrained, images[:16], (50,), restore=False)[50]
@@ -75,12 +60,12 @@ def test_training_learns_the_chosen_target_and_the_folder_remembers_it(tmp_path,
     assert loaded.prediction_type == kind and torch.equal(loaded(x, t), purifier(x, t))
     # resuming the run with another target would mix two objectives in one set of weights
     with pytest.raises(ValueError, match="prediction_type"):
-        train_purifier(images, _cfg(130, prediction_type="epsilon"), tmp_path / "p", progress=False)
+        train_purifier(images, tiny_train_cfg(130, prediction_type="epsilon"), tmp_path / "p", progress=False)
 
 
-def test_a_bad_prediction_type_in_the_folder_is_refused(tmp_path):
+def test_a_bad_prediction_type_in_the_folder_is_refused(tmp_path, tiny_train_cfg):
     sched = NoiseSchedule.from_config(ScheduleConfig())
-    cfg = _cfg(1).unet
+    cfg = tiny_train_cfg(1).unet
     save_purifier(Purifier(build_unet(cfg), sched), tmp_path / "p")
     path = tmp_path / "p" / "scheduler_config.json"
     assert json.loads(path.read_text())["prediction_type"] == "epsilon"
@@ -89,14 +74,14 @@ def test_a_bad_prediction_type_in_the_folder_is_refused(tmp_path):
         load_purifier(tmp_path / "p")
 
 
-def test_cpu_budget_counts_every_session_of_the_run(tmp_path):
-    images = _images(32)
-    _, history = train_purifier(images, _cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=0.5)
+def test_cpu_budget_counts_every_session_of_the_run(tmp_path, tiny_train_cfg, ramp_images):
+    images = ramp_images(32)
+    _, history = train_purifier(images, tiny_train_cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=0.5)
     first_step, spent = history["step"], history["cpu_seconds"]
     assert 0 < first_step < 100_000 and spent >= 0.5
     # the budget is spent: a rerun of the same command trains nothing more
-    _, again = train_purifier(images, _cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=0.5)
+    _, again = train_purifier(images, tiny_train_cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=0.5)
     assert again["step"] == first_step
     # a larger budget resumes and stops again
-    _, more = train_purifier(images, _cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=spent + 0.5)
+    _, more = train_purifier(images, tiny_train_cfg(100_000), tmp_path / "p", progress=False, cpu_budget_s=spent + 0.5)
     assert more["step"] > first_step and more["cpu_seconds"] >= spent + 0.5

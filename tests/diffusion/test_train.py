@@ -16,25 +16,9 @@ from detoxops.diffusion.schedule import NoiseSchedule
 from detoxops.models import build_classifier, save_classifier
 
 
-def _cfg(steps: int, **train) -> DiffusionConfig:
-    return DiffusionConfig.model_validate({
-        "unet": {"sample_size": 8, "block_out_channels": [8, 16]},
-        "train": {"steps": steps, "batch_size": 16, "lr": 2e-3, "checkpoint_every": 10, "max_t": 300,
-                  "device": "cpu", **train},
-    })
-
-
-def _images(n: int = 64) -> np.ndarray:
-    """Smooth structured images (a colour gradient per image) that a tiny net can learn to denoise."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 1, 8)[None, :, None, None] * np.ones((1, 8, 8, 3))
-    colours = rng.uniform(0, 1, (n, 1, 1, 3))
-    return (255 * (0.2 + 0.6 * ramp * colours)).astype(np.uint8)
-
-
-def test_training_reduces_denoising_error(tmp_path):
-    cfg = _cfg(120)
-    images = _images()
+def test_training_reduces_denoising_error(tmp_path, tiny_train_cfg, ramp_images):
+    cfg = tiny_train_cfg(120)
+    images = ramp_images()
     torch.manual_seed(cfg.train.seed)
     untrained = Purifier(build_unet(cfg.unet), NoiseSchedule.from_config(cfg.schedule))
     before = evaluate_denoising(untrained, images[:16], (50,), restore=False)[50]
@@ -50,37 +34,38 @@ def test_training_reduces_denoising_error(tmp_path):
     assert torch.equal(loaded(x, torch.tensor([3])), purifier(x, torch.tensor([3])))
 
 
-def test_resume_is_bit_identical(tmp_path):
-    images = _images(32)
-    straight, _ = train_purifier(images, _cfg(20), tmp_path / "a", progress=False)
-    train_purifier(images, _cfg(10), tmp_path / "b", progress=False)
-    resumed, history = train_purifier(images, _cfg(20), tmp_path / "b", progress=False)
+def test_resume_is_bit_identical(tmp_path, tiny_train_cfg, ramp_images):
+    images = ramp_images(32)
+    straight, _ = train_purifier(images, tiny_train_cfg(20), tmp_path / "a", progress=False)
+    train_purifier(images, tiny_train_cfg(10), tmp_path / "b", progress=False)
+    resumed, history = train_purifier(images, tiny_train_cfg(20), tmp_path / "b", progress=False)
     assert history["step"] == 20 and [s for s, _ in history["loss"]] == [10, 20]
     for p, q in zip(straight.unet.parameters(), resumed.unet.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
-def test_time_budget_stops_after_a_checkpoint(tmp_path):
-    _, history = train_purifier(_images(32), _cfg(10_000), tmp_path / "c", progress=False, time_budget_s=0.0)
+def test_time_budget_stops_after_a_checkpoint(tmp_path, tiny_train_cfg, ramp_images):
+    _, history = train_purifier(ramp_images(32), tiny_train_cfg(10_000), tmp_path / "c", progress=False,
+                                time_budget_s=0.0)
     assert history["step"] == 1
     assert json.loads((tmp_path / "c" / "checkpoint" / "state.json").read_text())["step"] == 1
 
 
-def test_sample_grid_and_imageset_input(tmp_path):
+def test_sample_grid_and_imageset_input(tmp_path, tiny_train_cfg, ramp_images):
     from detoxops.data import from_arrays
 
-    images = _images(16)
+    images = ramp_images(16)
     ds = from_arrays(images, np.zeros(16, dtype=np.int64), ["a"])
-    train_purifier(ds, _cfg(2, sample_every=2), tmp_path / "g", progress=False)
+    train_purifier(ds, tiny_train_cfg(2, sample_every=2), tmp_path / "g", progress=False)
     grid = tmp_path / "g" / "samples" / "step_0000002.png"
     from PIL import Image
 
     assert Image.open(grid).size == (8 * 8, 5 * 8)  # 8 images; rows: clean + (noisy, restored) x 2 levels
 
 
-def test_rejects_mismatched_images(tmp_path):
+def test_rejects_mismatched_images(tmp_path, tiny_train_cfg, ramp_images):
     with pytest.raises(ValueError, match="diffusion.unet"):
-        train_purifier(np.zeros((4, 16, 16, 3), np.uint8), _cfg(1), tmp_path / "x", progress=False)
+        train_purifier(np.zeros((4, 16, 16, 3), np.uint8), tiny_train_cfg(1), tmp_path / "x", progress=False)
 
 
 class _Oracle:
@@ -95,19 +80,19 @@ class _Oracle:
         return self.schedule.predict_eps(x_t, t, self.x0.expand_as(x_t))
 
 
-def test_evaluate_denoising_restores_with_an_oracle():
+def test_evaluate_denoising_restores_with_an_oracle(ramp_images):
     """With the exact ε of a single image the one-shot x̂0 is perfect: PSNR of x̂0 ≫ noisy input."""
-    images = _images(1)
+    images = ramp_images(1)
     m = evaluate_denoising(_Oracle(images), images, (120,), seed=0)[120]
     assert m["psnr_x0_oneshot"] > m["psnr_noisy"] + 30
     assert m["psnr_restored"] > m["psnr_noisy"] + 5
     assert m["eps_mse"] < 1e-8  # the oracle's ε is the noise that was added
 
 
-def test_evaluate_denoising_scores_a_classifier_on_the_restorations():
+def test_evaluate_denoising_scores_a_classifier_on_the_restorations(ramp_images):
     """Accuracy on clean / one-shot / restored images: a nearest-neighbour classifier of the clean images is right
     on every exact restoration (oracle ε) and the numbers are per cent of the images; PSNR is unchanged by it."""
-    images = _images(4)
+    images = ramp_images(4)
     labels = np.array([3, 1, 4, 1])
     oracle = _Oracle(images)
 
@@ -160,33 +145,34 @@ def test_cli_train_and_eval(tmp_path):
     assert bad.exit_code == 2 and "sample_size" in bad.output
 
 
-def test_init_starts_from_a_purifiers_weights_and_refuses_another_network(tmp_path):
-    images = _images(32)
-    first, _ = train_purifier(images, _cfg(20), tmp_path / "first", progress=False)
+def test_init_starts_from_a_purifiers_weights_and_refuses_another_network(tmp_path, tiny_train_cfg, ramp_images):
+    images = ramp_images(32)
+    first, _ = train_purifier(images, tiny_train_cfg(20), tmp_path / "first", progress=False)
     # zero steps of training on: the start is exactly the given purifier's (EMA) weights
-    same, _ = train_purifier(images, _cfg(1, lr=1e-30, init=str(tmp_path / "first")), tmp_path / "on",
+    same, _ = train_purifier(images, tiny_train_cfg(1, lr=1e-30, init=str(tmp_path / "first")), tmp_path / "on",
                              progress=False)
     for p, q in zip(first.unet.parameters(), same.unet.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-12)
     # a random start differs from it
-    fresh, _ = train_purifier(images, _cfg(1, lr=1e-30), tmp_path / "fresh", progress=False)
+    fresh, _ = train_purifier(images, tiny_train_cfg(1, lr=1e-30), tmp_path / "fresh", progress=False)
     assert not all(torch.equal(p, q) for p, q in zip(first.unet.parameters(), fresh.unet.parameters(), strict=True))
-    wider = DiffusionConfig.model_validate({**_cfg(1).model_dump(), "unet": {"sample_size": 8,
+    wider = DiffusionConfig.model_validate({**tiny_train_cfg(1).model_dump(), "unet": {"sample_size": 8,
                                             "block_out_channels": [16, 16]},
-                                            "train": {**_cfg(1).train.model_dump(), "init": str(tmp_path / "first")}})
+                                            "train": {**tiny_train_cfg(1).train.model_dump(),
+                                                      "init": str(tmp_path / "first")}})
     with pytest.raises(ValueError, match=r"diffusion.train.init: .* is not a diffusion.unet network"):
         train_purifier(images, wider, tmp_path / "wider", progress=False)
 
 
-def test_bf16_precision_trains_and_fp32_is_the_reference(tmp_path):
+def test_bf16_precision_trains_and_fp32_is_the_reference(tmp_path, tiny_train_cfg, ramp_images):
     from detoxops.devices import bf16_autocast
 
     assert bf16_autocast("fp32", torch.device("cpu")) is False and bf16_autocast("bf16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32"):
         bf16_autocast("fp16", torch.device("cpu"))
-    images = _images(32)
-    fp32, h32 = train_purifier(images, _cfg(60, precision="fp32"), tmp_path / "fp32", progress=False)
-    bf16, h16 = train_purifier(images, _cfg(60, precision="bf16"), tmp_path / "bf16", progress=False)
+    images = ramp_images(32)
+    fp32, h32 = train_purifier(images, tiny_train_cfg(60, precision="fp32"), tmp_path / "fp32", progress=False)
+    bf16, h16 = train_purifier(images, tiny_train_cfg(60, precision="bf16"), tmp_path / "bf16", progress=False)
     assert any(not torch.equal(p, q) for p, q in zip(fp32.unet.parameters(), bf16.unet.parameters(), strict=True))
     assert all(p.dtype == torch.float32 for p in bf16.unet.parameters())  # autocast: the weights stay fp32
     # both learn, to within 20 % of each other's loss
