@@ -61,6 +61,20 @@ def defense_table(runs: pd.DataFrame) -> pd.DataFrame:
     return df[cols].reset_index(drop=True)
 
 
+def drift_alerts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Defense runs whose label-drift check was flagged (tag ``detoxops.drift_flagged = true``): the defense sent
+    clean images to one class (``drift_class``, net inflow ``drift_inflow``), i.e. it fires a backdoor itself."""
+    cols = [*KEYS, "defense", "drift_class", "drift_inflow", "drift_changed", "run_id"]
+    if runs.empty or "kind" not in runs or "drift_flagged" not in runs:
+        return pd.DataFrame(columns=cols)
+    df = _with_keys(runs[(runs["kind"] == "defense") & (runs["drift_flagged"].astype(str) == "true")],
+                    ("drift_inflow", "drift_changed"))
+    if "drift_class" not in df:
+        df["drift_class"] = "—"
+    df = df.drop_duplicates([*KEYS, "defense"], keep="first")
+    return df.sort_values(["root_run_name", "dataset", "model", "attack", "defense"])[cols].reset_index(drop=True)
+
+
 def dataelixir_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per sanitize run with TPR / FPR / ACC / ASR, ``d_acc`` / ``d_asr`` against the
     victim trained on the poisoned data (the ``none`` defense run or, failing that, the ``victim`` run of the

@@ -28,7 +28,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 TAG = "detoxops."
 RUN_TAGS = ("kind", "attack", "defense", "dataset", "data_version", "code_version", "seed", "status",
-            "target_label", "model", "failure_reason")
+            "target_label", "model", "failure_reason", "drift_class", "drift_flagged")
 REGISTERED_MODELS = ("detoxops-victim", "detoxops-purifier", "detoxops-clean-model", "detoxops-guard")
 CACHE_TTL_S = 30
 

@@ -175,20 +175,24 @@ def _set_name(path: str) -> str:
 
 
 def log_defense_rows(rows: list[dict[str, Any]], flow: str, parent_run_id: str, tags: dict[str, Any], prefix: str) -> list[str]:
-    """A nested MLflow run per defense: metrics ``ca``/``pa``/``asr`` as fractions, throughput, map quality;
-    the samples folder as ``samples/``."""
+    """A nested MLflow run per defense: metrics ``ca``/``pa``/``asr`` as fractions, throughput, map quality, the
+    label drift of the clean images (``drift_inflow`` / ``drift_changed``; tags ``detoxops.drift_class`` and
+    ``detoxops.drift_flagged``); the samples folder as ``samples/``."""
     import mlflow
 
     from tasks.tracking import run
 
     run_ids = []
     for row in rows:
+        drift_tags = {f"detoxops.{k}": str(row[k]).lower() if isinstance(row[k], bool) else str(row[k])
+                      for k in ("drift_class", "drift_flagged") if k in row}
         with run(
             flow, f"defense={row['defense']}", kind="defense", prefix=prefix, parent_run_id=parent_run_id,
-            tags={**tags, "detoxops.defense": row["defense"]},
+            tags={**tags, "detoxops.defense": row["defense"], **drift_tags},
         ) as active:
             metrics = {k: float(row[k]) for k in ("ca", "pa", "asr") if k in row}
-            for key in ("seconds", "images_per_s", "map_auc", "trigger_level", "image_level"):
+            for key in ("seconds", "images_per_s", "map_auc", "trigger_level", "image_level", "drift_inflow",
+                        "drift_changed"):
                 if isinstance(row.get(key), int | float) and np.isfinite(row[key]):
                     metrics[key] = float(row[key])
             mlflow.log_metrics(metrics)

@@ -68,6 +68,14 @@ for (run_name, dataset, model), group in sampdetox.groupby(["root_run_name", "da
     )
     st.altair_chart(chart)
 
+alerts = keep(results.drift_alerts(runs))
+for row in alerts.itertuples():
+    st.warning(f"**Label drift** · {row.dataset} · {row.model} · attack {row.attack} · defense {row.defense}: "
+               f"the defense moved {100 * row.drift_inflow:.0f} % of the clean images (net) into class "
+               f"{row.drift_class} ({100 * row.drift_changed:.0f} % changed label). It fires a backdoor itself: "
+               "lower its noise levels, or do not trust this model behind it (docs/sampdetox.md, label-drift check).",
+               icon=":material/warning:")
+
 # ----------------------------------------------------------------------------------- DataElixir style
 st.header("DataElixir sanitisation (TPR / FPR / ACC / ASR)")
 if elixir.empty:

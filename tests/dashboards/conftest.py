@@ -84,6 +84,10 @@ def build_store(tmp: Path) -> dict:
             for defense in ("none", "sampdetox"):
                 ca, pa, asr = DEFENSE_METRICS[(attack_name, defense)]
                 row = {"defense": defense, "ca": ca, "pa": pa, "asr": asr}  # tasks report fractions (issue #26)
+                if defense == "sampdetox":  # the label-drift check: flagged for blended only
+                    flagged = attack_name == "blended"
+                    row |= {"drift_changed": 0.4 if flagged else 0.05, "drift_inflow": 0.37 if flagged else 0.02,
+                            "drift_class": TARGET if flagged else 3, "drift_flagged": flagged}
                 if defense == "sampdetox":
                     detoxified = from_tensor(Blur()(to_tensor(poisoned)).images)
                     trigger_map = (np.abs(poisoned.astype(float) - clean).mean(-1) / 255.0).astype(np.float32)

@@ -71,6 +71,9 @@ def test_defense_results_table_and_deltas(dashboard_env):
     assert row["TPR"] == pytest.approx(tpr * 100) and row["FPR"] == pytest.approx(fpr * 100)
     assert row["ΔASR"] == pytest.approx((asr - DEFENSE_METRICS[("badnets", "none")][2]) * 100)
     assert row["ΔACC"] == pytest.approx((acc - DEFENSE_METRICS[("badnets", "none")][0]) * 100)
+    # the label-drift check recorded by the defense runs: one warning, for the flagged (attack, defense)
+    drift = [w.value for w in at.warning if "Label drift" in w.value]
+    assert len(drift) == 1 and "attack blended" in drift[0] and "37 %" in drift[0] and "class 0" in drift[0]
 
 
 def test_defense_results_filters(dashboard_env):

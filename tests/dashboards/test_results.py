@@ -49,6 +49,21 @@ def test_defense_table_without_baseline_leaves_deltas_empty_and_newest_run_wins(
     assert table.d_asr.isna().all()
 
 
+def test_drift_alerts_are_the_flagged_defense_runs_newest_first():
+    runs = frame([
+        {"kind": "defense", "attack": "lf", "defense": "sampdetox", "drift_flagged": "true", "drift_class": "0",
+         "drift_inflow": 0.58, "drift_changed": 0.6},
+        {"kind": "defense", "attack": "lf", "defense": "sampdetox", "drift_flagged": "false", "drift_class": "3",
+         "drift_inflow": 0.01, "drift_changed": 0.1},  # older run of the same row: not shown
+        {"kind": "defense", "attack": "badnets", "defense": "sampdetox", "drift_flagged": "false",
+         "drift_class": "3", "drift_inflow": 0.04, "drift_changed": 0.07},
+        {"kind": "defense", "attack": "badnets", "defense": "none"},  # runs recorded before the check: no tags
+    ])
+    alerts = results.drift_alerts(runs)
+    assert len(alerts) == 1 and alerts.attack.iloc[0] == "lf" and alerts.drift_inflow.iloc[0] == 0.58
+    assert results.drift_alerts(frame([{"kind": "defense", "attack": "x", "defense": "none"}])).empty
+
+
 def test_dataelixir_table_compares_with_the_poisoned_victim():
     runs = frame([
         {"kind": "sanitize", "attack": "badnets", "tpr": 1.0, "fpr": 0.02, "acc": 0.91, "asr": 0.03},

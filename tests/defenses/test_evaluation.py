@@ -61,6 +61,29 @@ def test_rows_have_exact_numbers():
     assert "map_auc" not in none and none["n_clean"] == 20 and none["images_per_s"] > 0
 
 
+class WhiteCorner:
+    """A defense that itself stamps the backdoor's trigger: it sends every clean image to the target."""
+
+    name = "stamp"
+
+    def __call__(self, x01, generator=None):
+        x = x01.clone()
+        x[:, :, -1, -1] = 1
+        return DefenseOutput(images=x)
+
+
+def test_rows_carry_the_label_drift_of_the_clean_images():
+    images, labels, poisoned = _data()
+    data = EvalSet(images, labels, poisoned, labels, target=0)
+    none, erase, stamp = evaluate_defenses(
+        backdoored, {"none": NoDefense(), "erase": EraseCorner(), "stamp": WhiteCorner()}, data, batch_size=6)
+    assert none["drift_inflow"] == 0 and not none["drift_flagged"] and erase["drift_changed"] == 0
+    assert stamp["drift_flagged"] and stamp["drift_class"] == 0 and stamp["drift_inflow"] == 1.0
+    assert stamp["drift_changed"] == 1.0 and stamp["ca"] == 0.0
+    # a single row without the reference labels has no drift fields
+    assert "drift_inflow" not in evaluate_defense(backdoored, WhiteCorner(), data)
+
+
 def test_from_imagesets_matches_counterparts_and_derives_mask():
     images, labels, poisoned = _data(8)
     names = [f"c{i}" for i in range(5)]

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from detoxops.defenses.drift import label_drift
 from detoxops.defenses.guard import Detoxifier
 from detoxops.defenses.map_quality import changed_pixels, trigger_map_quality
 from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 
-__all__ = ["EvalSet", "backdoor_rates", "evaluate_defense", "evaluate_defenses", "eval_inputs", "map_measures",
+__all__ = ["EvalSet", "backdoor_rates", "drift_measures", "evaluate_defense", "evaluate_defenses", "eval_inputs", "map_measures",
            "sample_at_most", "split_eval_sets", "split_eval_indices"]
 
 
@@ -181,11 +182,26 @@ def map_measures(clean_maps: dict[str, np.ndarray], poisoned_maps: dict[str, np.
     return out
 
 
+def drift_measures(reference_clean_pred: np.ndarray | None, clean_pred: np.ndarray,
+                   clean_labels: np.ndarray) -> dict[str, Any]:
+    """The label drift of the clean images (:func:`detoxops.defenses.drift.label_drift`: the classifier's labels
+    without the defense as reference): ``drift_changed`` / ``drift_inflow`` (fractions), ``drift_class``,
+    ``drift_flagged``. Empty without a reference or clean images."""
+    if reference_clean_pred is None or len(clean_pred) == 0:
+        return {}
+    num_classes = int(max(np.max(reference_clean_pred), np.max(clean_pred), np.max(clean_labels))) + 1
+    drift = label_drift(np.asarray(reference_clean_pred), np.asarray(clean_pred), max(num_classes, 2))
+    return {"drift_changed": drift.changed, "drift_inflow": drift.top_inflow, "drift_class": drift.top_class,
+            "drift_flagged": drift.flagged}
+
+
 def evaluate_defense(
-    classifier, defense, data: EvalSet, batch_size: int = 256, progress: bool = False, name: str | None = None
+    classifier, defense, data: EvalSet, batch_size: int = 256, progress: bool = False, name: str | None = None,
+    reference_clean_pred: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One row: defense name, CA / PA / ASR and counts (:func:`backdoor_rates`: fractions; ``metrics.percent_rates``
-    for a displayed table), wall time, images/s, the maps' measures where available (:func:`map_measures`)."""
+    for a displayed table), wall time, images/s, the maps' measures where available (:func:`map_measures`) and,
+    given the classifier's labels of the undefended clean images, the label drift (:func:`drift_measures`)."""
     guard = Detoxifier(classifier, defense, batch_size=batch_size, progress=progress)
     start = time.perf_counter()
     clean_pred, clean_maps = guard.predict_with_maps(data.clean_images)
@@ -198,11 +214,16 @@ def evaluate_defense(
         "seconds": seconds,
         "images_per_s": n_total / seconds if seconds > 0 else float("nan"),
         **map_measures(clean_maps, poisoned_maps, data.trigger_mask),
+        **drift_measures(reference_clean_pred, clean_pred, data.clean_labels),
     }
 
 
 def evaluate_defenses(
     classifier, defenses: dict[str, Any], data: EvalSet, batch_size: int = 256, progress: bool = False
 ) -> list[dict[str, Any]]:
-    """``evaluate_defense`` for every named defense, in order."""
-    return [evaluate_defense(classifier, d, data, batch_size, progress, name=n) for n, d in defenses.items()]
+    """``evaluate_defense`` for every named defense, in order, each with its label drift against the classifier's
+    labels of the undefended clean images (one classifier pass, no defense)."""
+    reference = Detoxifier(classifier, None, batch_size=batch_size).predict(data.clean_images) \
+        if len(data.clean_images) else None
+    return [evaluate_defense(classifier, d, data, batch_size, progress, name=n, reference_clean_pred=reference)
+            for n, d in defenses.items()]
