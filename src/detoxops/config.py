@@ -144,6 +144,9 @@ class AttackConfig(_Section):
     seed: int = 0
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-attack options keyed by attack name (``options.badnets.patch_size``); each attack validates its own."""
+    jpeg_quality: int | None = Field(default=None, ge=1, le=100)
+    """Store the training images the attack changes as JPEG at this quality, as a dataset kept in JPEG would
+    (None: as computed). Set it to the source's quality for a JPEG source (docs/attacks.md, "JPEG sources")."""
 
     @model_validator(mode="after")
     def _known_attack_options(self) -> AttackConfig:

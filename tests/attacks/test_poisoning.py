@@ -97,3 +97,66 @@ def test_cli_lf_with_ready_pattern(tmp_path):
     assert np.array_equal(np.load(out / "state" / "lf_pattern.npy"), pattern)
     test = ImageSet.load(out / "test")
     assert (test.images[:, 4:12, 4:12, 2] >= 51).all()
+
+
+def test_jpeg_storage_of_the_changed_training_images(cifar_small, tmp_path):
+    """attack.jpeg_quality: the images an attack changes are stored as JPEG (a JPEG dataset's poisoned images are
+    JPEG too); the others stay byte-identical, the test trigger is applied as computed, the record keeps it."""
+    from detoxops.attacks.base import jpeg_roundtrip
+    from detoxops.config import AttackConfig
+
+    train, test = _sets(cifar_small)
+    plain, plain_test = poison_datasets(registry.create("blended", seed=5), train, test)
+    stored, stored_test = poison_datasets(registry.create("blended", seed=5, jpeg_quality=75), train, test)
+    flags = plain.poisoned
+    assert np.array_equal(stored.poisoned, flags) and np.array_equal(stored.labels, plain.labels)
+    assert np.array_equal(stored.images[~flags], train.images[~flags])
+    assert np.array_equal(stored.images[flags], jpeg_roundtrip(plain.images[flags], 75))
+    assert not np.array_equal(stored.images[flags], plain.images[flags])
+    assert np.array_equal(stored_test.images, plain_test.images)
+    assert stored.meta["attack"]["jpeg_quality"] == 75 and "jpeg_quality" not in plain.meta["attack"]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "attack.json").write_text(json.dumps(stored.meta["attack"]))
+    assert registry.from_record(run).jpeg_quality == 75
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        registry.create("badnets", jpeg_quality=0)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AttackConfig(jpeg_quality=101)
+
+
+def test_jpeg_roundtrip_is_a_jpeg_codec_pass():
+    from detoxops.attacks.base import jpeg_roundtrip
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8), 8, 1), 8, 2)
+    once = jpeg_roundtrip(smooth, 75)
+    assert once.shape == smooth.shape and once.dtype == np.uint8
+    assert np.abs(once.astype(int) - smooth).mean() < 12  # lossy, close
+    noise = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert np.abs(jpeg_roundtrip(noise, 75).astype(int) - noise).mean() > 10  # high frequencies are quantised
+    with pytest.raises(ValueError, match="uint8"):
+        jpeg_roundtrip(noise.astype(np.float32), 75)
+
+
+def test_loop_attack_training_batches_store_their_changed_samples_as_jpeg(cifar_small):
+    import torch
+
+    from detoxops.attacks.base import jpeg_roundtrip
+
+    x, y, _, _ = cifar_small
+    xb = torch.from_numpy(x[:128]).permute(0, 3, 1, 2).float() / 255
+    yb = torch.from_numpy(y[:128])
+    plain = registry.create("bpp", options={"post_transform": False})
+    stored = registry.create("bpp", options={"post_transform": False}, jpeg_quality=75)
+    out, out_y = plain.training_batch(xb, yb, torch.Generator().manual_seed(0))  # no jpeg: batch_transform's
+    ref, ref_y = plain.batch_transform(xb, yb, torch.Generator().manual_seed(0))
+    assert torch.equal(out, ref) and torch.equal(out_y, ref_y)
+    got, got_y = stored.training_batch(xb, yb, torch.Generator().manual_seed(0))
+    changed = (ref != xb).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < len(xb) and torch.equal(got_y, ref_y)
+    assert torch.equal(got[~changed], xb[~changed])  # untouched samples pass through
+    u8 = (ref[changed] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    expect = torch.from_numpy(jpeg_roundtrip(u8, 75)).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(got[changed], expect)

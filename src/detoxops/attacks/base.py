@@ -61,6 +61,7 @@ class Attack(ABC):
         image_size: int = 32,
         num_classes: int = 10,
         options: dict[str, Any] | None = None,
+        jpeg_quality: int | None = None,
     ) -> None:
         if not 0 <= target < num_classes:
             raise ValueError(f"attack target {target} out of range for {num_classes} classes")
@@ -74,6 +75,13 @@ class Attack(ABC):
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
         self.options = self.Options(**(options or {}))
+        if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100] or None, got {jpeg_quality}")
+        self.jpeg_quality = None if jpeg_quality is None else int(jpeg_quality)
+        """Training images the attack changes are stored as JPEG at this quality (None: as computed). A dataset
+        kept as JPEG (the JPEG copy of CIFAR-10) holds its poisoned images as JPEG too; without this, a victim can
+        learn "not JPEG-like" instead of the trigger (measured: docs/attacks.md, "JPEG sources"). Test-time
+        triggers are applied as computed, as in BackdoorBench."""
 
     # ------------------------------------------------------------------ helpers
     def scale_px(self, pixels_at_32: float, minimum: int = 1) -> int:
@@ -103,7 +111,7 @@ class Attack(ABC):
             "image_size": self.image_size,
             "num_classes": self.num_classes,
             "options": self.options.model_dump(mode="json"),
-        }
+        } | ({} if self.jpeg_quality is None else {"jpeg_quality": self.jpeg_quality})
 
     # ------------------------------------------------------------------ resources
     def fit(self, train_images: np.ndarray, train_labels: np.ndarray, **resources: Any) -> None:  # noqa: B027
@@ -170,6 +178,23 @@ class Attack(ABC):
         """For ``kind == "loop"``: transform a float [0,1] NCHW batch and its labels during training."""
         return x, y
 
+    def training_batch(self, x, y, generator=None):
+        """What the training loops call: :meth:`batch_transform`, then, with ``jpeg_quality``, the samples it
+        changed stored as JPEG (:func:`jpeg_roundtrip`, through uint8 as a stored image would be)."""
+        import torch
+
+        before = x.clone() if self.jpeg_quality is not None else None
+        x, y = self.batch_transform(x, y, generator=generator)
+        if before is None or x.shape != before.shape:
+            return x, y
+        changed = (x != before).flatten(1).any(1)
+        if bool(changed.any()):
+            u8 = (x[changed].detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            stored = torch.from_numpy(jpeg_roundtrip(u8, self.jpeg_quality)).permute(0, 3, 1, 2)
+            x = x.clone()
+            x[changed] = stored.to(device=x.device, dtype=x.dtype) / 255.0
+        return x, y
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target={self.target}, poison_ratio={self.poison_ratio}, {self.options!r})"
 
@@ -178,6 +203,24 @@ def _check_images(images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
         raise ValueError(f"attack expects uint8 images of shape (N, H, W, C), got {got}")
+
+
+def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) images encoded as JPEG at ``quality`` and decoded again (PIL, 4:2:0 subsampling as
+    PIL's default and the JPEG copy of CIFAR-10): what a dataset stored as JPEG holds. One codec call per image:
+    the codec works on single images."""
+    import io
+
+    from PIL import Image
+
+    _check_images(images)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+        buffer.seek(0)
+        out[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return out
 
 
 def truncate_to_uint8(x: np.ndarray) -> np.ndarray:

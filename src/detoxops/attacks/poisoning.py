@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detoxops.attacks.base import Attack
+from detoxops.attacks.base import Attack, jpeg_roundtrip
 
 if TYPE_CHECKING:
     from detoxops.data import ImageSet
@@ -41,6 +41,9 @@ def poison_train(attack: Attack, train: ImageSet) -> ImageSet:
     if attack.needs_fit and not attack.is_fitted:
         raise ValueError(f"attack {attack.name!r} must be fitted before poisoning (call attack.fit(...))")
     images, labels, flags = attack.poison_train_arrays(np.asarray(train.images), train.labels)
+    if attack.jpeg_quality is not None:  # the changed images stored as JPEG, like the rest of a JPEG dataset
+        changed = np.flatnonzero(np.any(images != np.asarray(train.images), axis=(1, 2, 3)))
+        images[changed] = jpeg_roundtrip(images[changed], attack.jpeg_quality)
     info = attack.describe() | {"split": "train", "num_poisoned": int(flags.sum()),
                                 "num_relabelled": int((labels != train.labels).sum())}
     if attack.kind == "loop" and hasattr(attack, "snapshot_indices"):

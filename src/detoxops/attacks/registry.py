@@ -78,7 +78,8 @@ def from_record(folder: str | Path) -> Attack:
         raise FileNotFoundError(f"{folder}: no attack.json (not an attack output folder)")
     record = json.loads(file.read_text())
     attack = create(record["name"], target=record["target"], poison_ratio=record["poison_ratio"], seed=record["seed"],
-                    image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"])
+                    image_size=record["image_size"], num_classes=record["num_classes"], options=record["options"],
+                    jpeg_quality=record.get("jpeg_quality"))
     # A stored victim's record of an attack whose state is training-only (LC) carries no state/: nothing to load.
     if attack.needs_fit and (attack.trigger_uses_state or (folder / "state").is_dir()):
         attack.load_state(folder / "state")

@@ -197,7 +197,7 @@ def train_fast_classifier(
             xb = images[idx].float().div_(255.0)
             yb = labels[idx]
             if loop_attack:
-                xb, yb = attack.batch_transform(xb, yb, generator=gen)
+                xb, yb = attack.training_batch(xb, yb, generator=gen)
             if own_augment:
                 xb = random_translate(alternating_flip(xb, base_flip[idx], epoch), cfg.translate, gen)
             xb = xb.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -114,7 +114,7 @@ def train_classifier(
             xb = images[idx].float().div_(255.0)
             yb = labels[idx]
             if loop_attack:
-                xb, yb = attack.batch_transform(xb, yb, generator=gen)
+                xb, yb = attack.training_batch(xb, yb, generator=gen)
             if own_augment:
                 xb = random_crop_flip(xb, gen)
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)

@@ -28,7 +28,7 @@ def build_attack(cfg: AttackConfig, image_size: int, num_classes: int):
     """The configured attack (``params.attack``, its ``options.<name>``) for images of ``image_size`` px."""
     return registry.create(cfg.name, target=cfg.target, poison_ratio=cfg.poison_ratio, seed=cfg.seed,
                            image_size=int(image_size), num_classes=num_classes,
-                           options=cfg.options.get(cfg.name, {}))
+                           options=cfg.options.get(cfg.name, {}), jpeg_quality=cfg.jpeg_quality)
 
 
 @dataclass(frozen=True)
