@@ -114,7 +114,7 @@ def train_fast_classifier(
     return the history (per epoch: loss, train accuracy, seconds).
 
     ``attack`` with ``kind == "loop"`` transforms every clean shuffled batch before augmentation
-    (``attack.batch_transform``); attacks with ``replaces_augmentation`` bring their own. With
+    (``attack.training_batch``: ``batch_transform`` plus the JPEG storage of ``attack.jpeg_quality``); attacks with ``replaces_augmentation`` bring their own. With
     ``checkpoint_dir`` everything (weights, lookahead average, optimizer, schedule, RNG) is saved after every
     epoch and an interrupted run resumes there with the same final weights; a checkpoint of another run (other
     data, recipe, seed, attack or network) is ignored with a warning and overwritten. ``init_whitening=False`` keeps the
@@ -197,7 +197,7 @@ def train_fast_classifier(
             xb = images[idx].float().div_(255.0)
             yb = labels[idx]
             if loop_attack:
-                xb, yb = attack.training_batch(xb, yb, generator=gen)
+                xb, yb = getattr(attack, "training_batch", attack.batch_transform)(xb, yb, generator=gen)
             if own_augment:
                 xb = random_translate(alternating_flip(xb, base_flip[idx], epoch), cfg.translate, gen)
             xb = xb.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)

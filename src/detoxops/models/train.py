@@ -58,7 +58,7 @@ def train_classifier(
     """Train ``model`` in place on ``train`` (its current labels) and return the history, with the recipe
     ``cfg.training_recipe`` names (``airbench``: :func:`detoxops.models.fast_train.train_fast_classifier`).
 
-    ``attack`` with ``kind == "loop"`` transforms every training batch (``attack.batch_transform``); attacks
+    ``attack`` with ``kind == "loop"`` transforms every training batch (``attack.training_batch``, else ``batch_transform``); attacks
     that set ``replaces_augmentation`` bring their own augmentation. With ``checkpoint_dir`` the state is
     saved after every epoch (safetensors weights; optimizer/scheduler/RNG via ``torch.save`` read back with
     ``weights_only=True``) and an interrupted run resumes where it stopped, giving the same final weights.
@@ -114,7 +114,7 @@ def train_classifier(
             xb = images[idx].float().div_(255.0)
             yb = labels[idx]
             if loop_attack:
-                xb, yb = attack.training_batch(xb, yb, generator=gen)
+                xb, yb = getattr(attack, "training_batch", attack.batch_transform)(xb, yb, generator=gen)
             if own_augment:
                 xb = random_crop_flip(xb, gen)
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
