@@ -114,7 +114,8 @@ def train_fast_classifier(
     return the history (per epoch: loss, train accuracy, seconds).
 
     ``attack`` with ``kind == "loop"`` transforms every clean shuffled batch before augmentation
-    (``attack.training_batch``: ``batch_transform`` plus the JPEG storage of ``attack.jpeg_quality``); attacks with ``replaces_augmentation`` bring their own. With
+    (``attack.training_batch``: ``batch_transform`` plus the JPEG storage of ``attack.jpeg_quality``); attacks
+    with ``replaces_augmentation`` bring their own. With
     ``checkpoint_dir`` everything (weights, lookahead average, optimizer, schedule, RNG) is saved after every
     epoch and an interrupted run resumes there with the same final weights; a checkpoint of another run (other
     data, recipe, seed, attack or network) is ignored with a warning and overwritten. ``init_whitening=False`` keeps the
