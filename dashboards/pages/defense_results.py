@@ -73,7 +73,7 @@ for row in alerts.itertuples():
     st.warning(f"**Label drift** · {row.dataset} · {row.model} · attack {row.attack} · defense {row.defense}: "
                f"the defense moved {100 * row.drift_inflow:.0f} % of the clean images (net) into class "
                f"{row.drift_class} ({100 * row.drift_changed:.0f} % changed label). It fires a backdoor itself: "
-               "lower its noise levels, or do not trust this model behind it (docs/sampdetox.md, label-drift check).",
+               "do not trust this model behind it (docs/sampdetox.md, label-drift check).",
                icon=":material/warning:")
 
 # ----------------------------------------------------------------------------------- DataElixir style

@@ -39,6 +39,19 @@ def _load_imageset(path: Path, what: str):
         fail(f"{what} image set {path}: {exc}")
 
 
+def _load_victim(victim: str):
+    """``--victim``: an http(s) URL is kept as it is (the guard's client talks to it), anything else is loaded as a
+    classifier folder or victim-store name; an unloadable one fails with the reason."""
+    if victim.startswith(("http://", "https://")):
+        return victim
+    from detoxops.models import load_classifier
+
+    try:
+        return load_classifier(victim)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"--victim {victim}: {exc}")
+
+
 @detox_app.command("score")
 def score_command(
     poisoned: Path = typer.Option(..., "--poisoned", help="output folder of `detoxops attack run`"),
@@ -156,15 +169,7 @@ def run_command(
     src = _load_imageset(images, "input")
     if limit is not None:
         src = src.subset(np.arange(min(limit, len(src))))
-    classifier = None
-    if victim is not None:
-        from detoxops.models import load_classifier
-
-        try:
-            classifier = victim if victim.startswith(("http://", "https://")) else load_classifier(victim)
-        except (FileNotFoundError, ValueError) as exc:
-            fail(f"--victim {victim}: {exc}")
-            return
+    classifier = _load_victim(victim) if victim is not None else None
     try:
         d = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), cfg, classifier=classifier,
                           baselines=p.baselines)
@@ -251,8 +256,9 @@ def drift_command(
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """Does the defense move the classifier's labels of clean images towards one class? A defense that fires a
-    backdoor itself (a smooth trigger, e.g. LF, Refool, LIRA) sends clean inputs to the target: this check names
-    the class before you deploy (detoxops.defenses.drift)."""
+    backdoor itself (measured: the LF, Refool and LIRA victims trained on a JPEG source, which read the restorations'
+    faint noise as their trigger) sends clean inputs to the target: this check names the class before you deploy
+    (detoxops.defenses.drift)."""
     from detoxops.defenses.catalog import build_defense
     from detoxops.defenses.guard import Detoxifier
     from detoxops.fileio import atomic_write_text
@@ -263,16 +269,7 @@ def drift_command(
     src = _load_imageset(images, "clean")
     if limit is not None:
         src = src.subset(np.arange(min(limit, len(src))))
-    if victim.startswith(("http://", "https://")):
-        classifier = victim
-    else:
-        from detoxops.models import load_classifier
-
-        try:
-            classifier = load_classifier(victim)
-        except (FileNotFoundError, ValueError) as exc:
-            fail(f"--victim {victim}: {exc}")
-            return
+    classifier = _load_victim(victim)
     guard = Detoxifier(classifier, None, p.sampdetox.batch_size, progress=progress)
     try:
         guard.defense = build_defense(defense, _load_purifier(purifier, p.diffusion.precision), p.sampdetox,

@@ -1,16 +1,16 @@
 """Label drift: does a defense move a classifier's labels of *clean* images towards one class?
 
-A purifier that smooths its input can itself fire a backdoor whose trigger is smooth (measured: SampDetox's
-restorations of clean CIFAR-10 images are labelled as the target by 68–99 % of LF's and 35–84 % of Refool's victims,
-docs/sampdetox.md). Clean accuracy alone hides the cause; the class the changed labels flow into shows it. On clean
+A defense can itself fire a backdoor (measured: SampDetox's restorations of clean CIFAR-10 images are labelled as
+the target by 68–99 % of the LF and 35–84 % of the Refool store victims, which learned "not JPEG-like" on their JPEG
+source and read the restorations' faint noise as their trigger; docs/sampdetox.md, docs/attacks.md "JPEG sources").
+Clean accuracy alone hides the cause; the class the changed labels flow into shows it. On clean
 images from the deployment domain, run the defense and compare the classifier's labels before and after:
 
 * ``inflow[c]`` = share of images labelled ``c`` after the defense − share labelled ``c`` before. A defense that
-  only blurs spreads its changed labels over the classes (inflows of a few points either way); one that fires a
+  fires no backdoor spreads its changed labels over the classes (inflows of a few points either way); one that fires a
   backdoor sends them to its target (a large positive inflow into one class).
 * The drift is **flagged** when the largest inflow reaches ``max_inflow`` (absolute share). The flagged class is then
-  the likely target of a backdoor that the defense itself triggers — the defense is too strong for this model, or
-  the model is backdoored with a smooth trigger; either way its outputs behind this defense are not to be trusted.
+  the likely target of a backdoor that the defense itself triggers; either way its outputs behind this defense are not to be trusted.
 
 No ground-truth labels are needed: the classifier's own labels of the undefended images are the reference, so the
 check runs on any unlabelled clean sample of the deployment domain.
@@ -52,8 +52,8 @@ class LabelDrift:
                 f"inflow {100 * self.top_inflow:+.1f} points into class {name}")
         if self.flagged:
             return (head + f" (>= {100 * self.max_inflow:.0f}): FLAGGED - the defense sends clean images to one "
-                    "class, so it likely fires a backdoor with a smooth trigger in this model; lower the noise "
-                    "levels or do not trust this model's outputs behind this defense")
+                    "class, so it likely fires a backdoor in this model itself; do not trust this model's outputs "
+                    "behind this defense (lower noise levels did not help where measured: docs/sampdetox.md)")
         return head + f" (< {100 * self.max_inflow:.0f}): no class draws the changed labels"
 
 
