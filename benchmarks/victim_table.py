@@ -60,6 +60,8 @@ def rows(store: Path, name: str) -> list[dict]:
             "train_cpu_seconds": meta.get("train_cpu_seconds"),
             "command": meta.get("command"), "seed": meta.get("seed", (meta.get("victim") or {}).get("seed")),
             "train_hash": meta.get("train_hash"),
+            # attack.jpeg_quality of the attack run: the changed training images stored as JPEG (None: as computed)
+            "poison_jpeg_quality": (meta.get("attack_record") or {}).get("jpeg_quality"),
             "recipe_current": recipe_current(store, "clean" if config.parent.name == "clean"
                                              else f"attack@{config.parent.name}", Path(__file__).resolve().parents[1]),
         })
@@ -81,6 +83,13 @@ def _bound(r: dict) -> str:
     return "met" if ok_asr and ok_ca else ", ".join(m for m, bad in (("ASR < 90", not ok_asr), ("CA drop > 2", not ok_ca)) if bad)
 
 
+def _stored_as(r: dict) -> str:
+    if r["attack"] == "clean":
+        return "–"
+    q = r.get("poison_jpeg_quality")
+    return f"JPEG {q}" if q is not None else "as computed"
+
+
 def markdown(table: list[dict], command: str, name: str) -> str:
     def pct(v):
         return f"{100 * v:.1f}" if v is not None else "–"
@@ -92,36 +101,42 @@ def markdown(table: list[dict], command: str, name: str) -> str:
         " each trained on all 50,000 training images of the JPEG copy of CIFAR-10, evaluated on all 10,000 test images)",
         "",
         "| attack | CA | PA | ASR | CA (TTA 2) | PA (TTA 2) | ASR (TTA 2) | CA drop vs clean | issue #19 bound | training wall s "
-        "| current recipe |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| current recipe | poison stored as |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
             f"| {r['attack']} | {pct(r['ca'])} | {pct(r['pa'])} | {pct(r['asr'])} | {pct(r['ca_tta2'])} | {pct(r['pa_tta2'])}"
             f" | {pct(r['asr_tta2'])} | {pct(r['ca_drop'])} | {r['bound']} | {r['train_seconds'] or '–'} | "
-            f"{ {True: 'yes', False: 'no (retrain pending)', None: '–'}[r['recipe_current']] } |"
+            f"{ {True: 'yes', False: 'no (retrain pending)', None: '–'}[r['recipe_current']] } | {_stored_as(r)} |"
         )
-    lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).", ""]
+    lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).",
+              "\"poison stored as\": the training images the attack changed, as computed or re-encoded as JPEG at the"
+              " source's quality (`victims.jpeg_quality`; docs/attacks.md, \"JPEG sources\").", ""]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    from detoxops.fileio import atomic_write_text
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, default=Path("victims"))
     ap.add_argument("--name", default="cifar10-fast")
     ap.add_argument("--out-json", type=Path, required=True)
     ap.add_argument("--out-md", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     table = rows(args.store, args.name)
     if not table:
-        sys.exit(f"no victims under {args.store / args.name}")
-    command = shlex.join(["python", *sys.argv])
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps({"command": command, "store": str(args.store / args.name), "rows": table}, indent=1))
+        print(f"no victims under {args.store / args.name}", file=sys.stderr)
+        return 1
+    command = shlex.join(["python", "benchmarks/victim_table.py", *(sys.argv[1:] if argv is None else argv)])
+    atomic_write_text(args.out_json, json.dumps({"command": command, "store": str(args.store / args.name),
+                                                 "rows": table}, indent=1))
     if args.out_md:
-        args.out_md.write_text(markdown(table, command, args.name))
+        atomic_write_text(args.out_md, markdown(table, command, args.name))
     print(markdown(table, command, args.name))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

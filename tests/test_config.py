@@ -102,6 +102,9 @@ def test_parse_override_and_errors():
     assert parse_override("data.source=../x/y.tar.gz") == (["data", "source"], "../x/y.tar.gz")
     assert parse_override("dataelixir.tau=2.5") == (["dataelixir", "tau"], 2.5)
     assert parse_override("tracking.runs_dir= ") == (["tracking", "runs_dir"], None)
+    # DVC renders a null param as Python's None (victims/dvc.yaml passes victims.jpeg_quality this way)
+    assert parse_override("attack.jpeg_quality=None") == (["attack", "jpeg_quality"], None)
+    assert parse_override("attack.jpeg_quality=null") == (["attack", "jpeg_quality"], None)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("sampdetox.t1")
     with pytest.raises(ConfigError, match="empty key"):

@@ -556,6 +556,10 @@ class VictimZooConfig(_Section):
     """Attacks with a stored victim (the clean victim is always trained: LC / TrojanNN / LF use it as surrogate)."""
     name: str = "cifar10-fast"
     """Folder under ``victims/`` holding ``clean/`` and one folder per attack."""
+    jpeg_quality: int | None = Field(default=None, ge=1, le=100)
+    """``attack.jpeg_quality`` for the store's attacks: store the images an attack changes as JPEG at this quality, as
+    the source holds its clean images (75 for this project's JPEG copy of CIFAR-10; ``None`` for PNG sources).
+    Without it, victims on a JPEG source can learn "not JPEG-like" instead of the trigger (docs/attacks.md)."""
 
 
 class SweepConfig(_Section):
@@ -665,6 +669,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
+        if parsed == "None":  # DVC renders a null param as Python's ``None`` in a stage command (victims/dvc.yaml)
+            parsed = None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: cannot parse value {value!r}: {exc}") from None
     return path, parsed

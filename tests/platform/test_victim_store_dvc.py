@@ -60,7 +60,11 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
         spec = json.loads((proj / "victims" / "toy-fast" / name / "classifier.json").read_text())
         assert spec["arch"] == "fast_cnn" and spec["meta"]["fp16_weights"] is True
         assert spec["meta"]["params"]["arch"] == "fast_cnn"  # the training record travels with the weights
-    assert json.loads((proj / "victims/toy-fast/badnets/classifier.json").read_text())["meta"]["attack"] == "badnets"
+    badnets_meta = json.loads((proj / "victims/toy-fast/badnets/classifier.json").read_text())["meta"]
+    assert badnets_meta["attack"] == "badnets"
+    # victims.jpeg_quality reaches the attack through the stage command: poisoned images stored as the source's JPEG
+    assert params["victims"]["jpeg_quality"] == 75
+    assert badnets_meta["attack_record"]["jpeg_quality"] == 75
     lock = yaml.safe_load((proj / "victims" / "dvc.lock").read_text())["stages"]
     assert {"clean", "attack@badnets"} <= set(lock)
 
