@@ -36,6 +36,7 @@ import torch
 
 from detoxops.config import Params, load_params
 from detoxops.data import ImageSet, load_source
+from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, detection_rates, percent, poisoned_accuracy
 from detoxops.models import load_classifier, predict
 from detoxops.operations import load_chosen_purifier, poison, sanitize, train_victim
@@ -111,6 +112,33 @@ def reference_model(seed_dir: Path, splits: dict[str, ImageSet], params: Params,
         stages, "reference_train")
 
 
+def detection(train: ImageSet, purified: ImageSet) -> dict:
+    """DataElixir's detection numbers for one sanitised set. ``tpr`` is over all truly poisoned samples, as the
+    reference defines it; ``tpr_label_changing`` is over the poisoned samples whose label the attack changed. They
+    differ because BackdoorBench draws dirty-label poison from all classes (about 10 % of it already has the target
+    label, so restoring its label changes nothing and it can never count as detected), while DataElixir's own code
+    excludes the target class: its TPR is the second number."""
+    tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
+    poisoned_flags = np.asarray(train.poisoned, dtype=bool)
+    label_changing = poisoned_flags & (train.labels != train.original_labels)
+    flagged = purified.labels != train.labels
+    restored = purified.labels == train.original_labels
+    share = lambda mask, of: float(mask[of].mean()) if of.any() else None  # noqa: E731
+    return {
+        "tpr": None if tpr != tpr else tpr, "fpr": None if fpr != fpr else fpr,
+        "label_changing_poisoned": int(label_changing.sum()),
+        "tpr_label_changing": share(flagged, label_changing),
+        # labels of the purified set equal to the true (pre-attack) labels: over all samples, and over the truly
+        # poisoned ones (how many of the poison got its own label back; for clean-label attacks it never lost it)
+        "label_acc": float(restored.mean()),
+        "label_acc_poisoned": share(restored, poisoned_flags),
+    }
+
+
+def _entry_train(attack: str, entry: Path, splits: dict[str, ImageSet]) -> ImageSet:
+    return splits["train"] if attack == "clean" else ImageSet.load(entry / "poisoned" / "train")
+
+
 def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict[str, ImageSet], work: Path) -> dict:
     params = seed_params(base, seed, attack)
     seed_dir = work / f"seed{seed}"
@@ -119,7 +147,11 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     done = elixir_dir / "result.json"
     if done.is_file():
         print(f"{attack} seed {seed}: done ({done})", flush=True)
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        if "tpr_label_changing" not in row:  # an entry finished before that column existed: computed from its sets
+            row |= detection(_entry_train(attack, entry, splits), ImageSet.load(elixir_dir / "purified"))
+            atomic_write_text(done, json.dumps(row, indent=1, default=float))
+        return row
     print(f"{attack} seed {seed}: {entry}", flush=True)
     stages = Stages()
     entry.mkdir(parents=True, exist_ok=True)
@@ -157,9 +189,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
                                            default=float))
     summary = json.loads(summary_file.read_text())
     purified = ImageSet.load(purified_dir)
-    tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
     poisoned_flags = np.asarray(train.poisoned, dtype=bool)
-    restored = purified.labels == train.original_labels
 
     retrained_dir = elixir_dir / "retrained"
     retrained = trained(retrained_dir, lambda: train_victim(
@@ -171,12 +201,8 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
         "true_target": None if attack == "clean" else int(target),
         "target_labels": summary["target_labels"],
         "target_found": None if attack == "clean" else summary["target_labels"] == [int(target)],
-        "tpr": None if tpr != tpr else tpr, "fpr": None if fpr != fpr else fpr,
+        **detection(train, purified),
         "flagged": summary["flagged"], "sets": summary["sets"],
-        # labels of the purified set equal to the true (pre-attack) labels: over all samples, and over the truly
-        # poisoned ones (how many of the poison got its own label back; for clean-label attacks it never lost it)
-        "label_acc": float(restored.mean()),
-        "label_acc_poisoned": float(restored[poisoned_flags].mean()) if poisoned_flags.any() else None,
         "victim": scores(victim, splits["test"], triggered, target),
         "reference": scores(reference, splits["test"], triggered, target),
         "retrained": scores(retrained, splits["test"], triggered, target),
@@ -185,7 +211,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
         "elixir_key": elixir_dir.name,
         "stage_seconds": stages.seconds, "stage_load": stages.load,
     }
-    done.write_text(json.dumps(row, indent=1, default=float))
+    atomic_write_text(done, json.dumps(row, indent=1, default=float))
     print(json.dumps({k: row[k] for k in ("attack", "seed", "target_labels", "tpr", "fpr", "label_acc",
                                           "victim", "reference", "retrained", "stage_seconds")}, default=float),
           flush=True)
@@ -208,8 +234,8 @@ def markdown_table(report: dict) -> str:
         f"Machine: {report['machine']['cpu']}, {report['machine']['torch_threads']} torch thread(s); load average at "
         f"start {report['machine']['load_average_at_start']}; code {report['code_version']}.",
         "",
-        "| attack | seed | n | poisoned | target found | detected | TPR | FPR | label acc (all / poisoned) "
-        "| victim ACC / ASR | unpoisoned ACC | retrained ACC / ASR | stage seconds |",
+        "| attack | seed | n | poisoned | target found | detected | TPR (all poisoned / label-changing) | FPR "
+        "| label acc (all / poisoned) | victim ACC / ASR | unpoisoned ACC | retrained ACC / ASR | stage seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
@@ -218,10 +244,14 @@ def markdown_table(report: dict) -> str:
         secs = ", ".join(f"{k} {s:.0f}" for k, s in r["stage_seconds"].items()) or "(resumed)"
         lines.append(
             f"| {r['attack']} | {r['seed']} | {r['n']} | {r['poisoned']} | {found} | {r['target_labels'] or 'none'} "
-            f"| {pct(r['tpr'])} | {pct(r['fpr'])} | {pct(r['label_acc'])} / {pct(r['label_acc_poisoned'])} "
+            f"| {pct(r['tpr'])} / {pct(r.get('tpr_label_changing'))} | {pct(r['fpr'])} | {pct(r['label_acc'])} / {pct(r['label_acc_poisoned'])} "
             f"| {pct(v['acc'])} / {pct(v.get('asr'))} | {pct(ref['acc'])} | {pct(rt['acc'])} / {pct(rt.get('asr'))} "
             f"| {secs} |"
         )
+    lines += ["", "TPR over all poisoned samples (the reference's definition) / over those whose label the attack "
+              "changed: BackdoorBench draws dirty-label poison from every class, so about 10 % of it already carries "
+              "the target label and cannot be detected by a label change; DataElixir's own code excludes the target "
+              "class, so its TPR is the second number."]
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,9 @@ def test_table_fields_and_resume(tmp_path):
     tpr, fpr = detection_rates(train.labels, purified.labels, train.poisoned)
     assert (tpr, fpr) == (badnets["tpr"], badnets["fpr"])
     assert np.isclose((purified.labels == train.original_labels).mean(), badnets["label_acc"])
+    assert badnets["label_changing_poisoned"] == int((train.poisoned & (train.labels != train.original_labels)).sum())
+    assert badnets["tpr_label_changing"] is None or 0.0 <= badnets["tpr_label_changing"] <= 1.0
+    assert clean["tpr_label_changing"] is None and clean["label_changing_poisoned"] == 0
     md = (tmp_path / "docs" / "tiny.md").read_text()
     assert "| badnets | 1 | 60 | 6 |" in md and "| clean | 1 | 60 | 0 | – (clean) |" in md
 
@@ -77,6 +80,14 @@ def test_table_fields_and_resume(tmp_path):
     mtime = result_file.stat().st_mtime_ns
     again = run(tmp_path)
     assert again["rows"] == report["rows"] and result_file.stat().st_mtime_ns == mtime
+
+    # an entry finished before the label-changing TPR existed gets it from its stored sets, nothing rerun
+    legacy = json.loads(result_file.read_text())
+    for key in ("tpr_label_changing", "label_changing_poisoned"):
+        legacy.pop(key)
+    result_file.write_text(json.dumps(legacy))
+    upgraded = run(tmp_path)["rows"][1]
+    assert upgraded == badnets and "tpr_label_changing" in json.loads(result_file.read_text())
 
     # resume 2: the result lost, the stages kept -> rebuilt with nothing trained or sanitised again
     result_file.unlink()
@@ -93,3 +104,21 @@ def test_table_fields_and_resume(tmp_path):
     assert rows[1]["elixir_key"] != badnets["elixir_key"]
     assert set(rows[1]["stage_seconds"]) == {"sanitize", "retrain"}
     assert rows[1]["victim"] == badnets["victim"]
+
+
+def test_detection_counts_label_changing_poison_apart():
+    from detoxops.data import ImageSet
+
+    # 10 samples, target 0. Poisoned: 0-3 (0 already had label 0: BackdoorBench draws from every class).
+    original = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    raw = np.array([0, 0, 0, 0, 4, 5, 6, 7, 8, 9])
+    poisoned = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    images = np.zeros((10, 4, 4, 3), dtype=np.uint8)
+    names = [str(c) for c in range(10)]
+    train = ImageSet(images=images, labels=raw, class_names=names, original_labels=original, poisoned=poisoned)
+    # restored: 1 (right), 2 (wrong label, still a change); 3 missed; one clean sample (4) changed
+    purified = ImageSet(images=images, labels=np.array([0, 1, 5, 0, 7, 5, 6, 7, 8, 9]), class_names=names)
+    d = bench.detection(train, purified)
+    assert d["tpr"] == 2 / 4 and d["fpr"] == 1 / 6
+    assert d["label_changing_poisoned"] == 3 and d["tpr_label_changing"] == 2 / 3
+    assert d["label_acc"] == 7 / 10 and d["label_acc_poisoned"] == 2 / 4
