@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _record import provenance
 
 from detoxops.attacks import registry
 from detoxops.config import DataConfig
@@ -79,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for victim, run in pairs:
         rows.append(compare(victim, run, test.images[idx], test.labels[idx]))
         print(rows[-1], flush=True)
-    record = {"command": shlex.join(["python", *sys.argv]), "rows": rows, "seed": args.seed,
-              "seconds": round(time.perf_counter() - t0, 1),
-              "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip(),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": args.threads, "load_avg_end": list(os.getloadavg())}}
+    record = {"rows": rows, "seed": args.seed,
+              "seconds": round(time.perf_counter() - t0, 1)} | provenance(__file__, argv, args.threads)
     atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import provenance  # noqa: E402
 from patch_repair_eval import clean_test, defend  # noqa: E402
 from sampdetox_eval import split_indices  # noqa: E402
 
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["triggered"], entry["true"], _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
         victims[name] = entry
 
-    record = {"command": shlex.join(["python", *sys.argv]), "split": args.split, "n_clean": int(len(cidx)),
+    record = {"split": args.split, "n_clean": int(len(cidx)),
               "n_poisoned": args.n_poisoned, "seed": args.seed, "purifier": str(args.purifier), "rows": []}
     if args.out.is_file():  # resume: settings already measured with the same images are kept
         old = json.loads(args.out.read_text())
@@ -119,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         "triggered_seconds": round(secs, 1)}
             print(json.dumps(row), flush=True)
             record["rows"].append(row)
-            record["code"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=ROOT).stdout.strip()
-            record["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                 "threads": args.threads, "load_avg_end": list(os.getloadavg())}
+            record |= provenance(__file__, argv, args.threads)
             atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import provenance  # noqa: E402
 from patch_repair_eval import clean_test  # noqa: E402
 from sampdetox_eval import split_indices  # noqa: E402
 
@@ -103,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["jpeg"]["trigger_asr"] = share(jpeg_roundtrip(triggered, args.jpeg))
         rows[name] = row
         print(name, json.dumps(row), flush=True)
-    record = {"command": shlex.join(["python", *sys.argv]), "images": f"{args.n} validation-half test images, "
-              "non-target ones", "rows": rows, "blur_sigma": args.blur, "seed": args.seed,
-              "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip(),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": args.threads, "load_avg_end": list(os.getloadavg())}}
+    record = {"images": f"{args.n} validation-half test images, non-target ones", "rows": rows,
+              "blur_sigma": args.blur, "seed": args.seed} | provenance(__file__, argv, args.threads)
     atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _record import provenance
 
 from detoxops.config import DataConfig
 from detoxops.data import load_splits
@@ -56,11 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    record = {"command": shlex.join(["python", *sys.argv]), "victim": args.victim, "data": args.data,
-              "seed": args.seed, "splits": fit_check(args.victim, args.data, args.n, args.seed),
-              "seconds": round(time.perf_counter() - t0, 1),
-              "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                          "load_avg_end": list(os.getloadavg())}}
+    record = {"victim": args.victim, "data": args.data, "seed": args.seed,
+              "splits": fit_check(args.victim, args.data, args.n, args.seed),
+              "seconds": round(time.perf_counter() - t0, 1)} | provenance(__file__, argv, args.threads)
     atomic_write_text(args.out, json.dumps(record, indent=1))
     return 0
 

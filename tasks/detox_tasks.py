@@ -176,7 +176,7 @@ def _set_name(path: str) -> str:
 
 def log_defense_rows(rows: list[dict[str, Any]], flow: str, parent_run_id: str, tags: dict[str, Any], prefix: str) -> list[str]:
     """A nested MLflow run per defense: metrics ``ca``/``pa``/``asr`` as fractions, throughput, map quality, the
-    label drift of the clean images (``drift_inflow`` / ``drift_changed``; tags ``detoxops.drift_class`` and
+    label drift of the clean images (``drift_inflow`` / ``drift_changed`` / ``drift_p``; tags ``detoxops.drift_class`` and
     ``detoxops.drift_flagged``); the samples folder as ``samples/``."""
     import mlflow
 
@@ -192,7 +192,7 @@ def log_defense_rows(rows: list[dict[str, Any]], flow: str, parent_run_id: str, 
         ) as active:
             metrics = {k: float(row[k]) for k in ("ca", "pa", "asr") if k in row}
             for key in ("seconds", "images_per_s", "map_auc", "trigger_level", "image_level", "drift_inflow",
-                        "drift_changed"):
+                        "drift_changed", "drift_p"):
                 if isinstance(row.get(key), int | float) and np.isfinite(row[key]):
                     metrics[key] = float(row[key])
             mlflow.log_metrics(metrics)

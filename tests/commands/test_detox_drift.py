@@ -37,7 +37,7 @@ def test_drift_reports_and_gates(tmp_path, monkeypatch):
     assert report["flagged"] == (report["top_inflow"] >= 0.1) and report["data_version"]
 
     # a flagged drift fails the gate with status 3 (the drift itself is tested with real defenses elsewhere)
-    flagged = label_drift(np.array([1, 2, 1, 2]), np.array([0, 0, 0, 2]), 3)
+    flagged = label_drift(np.array([1, 2, 1, 2]), np.array([0, 0, 0, 2]), 3, alpha=1.0)
     monkeypatch.setattr("detoxops.defenses.guard.Detoxifier.check_drift", lambda self, *a, **k: flagged)
     gate = runner.invoke(app, [*args, "--fail-on-flag"])
     assert gate.exit_code == 3 and "FLAGGED" in gate.output and "class a" in gate.output

@@ -26,11 +26,34 @@ def test_inflow_into_one_class_is_flagged_spread_changes_are_not():
     spread[moved] = np.arange(12) % 4 + 5  # 12 changed labels over classes 5..8: 3 points each
     drift = label_drift(before, spread, 10)
     assert drift.changed == pytest.approx(0.12) and drift.top_inflow == pytest.approx(0.03) and not drift.flagged
-    assert label_drift(before, spread, 10, max_inflow=0.03).flagged  # the threshold is inclusive
+    assert label_drift(before, spread, 10, max_inflow=0.03, alpha=1.0).flagged  # the threshold is inclusive
+    assert not label_drift(before, spread, 10, max_inflow=0.03).flagged  # but 3 of 12 into one class is chance
+
+    # significance: 12 of 12 changed labels into one of 9 other classes is no chance (p = 9^-12)
+    assert label_drift(before, to_target, 10).p_value == pytest.approx(9.0 ** -12)
 
     names = [f"c{i}" for i in range(10)]
     assert "class c7" in label_drift(before, to_target, 10).describe(names)
     assert label_drift(before, to_target, 10).to_dict()["inflow"][7] == pytest.approx(0.12)
+
+
+def test_a_few_images_on_a_small_sample_are_not_flagged():
+    # 20 images; 3 change label, 2 of them into class 3: a 10-point inflow, but P(>= 2 of 3 | 1/9 each) = 0.037
+    before = np.arange(20) % 10
+    after = before.copy()
+    after[[0, 1, 2]] = [3, 3, 5]
+    drift = label_drift(before, after, 10)
+    assert drift.top_class == 3 and drift.top_inflow == pytest.approx(0.10)
+    assert drift.p_value == pytest.approx(3 * (1 / 9) ** 2 * (8 / 9) + (1 / 9) ** 3)
+    assert not drift.flagged and "chance" in drift.describe()
+    assert label_drift(before, after, 10, alpha=0.05).flagged  # a looser test flags it
+    # the same share on 200 images (20 of 30 changed labels into class 3) is flagged
+    big_before = np.arange(200) % 10
+    big_after = big_before.copy()
+    big_after[np.flatnonzero(big_before != 3)[:30]] = np.r_[np.full(20, 3), np.arange(10) % 2 + 5]
+    big = label_drift(big_before, big_after, 10)
+    assert big.top_inflow == pytest.approx(0.10) and big.p_value < 1e-9 and big.flagged
+    assert big.to_dict()["p_value"] == big.p_value
 
 
 @pytest.mark.parametrize("before, after, classes, inflow, message", [
@@ -45,6 +68,8 @@ def test_inflow_into_one_class_is_flagged_spread_changes_are_not():
 def test_bad_inputs_are_named(before, after, classes, inflow, message):
     with pytest.raises(ValueError, match=message):
         label_drift(before, after, classes, inflow)
+    with pytest.raises(ValueError, match="alpha"):
+        label_drift(np.array([0, 1]), np.array([0, 1]), 10, 0.1, alpha=0.0)
 
 
 class Blur:

@@ -9,8 +9,12 @@ images from the deployment domain, run the defense and compare the classifier's 
 * ``inflow[c]`` = share of images labelled ``c`` after the defense − share labelled ``c`` before. A defense that
   fires no backdoor spreads its changed labels over the classes (inflows of a few points either way); one that fires a
   backdoor sends them to its target (a large positive inflow into one class).
-* The drift is **flagged** when the largest inflow reaches ``max_inflow`` (absolute share). The flagged class is then
-  the likely target of a backdoor that the defense itself triggers; either way its outputs behind this defense are not to be trusted.
+* The drift is **flagged** when the largest inflow reaches ``max_inflow`` (absolute share) **and** is unlikely to be
+  chance: among the images whose label changed, the number that moved into that class is tested against "a changed
+  label goes to any of the other C − 1 classes alike" (one-sided binomial, ``p_value`` ≤ ``alpha``). The threshold
+  bounds the effect; the test keeps a small sample from flagging on a few images (on 20 images, two moving into one
+  class are already a 10-point inflow). The flagged class is then the likely target of a backdoor that the defense
+  itself triggers; either way its outputs behind this defense are not to be trusted.
 
 No ground-truth labels are needed: the classifier's own labels of the undefended images are the reference, so the
 check runs on any unlabelled clean sample of the deployment domain.
@@ -21,12 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 
-__all__ = ["LabelDrift", "label_drift", "DEFAULT_MAX_INFLOW"]
+__all__ = ["LabelDrift", "label_drift", "DEFAULT_MAX_INFLOW", "DEFAULT_ALPHA"]
 
 DEFAULT_MAX_INFLOW = 0.10
 """Flag at a 10-point net inflow into one class (measured spread on backdoor-free drift: benchmarks/
 defended_clean_labels.py, docs/sampdetox.md)."""
+
+DEFAULT_ALPHA = 0.01
+"""Significance level of the binomial test that the inflow is not chance."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +48,15 @@ class LabelDrift:
     top_inflow: float
     max_inflow: float
     flagged: bool
+    p_value: float = 1.0
+    """Chance of at least this many changed labels landing in ``top_class`` if changed labels went to any other
+    class alike."""
+    alpha: float = DEFAULT_ALPHA
 
     def to_dict(self) -> dict:
         return {"n": self.n, "changed": self.changed, "inflow": [float(v) for v in self.inflow],
                 "top_class": self.top_class, "top_inflow": self.top_inflow, "max_inflow": self.max_inflow,
-                "flagged": self.flagged}
+                "p_value": self.p_value, "alpha": self.alpha, "flagged": self.flagged}
 
     def describe(self, class_names: list[str] | None = None) -> str:
         name = class_names[self.top_class] if class_names else str(self.top_class)
@@ -54,11 +66,14 @@ class LabelDrift:
             return (head + f" (>= {100 * self.max_inflow:.0f}): FLAGGED - the defense sends clean images to one "
                     "class, so it likely fires a backdoor in this model itself; do not trust this model's outputs "
                     "behind this defense (lower noise levels did not help where measured: docs/sampdetox.md)")
+        if self.top_inflow >= self.max_inflow:
+            return head + (f" (>= {100 * self.max_inflow:.0f}, but p = {self.p_value:.2g} > {self.alpha:g}: too few "
+                           "images to tell it from chance; check more clean images)")
         return head + f" (< {100 * self.max_inflow:.0f}): no class draws the changed labels"
 
 
 def label_drift(before: np.ndarray, after: np.ndarray, num_classes: int,
-                max_inflow: float = DEFAULT_MAX_INFLOW) -> LabelDrift:
+                max_inflow: float = DEFAULT_MAX_INFLOW, alpha: float = DEFAULT_ALPHA) -> LabelDrift:
     """The drift of labels ``before`` → ``after`` (the classifier's labels of the same clean images without and
     with the defense)."""
     before, after = np.asarray(before), np.asarray(after)
@@ -73,9 +88,16 @@ def label_drift(before: np.ndarray, after: np.ndarray, num_classes: int,
                              f"{labels.dtype} in [{labels.min()}, {labels.max()}]")
     if not 0.0 < max_inflow <= 1.0:
         raise ValueError(f"max_inflow must be in (0, 1], got {max_inflow}")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     n = len(before)
     inflow = (np.bincount(after, minlength=num_classes) - np.bincount(before, minlength=num_classes)) / n
     top = int(np.argmax(inflow))
-    return LabelDrift(n=n, changed=float(np.mean(before != after)), inflow=inflow, top_class=top,
+    changed = before != after
+    into_top = int(np.sum(changed & (after == top)))
+    # one-sided binomial tail P(X >= into_top), X ~ Bin(changed images, 1 / (C - 1))
+    p_value = float(binom.sf(into_top - 1, int(changed.sum()), 1.0 / (num_classes - 1))) if into_top else 1.0
+    return LabelDrift(n=n, changed=float(np.mean(changed)), inflow=inflow, top_class=top,
                       top_inflow=float(inflow[top]), max_inflow=float(max_inflow),
-                      flagged=bool(inflow[top] >= max_inflow))
+                      flagged=bool(inflow[top] >= max_inflow and p_value <= alpha), p_value=p_value,
+                      alpha=float(alpha))

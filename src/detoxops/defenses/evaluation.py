@@ -186,13 +186,13 @@ def drift_measures(reference_clean_pred: np.ndarray | None, clean_pred: np.ndarr
                    clean_labels: np.ndarray) -> dict[str, Any]:
     """The label drift of the clean images (:func:`detoxops.defenses.drift.label_drift`: the classifier's labels
     without the defense as reference): ``drift_changed`` / ``drift_inflow`` (fractions), ``drift_class``,
-    ``drift_flagged``. Empty without a reference or clean images."""
+    ``drift_p`` (the binomial test's p-value), ``drift_flagged``. Empty without a reference or clean images."""
     if reference_clean_pred is None or len(clean_pred) == 0:
         return {}
     num_classes = int(max(np.max(reference_clean_pred), np.max(clean_pred), np.max(clean_labels))) + 1
     drift = label_drift(np.asarray(reference_clean_pred), np.asarray(clean_pred), max(num_classes, 2))
     return {"drift_changed": drift.changed, "drift_inflow": drift.top_inflow, "drift_class": drift.top_class,
-            "drift_flagged": drift.flagged}
+            "drift_p": drift.p_value, "drift_flagged": drift.flagged}
 
 
 def evaluate_defense(
