@@ -266,6 +266,12 @@ class DiffusionTrainConfig(_Section):
     steps: int = Field(default=5000, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=2e-4, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """``constant``: ``lr`` throughout (a budget-bound run that may be trained on later); ``linear`` / ``cosine``: from
+    ``lr`` down towards 0 over the last ``lr_decay_steps`` of ``steps`` — the final anneal of a run trained at a
+    constant rate (resume it with a larger ``steps``; docs/diffusion.md measures what it buys)."""
+    lr_decay_steps: int | None = Field(default=None, ge=1)
+    """Length of the decay at the end of ``steps``; ``None`` = all of ``steps``."""
     weight_decay: float = Field(default=0.0, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     max_t: int | None = Field(default=None, ge=1)

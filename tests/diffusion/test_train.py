@@ -178,3 +178,34 @@ def test_bf16_precision_trains_and_fp32_is_the_reference(tmp_path, tiny_train_cf
     # both learn, to within 20 % of each other's loss
     assert h16["loss"][-1][1] < h16["loss"][0][1] and abs(h16["loss"][-1][1] - h32["loss"][-1][1]) < 0.2 * h32[
         "loss"][-1][1]
+
+
+def test_lr_schedules_decay_over_the_last_steps():
+    from detoxops.config import DiffusionTrainConfig
+    from detoxops.diffusion.train import lr_factor
+
+    const = DiffusionTrainConfig(steps=10)
+    assert [lr_factor(s, const) for s in range(10)] == [1.0] * 10
+    linear = DiffusionTrainConfig(steps=10, lr_schedule="linear", lr_decay_steps=4)
+    assert [lr_factor(s, linear) for s in range(10)] == pytest.approx([1] * 6 + [1.0, 0.75, 0.5, 0.25])
+    cosine = DiffusionTrainConfig(steps=10, lr_schedule="cosine")  # the whole run
+    factors = [lr_factor(s, cosine) for s in range(10)]
+    assert factors[0] == pytest.approx(1.0) and factors[5] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(factors, factors[1:])) and 0 < factors[-1] < 0.03
+
+
+def test_an_anneal_resumes_a_constant_run_and_follows_its_schedule(tmp_path, tiny_train_cfg, ramp_images):
+    images = ramp_images(32)
+    # a budget run at a constant rate, then trained on to step 20 with a linear decay over its last 10 steps
+    train_purifier(images, tiny_train_cfg(10), tmp_path / "a", progress=False)
+    annealed, history = train_purifier(images, tiny_train_cfg(20, lr_schedule="linear", lr_decay_steps=10,
+                                                              checkpoint_every=5), tmp_path / "a", progress=False)
+    lr = 2e-3
+    # recorded at checkpoints: the rate of the update that reached the step
+    assert [s for s, _ in history["lr"]] == [10, 15, 20]
+    assert [r for _, r in history["lr"]] == pytest.approx([lr, lr * 0.6, lr * 0.1])
+    # the same as an uninterrupted run with that schedule (the optimizer's rate follows the config on resume)
+    straight, _ = train_purifier(images, tiny_train_cfg(20, lr_schedule="linear", lr_decay_steps=10,
+                                                        checkpoint_every=5), tmp_path / "b", progress=False)
+    for p, q in zip(straight.unet.parameters(), annealed.unet.parameters(), strict=True):
+        assert torch.equal(p, q)

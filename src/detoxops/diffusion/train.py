@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from detoxops.config import DiffusionConfig
+from detoxops.config import DiffusionConfig, DiffusionTrainConfig
 from detoxops.data.imageset import atomic_dir
 from detoxops.devices import bf16_autocast, resolve_device  # resolve_device re-exported
 from detoxops.diffusion.purifier import Purifier
@@ -50,6 +51,20 @@ def _sample_levels(n: int, max_t: int, generator: torch.Generator) -> Tensor:
     wide = torch.randint(1, max_t + 1, (n - n // 2,), generator=generator)
     low = torch.randint(1, min(LOW_BAND, max_t) + 1, (n // 2,), generator=generator)
     return torch.cat([wide, low])
+
+
+def lr_factor(step: int, tc: DiffusionTrainConfig) -> float:
+    """Multiplier of ``tc.lr`` for the update made at 0-based ``step``: 1 before the decay window (the last
+    ``lr_decay_steps`` of ``tc.steps``), then falling to ``1 / lr_decay_steps`` (linear) or ~0 (cosine) at the last
+    update."""
+    if tc.lr_schedule == "constant":
+        return 1.0
+    window = min(tc.lr_decay_steps or tc.steps, tc.steps)
+    remaining = tc.steps - step  # updates left, this one included
+    if remaining >= window:
+        return 1.0
+    frac = max(remaining, 0) / window  # 1 at the window's start, 1 / window at the last update
+    return frac if tc.lr_schedule == "linear" else 0.5 * (1.0 - math.cos(math.pi * frac))
 
 
 def train_purifier(
@@ -143,6 +158,9 @@ def train_purifier(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        lr_now = tc.lr * lr_factor(step, tc)  # set every step: a resumed run follows the config, not the checkpoint
+        for group in opt.param_groups:
+            group["lr"] = lr_now
         opt.step()
         # EMA starts after a short warm-up so early random weights do not dominate the average.
         _ema_update(ema, unet, tc.ema_decay if step >= 100 else 0.0)
@@ -158,6 +176,7 @@ def train_purifier(
             cpu_budget_s is not None and prior_cpu + train_cpu >= cpu_budget_s)
         if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
             history["loss"].append([step, running])
+            history.setdefault("lr", []).append([step, lr_now])
             history["step"] = step
             history["seconds"] = prior_seconds + train_seconds
             history["cpu_seconds"] = prior_cpu + train_cpu
