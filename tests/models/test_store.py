@@ -138,8 +138,10 @@ def test_stored_ssba_keeps_the_encoder_only_and_triggers_the_same(tmp_path):
     from detoxops.attacks import registry
     from detoxops.models.store import store_attack_state, victim_attack
 
-    ssba = registry.create("ssba", target=0, image_size=16, num_classes=10, options={"width": 4})
-    ssba._fitted = True  # an unfitted encoder is still a deterministic network: enough to compare its copies
+    ssba = registry.create("ssba", target=0, image_size=16, num_classes=10,
+                           options={"width": 4, "steps": 2, "batch_size": 4})
+    # two fitting steps: a fitted (if useless) encoder, enough to compare the store's copy with the run's
+    ssba.fit(np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), progress=False)
     run = tmp_path / "run"
     ssba.save_state(run / "state")
     (run / "attack.json").write_text(json.dumps(ssba.describe()))
