@@ -36,6 +36,7 @@ import torch
 
 from detoxops.config import Params, load_params
 from detoxops.data import ImageSet, load_source
+from detoxops.defenses.dataelixir import module_fingerprint
 from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, detection_rates, percent, poisoned_accuracy
 from detoxops.models import load_classifier, predict
@@ -80,11 +81,30 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
     return base.model_copy(update=upd)
 
 
-def elixir_key(params: Params) -> str:
-    """What the DataElixir part of an entry depends on beyond the victim: its settings and the relabel recipe."""
-    blob = json.dumps({"dataelixir": params.dataelixir.model_dump(mode="json"),
-                       "victim": params.victim.model_dump(mode="json")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
+    """What the DataElixir part of an entry depends on beyond the victim: its settings, the relabel recipe and the
+    purifier (its weights' fingerprint; ``None`` gives the key of entries made before the purifier was part of it)."""
+    spec = {"dataelixir": params.dataelixir.model_dump(mode="json"), "victim": params.victim.model_dump(mode="json")}
+    if purifier_fp is not None:
+        spec["purifier"] = purifier_fp
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def stored_purifiers(elixir_dir: Path) -> set[str]:
+    """Fingerprints of the purifiers whose candidate shards an elixir folder holds."""
+    return {json.loads(f.read_text()).get("purifier") for f in elixir_dir.glob("work/candidates/*/fingerprint.json")}
+
+
+def elixir_folder(entry: Path, params: Params, purifier_fp: str) -> Path:
+    """The entry's DataElixir folder for these settings and this purifier. A folder of the older key (settings
+    only) is taken over — renamed — when its candidates were made with this purifier; one made with another
+    purifier is left alone, so a new default purifier never reuses another purifier's results."""
+    folder = entry / f"elixir-{elixir_key(params, purifier_fp)}"
+    legacy = entry / f"elixir-{elixir_key(params)}"
+    if not folder.exists() and legacy.is_dir() and stored_purifiers(legacy) == {purifier_fp}:
+        legacy.rename(folder)
+        print(f"{legacy.name} (made with this purifier) renamed to {folder.name}", flush=True)
+    return folder
 
 
 def trained(folder: Path, fn, stages: Stages, name: str):
@@ -143,15 +163,19 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     params = seed_params(base, seed, attack)
     seed_dir = work / f"seed{seed}"
     entry = seed_dir / attack
-    elixir_dir = entry / f"elixir-{elixir_key(params)}"
+    purifier_fp = module_fingerprint(purifier.unet)
+    elixir_dir = elixir_folder(entry, params, purifier_fp)
     done = elixir_dir / "result.json"
     if done.is_file():
         print(f"{attack} seed {seed}: done ({done})", flush=True)
         row = json.loads(done.read_text())
+        upgraded = dict(row)
         if "tpr_label_changing" not in row:  # an entry finished before that column existed: computed from its sets
-            row |= detection(_entry_train(attack, entry, splits), ImageSet.load(elixir_dir / "purified"))
-            atomic_write_text(done, json.dumps(row, indent=1, default=float))
-        return row
+            upgraded |= detection(_entry_train(attack, entry, splits), ImageSet.load(elixir_dir / "purified"))
+        upgraded |= {"purifier": purifier_fp, "elixir_key": elixir_dir.name}  # entries older than the purifier key
+        if upgraded != row:
+            atomic_write_text(done, json.dumps(upgraded, indent=1, default=float))
+        return upgraded
     print(f"{attack} seed {seed}: {entry}", flush=True)
     stages = Stages()
     entry.mkdir(parents=True, exist_ok=True)
@@ -208,7 +232,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
         "retrained": scores(retrained, splits["test"], triggered, target),
         "anomaly_index": summary.get("anomaly_index"),
         "dataelixir": params.dataelixir.model_dump(mode="json"),
-        "elixir_key": elixir_dir.name,
+        "elixir_key": elixir_dir.name, "purifier": purifier_fp,
         "stage_seconds": stages.seconds, "stage_load": stages.load,
     }
     atomic_write_text(done, json.dumps(row, indent=1, default=float))

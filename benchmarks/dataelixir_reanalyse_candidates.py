@@ -4,7 +4,10 @@ training. What it answers: which kept intermediaries make the detection fail (e.
 30 / 20 read as one class by the victim), before paying for a new candidate run.
 
     .venv/bin/python benchmarks/dataelixir_reanalyse_candidates.py runs/dataelixir_cifar10_fast/seed1/badnets \
-        --elixir elixir-<key> --levels 0 --levels 10 0
+        --elixir elixir-<key> --levels 0 --levels 10 0 [--first-rounds 1 2 3]
+
+``--first-rounds K ...`` also keeps only the candidates of the first K rounds: what fewer rounds (K / rounds of the
+candidate cost) would have detected, from one stored run.
 
 Stage 4 is not re-run: the purified image of a sample is stored for the selected candidate only, and the
 suspicious samples need the relabelling model. Reported per level set: target labels, B / P / S counts, and the
@@ -21,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _record import provenance
 
 from detoxops.config import DataElixirConfig, load_params
 from detoxops.data import ImageSet
-from detoxops.defenses.dataelixir import DataElixir
+from detoxops.defenses.dataelixir import DataElixir, module_fingerprint
 from detoxops.defenses.elixir.candidates import kept_levels
 from detoxops.defenses.elixir.target_label import detect_target_labels
 from detoxops.defenses.elixir.transitions import POISONED, SUSPICIOUS, analyse_transitions
+from detoxops.fileio import atomic_write_text
 from detoxops.metrics import detection_rates
 from detoxops.models import load_classifier
 from detoxops.operations import load_chosen_purifier
@@ -41,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--elixir", required=True, help="the elixir-<key> folder inside the entry")
     ap.add_argument("--levels", nargs="+", type=int, action="append", required=True,
                     help="levels to keep (repeat the option for several sets)")
+    ap.add_argument("--first-rounds", nargs="+", type=int, default=None,
+                    help="also analyse the candidates of the first K rounds only (default: all rounds)")
+    ap.add_argument("--purifier", default=None, help="the purifier the candidates were made with (folder or shipped "
+                    "name; default: the shipped one for the image size). Checked against the stored shards")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -51,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     if train is None:
         raise SystemExit(f"{entry}: no poisoned/ folder (the clean entry is not supported)")
     victim = load_classifier(entry / "victim")
-    purifier = load_chosen_purifier(None, load_params(ROOT / "params.yaml", announce=False).diffusion,
+    purifier = load_chosen_purifier(args.purifier, load_params(ROOT / "params.yaml", announce=False).diffusion,
                                     int(train.image_shape[0]))
+    # never recompute by accident: the shards must have been made with this purifier
+    stored = {json.loads(f.read_text()).get("purifier")
+              for f in (entry / args.elixir / "work").glob("candidates/*/fingerprint.json")}
+    if module_fingerprint(purifier.unet) not in stored:
+        raise SystemExit(f"{entry / args.elixir}: its candidates were made with purifier(s) {sorted(stored)}, not "
+                         f"with {args.purifier or 'the shipped default'} ({module_fingerprint(purifier.unet)}); "
+                         "pass that purifier with --purifier")
     # the stored shards of exactly these settings (the work store is keyed by data, victim, purifier and cfg):
     # every shard is finished, so nothing is computed
     cand = DataElixir(purifier, cfg).candidate_sets(train, victim, entry / args.elixir / "work", progress=False)
@@ -60,12 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     column_levels = per_round * cfg.rounds
     labels = np.asarray(train.labels)
     flags = np.asarray(train.poisoned, dtype=bool)
+    column_rounds = [r for r in range(1, cfg.rounds + 1) for _ in per_round]
+    first_rounds = args.first_rounds or [cfg.rounds]
+    bad = [k for k in first_rounds if not 1 <= k <= cfg.rounds]
+    if bad:
+        raise SystemExit(f"--first-rounds {bad}: the run has rounds 1..{cfg.rounds}")
     rows = []
-    for levels in args.levels:
+    for levels, upto in ((lv, k) for lv in args.levels for k in first_rounds):
         missing = sorted(set(levels) - set(per_round))
         if missing:
             raise SystemExit(f"levels {missing} were not kept (kept per round: {per_round})")
-        cols = [k for k, lv in enumerate(column_levels) if lv in levels]
+        cols = [k for k, lv in enumerate(column_levels) if lv in levels and column_rounds[k] <= upto]
         cl = cand["labels"][:, cols].astype(np.int64)
         for tau in sorted({cfg.tau, float(max(1, math.ceil(len(cols) / 2)))}):
             tr = analyse_transitions(cl, labels, train.num_classes, tau)
@@ -76,18 +97,21 @@ def main(argv: list[str] | None = None) -> int:
             in_p = is_target & (tr.sets == POISONED)
             new[in_p] = tr.consensus[in_p]
             tpr, fpr = detection_rates(labels, new, flags)
-            row = {"levels": levels, "candidates": len(cols), "tau": tau, "target_labels": det.target_labels,
+            row = {"levels": levels, "rounds": upto, "candidates": len(cols), "tau": tau, "target_labels": det.target_labels,
                    "sets": {"benign": int((tr.sets == 0).sum()), "poisoned": int((tr.sets == POISONED).sum()),
                             "suspicious": int((tr.sets == SUSPICIOUS).sum())},
                    "poisoned_in_P": int((flags & (tr.sets == POISONED)).sum()),
                    "target_in_S": int((is_target & (tr.sets == SUSPICIOUS)).sum()),
                    "tpr_P_only": tpr, "fpr_P_only": fpr,
+                   "tpr_P_only_label_changing": float((new != labels)[flags & (labels != train.original_labels)].mean())
+                   if (flags & (labels != train.original_labels)).any() else None,
                    "kl_index": np.round(det.kl_index, 2).tolist(), "count_index": np.round(det.count_index, 2).tolist()}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"entry": str(entry), "elixir": args.elixir,
-                                              "dataelixir": result["dataelixir"], "rows": rows}, indent=1))
+        atomic_write_text(args.out, json.dumps({"entry": str(entry), "elixir": args.elixir,
+                                                "dataelixir": result["dataelixir"], "rows": rows}
+                                               | provenance(__file__, argv, 1), indent=1))
     return 0
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -96,6 +98,28 @@ def test_table_fields_and_resume(tmp_path):
     for key in ("target_labels", "tpr", "fpr", "label_acc", "victim", "reference", "retrained"):
         assert rebuilt[key] == badnets[key], key
 
+    # the stage-2/3 re-analysis of the stored candidates reproduces the run's own sets, and refuses to recompute
+    # with a purifier the shards were not made with
+    import dataelixir_reanalyse_candidates as reanalyse
+
+    from detoxops.diffusion import load_purifier, save_purifier
+    from detoxops.diffusion.unet import shipped_purifier_dir
+
+    out = tmp_path / "re.json"
+    assert reanalyse.main([str(entry), "--elixir", badnets["elixir_key"], "--levels", "10", "0", "--levels", "0",
+                           "--first-rounds", "1", "--out", str(out)]) == 0
+    re_rows = json.loads(out.read_text())["rows"]
+    own = next(r for r in re_rows if r["levels"] == [10, 0] and r["tau"] == badnets["dataelixir"]["tau"])
+    assert own["rounds"] == 1 and own["candidates"] == 2 and own["target_labels"] == badnets["target_labels"]
+    assert own["sets"] == badnets["sets"]
+    other = load_purifier(shipped_purifier_dir("digits-16"))
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(0.01)
+    save_purifier(other, tmp_path / "other_purifier")
+    with pytest.raises(SystemExit, match="made with purifier"):
+        reanalyse.main([str(entry), "--elixir", badnets["elixir_key"], "--levels", "0", "--purifier",
+                        str(tmp_path / "other_purifier")])
+
     # other DataElixir settings: a new elixir folder beside the first, the victim reused
     other = [*TINY, "-s", "dataelixir.keep_last=1", "--work", str(tmp_path / "work"), "--results",
              str(tmp_path / "res"), "--docs-results", str(tmp_path / "docs"), "--name", "tiny2"]
@@ -122,3 +146,21 @@ def test_detection_counts_label_changing_poison_apart():
     assert d["tpr"] == 2 / 4 and d["fpr"] == 1 / 6
     assert d["label_changing_poisoned"] == 3 and d["tpr_label_changing"] == 2 / 3
     assert d["label_acc"] == 7 / 10 and d["label_acc_poisoned"] == 2 / 4
+
+
+def test_an_older_elixir_folder_is_taken_over_only_for_its_own_purifier(tmp_path):
+    from detoxops.config import Params
+
+    params = Params()
+    entry = tmp_path / "entry"
+    legacy = entry / f"elixir-{bench.elixir_key(params)}"
+    (legacy / "work" / "candidates" / "k").mkdir(parents=True)
+    (legacy / "work" / "candidates" / "k" / "fingerprint.json").write_text(json.dumps({"purifier": "aaaa"}))
+    (legacy / "result.json").write_text("{}")
+    # another purifier: a folder of its own, the older results left alone
+    other = bench.elixir_folder(entry, params, "bbbb")
+    assert other.name == f"elixir-{bench.elixir_key(params, 'bbbb')}" and not other.exists() and legacy.is_dir()
+    # the purifier the older folder was made with: renamed to the new key, results kept
+    mine = bench.elixir_folder(entry, params, "aaaa")
+    assert mine.name == f"elixir-{bench.elixir_key(params, 'aaaa')}" and (mine / "result.json").is_file()
+    assert not legacy.exists() and mine.name != other.name

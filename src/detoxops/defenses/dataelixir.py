@@ -77,7 +77,9 @@ class SanitizeResult:
         return "\n".join(rows) + "\n"
 
 
-def _fingerprint_module(module: torch.nn.Module) -> str:
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """16 hex digits of the SHA-256 of a network's state (names and values): what the candidate store keys a
+    victim and a purifier by."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
@@ -103,8 +105,8 @@ class DataElixir:
         c = self.cfg
         uses_bf16 = getattr(self.purifier, "uses_bf16", None)
         return open_work_store(Path(workdir) / "candidates", {
-            "data": train.content_hash(), "victim": _fingerprint_module(victim),
-            "purifier": _fingerprint_module(self.purifier.unet),
+            "data": train.content_hash(), "victim": module_fingerprint(victim),
+            "purifier": module_fingerprint(self.purifier.unet),
             "schedule": hashlib.sha256(self.purifier.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:16],
             "bf16": bool(uses_bf16(self.purifier.device)) if uses_bf16 is not None else False,
             # only what changes the candidates: later stages (tau, rules, relabelling) can be re-run on them
