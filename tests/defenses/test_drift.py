@@ -56,6 +56,22 @@ def test_a_few_images_on_a_small_sample_are_not_flagged():
     assert big.to_dict()["p_value"] == big.p_value
 
 
+def test_two_classes_use_a_sign_test():
+    # a binary classifier: 30 of 100 images flip 0 -> 1 and none 1 -> 0 (with C = 2 every change goes to the other
+    # class, so "1 / (C - 1)" would make any drift look like chance)
+    before = np.r_[np.zeros(50, int), np.ones(50, int)]
+    after = before.copy()
+    after[:30] = 1
+    one_way = label_drift(before, after, 2)
+    assert one_way.top_class == 1 and one_way.top_inflow == pytest.approx(0.30)
+    assert one_way.p_value == pytest.approx(0.5 ** 30) and one_way.flagged
+    # 16 flips one way and 14 the other: a small net inflow, and chance
+    mixed = before.copy()
+    mixed[:16] = 1
+    mixed[50:64] = 0
+    assert not label_drift(before, mixed, 2, max_inflow=0.02).flagged
+
+
 @pytest.mark.parametrize("before, after, classes, inflow, message", [
     (np.zeros(3, int), np.zeros(4, int), 10, 0.1, "equal-length"),
     (np.zeros(0, int), np.zeros(0, int), 10, 0.1, "non-empty"),

@@ -191,7 +191,7 @@ def test_lr_schedules_decay_over_the_last_steps():
     cosine = DiffusionTrainConfig(steps=10, lr_schedule="cosine")  # the whole run
     factors = [lr_factor(s, cosine) for s in range(10)]
     assert factors[0] == pytest.approx(1.0) and factors[5] == pytest.approx(0.5)
-    assert all(a > b for a, b in zip(factors, factors[1:])) and 0 < factors[-1] < 0.03
+    assert all(a > b for a, b in zip(factors[:-1], factors[1:], strict=True)) and 0 < factors[-1] < 0.03
 
 
 def test_an_anneal_resumes_a_constant_run_and_follows_its_schedule(tmp_path, tiny_train_cfg, ramp_images):

@@ -11,7 +11,8 @@ images from the deployment domain, run the defense and compare the classifier's 
   backdoor sends them to its target (a large positive inflow into one class).
 * The drift is **flagged** when the largest inflow reaches ``max_inflow`` (absolute share) **and** is unlikely to be
   chance: among the images whose label changed, the number that moved into that class is tested against "a changed
-  label goes to any of the other C − 1 classes alike" (one-sided binomial, ``p_value`` ≤ ``alpha``). The threshold
+  label goes to any of the other C − 1 classes alike" (one-sided binomial, ``p_value`` ≤ ``alpha``; with two
+  classes, "a change is as likely into the class as out of it"). The threshold
   bounds the effect; the test keeps a small sample from flagging on a few images (on 20 images, two moving into one
   class are already a 10-point inflow). The flagged class is then the likely target of a backdoor that the defense
   itself triggers; either way its outputs behind this defense are not to be trusted.
@@ -95,8 +96,10 @@ def label_drift(before: np.ndarray, after: np.ndarray, num_classes: int,
     top = int(np.argmax(inflow))
     changed = before != after
     into_top = int(np.sum(changed & (after == top)))
-    # one-sided binomial tail P(X >= into_top), X ~ Bin(changed images, 1 / (C - 1))
-    p_value = float(binom.sf(into_top - 1, int(changed.sum()), 1.0 / (num_classes - 1))) if into_top else 1.0
+    # one-sided binomial tail P(X >= into_top), X ~ Bin(changed images, 1 / (C - 1)); with two classes every change
+    # goes to the other one, so the null becomes a sign test: a change is as likely into the class as out of it
+    share = 1.0 / (num_classes - 1) if num_classes > 2 else 0.5
+    p_value = float(binom.sf(into_top - 1, int(changed.sum()), share)) if into_top else 1.0
     return LabelDrift(n=n, changed=float(np.mean(changed)), inflow=inflow, top_class=top,
                       top_inflow=float(inflow[top]), max_inflow=float(max_inflow),
                       flagged=bool(inflow[top] >= max_inflow and p_value <= alpha), p_value=p_value,
