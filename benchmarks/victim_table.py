@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -92,7 +93,8 @@ def _stored_as(r: dict) -> str:
 
 def markdown(table: list[dict], command: str, name: str) -> str:
     def pct(v):
-        return f"{100 * v:.1f}" if v is not None else "–"
+        # half up, as the docs quote these numbers: 0.8815 (stored as 88.149999...) -> 88.2
+        return f"{math.floor(1000 * v + 0.5 + 1e-9) / 10:.1f}" if v is not None else "–"
 
     lines = [
         f"# The victim store `{name}`: CIFAR-10 `fast_cnn` victims, one per attack",

@@ -45,6 +45,8 @@ def test_rows_check_the_bounds_and_say_how_the_poison_was_stored(tmp_path):
     lines = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert lines["badnets"].endswith("| JPEG 75 |") and lines["blended"].endswith("| as computed |")
     assert lines["clean"].endswith("| – |")
+    # percentages round half up (0.8815 is 88.149999... as a float)
+    assert bench.markdown([{**by["badnets"], "ca": 0.8815}], "cmd", "toy").count("| 88.2 |") == 1
 
 
 def test_recipe_is_current_only_when_the_lock_matches_the_files_now(tmp_path):
