@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _record import provenance
+from dataelixir_cifar10_fast import stored_purifiers
 
 from detoxops.config import DataElixirConfig, load_params
 from detoxops.data import ImageSet
@@ -63,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     purifier = load_chosen_purifier(args.purifier, load_params(ROOT / "params.yaml", announce=False).diffusion,
                                     int(train.image_shape[0]))
     # never recompute by accident: the shards must have been made with this purifier
-    stored = {json.loads(f.read_text()).get("purifier")
-              for f in (entry / args.elixir / "work").glob("candidates/*/fingerprint.json")}
+    stored = stored_purifiers(entry / args.elixir)
     if module_fingerprint(purifier.unet) not in stored:
         raise SystemExit(f"{entry / args.elixir}: its candidates were made with purifier(s) {sorted(stored)}, not "
                          f"with {args.purifier or 'the shipped default'} ({module_fingerprint(purifier.unet)}); "
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     column_levels = per_round * cfg.rounds
     labels = np.asarray(train.labels)
     flags = np.asarray(train.poisoned, dtype=bool)
+    label_changing = flags & (labels != train.original_labels)  # poison whose label the attack changed
     column_rounds = [r for r in range(1, cfg.rounds + 1) for _ in per_round]
     first_rounds = args.first_rounds or [cfg.rounds]
     bad = [k for k in first_rounds if not 1 <= k <= cfg.rounds]
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                    "poisoned_in_P": int((flags & (tr.sets == POISONED)).sum()),
                    "target_in_S": int((is_target & (tr.sets == SUSPICIOUS)).sum()),
                    "tpr_P_only": tpr, "fpr_P_only": fpr,
-                   "tpr_P_only_label_changing": float((new != labels)[flags & (labels != train.original_labels)].mean())
-                   if (flags & (labels != train.original_labels)).any() else None,
+                   "tpr_P_only_label_changing": float((new != labels)[label_changing].mean())
+                   if label_changing.any() else None,
                    "kl_index": np.round(det.kl_index, 2).tolist(), "count_index": np.round(det.count_index, 2).tolist()}
             rows.append(row)
             print(json.dumps(row), flush=True)
