@@ -19,9 +19,10 @@ import argparse
 import hashlib
 import json
 import math
-import shlex
 import sys
 from pathlib import Path
+
+from _record import command as record_command
 
 CLEAN_LABEL = {"sig", "lc"}
 LOOP = {"wanet", "bpp", "inputaware", "lira"}
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not table:
         print(f"no victims under {args.store / args.name}", file=sys.stderr)
         return 1
-    command = shlex.join(["python", "benchmarks/victim_table.py", *(sys.argv[1:] if argv is None else argv)])
+    command = record_command(__file__, argv)
     atomic_write_text(args.out_json, json.dumps({"command": command, "store": str(args.store / args.name),
                                                  "rows": table}, indent=1))
     if args.out_md:
