@@ -84,7 +84,10 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
 def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
     """What the DataElixir part of an entry depends on beyond the victim: its settings, the relabel recipe and the
     purifier (its weights' fingerprint; ``None`` gives the key of entries made before the purifier was part of it)."""
-    spec = {"dataelixir": params.dataelixir.model_dump(mode="json"), "victim": params.victim.model_dump(mode="json")}
+    # the concrete settings (profile resolved at CIFAR-10's 32 px, its name left out), so a folder's key depends on
+    # what ran, not on how it was asked for: entries made before dataelixir.profile existed keep their keys
+    elixir = params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile"})
+    spec = {"dataelixir": elixir, "victim": params.victim.model_dump(mode="json")}
     if purifier_fp is not None:
         spec["purifier"] = purifier_fp
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
@@ -231,7 +234,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
         "reference": scores(reference, splits["test"], triggered, target),
         "retrained": scores(retrained, splits["test"], triggered, target),
         "anomaly_index": summary.get("anomaly_index"),
-        "dataelixir": params.dataelixir.model_dump(mode="json"),
+        "dataelixir": params.dataelixir.resolved(32).model_dump(mode="json"),
         "elixir_key": elixir_dir.name, "purifier": purifier_fp,
         "stage_seconds": stages.seconds, "stage_load": stages.load,
     }

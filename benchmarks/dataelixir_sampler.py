@@ -82,7 +82,7 @@ def run(attack_name: str, spec: str, args, params, purifier, splits, work: Path)
     victim_cfg = params.victim.model_copy(update={"epochs": args.epochs, "seed": args.seed})
     victim = train_victim(train, victim_cfg, entry / "victim",
                           attack=attack if attack is not None and attack.kind == "loop" else None)
-    cfg = params.dataelixir.model_copy(update=parse_sampler(spec))
+    cfg = params.dataelixir.model_copy(update=parse_sampler(spec)).resolved(int(train.images.shape[1]))
     t0 = time.time()
     # the sanitize operation (CLI / DVC stage / Prefect task), relabelling with the victim's recipe
     outcome = sanitize(train, victim, params.model_copy(update={"dataelixir": cfg, "victim": victim_cfg}),

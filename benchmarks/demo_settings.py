@@ -256,7 +256,7 @@ def candidate_grid(args, work: Path) -> list[dict]:
     train, triggered, clean_test = splits["train"], splits["test"], splits["clean_test"]
     victim = load_classifier(victim_info["path"]).eval()
     purifier = load_purifier(purifier_info["path"], precision=params.diffusion.precision)
-    cfg = params.dataelixir
+    cfg = params.dataelixir.resolved(purifier.image_size)
     cache = root / f"candidates-T{T}-r{R}-k{K}-{params.diffusion.precision}.npz"
     t0 = time.perf_counter()
     if cache.is_file():

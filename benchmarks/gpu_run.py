@@ -132,7 +132,7 @@ class Plan:
     elixir_box_s: float = 60.0
     elixir_min_per_class: int = 10
     elixir_max_per_class: int = 500
-    elixir: dict = field(default_factory=dict)  # DataElixirConfig overrides (none: the paper's settings)
+    elixir: dict = field(default_factory=dict)  # DataElixirConfig overrides on profile paper (none: the paper's settings)
     compile: bool = False
     compile_box_s: float = 150.0
     final_reserve_s: float = 8.0
@@ -800,7 +800,7 @@ def throughput(ctx: Context, box_s: float) -> dict:
             log.info("%s: %.1f images/s", key, b / sec)
     # DataElixir candidate construction (stage 1, nearly all of its cost): paper DDPM and DDIM stride 10
     if victim is not None:
-        base = DataElixirConfig(seed=plan.seed, batch_size=b, **plan.elixir)
+        base = DataElixirConfig(seed=plan.seed, batch_size=b, **({"profile": "paper"} | plan.elixir)).resolved(int(x01.shape[-1]))
         ddim_stride = max(1, min(10, base.T // base.keep_last))  # a round must have keep_last steps (10 at T = 150)
         for label, overrides in ((f"ddim{ddim_stride}", {"sampler": "ddim", "ddim_stride": ddim_stride}),
                                  ("ddpm", {})):
@@ -918,7 +918,9 @@ def evaluate_dataelixir(ctx: Context, box_s: float) -> dict:
     if victim is None or not folder.is_dir():
         raise RuntimeError(f"no {name} victim / poisoned training set (victims stage skipped it?)")
     poisoned = ImageSet.load(folder)
-    cfg = DataElixirConfig(seed=plan.seed, batch_size=plan.throughput_batch, **plan.elixir)
+    cfg = DataElixirConfig(seed=plan.seed, batch_size=plan.throughput_batch,
+                           **({"profile": "paper"} | plan.elixir)).resolved(
+        int(poisoned.images.shape[1]))
     rate = ctx.rates.get("dataelixir_ddpm") if cfg.sampler == "ddpm" else next(
         (v for k, v in ctx.rates.items() if k.startswith("dataelixir_ddim")), None)
     n_fit = 0.6 * box_s * rate if rate else plan.elixir_max_per_class * poisoned.num_classes

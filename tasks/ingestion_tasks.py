@@ -480,6 +480,7 @@ def record_ingestion_check(
         "anomaly_rows": anomaly_rows(anomaly, info.get("class_names")),
         "threshold": params.dataelixir.anomaly_threshold,
         "target_rule": params.dataelixir.target_rule,
+        "dataelixir": sanitized.get("dataelixir"),  # the settings that ran (profile resolved)
         "purified_version": sanitized["path"] if targets else None,
         "purified_dvc_md5": (purified_dvc or {}).get("md5"),
         "victim": victim["path"],

@@ -56,6 +56,7 @@ def sanitize_dataset(
         "anomaly_index": _jsonable(outcome.anomaly),
         "tpr": outcome.tpr,
         "fpr": outcome.fpr,
+        "dataelixir": outcome.settings,  # what ran: the profile resolved for the purifier's image size
     }
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detoxops.config import ConfigError, DataConfig, Params, apply_overrides, load_params, parse_override
+from detoxops.config import (
+    ConfigError,
+    DataConfig,
+    DataElixirConfig,
+    Params,
+    apply_overrides,
+    load_params,
+    parse_override,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,3 +220,33 @@ def test_bad_overlays_are_errors_naming_the_file_or_key(tmp_path):
     typo.write_text("dataelixir:\n  round: 2\n")
     with pytest.raises(ConfigError, match="dataelixir.round"):
         load_params(ROOT / "params.yaml", overlay=typo)
+
+
+def test_dataelixir_profiles_fill_only_the_fields_left_unset():
+    paper = DataElixirConfig(profile="paper").resolved()
+    assert (paper.T, paper.rounds, paper.keep_last, paper.tau, paper.sampler) == (150, 5, 10, 5.0, "ddpm")
+    cifar = DataElixirConfig(profile="cpu_cifar10", rounds=6).resolved()
+    assert (cifar.T, cifar.rounds, cifar.keep_last, cifar.tau, cifar.sampler, cifar.ddim_stride) == (
+        80, 6, 1, 2.0, "ddim", 10)
+    # a concrete config is its own resolution, whatever the profile says
+    concrete = DataElixirConfig(T=7, rounds=1, keep_last=2, tau=1, sampler="ddpm", ddim_stride=3)
+    assert concrete.resolved() is concrete
+
+
+def test_dataelixir_auto_profile_follows_the_image_size():
+    auto = DataElixirConfig()
+    assert auto.profile == "auto" and auto.T is None
+    assert auto.preset_name(16) == "cpu_digits" and auto.resolved(16).T == 40
+    assert auto.preset_name(32) == "cpu_cifar10" and auto.resolved(32).sampler == "ddim"
+    with pytest.raises(ValueError, match="needs the image size"):
+        auto.resolved()
+
+
+def test_params_yaml_dataelixir_resolves_to_the_validated_settings():
+    # the shipped params.yaml: auto, every candidate-set field from the preset
+    p = load_params(ROOT / "params.yaml", announce=False)
+    assert p.dataelixir.profile == "auto"
+    assert p.dataelixir.resolved(32).model_dump(include={"T", "rounds", "keep_last", "tau", "sampler"}) == {
+        "T": 80, "rounds": 4, "keep_last": 1, "tau": 2.0, "sampler": "ddim"}
+    paper = load_params(ROOT / "params.yaml", ["dataelixir.profile=paper"], announce=False)
+    assert paper.dataelixir.resolved(32).T == 150

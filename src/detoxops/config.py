@@ -511,14 +511,28 @@ class BaselinesConfig(_Section):
 
 # --------------------------------------------------------------------------------------- dataelixir
 class DataElixirConfig(_Section):
-    """DataElixir (AAAI 2024). Paper defaults: T = 150, n = 5 rounds, m = 10 kept intermediaries, tau = 5."""
+    """DataElixir (AAAI 2024). Paper defaults: T = 150, n = 5 rounds, m = 10 kept intermediaries, tau = 5, DDPM.
 
-    T: int = Field(default=150, ge=1)
-    rounds: int = Field(default=5, ge=1)
-    keep_last: int = Field(default=10, ge=1)
-    tau: float = Field(default=5.0, ge=0)
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    ddim_stride: int = Field(default=10, ge=1)
+    ``profile`` picks a preset for every candidate-set field left ``None`` (``T``, ``rounds``, ``keep_last``,
+    ``tau``, ``sampler``, ``ddim_stride``): ``paper`` is the paper's setting (750 UNet passes per image: hours per
+    1,000 images on a CPU); ``cpu_digits`` the setting validated on the digits demo (120 passes); ``cpu_cifar10``
+    the setting validated on CIFAR-10 at 1,000 images per class (32 passes, docs/dataelixir.md); ``auto`` (the
+    default) the validated CPU setting for the purifier's image size: ``cpu_digits`` up to 16 px, else
+    ``cpu_cifar10``. A field set explicitly overrides the preset, so ``--set dataelixir.profile=paper`` is the paper
+    one parameter away. :meth:`resolved` gives the concrete values (``DataElixir`` resolves with its purifier).
+    """
+
+    profile: Literal["auto", "paper", "cpu_digits", "cpu_cifar10"] = "auto"
+    T: int | None = Field(default=None, ge=1)
+    """Noise level each round noises to (the paper: 150)."""
+    rounds: int | None = Field(default=None, ge=1)
+    """n: purification rounds per image, each from the previous round's output (the paper: 5)."""
+    keep_last: int | None = Field(default=None, ge=1)
+    """m: intermediaries of the last reverse steps kept per round as candidates (the paper: 10)."""
+    tau: float | None = Field(default=None, ge=0)
+    """Samples with at least this many candidate labels away from the consensus go to S (the paper: 5)."""
+    sampler: Literal["ddpm", "ddim"] | None = None
+    ddim_stride: int | None = Field(default=None, ge=1)
     anomaly_threshold: float = Field(default=2.0, gt=0)
     target_rule: Literal["mean", "both", "either"] = "mean"
     """How the KL and count anomaly indices combine into a target-label decision."""
@@ -533,6 +547,33 @@ class DataElixirConfig(_Section):
     finetune_epochs: int = Field(default=3, ge=0)
     finetune_lr_scale: float = Field(default=0.1, gt=0, le=1)
     seed: int = 0
+
+    PROFILE_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": dict(T=150, rounds=5, keep_last=10, tau=5.0, sampler="ddpm", ddim_stride=10),
+        # the demo's budget (params.demo.yaml until 2026-12-06; docs/platform.md "Choosing the demo's settings")
+        "cpu_digits": dict(T=40, rounds=3, keep_last=5, tau=5.0, sampler="ddpm", ddim_stride=10),
+        # validated on CIFAR-10, 1,000 images per class (docs/dataelixir.md, "Rounds against detection")
+        "cpu_cifar10": dict(T=80, rounds=4, keep_last=1, tau=2.0, sampler="ddim", ddim_stride=10),
+    }
+    AUTO_SMALL_SIDE: ClassVar[int] = 16
+    """``auto`` takes ``cpu_digits`` for images up to this side, ``cpu_cifar10`` above."""
+
+    def preset_name(self, image_size: int | None = None) -> str:
+        """The preset this config resolves to (``auto`` needs the image side: the purifier's)."""
+        if self.profile != "auto":
+            return self.profile
+        if image_size is None:
+            raise ValueError("dataelixir.profile = auto needs the image size to pick its preset (the purifier's)")
+        return "cpu_digits" if int(image_size) <= self.AUTO_SMALL_SIDE else "cpu_cifar10"
+
+    def resolved(self, image_size: int | None = None) -> DataElixirConfig:
+        """A copy with every ``None`` field filled from the profile's preset (``auto``: the one for
+        ``image_size``); an already concrete config comes back unchanged."""
+        if all(getattr(self, k) is not None for k in self.PROFILE_PRESETS["paper"]):
+            return self
+        preset = self.PROFILE_PRESETS[self.preset_name(image_size)]
+        return self.model_copy(update={k: (v if getattr(self, k) is None else getattr(self, k))
+                                       for k, v in preset.items()})
 
 
 # ----------------------------------------------------------------------------------------- tracking

@@ -112,3 +112,10 @@ def test_keep_last_larger_than_the_round_is_an_error(setup, tmp_path):
     cfg = DataElixirConfig(T=4, rounds=1, keep_last=10)
     with pytest.raises(ValueError, match="keep_last = 10"):
         de.DataElixir(purifier, cfg).sanitize(train, victim, tmp_path, progress=False)
+
+
+def test_dataelixir_resolves_the_auto_profile_with_its_purifier(setup):
+    _, purifier, _, _ = setup
+    # an 8-px purifier is a small-image one: the digits preset fills what the config leaves open
+    elixir = de.DataElixir(purifier, DataElixirConfig(rounds=1))
+    assert (elixir.cfg.T, elixir.cfg.rounds, elixir.cfg.keep_last, elixir.cfg.sampler) == (40, 1, 5, "ddpm")

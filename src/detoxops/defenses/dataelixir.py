@@ -92,7 +92,8 @@ class DataElixir:
 
     def __init__(self, purifier, cfg: DataElixirConfig | None = None, victim_cfg: VictimConfig | None = None) -> None:
         self.purifier = purifier
-        self.cfg = cfg or DataElixirConfig()
+        # the profile's preset for the purifier's image size (``auto``), so every later stage sees concrete values
+        self.cfg = (cfg or DataElixirConfig()).resolved(getattr(purifier, "image_size", None))
         self.victim_cfg = victim_cfg or VictimConfig(epochs=self.cfg.relabel_epochs)
         if self.cfg.T > purifier.schedule.T:
             raise ValueError(f"dataelixir.T = {self.cfg.T} exceeds the purifier's {purifier.schedule.T} levels")

@@ -49,6 +49,8 @@ class SanitizeOutcome:
     version: Path | None = None
     """The purified set as a dataset version ``<root>/<name>/<hash12>/`` (with the decisions), when asked for."""
     anomaly: dict[str, Any] = field(default_factory=dict, repr=False)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The DataElixir settings that ran (``dataelixir.profile`` resolved for the purifier's image size)."""
 
     @property
     def target_label(self) -> int | None:
@@ -136,6 +138,7 @@ def sanitize(
         dataset=dataset_dir, decisions=decisions, anomaly_index=anomaly, content_hash=purified.content_hash(),
         target_labels=[int(t) for t in result.target_labels], flagged=int(result.flagged.sum()), n=len(train),
         sets=dict(meta["sets"]), tpr=tpr, fpr=fpr, version=version, anomaly=result.anomaly_index,
+        settings=dict(meta["params"]),
     )
 
 
