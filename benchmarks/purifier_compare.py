@@ -45,6 +45,39 @@ def parse_candidate(text: str) -> tuple[str, list[str]]:
     return name, [f"diffusion.{o.strip()}" for o in rest.split(";") if o.strip()]
 
 
+def filled(settings: dict, defaults: dict) -> dict:
+    """``settings`` with every field it lacks taken from ``defaults`` (nested sections too): a field added to the
+    config after an entry was made defaults to what the code did before it existed, so the filled settings are
+    the ones that entry ran with."""
+    out = dict(settings)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = filled(out[k], v)
+    return out
+
+
+def entry_key(name: str, settings: dict, rest: str) -> str:
+    """An entry's key: its name, the ``diffusion`` settings it trained with (canonical JSON), budget and scoring."""
+    return f"{name}/{json.dumps(settings, sort_keys=True)}/{rest}"
+
+
+def migrate_keys(entries: dict, defaults: dict) -> dict:
+    """Re-key entries made before a config field existed (their keys lack it) as if made now, so a rerun finds
+    them instead of training them again. A key that does not parse is kept as it is."""
+    out = {}
+    for key, entry in entries.items():
+        name, sep, tail = key.partition("/")
+        settings_text, sep2, rest = tail.rpartition("}/")
+        try:
+            settings = json.loads(settings_text + "}") if sep and sep2 else None
+        except json.JSONDecodeError:
+            settings = None
+        out[entry_key(name, filled(settings, defaults), rest) if isinstance(settings, dict) else key] = entry
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -76,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(args.data, base.data.model_copy(update={"source": args.data}), progress=False)
     train_images = np.asarray(splits["train"].images)
     test_images = np.asarray(splits["test"].images)[class_interleaved_indices(splits["test"].labels)][: args.n]
+    from detoxops.config import DiffusionConfig
+
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"entries": {}}
+    results["entries"] = migrate_keys(results["entries"],
+                                      DiffusionConfig().model_dump(mode="json", exclude={"purifier", "precision"}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     results.update(command=shlex.join(["python", *sys.argv]), machine=f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -89,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, ["diffusion.train.steps=100000000", *args.overrides, *overrides],
                              announce=False)
         settings = params.diffusion.model_dump(mode="json", exclude={"purifier", "precision"})
-        key = f"{name}/{json.dumps(settings, sort_keys=True)}/cpu{args.cpu_budget:g}/n{len(test_images)}/" \
-              f"{args.levels}/ddim{args.restore_stride}"
+        key = entry_key(name, settings, f"cpu{args.cpu_budget:g}/n{len(test_images)}/{args.levels}/"
+                                        f"ddim{args.restore_stride}")
         if key in results["entries"]:
             print(f"{name}: done before, kept", flush=True)
             continue

@@ -43,3 +43,21 @@ def test_bad_candidates_are_refused():
         bench.parse_candidate("a/b:train.lr=1")
     assert bench.parse_candidate("w:unet.attention=true; train.lr=0.001") == (
         "w", ["diffusion.unet.attention=true", "diffusion.train.lr=0.001"])
+
+
+def test_entries_made_before_a_config_field_existed_keep_their_place(tmp_path):
+    from detoxops.config import DiffusionConfig
+
+    defaults = DiffusionConfig().model_dump(mode="json", exclude={"purifier", "precision"})
+    now = defaults | {"train": defaults["train"] | {"steps": 100000000}}
+    old_train = {k: v for k, v in now["train"].items() if k not in ("lr_schedule", "lr_decay_steps")}
+    old = {"train": old_train, "unet": now["unet"], "schedule": now["schedule"]}
+    rest = "cpu1800/n256/20,120,300/ddim0"
+    entries = {bench.entry_key("base", old, rest): {"name": "base"}, "not a key": {"name": "odd"}}
+    migrated = bench.migrate_keys(entries, defaults)
+    # the key a rerun computes today (the new fields at their defaults) finds the old entry
+    assert migrated[bench.entry_key("base", now, rest)] == {"name": "base"}
+    assert migrated["not a key"] == {"name": "odd"}
+    # a setting the entry did run with is never overwritten by a default
+    other = bench.migrate_keys({bench.entry_key("v", old | {"train": old_train | {"lr": 0.001}}, rest): {}}, defaults)
+    assert json.loads(next(iter(other)).split("/", 1)[1].rsplit("}/", 1)[0] + "}")["train"]["lr"] == 0.001
