@@ -35,6 +35,7 @@ __all__ = [
     "anomaly_rows",
     "anomaly_figure",
     "log_dataelixir_artifacts",
+    "params_as_run",
     "check_markdown",
     "publish_check_artifacts",
     "artifact_key",
@@ -272,6 +273,15 @@ def anomaly_figure(anomaly: dict[str, Any], threshold: float, path: str | Path, 
     return path
 
 
+def params_as_run(params, sanitized: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` as a run's MLflow params, with the ``dataelixir`` section that ran (its profile resolved for the
+    purifier's image size) in place of the one asked for, whose candidate fields may be ``None`` (= the profile's)."""
+    out = params.to_dict()
+    if sanitized and sanitized.get("dataelixir"):
+        out["dataelixir"] = dict(sanitized["dataelixir"])
+    return out
+
+
 def log_dataelixir_artifacts(sanitized: dict[str, Any], threshold: float, staging: str | Path) -> None:
     """On the active MLflow run: ``decisions/decisions.csv``, ``anomaly/anomaly_index.json`` and
     ``anomaly/anomaly_index.png`` (the conventions the dashboard reads)."""
@@ -504,7 +514,7 @@ def record_ingestion_check(
         "detoxops.prefect_flow_run_id": record["prefect_flow_run_id"],
     }
     with run(flow, f"check {dataset['name']}", kind="ingestion", prefix=params.tracking.experiment_prefix,
-             parent_run_id=parent_run_id, tags=tags, params=params.to_dict()) as active:
+             parent_run_id=parent_run_id, tags=tags, params=params_as_run(params, sanitized)) as active:
         record["mlflow_run_id"] = active.info.run_id
         log_dataset(dataset["path"], dataset["name"], data_version, "ingestion")
         metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),

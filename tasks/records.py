@@ -34,14 +34,14 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
     """``flows.sanitize``: parent run (results table, dataset input), child ``victim`` (CA / PA / ASR before),
     child ``dataelixir`` (TPR / FPR, retrained model's ACC / PA / ASR, decisions, anomaly index, the clean model
     registered as ``model_name``). Returns ``{"run_id", "model_version"}`` of the ``dataelixir`` run."""
-    from tasks.ingestion_tasks import log_dataelixir_artifacts
+    from tasks.ingestion_tasks import log_dataelixir_artifacts, params_as_run
 
     target = sanitized.get("target_label")
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version, "detoxops.attack": attack,
             "detoxops.seed": params.attack.seed, "detoxops.model": params.victim.arch}
     prefix = params.tracking.experiment_prefix
     with run(flow, f"sanitize {ingested['name']} {attack or 'no attack'}", kind="report", prefix=prefix,
-             tags=tags, params=params.to_dict()) as parent:
+             tags=tags, params=params_as_run(params, sanitized)) as parent:
         log_dataset(ingested["path"], ingested["name"], data_version, "training")
         mlflow.log_metric("seconds", seconds)
         mlflow.log_artifact(str(table_csv), "results")

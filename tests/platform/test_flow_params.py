@@ -76,3 +76,16 @@ def test_each_flow_runs_params_yaml_then_the_demo_overlay_then_its_overrides(mon
     # the demo alone cuts the data to its subset; the other flows keep params.yaml's data section
     assert cases["demo"][2]["data"] != cases["sanitize"][2]["data"] == Params.from_dict(
         yaml.safe_load((ROOT / "params.yaml").read_text())).to_dict()["data"]
+
+
+def test_runs_record_the_dataelixir_settings_that_ran():
+    from detoxops.config import load_params
+    from tasks.ingestion_tasks import params_as_run
+
+    params = load_params(ROOT / "params.yaml", announce=False)
+    assert params.dataelixir.T is None  # asked for: the profile's value
+    ran = params.dataelixir.resolved(32).model_dump(mode="json")
+    logged = params_as_run(params, {"dataelixir": ran})
+    assert logged["dataelixir"]["T"] == 80 and logged["dataelixir"]["sampler"] == "ddim"
+    assert logged["victim"] == params.to_dict()["victim"]
+    assert params_as_run(params, {"dataelixir": None}) == params.to_dict()  # a failed check: what was asked for
