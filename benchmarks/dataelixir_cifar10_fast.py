@@ -25,8 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ from detoxops.operations import load_chosen_purifier, poison, sanitize, train_vi
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import _record  # noqa: E402
 from diffusion_throughput import machine_info  # noqa: E402
 
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -245,14 +244,6 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     return row
 
 
-def code_version() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def markdown_table(report: dict) -> str:
     pct = lambda v: "–" if v is None else f"{percent(v):.1f}"  # noqa: E731
     lines = [
@@ -320,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             purifier = load_chosen_purifier(args.purifier, base.diffusion, int(splits["train"].image_shape[0]))
         for attack in args.attacks:
             rows.append(run_entry(attack, seed, args, base, purifier, splits, work))
-    command = shlex.join(["python", "benchmarks/dataelixir_cifar10_fast.py", *(sys.argv[1:] if argv is None else argv)])
-    report = {"command": command, "code_version": code_version(), "machine": machine,
+    report = {"command": _record.command(__file__, argv), "code_version": _record.code_version(), "machine": machine,
               "load_average_at_end": load_avg(), "train_per_class": args.train_per_class, "rows": rows}
     for folder, text in ((args.results, json.dumps(report, indent=1, default=float)),
                          (args.docs_results, markdown_table(report))):

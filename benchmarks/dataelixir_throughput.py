@@ -90,7 +90,7 @@ def main() -> None:
 
     samplers = {}
     for mode in ("ddpm", "ddim"):
-        cfg = base.model_copy(update={"sampler": mode})
+        cfg = base.model_copy(update={"sampler": mode}).resolved(a.image_size)
         _time_candidates(purifier, victim, x01[:2], cfg, 1)  # warm-up: first calls pay one-off allocation costs
         steps = a.T if mode == "ddpm" else -(-a.T // a.ddim_stride)
         t_batch = _time_candidates(purifier, victim, x01[: a.batch], cfg, a.batch)
