@@ -507,7 +507,7 @@ def record_ingestion_check(
     tags = {
         "detoxops.dataset": dataset["name"], "detoxops.data_version": data_version, "detoxops.status": status,
         "detoxops.target_label": ",".join(map(str, targets)) if targets else None,
-        "detoxops.model": params.victim.arch, "detoxops.seed": params.dataelixir.seed,
+        "detoxops.model": victim.get("arch") or params.victim.arch, "detoxops.seed": params.dataelixir.seed,
         "detoxops.source": source, "detoxops.marker": record["marker"],
         "detoxops.purified_version": record["purified_version"],
         "detoxops.purified_data_version": record["purified_dvc_md5"],

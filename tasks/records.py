@@ -27,6 +27,13 @@ def finite(rates: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in rates.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def model_tag(params, ingested: dict[str, Any] | None = None) -> str:
+    """The victim architecture a run trains: ``victim.arch``, with ``auto`` resolved for the ingested data's image
+    size (what the dashboard groups runs by)."""
+    shape = ((ingested or {}).get("info") or {}).get("image_shape")
+    return params.victim.for_image_size(int(shape[0])).arch if shape else params.victim.arch
+
+
 def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version: str, attack: str | None,
                       table_csv: Path, seconds: float, before: dict[str, Any], after: dict[str, Any],
                       sanitized: dict[str, Any], purified_dvc: dict[str, Any] | None, clean_model: dict[str, Any],
@@ -38,7 +45,7 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
 
     target = sanitized.get("target_label")
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version, "detoxops.attack": attack,
-            "detoxops.seed": params.attack.seed, "detoxops.model": params.victim.arch}
+            "detoxops.seed": params.attack.seed, "detoxops.model": model_tag(params, ingested)}
     prefix = params.tracking.experiment_prefix
     with run(flow, f"sanitize {ingested['name']} {attack or 'no attack'}", kind="report", prefix=prefix,
              tags=tags, params=params_as_run(params, sanitized)) as parent:
@@ -78,7 +85,7 @@ def log_sweep(params, outcome, ingested: dict[str, Any], seconds: float, baselin
     front = set(outcome.choice.frontier)
     prefix = params.tracking.experiment_prefix
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
-            "detoxops.model": params.victim.arch, "detoxops.attacks": ",".join(attacks)}
+            "detoxops.model": model_tag(params, ingested), "detoxops.attacks": ",".join(attacks)}
     by_setting = {s["setting"]: s for s in outcome.choice.summaries}
     n_points = len([label for label in settings if label != baseline])
     with run("sweep", f"sweep {n_points} points x {len(attacks)} attacks", kind="sweep", prefix=prefix,
@@ -129,7 +136,7 @@ def log_detox(flow: str, params, ingested: dict[str, Any], data_version: str, at
     from tasks.report_tasks import write_table
 
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version,
-            "detoxops.seed": params.attack.seed, "detoxops.model": params.victim.arch}
+            "detoxops.seed": params.attack.seed, "detoxops.model": model_tag(params, ingested)}
     prefix = params.tracking.experiment_prefix
     with run(flow, f"detox {'+'.join(attacks)}", kind="report", prefix=prefix, tags=tags,
              params=params.to_dict()) as parent:
@@ -191,7 +198,7 @@ def log_benchmark(params, rows: list[dict[str, Any]], attacks: list[str], defens
     child per attack × defense (CA / PA / ASR, throughput, samples). Returns the parent run id."""
     prefix = params.tracking.experiment_prefix
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
-            "detoxops.model": params.victim.arch, "detoxops.purifier": purifier_origin}
+            "detoxops.model": model_tag(params, ingested), "detoxops.purifier": purifier_origin}
     with run("benchmark", f"benchmark {len(attacks)}x{len(defenses)}", kind="benchmark", prefix=prefix, tags=tags,
              params=params.to_dict()) as parent:
         log_dataset(ingested["path"], ingested["name"], ingested["hash"], "evaluation")
@@ -232,7 +239,7 @@ def log_demo(params, done: dict[str, Any], table: list[dict[str, Any]], summarie
     prefix = params.tracking.experiment_prefix
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": done["data_version"],
             "detoxops.attack": params.attack.name, "detoxops.seed": params.attack.seed,
-            "detoxops.model": params.victim.arch, "detoxops.torch_threads": torch_threads}
+            "detoxops.model": model_tag(params, ingested), "detoxops.torch_threads": torch_threads}
     with run("demo", f"demo {params.attack.name}", kind="report", prefix=prefix, tags=tags,
              params=params.to_dict()) as parent:
         parent_id = parent.info.run_id

@@ -250,3 +250,16 @@ def test_params_yaml_dataelixir_resolves_to_the_validated_settings():
         "T": 80, "rounds": 4, "keep_last": 1, "tau": 2.0, "sampler": "ddim"}
     paper = load_params(ROOT / "params.yaml", ["dataelixir.profile=paper"], announce=False)
     assert paper.dataelixir.resolved(32).T == 150
+
+
+def test_victim_arch_auto_is_decided_by_the_image_size():
+    from detoxops.config import VictimConfig
+
+    auto = VictimConfig(arch="auto", epochs=3)
+    assert auto.for_image_size(32).arch == "fast_cnn" and auto.for_image_size(32).training_recipe == "airbench"
+    assert auto.for_image_size(16).arch == "small_cnn" and auto.for_image_size(16).epochs == 3
+    assert VictimConfig(arch="vgg19").for_image_size(8).arch == "vgg19"  # an explicit arch is kept
+    with pytest.raises(ValueError, match="resolve it for the images first"):
+        _ = auto.training_recipe
+    with pytest.raises(ValueError, match="needs arch 'fast_cnn'"):  # airbench cannot train a small_cnn
+        VictimConfig(arch="auto", recipe="airbench").for_image_size(16)

@@ -194,7 +194,9 @@ class VictimConfig(_Section):
     """Classifier and its training recipe: BackdoorBench's (SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128)
     or, for ``fast_cnn``, airbench94's (``victim.airbench``)."""
 
-    arch: Literal["small_cnn", "fast_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    arch: Literal["auto", "small_cnn", "fast_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
+    """``auto``: the data decides — ``fast_cnn`` (airbench94) for images of at least 32 px, ``small_cnn`` below
+    (:meth:`for_image_size`; every trainer resolves it with the images it trains on)."""
     recipe: Literal["auto", "backdoorbench", "airbench"] = "auto"
     """``auto``: airbench for ``fast_cnn``, BackdoorBench for the rest. ``airbench`` needs ``fast_cnn`` (its
     whitening layer); the BackdoorBench fields below (epochs … scheduler) apply to the ``backdoorbench`` recipe."""
@@ -216,15 +218,27 @@ class VictimConfig(_Section):
     seed: int = 0
     device: str = "auto"
 
+    AUTO_FAST_SIDE: ClassVar[int] = 32
+    """``arch: auto`` takes ``fast_cnn`` from this image side up (the side airbench94 was designed for)."""
+
     @model_validator(mode="after")
     def _recipe_fits_arch(self) -> VictimConfig:
-        if self.recipe == "airbench" and self.arch != "fast_cnn":
+        if self.recipe == "airbench" and self.arch not in ("fast_cnn", "auto"):
             raise ValueError(f"recipe 'airbench' needs arch 'fast_cnn' (its whitening layer), not {self.arch!r}")
         return self
+
+    def for_image_size(self, image_size: int) -> VictimConfig:
+        """This config with ``arch: auto`` resolved for images of side ``image_size`` (itself otherwise)."""
+        if self.arch != "auto":
+            return self
+        arch = "fast_cnn" if int(image_size) >= self.AUTO_FAST_SIDE else "small_cnn"
+        return VictimConfig.model_validate(self.model_dump() | {"arch": arch})
 
     @property
     def training_recipe(self) -> str:
         """The recipe that trains this victim (``auto`` resolved)."""
+        if self.arch == "auto":
+            raise ValueError("victim.arch is auto: resolve it for the images first (VictimConfig.for_image_size)")
         if self.recipe != "auto":
             return self.recipe
         return "airbench" if self.arch == "fast_cnn" else "backdoorbench"

@@ -41,3 +41,18 @@ def test_the_cli_trains_and_records_what_the_operation_does(tmp_path):
         k: v for k, v in op.items() if k not in TIMING}
     assert set(outcome.metrics) == {"ca", "pa", "asr", "ca_tta2", "pa_tta2", "asr_tta2"}
     assert op["params"] == params.victim.model_dump(mode="json")  # the recipe DataElixir's relabelling reuses
+
+
+def test_an_auto_victim_is_the_architecture_the_images_call_for(tmp_path):
+    from detoxops.config import VictimConfig
+
+    rng = np.random.default_rng(1)
+    labels = np.tile(np.arange(2), 8).astype(np.int64)
+    small = ImageSet(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels, ["a", "b"])
+    large = ImageSet(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), labels, ["a", "b"])
+    cfg = VictimConfig(arch="auto", width=4, epochs=1, batch_size=8,
+                       airbench={"epochs": 1, "batch_size": 8, "widths": [8, 8, 8], "whiten_images": 16})
+    got_small = train_victim(small, cfg, tmp_path / "small", progress=False)
+    got_large = train_victim(large, cfg, tmp_path / "large", progress=False)
+    assert (got_small.arch, got_large.arch) == ("small_cnn", "fast_cnn")
+    assert json.loads((tmp_path / "large" / "classifier.json").read_text())["arch"] == "fast_cnn"

@@ -89,3 +89,15 @@ def test_runs_record_the_dataelixir_settings_that_ran():
     assert logged["dataelixir"]["T"] == 80 and logged["dataelixir"]["sampler"] == "ddim"
     assert logged["victim"] == params.to_dict()["victim"]
     assert params_as_run(params, {"dataelixir": None}) == params.to_dict()  # a failed check: what was asked for
+
+
+def test_the_model_tag_names_the_architecture_the_data_called_for():
+    from detoxops.config import load_params
+    from tasks.records import model_tag
+
+    params = load_params(ROOT / "params.yaml", ["victim.arch=auto"], announce=False)
+    assert model_tag(params, {"info": {"image_shape": [32, 32, 3]}}) == "fast_cnn"
+    assert model_tag(params, {"info": {"image_shape": [16, 16, 3]}}) == "small_cnn"
+    assert model_tag(params, {"info": {}}) == "auto"  # nothing to decide with: what was asked for
+    explicit = load_params(ROOT / "params.yaml", ["victim.arch=vgg19"], announce=False)
+    assert model_tag(explicit, {"info": {"image_shape": [32, 32, 3]}}) == "vgg19"

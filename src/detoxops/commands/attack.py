@@ -40,11 +40,12 @@ def _surrogate(path: Path | None, train: Any, params: Any) -> Any:
             fail(f"surrogate classifier not found: {path}")
         loaded = load_classifier(path)
         return loaded[0] if isinstance(loaded, tuple) else loaded
-    typer.echo(f"training a clean surrogate classifier ({params.victim.arch}, {params.victim.epochs} epochs)…")
-    model = build_classifier(params.victim.arch, num_classes=train.num_classes, in_channels=3,
-                             image_size=int(train.images.shape[1]), seed=params.victim.seed,
-                             width=params.victim.width, widths=params.victim.airbench.widths)
-    result = train_classifier(model, train, params.victim)
+    victim = params.victim.for_image_size(int(train.images.shape[1]))
+    typer.echo(f"training a clean surrogate classifier ({victim.arch}, {victim.epochs} epochs)…")
+    model = build_classifier(victim.arch, num_classes=train.num_classes, in_channels=3,
+                             image_size=int(train.images.shape[1]), seed=victim.seed,
+                             width=victim.width, widths=victim.airbench.widths)
+    result = train_classifier(model, train, victim)
     import torch
 
     if isinstance(result, torch.nn.Module):

@@ -79,7 +79,8 @@ def build_classifier(
 
 
 def build_victim(cfg, num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    """The classifier ``params.victim`` describes (arch, widths, seed)."""
+    """The classifier ``params.victim`` describes (arch — ``auto`` resolved for ``image_size`` —, widths, seed)."""
+    cfg = cfg.for_image_size(image_size)
     return build_classifier(cfg.arch, num_classes, in_channels, image_size, seed=cfg.seed, width=cfg.width,
                             widths=cfg.airbench.widths)
 

@@ -66,6 +66,7 @@ def train_classifier(
     ``lr / cfg.lr`` and the whitening layer is kept).
     """
     dev = resolve_device(device if device is not None else cfg.device)
+    cfg = cfg.for_image_size(train.images.shape[1])  # victim.arch auto: as the model was built for these images
     if cfg.training_recipe == "airbench":
         from detoxops.models.fast_train import train_fast_classifier
 
