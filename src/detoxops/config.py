@@ -544,7 +544,7 @@ class DataElixirConfig(_Section):
     keep_last: int | None = Field(default=None, ge=1)
     """m: intermediaries of the last reverse steps kept per round as candidates (the paper: 10)."""
     tau: float | None = Field(default=None, ge=0)
-    """Samples with at least this many candidate labels away from the consensus go to S (the paper: 5)."""
+    """τ: a sample whose second most frequent candidate label occurs at least τ times goes to S (the paper: 5)."""
     sampler: Literal["ddpm", "ddim"] | None = None
     ddim_stride: int | None = Field(default=None, ge=1)
     anomaly_threshold: float = Field(default=2.0, gt=0)
