@@ -30,8 +30,9 @@ def finite(rates: dict[str, Any]) -> dict[str, float]:
 def model_tag(params, ingested: dict[str, Any] | None = None) -> str:
     """The victim architecture a run trains: ``victim.arch``, with ``auto`` resolved for the ingested data's image
     size (what the dashboard groups runs by)."""
-    shape = ((ingested or {}).get("info") or {}).get("image_shape")
-    return params.victim.for_image_size(int(shape[0])).arch if shape else params.victim.arch
+    info = (ingested or {}).get("info") or {}
+    shape, count = info.get("image_shape"), ((info.get("splits") or {}).get("train") or {}).get("count")
+    return params.victim.for_image_size(int(shape[0]), count).arch if shape else params.victim.arch
 
 
 def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version: str, attack: str | None,

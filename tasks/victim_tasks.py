@@ -42,5 +42,5 @@ def train_victim(
     with task_progress("train-victim"):  # the recipe's device ("auto": CUDA when present)
         train_operation(train, cfg, out, attack=attack, record={"data_source": version}, progress=False)
     seconds = time.perf_counter() - start
-    return {"path": str(out), "arch": cfg.for_image_size(train.image_shape[0]).arch, "seconds": seconds,
+    return {"path": str(out), "arch": cfg.for_image_size(train.image_shape[0], len(train)).arch, "seconds": seconds,
             "num_classes": train.num_classes}

@@ -258,6 +258,8 @@ def test_victim_arch_auto_is_decided_by_the_image_size():
     auto = VictimConfig(arch="auto", epochs=3)
     assert auto.for_image_size(32).arch == "fast_cnn" and auto.for_image_size(32).training_recipe == "airbench"
     assert auto.for_image_size(16).arch == "small_cnn" and auto.for_image_size(16).epochs == 3
+    assert auto.for_image_size(32, n_images=10_000).arch == "fast_cnn"
+    assert auto.for_image_size(32, n_images=500).arch == "small_cnn"  # too few for airbench's 1,024-image batches
     assert VictimConfig(arch="vgg19").for_image_size(8).arch == "vgg19"  # an explicit arch is kept
     with pytest.raises(ValueError, match="resolve it for the images first"):
         _ = auto.training_recipe

@@ -195,8 +195,9 @@ class VictimConfig(_Section):
     or, for ``fast_cnn``, airbench94's (``victim.airbench``)."""
 
     arch: Literal["auto", "small_cnn", "fast_cnn", "preact_resnet18", "resnet34", "vgg19"] = "small_cnn"
-    """``auto``: the data decides — ``fast_cnn`` (airbench94) for images of at least 32 px, ``small_cnn`` below
-    (:meth:`for_image_size`; every trainer resolves it with the images it trains on)."""
+    """``auto``: the data decides — ``fast_cnn`` (airbench94) for images of at least 32 px and training sets of at
+    least ``AUTO_FAST_MIN_IMAGES`` images (airbench's 1,024-image batches need a few per epoch), ``small_cnn``
+    otherwise (:meth:`for_image_size`; every trainer resolves it with the images it trains on)."""
     recipe: Literal["auto", "backdoorbench", "airbench"] = "auto"
     """``auto``: airbench for ``fast_cnn``, BackdoorBench for the rest. ``airbench`` needs ``fast_cnn`` (its
     whitening layer); the BackdoorBench fields below (epochs … scheduler) apply to the ``backdoorbench`` recipe."""
@@ -219,7 +220,9 @@ class VictimConfig(_Section):
     device: str = "auto"
 
     AUTO_FAST_SIDE: ClassVar[int] = 32
-    """``arch: auto`` takes ``fast_cnn`` from this image side up (the side airbench94 was designed for)."""
+    """``arch: auto`` takes ``fast_cnn`` from this image side up (the side airbench94 was designed for)..."""
+    AUTO_FAST_MIN_IMAGES: ClassVar[int] = 5000
+    """... and from this many training images up (measured: 10,000 CIFAR-10 images, docs/dataelixir.md)."""
 
     @model_validator(mode="after")
     def _recipe_fits_arch(self) -> VictimConfig:
@@ -227,12 +230,17 @@ class VictimConfig(_Section):
             raise ValueError(f"recipe 'airbench' needs arch 'fast_cnn' (its whitening layer), not {self.arch!r}")
         return self
 
-    def for_image_size(self, image_size: int) -> VictimConfig:
-        """This config with ``arch: auto`` resolved for images of side ``image_size`` (itself otherwise)."""
+    def for_image_size(self, image_size: int, n_images: int | None = None) -> VictimConfig:
+        """This config with ``arch: auto`` resolved for ``n_images`` training images of side ``image_size``
+        (``None``: the count is not known, the side decides); itself when ``arch`` is explicit."""
         if self.arch != "auto":
             return self
-        arch = "fast_cnn" if int(image_size) >= self.AUTO_FAST_SIDE else "small_cnn"
-        return VictimConfig.model_validate(self.model_dump() | {"arch": arch})
+        fast = int(image_size) >= self.AUTO_FAST_SIDE and (n_images is None or n_images >= self.AUTO_FAST_MIN_IMAGES)
+        return self.with_arch("fast_cnn" if fast else "small_cnn")
+
+    def with_arch(self, arch: str) -> VictimConfig:
+        """This config for a model already built as ``arch`` (validated: an airbench recipe needs ``fast_cnn``)."""
+        return self if arch == self.arch else VictimConfig.model_validate(self.model_dump() | {"arch": arch})
 
     @property
     def training_recipe(self) -> str:

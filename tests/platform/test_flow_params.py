@@ -97,6 +97,9 @@ def test_the_model_tag_names_the_architecture_the_data_called_for():
 
     params = load_params(ROOT / "params.yaml", ["victim.arch=auto"], announce=False)
     assert model_tag(params, {"info": {"image_shape": [32, 32, 3]}}) == "fast_cnn"
+    many = {"info": {"image_shape": [32, 32, 3], "splits": {"train": {"count": 10_000}}}}
+    few = {"info": {"image_shape": [32, 32, 3], "splits": {"train": {"count": 120}}}}
+    assert (model_tag(params, many), model_tag(params, few)) == ("fast_cnn", "small_cnn")
     assert model_tag(params, {"info": {"image_shape": [16, 16, 3]}}) == "small_cnn"
     assert model_tag(params, {"info": {}}) == "auto"  # nothing to decide with: what was asked for
     explicit = load_params(ROOT / "params.yaml", ["victim.arch=vgg19"], announce=False)

@@ -40,7 +40,7 @@ def _surrogate(path: Path | None, train: Any, params: Any) -> Any:
             fail(f"surrogate classifier not found: {path}")
         loaded = load_classifier(path)
         return loaded[0] if isinstance(loaded, tuple) else loaded
-    victim = params.victim.for_image_size(int(train.images.shape[1]))
+    victim = params.victim.for_image_size(int(train.images.shape[1]), len(train))
     typer.echo(f"training a clean surrogate classifier ({victim.arch}, {victim.epochs} epochs)…")
     model = build_classifier(victim.arch, num_classes=train.num_classes, in_channels=3,
                              image_size=int(train.images.shape[1]), seed=victim.seed,

@@ -66,7 +66,9 @@ def train_classifier(
     ``lr / cfg.lr`` and the whitening layer is kept).
     """
     dev = resolve_device(device if device is not None else cfg.device)
-    cfg = cfg.for_image_size(train.images.shape[1])  # victim.arch auto: as the model was built for these images
+    if cfg.arch == "auto":  # the recipe follows the model as it was built (a fine-tuning set may be larger)
+        built = getattr(model, "detoxops_spec", {}).get("arch")
+        cfg = cfg.with_arch(built) if built else cfg.for_image_size(train.images.shape[1], len(train))
     if cfg.training_recipe == "airbench":
         from detoxops.models.fast_train import train_fast_classifier
 

@@ -41,7 +41,7 @@ def train_victim(train: ImageSet, cfg: VictimConfig, out: str | Path, *, attack=
     from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
     from detoxops.models import build_classifier, predict, save_classifier, train_classifier
 
-    cfg = cfg.for_image_size(train.images.shape[1])  # victim.arch auto: the data decides
+    cfg = cfg.for_image_size(train.images.shape[1], len(train))  # victim.arch auto: the data decides
     model = build_classifier(cfg.arch, train.num_classes, train.images.shape[-1], train.images.shape[1],
                              seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     wall, cpu = time.perf_counter(), time.process_time()
