@@ -19,7 +19,9 @@ The data decides what depends on it, unless set explicitly: the image size (``da
 default: a source whose images all have one size keeps it; mixed sizes are resized to the most common one, and
 the log says so; :mod:`detoxops.data.sizes`), the purifier (the one shipped for
 that size — ``cifar10-32`` for 32x32, ``digits-16`` for 16x16 — else the check stops before any training with
-the command that trains one), the victim's input size and class count. Every stage logs its progress with an
+the command that trains one), the victim's input size and class count, its architecture (``victim.arch: auto``:
+``fast_cnn`` for 32-px sets of at least 5,000 training images, else ``small_cnn``) and DataElixir's settings
+(``dataelixir.profile: auto``: the CPU setting validated for the purifier's size). Every stage logs its progress with an
 ETA and the check ends with the time each stage took.
 
     python -m flows.ingestion_check --source PATH [--params params.yaml] [--set key=value ...] [--dvc-root DIR]
