@@ -273,12 +273,15 @@ def anomaly_figure(anomaly: dict[str, Any], threshold: float, path: str | Path, 
     return path
 
 
-def params_as_run(params, sanitized: dict[str, Any] | None) -> dict[str, Any]:
-    """``params`` as a run's MLflow params, with the ``dataelixir`` section that ran (its profile resolved for the
-    purifier's image size) in place of the one asked for, whose candidate fields may be ``None`` (= the profile's)."""
+def params_as_run(params, sanitized: dict[str, Any] | None, victim: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` as a run's MLflow params, with what ran in place of what was asked for: the ``dataelixir`` section
+    with its profile resolved for the purifier's image size (the candidate fields asked for may be ``None`` = the
+    profile's), and ``victim.arch`` as trained (``auto`` resolved for the data)."""
     out = params.to_dict()
     if sanitized and sanitized.get("dataelixir"):
         out["dataelixir"] = dict(sanitized["dataelixir"])
+    if victim and victim.get("arch"):
+        out["victim"] = {**out["victim"], "arch": victim["arch"]}
     return out
 
 
@@ -514,7 +517,7 @@ def record_ingestion_check(
         "detoxops.prefect_flow_run_id": record["prefect_flow_run_id"],
     }
     with run(flow, f"check {dataset['name']}", kind="ingestion", prefix=params.tracking.experiment_prefix,
-             parent_run_id=parent_run_id, tags=tags, params=params_as_run(params, sanitized)) as active:
+             parent_run_id=parent_run_id, tags=tags, params=params_as_run(params, sanitized, victim)) as active:
         record["mlflow_run_id"] = active.info.run_id
         log_dataset(dataset["path"], dataset["name"], data_version, "ingestion")
         metrics = {"seconds": seconds, "n_flagged": float(sanitized.get("n_flagged") or 0),

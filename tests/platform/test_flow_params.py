@@ -89,6 +89,8 @@ def test_runs_record_the_dataelixir_settings_that_ran():
     assert logged["dataelixir"]["T"] == 80 and logged["dataelixir"]["sampler"] == "ddim"
     assert logged["victim"] == params.to_dict()["victim"]
     assert params_as_run(params, {"dataelixir": None}) == params.to_dict()  # a failed check: what was asked for
+    auto = load_params(ROOT / "params.yaml", ["victim.arch=auto"], announce=False)
+    assert params_as_run(auto, None, {"arch": "fast_cnn"})["victim"]["arch"] == "fast_cnn"  # as trained
 
 
 def test_the_model_tag_names_the_architecture_the_data_called_for():
