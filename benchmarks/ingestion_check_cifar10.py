@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detoxops.config import load_params
     from detoxops.data import load_source
+    from detoxops.fileio import atomic_write_text
     from detoxops.operations import poison
 
     entry = args.work / f"{args.attack}-seed{args.seed}-{args.per_class}pc"
@@ -141,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "code_version": _record.code_version(), "machine": _record.machine(),
     }
     entries = json.loads(args.json.read_text()) if args.json.is_file() else []
-    entries.append(row)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=1, default=str))
-    tmp.replace(args.json)
+    atomic_write_text(args.json, json.dumps([*entries, row], indent=1, default=str))
     print(json.dumps({k: row[k] for k in ("verdict", "wall_s", "target_labels", "tpr", "fpr") if k in row}))
     return 0 if rc in (0, 3) else 1
 

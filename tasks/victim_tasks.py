@@ -40,7 +40,6 @@ def train_victim(
     out = Path(out_root) / key
     start = time.perf_counter()
     with task_progress("train-victim"):  # the recipe's device ("auto": CUDA when present)
-        train_operation(train, cfg, out, attack=attack, record={"data_source": version}, progress=False)
+        outcome = train_operation(train, cfg, out, attack=attack, record={"data_source": version}, progress=False)
     seconds = time.perf_counter() - start
-    return {"path": str(out), "arch": cfg.for_image_size(train.image_shape[0], len(train)).arch, "seconds": seconds,
-            "num_classes": train.num_classes}
+    return {"path": str(out), "arch": outcome.arch, "seconds": seconds, "num_classes": train.num_classes}

@@ -32,7 +32,7 @@ def list_attacks() -> None:
 def _surrogate(path: Path | None, train: Any, params: Any) -> Any:
     """A clean classifier for attacks that fit on one (LF): loaded from ``path`` or trained on the clean set."""
     try:
-        from detoxops.models import build_classifier, load_classifier, train_classifier
+        from detoxops.models import build_victim, load_classifier, train_classifier
     except ImportError as exc:
         fail(f"this attack needs a clean surrogate classifier but detoxops.models is unavailable: {exc}")
     if path is not None:
@@ -42,9 +42,7 @@ def _surrogate(path: Path | None, train: Any, params: Any) -> Any:
         return loaded[0] if isinstance(loaded, tuple) else loaded
     victim = params.victim.for_image_size(int(train.images.shape[1]), len(train))
     typer.echo(f"training a clean surrogate classifier ({victim.arch}, {victim.epochs} epochs)…")
-    model = build_classifier(victim.arch, num_classes=train.num_classes, in_channels=3,
-                             image_size=int(train.images.shape[1]), seed=victim.seed,
-                             width=victim.width, widths=victim.airbench.widths)
+    model = build_victim(victim, train.num_classes, in_channels=3, image_size=int(train.images.shape[1]))
     result = train_classifier(model, train, victim)
     import torch
 

@@ -39,11 +39,10 @@ def train_victim(train: ImageSet, cfg: VictimConfig, out: str | Path, *, attack=
     ``triggered`` (PA / ASR) at ``cfg.tta`` and the other TTA level, and save it to ``out`` with its training record
     (``record``: the caller's own entries, e.g. the command and the attack record)."""
     from detoxops.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
-    from detoxops.models import build_classifier, predict, save_classifier, train_classifier
+    from detoxops.models import build_victim, predict, save_classifier, train_classifier
 
     cfg = cfg.for_image_size(train.images.shape[1], len(train))  # victim.arch auto: the data decides
-    model = build_classifier(cfg.arch, train.num_classes, train.images.shape[-1], train.images.shape[1],
-                             seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
+    model = build_victim(cfg, train.num_classes, train.images.shape[-1], train.images.shape[1])
     wall, cpu = time.perf_counter(), time.process_time()
     history = train_classifier(model, train, cfg, attack=attack, checkpoint_dir=checkpoint_dir, progress=progress)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
