@@ -18,7 +18,7 @@ import mlflow
 from tasks import PROJECT_ROOT
 from tasks.tracking import log_dataset, register_model, run
 
-__all__ = ["finite", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
+__all__ = ["finite", "run_params", "model_tag", "log_demo", "log_sanitize_flow", "log_sweep", "log_detox", "log_detox_byo",
            "log_benchmark"]
 
 
@@ -35,6 +35,14 @@ def model_tag(params, ingested: dict[str, Any] | None = None) -> str:
     return params.victim.for_image_size(int(shape[0]), count).arch if shape else params.victim.arch
 
 
+def run_params(params, ingested: dict[str, Any] | None, sanitized: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` as a flow's MLflow params, ``victim.arch`` as the run trains it (``auto`` resolved for the ingested
+    data, as :func:`model_tag`) and, for a sanitize run, the DataElixir settings that ran."""
+    from tasks.ingestion_tasks import params_as_run
+
+    return params_as_run(params, sanitized, {"arch": model_tag(params, ingested)})
+
+
 def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version: str, attack: str | None,
                       table_csv: Path, seconds: float, before: dict[str, Any], after: dict[str, Any],
                       sanitized: dict[str, Any], purified_dvc: dict[str, Any] | None, clean_model: dict[str, Any],
@@ -42,14 +50,14 @@ def log_sanitize_flow(flow: str, params, ingested: dict[str, Any], data_version:
     """``flows.sanitize``: parent run (results table, dataset input), child ``victim`` (CA / PA / ASR before),
     child ``dataelixir`` (TPR / FPR, retrained model's ACC / PA / ASR, decisions, anomaly index, the clean model
     registered as ``model_name``). Returns ``{"run_id", "model_version"}`` of the ``dataelixir`` run."""
-    from tasks.ingestion_tasks import log_dataelixir_artifacts, params_as_run
+    from tasks.ingestion_tasks import log_dataelixir_artifacts
 
     target = sanitized.get("target_label")
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": data_version, "detoxops.attack": attack,
             "detoxops.seed": params.attack.seed, "detoxops.model": model_tag(params, ingested)}
     prefix = params.tracking.experiment_prefix
     with run(flow, f"sanitize {ingested['name']} {attack or 'no attack'}", kind="report", prefix=prefix,
-             tags=tags, params=params_as_run(params, sanitized)) as parent:
+             tags=tags, params=run_params(params, ingested, sanitized)) as parent:
         log_dataset(ingested["path"], ingested["name"], data_version, "training")
         mlflow.log_metric("seconds", seconds)
         mlflow.log_artifact(str(table_csv), "results")
@@ -90,7 +98,7 @@ def log_sweep(params, outcome, ingested: dict[str, Any], seconds: float, baselin
     by_setting = {s["setting"]: s for s in outcome.choice.summaries}
     n_points = len([label for label in settings if label != baseline])
     with run("sweep", f"sweep {n_points} points x {len(attacks)} attacks", kind="sweep", prefix=prefix,
-             tags={**tags, "detoxops.chosen": chosen}, params=params.to_dict()) as parent:
+             tags={**tags, "detoxops.chosen": chosen}, params=run_params(params, ingested)) as parent:
         log_dataset(ingested["path"], ingested["name"], ingested["hash"], "validation")
         mlflow.log_params({"sweep.grid": json.dumps(outcome.grid), "sweep.max_ca_drop": str(outcome.max_ca_drop),
                            "sweep.chosen": chosen, "sweep.rule": outcome.rule[:250]})
@@ -140,7 +148,7 @@ def log_detox(flow: str, params, ingested: dict[str, Any], data_version: str, at
             "detoxops.seed": params.attack.seed, "detoxops.model": model_tag(params, ingested)}
     prefix = params.tracking.experiment_prefix
     with run(flow, f"detox {'+'.join(attacks)}", kind="report", prefix=prefix, tags=tags,
-             params=params.to_dict()) as parent:
+             params=run_params(params, ingested)) as parent:
         log_dataset(ingested["path"], ingested["name"], data_version, "evaluation")
         mlflow.log_params({"detox.attacks": ",".join(attacks), "detox.defenses": ",".join(defenses),
                            "detox.max_images": str(max_images)})
@@ -201,7 +209,7 @@ def log_benchmark(params, rows: list[dict[str, Any]], attacks: list[str], defens
     tags = {"detoxops.dataset": ingested["name"], "detoxops.data_version": ingested["hash"],
             "detoxops.model": model_tag(params, ingested), "detoxops.purifier": purifier_origin}
     with run("benchmark", f"benchmark {len(attacks)}x{len(defenses)}", kind="benchmark", prefix=prefix, tags=tags,
-             params=params.to_dict()) as parent:
+             params=run_params(params, ingested)) as parent:
         log_dataset(ingested["path"], ingested["name"], ingested["hash"], "evaluation")
         mlflow.log_params({"benchmark.attacks_run": ",".join(attacks), "benchmark.defenses_run": ",".join(defenses),
                            "benchmark.max_images": str(max_images)})
@@ -242,7 +250,7 @@ def log_demo(params, done: dict[str, Any], table: list[dict[str, Any]], summarie
             "detoxops.attack": params.attack.name, "detoxops.seed": params.attack.seed,
             "detoxops.model": model_tag(params, ingested), "detoxops.torch_threads": torch_threads}
     with run("demo", f"demo {params.attack.name}", kind="report", prefix=prefix, tags=tags,
-             params=params.to_dict()) as parent:
+             params=run_params(params, ingested)) as parent:
         parent_id = parent.info.run_id
         log_dataset(ingested["path"], ingested["name"], done["data_version"], "training")
         mlflow.log_metric("seconds", seconds)

@@ -106,3 +106,20 @@ def test_the_model_tag_names_the_architecture_the_data_called_for():
     assert model_tag(params, {"info": {}}) == "auto"  # nothing to decide with: what was asked for
     explicit = load_params(ROOT / "params.yaml", ["victim.arch=vgg19"], announce=False)
     assert model_tag(explicit, {"info": {"image_shape": [32, 32, 3]}}) == "vgg19"
+
+
+def test_flow_runs_log_the_architecture_they_train_and_the_settings_that_ran():
+    """The sanitize / detox / benchmark / sweep / demo parent runs log ``victim.arch`` resolved as the tag is."""
+    from detoxops.config import load_params
+    from tasks.records import run_params
+
+    params = load_params(ROOT / "params.yaml", ["victim.arch=auto"], announce=False)
+    many = {"info": {"image_shape": [32, 32, 3], "splits": {"train": {"count": 10_000}}}}
+    few = {"info": {"image_shape": [32, 32, 3], "splits": {"train": {"count": 120}}}}
+    assert run_params(params, many)["victim"]["arch"] == "fast_cnn"
+    assert run_params(params, few)["victim"]["arch"] == "small_cnn"
+    ran = params.dataelixir.resolved(32).model_dump(mode="json")
+    logged = run_params(params, many, {"dataelixir": ran})
+    assert (logged["victim"]["arch"], logged["dataelixir"]["T"]) == ("fast_cnn", 80)
+    rest = {k: v for k, v in logged.items() if k not in ("victim", "dataelixir")}
+    assert rest == {k: v for k, v in params.to_dict().items() if k not in ("victim", "dataelixir")}
