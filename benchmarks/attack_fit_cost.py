@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
-from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from torch import nn
 
+from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from detoxops.attacks import registry
 from detoxops.attacks.lf import low_frequency_energy
 from detoxops.attacks.visibility import perturbation_stats

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _record import provenance
 
+from _record import provenance
 from detoxops.attacks import registry
 from detoxops.config import DataConfig
 from detoxops.data import load_splits

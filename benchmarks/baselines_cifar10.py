@@ -36,10 +36,6 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patch_repair_eval import SHIPPED_PURIFIER  # noqa: E402  (the shipped 32x32 purifier)
-from patch_repair_eval import clean_test as _clean_test  # noqa: E402  (the clean test split of --data)
-from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
-
 from detoxops.config import load_params  # noqa: E402
 from detoxops.data import from_tensor, stratified_subset_indices, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
@@ -48,6 +44,9 @@ from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.metrics import attack_success_rate, clean_accuracy, percent, poisoned_accuracy  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from patch_repair_eval import SHIPPED_PURIFIER  # noqa: E402  (the shipped 32x32 purifier)
+from patch_repair_eval import clean_test as _clean_test  # noqa: E402  (the clean test split of --data)
+from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 clean_test = functools.lru_cache(maxsize=2)(_clean_test)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _record import provenance
 from dataelixir_cifar10_fast import stored_purifiers
-
 from detoxops.config import DataElixirConfig, load_params
 from detoxops.data import ImageSet
 from detoxops.defenses.dataelixir import DataElixir, module_fingerprint

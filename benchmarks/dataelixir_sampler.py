@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from diffusion_throughput import machine_info
 
 from detoxops.attacks import poison_datasets, registry
 from detoxops.config import load_params
@@ -37,6 +36,7 @@ from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, clean_accuracy, detection_rates
 from detoxops.models import build_classifier, load_classifier, predict, save_classifier, train_classifier
 from detoxops.operations import sanitize
+from diffusion_throughput import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

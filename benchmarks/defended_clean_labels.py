@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patch_repair_eval import clean_test  # noqa: E402
-from sampdetox_eval import split_indices  # noqa: E402
-
 from detoxops.defenses.drift import label_drift  # noqa: E402
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from patch_repair_eval import clean_test  # noqa: E402
+from sampdetox_eval import split_indices  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

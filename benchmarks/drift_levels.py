@@ -24,9 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import provenance  # noqa: E402
-from patch_repair_eval import clean_test, defend  # noqa: E402
-from sampdetox_eval import split_indices  # noqa: E402
-
 from detoxops.config import SampDetoxConfig  # noqa: E402
 from detoxops.defenses.drift import label_drift  # noqa: E402
 from detoxops.defenses.sampdetox import SampDetox  # noqa: E402
@@ -35,6 +32,8 @@ from detoxops.diffusion.unet import shipped_purifier_dir  # noqa: E402
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from patch_repair_eval import clean_test, defend  # noqa: E402
+from sampdetox_eval import split_indices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

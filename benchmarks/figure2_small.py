@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from torch import nn
 
+from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from detoxops.attacks import registry
 from detoxops.attacks.visibility import figure2_points, summarise, write_rows_csv
 

@@ -26,14 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import provenance  # noqa: E402
-from patch_repair_eval import clean_test  # noqa: E402
-from sampdetox_eval import split_indices  # noqa: E402
-
 from detoxops.attacks.base import jpeg_roundtrip  # noqa: E402
 from detoxops.data import from_tensor, to_tensor  # noqa: E402
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from patch_repair_eval import clean_test  # noqa: E402
+from sampdetox_eval import split_indices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,15 +28,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patch_repair_eval import SHIPPED_PURIFIER, clean_test  # noqa: E402
-from sampdetox_eval import split_indices  # noqa: E402
-
 from detoxops.attacks import registry  # noqa: E402
 from detoxops.config import PatchRepairConfig  # noqa: E402
 from detoxops.data import to_tensor  # noqa: E402
 from detoxops.defenses.map_quality import roc_auc  # noqa: E402
 from detoxops.defenses.patch_repair import PatchRepair, box_mean  # noqa: E402
 from detoxops.diffusion import denoise, load_purifier  # noqa: E402
+from patch_repair_eval import SHIPPED_PURIFIER, clean_test  # noqa: E402
+from sampdetox_eval import split_indices  # noqa: E402
 
 
 def top_squares(m: torch.Tensor, k: int, r: int = 2) -> torch.Tensor:

@@ -33,8 +33,6 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
-
 from detoxops.config import DataConfig, PatchRepairConfig, SampDetoxConfig  # noqa: E402
 from detoxops.data import from_tensor, load_splits, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
@@ -44,6 +42,7 @@ from detoxops.defenses.sampdetox import SampDetox  # noqa: E402
 from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
 
 SHIPPED_PURIFIER = Path(__file__).resolve().parents[1] / "src/detoxops/assets/purifiers/cifar10-32"
 

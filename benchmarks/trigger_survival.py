@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cifar_small import DEFAULT_ARCHIVE, read_cifar
-from diffusion_throughput import machine_info
 
+from cifar_small import DEFAULT_ARCHIVE, read_cifar
 from detoxops.attacks import registry
 from detoxops.data.tensors import to_tensor
 from detoxops.diffusion import denoise
@@ -45,6 +44,7 @@ from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, clean_accuracy
 from detoxops.models import load_classifier, predict
 from detoxops.models.store import victim_attack
+from diffusion_throughput import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

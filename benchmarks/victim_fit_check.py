@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _record import provenance
 
+from _record import provenance
 from detoxops.config import DataConfig
 from detoxops.data import load_splits
 from detoxops.fileio import atomic_write_text

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_table import machine  # noqa: E402
-
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import build_classifier  # noqa: E402
 

@@ -101,7 +101,6 @@ def test_table_fields_and_resume(tmp_path):
     # the stage-2/3 re-analysis of the stored candidates reproduces the run's own sets, and refuses to recompute
     # with a purifier the shards were not made with
     import dataelixir_reanalyse_candidates as reanalyse
-
     from detoxops.diffusion import load_purifier, save_purifier
     from detoxops.diffusion.unet import shipped_purifier_dir
 

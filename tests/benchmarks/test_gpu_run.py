@@ -22,10 +22,9 @@ BENCH = ROOT / "benchmarks"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+import gpu_bundle  # noqa: E402
 import gpu_import  # noqa: E402
 import gpu_run  # noqa: E402
-
-import gpu_bundle  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
