@@ -64,14 +64,20 @@ def check_record(data_root: Path) -> dict | None:
     return json.loads(markers[-1].read_text()) if markers else None
 
 
-def detection_against_truth(record: dict | None, poisoned: np.ndarray, labels: np.ndarray) -> dict:
-    """TPR / FPR of the purified version the check stored (quarantined runs only), against the known poison:
-    a sample is detected when its label changed."""
+def detection_against_truth(record: dict | None, train) -> dict:
+    """TPR / FPR of the purified version the check stored (quarantined runs only), against the known poison of
+    ``train`` (the ImageSet the tree was written from): a sample is detected when its label changed. ``tpr`` is over
+    all poisoned samples (the reference's definition), ``tpr_label_changing`` over those whose label the attack
+    changed (DataElixir's own code poisons only those; BackdoorBench draws dirty-label poison from every class, so
+    ~10 % of it already has the target label and can never count as detected), ``label_acc_poisoned`` the share of
+    the poison that got its true label back."""
     if not record or not record.get("purified_version"):
         return {}
     from detoxops.data import load_version
     from detoxops.metrics import detection_rates
 
+    labels, poisoned = np.asarray(train.labels), np.asarray(train.poisoned, dtype=bool)
+    original = np.asarray(train.original_labels)
     purified = load_version(record["purified_version"])["train"]
     # the tree was read in (class, file name) order, which is the order it was written in within a class;
     # source_index is each sample's position in that order
@@ -80,7 +86,55 @@ def detection_against_truth(record: dict | None, poisoned: np.ndarray, labels: n
         return {"detection_note": f"purified set has {len(purified)} samples, the tree {len(labels)}"}
     at = tree_order[np.asarray(purified.source_index)]
     tpr, fpr = detection_rates(labels[at], purified.labels, poisoned[at])
-    return {"tpr": round(float(tpr), 4) if tpr == tpr else None, "fpr": round(float(fpr), 4)}
+    changed = np.asarray(purified.labels) != labels[at]
+    label_changing = poisoned[at] & (labels[at] != original[at])
+    restored = np.asarray(purified.labels) == original[at]
+
+    def share(mask: np.ndarray, of: np.ndarray) -> float | None:
+        return round(float(mask[of].mean()), 4) if of.any() else None
+
+    return {"tpr": round(float(tpr), 4) if tpr == tpr else None, "fpr": round(float(fpr), 4),
+            "label_changing_poisoned": int(label_changing.sum()),
+            "tpr_label_changing": share(changed, label_changing),
+            "label_acc_poisoned": share(restored, poisoned[at])}
+
+
+def build_train(args, base):
+    """The poisoned (or clean) training subset and the clean test subset the tree is written from: deterministic in
+    ``--seed``, so ``--rescore`` rebuilds exactly the set an earlier run wrote."""
+    from detoxops.data import load_source
+    from detoxops.operations import poison
+
+    entry = args.work / f"{args.attack}-seed{args.seed}-{args.per_class}pc"
+    data_cfg = base.data.model_copy(update={"source": args.data, "image_size": None, "seed": args.seed,
+                                            "train_per_class": args.per_class, "test_per_class": args.test_per_class,
+                                            "root": str(entry / "source-cache")})
+    splits = load_source(args.data, data_cfg, progress=False)
+    train = splits["train"]
+    if args.attack != "clean":
+        attack_cfg = base.attack.model_copy(update={"name": args.attack, "seed": args.seed})
+        train = poison(splits["train"], splits["test"], attack_cfg, progress=False).train
+    return train, splits["test"]
+
+
+def rescore(args, base, entry: Path) -> int:
+    """Re-score the newest stored entry of this ``--work`` folder against the rebuilt truth (new detection columns
+    for an entry whose check already ran); the check is not run again."""
+    from detoxops.fileio import atomic_write_text
+
+    log = str(entry / "check.log")
+    entries = json.loads(args.json.read_text()) if args.json.is_file() else []
+    matches = [i for i, e in enumerate(entries) if e.get("log") == log]
+    record = check_record(entry / "dvc" / "data") if (entry / "dvc" / "data").is_dir() else None
+    if not matches or record is None:
+        print(f"--rescore: no entry with log {log} in {args.json}, or no check record under {entry}", file=sys.stderr)
+        return 1
+    train, _ = build_train(args, base)
+    rates = detection_against_truth(record, train)
+    entries[matches[-1]] = {**entries[matches[-1]], **rates}
+    atomic_write_text(args.json, json.dumps(entries, indent=1, default=str))
+    print(json.dumps(rates))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,25 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ingestion_check_cifar10")
     ap.add_argument("--note", default="", help="free text stored with the entry (machine load, ...)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/ingestion_check_cifar10.json")
+    ap.add_argument("--rescore", action="store_true",
+                    help="do not run the check: re-score the stored entry of this --work/--attack/--seed")
     args = ap.parse_args(argv)
 
     from detoxops.config import load_params
-    from detoxops.data import load_source
     from detoxops.fileio import atomic_write_text
-    from detoxops.operations import poison
 
     entry = args.work / f"{args.attack}-seed{args.seed}-{args.per_class}pc"
-    shutil.rmtree(entry, ignore_errors=True)
     base = load_params(ROOT / "params.yaml", announce=False)
-    data_cfg = base.data.model_copy(update={"source": args.data, "image_size": None, "seed": args.seed,
-                                            "train_per_class": args.per_class, "test_per_class": args.test_per_class,
-                                            "root": str(entry / "source-cache")})
-    splits = load_source(args.data, data_cfg, progress=False)
-    train = splits["train"]
-    if args.attack != "clean":
-        attack_cfg = base.attack.model_copy(update={"name": args.attack, "seed": args.seed})
-        train = poison(splits["train"], splits["test"], attack_cfg, progress=False).train
-    counts = write_tree({"train": train, "test": splits["test"]}, entry / "tree")
+    if args.rescore:
+        return rescore(args, base, entry)
+    shutil.rmtree(entry, ignore_errors=True)
+    train, test = build_train(args, base)
+    counts = write_tree({"train": train, "test": test}, entry / "tree")
 
     overrides = [f"data.root={entry / 'dvc' / 'data'}", f"tracking.runs_dir={entry / 'runs'}",
                  f"tracking.mlflow_uri=sqlite:///{entry / 'mlflow.db'}", *args.overrides]
@@ -135,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "within_90_min": wall <= 90 * 60,
         "target_labels": (record or {}).get("target_labels"), "stages_s": (record or {}).get("stages"),
         "dataelixir": (record or {}).get("dataelixir"),
-        **detection_against_truth(record, np.asarray(train.poisoned), np.asarray(train.labels)),
+        **detection_against_truth(record, train),
         "threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "load_before": load_before,
         "load_after": list(os.getloadavg()), "note": args.note, "log": str(entry / "check.log"),
         "command": _record.command(__file__, argv), "check_command": " ".join(cmd[1:]),
@@ -143,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     entries = json.loads(args.json.read_text()) if args.json.is_file() else []
     atomic_write_text(args.json, json.dumps([*entries, row], indent=1, default=str))
-    print(json.dumps({k: row[k] for k in ("verdict", "wall_s", "target_labels", "tpr", "fpr") if k in row}))
+    print(json.dumps({k: row[k] for k in ("verdict", "wall_s", "target_labels", "tpr", "tpr_label_changing", "fpr")
+                      if k in row}))
     return 0 if rc in (0, 3) else 1
 
 
