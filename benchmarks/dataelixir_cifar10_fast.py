@@ -10,7 +10,10 @@ without poison (the ``clean`` entry's victim, and the ACC a retrained model is c
 
 The work folder keeps every stage (``<work>/seed<S>/<attack>/`` holds the poisoned set and victim; the DataElixir
 part lives under ``elixir-<key>/``, keyed by the ``dataelixir`` settings, so several settings share one victim). A
-finished entry (``elixir-<key>/result.json``) is skipped; an interrupted one resumes stage by stage.
+finished entry (``elixir-<key>/result.json``) is skipped; an interrupted one resumes stage by stage. The table
+(``--results/<name>.json``, committed) is rewritten after every entry; an entry whose ``elixir-<key>/`` folder is
+gone (``runs/`` does not travel between machines) is taken from that table when it holds the row for the same
+settings and purifier, and rows of other attacks / seeds in it are kept.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/dataelixir_cifar10_fast.py --seed 1 --attacks badnets \
         -s dataelixir.T=80 -s dataelixir.rounds=2 -s dataelixir.sampler=ddim -s dataelixir.ddim_stride=10 \
@@ -161,13 +164,27 @@ def _entry_train(attack: str, entry: Path, splits: dict[str, ImageSet]) -> Image
     return splits["train"] if attack == "clean" else ImageSet.load(entry / "poisoned" / "train")
 
 
-def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict[str, ImageSet], work: Path) -> dict:
+def recorded_rows(results_file: Path) -> dict[tuple, dict]:
+    """The rows of a table this benchmark wrote before, by (attack, seed, elixir key, purifier): what survives when
+    the work folder does not (``runs/`` is not committed; the table is)."""
+    if not results_file.is_file():
+        return {}
+    rows = json.loads(results_file.read_text()).get("rows", [])
+    return {(r["attack"], r["seed"], r.get("elixir_key"), r.get("purifier")): r for r in rows}
+
+
+def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict[str, ImageSet], work: Path,
+              recorded: dict[tuple, dict] | None = None) -> dict:
     params = seed_params(base, seed, attack)
     seed_dir = work / f"seed{seed}"
     entry = seed_dir / attack
     purifier_fp = module_fingerprint(purifier.unet)
     elixir_dir = elixir_folder(entry, params, purifier_fp)
     done = elixir_dir / "result.json"
+    row = (recorded or {}).get((attack, seed, elixir_dir.name, purifier_fp))
+    if row is not None and not elixir_dir.exists():  # its work is gone (another machine): the committed row stands
+        print(f"{attack} seed {seed}: done (recorded in the table; no work folder)", flush=True)
+        return row
     if done.is_file():
         print(f"{attack} seed {seed}: done ({done})", flush=True)
         row = json.loads(done.read_text())
@@ -302,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     work = Path(args.work)
     rows, purifier = [], None
+    recorded = recorded_rows(Path(args.results) / f"{args.name}.json")
+    requested = {(attack, seed) for seed in args.seed for attack in args.attacks}
+    # rows of the table this run does not redo (other attacks or seeds run under the same name) stay in it
+    kept = [r for r in recorded.values() if (r["attack"], r["seed"]) not in requested]
     for seed in args.seed:
         data_cfg = base.data.model_copy(update={"source": args.source, "image_size": args.image_size, "seed": seed,
                                                 "train_per_class": args.train_per_class,
@@ -310,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         if purifier is None:
             purifier = load_chosen_purifier(args.purifier, base.diffusion, int(splits["train"].image_shape[0]))
         for attack in args.attacks:
-            rows.append(run_entry(attack, seed, args, base, purifier, splits, work))
+            rows.append(run_entry(attack, seed, args, base, purifier, splits, work, recorded))
+            # after every entry, so a run cut short (or a machine lost) leaves the finished rows to commit
+            write_report(args, argv, machine, [*rows, *kept])
+    return 0
+
+
+def write_report(args, argv: list[str] | None, machine: dict, rows: list[dict]) -> None:
     report = {"command": _record.command(__file__, argv), "code_version": _record.code_version(), "machine": machine,
               "load_average_at_end": load_avg(), "train_per_class": args.train_per_class, "rows": rows}
     for folder, text in ((args.results, json.dumps(report, indent=1, default=float)),
@@ -318,11 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(folder).mkdir(parents=True, exist_ok=True)
         suffix = ".json" if folder == args.results else ".md"
         path = Path(folder) / f"{args.name}{suffix}"
-        tmp = path.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
         print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

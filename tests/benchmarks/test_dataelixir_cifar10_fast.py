@@ -98,6 +98,20 @@ def test_table_fields_and_resume(tmp_path):
     for key in ("target_labels", "tpr", "fpr", "label_acc", "victim", "reference", "retrained"):
         assert rebuilt[key] == badnets[key], key
 
+    # resume 3: the work folder lost (a new machine), the committed table kept -> its rows stand, nothing recomputed
+    import shutil
+
+    shutil.copytree(tmp_path / "work", tmp_path / "work.kept")
+    shutil.rmtree(tmp_path / "work" / "seed1")
+    assert bench.main([*TINY[:TINY.index("--attacks")], "--attacks", "badnets", "--seed", "1",
+                       *TINY[TINY.index("--seed") + 2:], "--work", str(tmp_path / "work"), "--results",
+                       str(tmp_path / "res"), "--docs-results", str(tmp_path / "docs"), "--name", "tiny"]) == 0
+    assert not (tmp_path / "work" / "seed1" / "badnets" / "victim").exists()  # no victim trained again
+    table = json.loads((tmp_path / "res" / "tiny.json").read_text())["rows"]
+    assert table[0] == rebuilt and table[1]["attack"] == "clean"  # the clean row, not redone, stays in the table
+    shutil.rmtree(tmp_path / "work")
+    shutil.move(tmp_path / "work.kept", tmp_path / "work")
+
     # the stage-2/3 re-analysis of the stored candidates reproduces the run's own sets, and refuses to recompute
     # with a purifier the shards were not made with
     import dataelixir_reanalyse_candidates as reanalyse
