@@ -66,37 +66,23 @@ def check_record(data_root: Path) -> dict | None:
 
 def detection_against_truth(record: dict | None, train) -> dict:
     """TPR / FPR of the purified version the check stored (quarantined runs only), against the known poison of
-    ``train`` (the ImageSet the tree was written from): a sample is detected when its label changed. ``tpr`` is over
-    all poisoned samples (the reference's definition), ``tpr_label_changing`` over those whose label the attack
-    changed (DataElixir's own code poisons only those; BackdoorBench draws dirty-label poison from every class, so
-    ~10 % of it already has the target label and can never count as detected), ``label_acc_poisoned`` the share of
-    the poison that got its true label back."""
+    ``train`` (the ImageSet the tree was written from): ``dataelixir_cifar10_fast.detection``'s numbers (a sample is
+    detected when its label changed; ``tpr`` over all poison, ``tpr_label_changing`` over the poison whose label the
+    attack changed, ``label_acc`` / ``label_acc_poisoned`` the share given its true label back), rounded to 4
+    places."""
     if not record or not record.get("purified_version"):
         return {}
+    from dataelixir_cifar10_fast import detection
     from detoxops.data import load_version
-    from detoxops.metrics import detection_rates
 
-    labels, poisoned = np.asarray(train.labels), np.asarray(train.poisoned, dtype=bool)
-    original = np.asarray(train.original_labels)
     purified = load_version(record["purified_version"])["train"]
+    if len(purified) != len(train):
+        return {"detection_note": f"purified set has {len(purified)} samples, the tree {len(train)}"}
     # the tree was read in (class, file name) order, which is the order it was written in within a class;
     # source_index is each sample's position in that order
-    tree_order = np.lexsort((np.arange(len(labels)), labels))
-    if len(purified) != len(labels):
-        return {"detection_note": f"purified set has {len(purified)} samples, the tree {len(labels)}"}
-    at = tree_order[np.asarray(purified.source_index)]
-    tpr, fpr = detection_rates(labels[at], purified.labels, poisoned[at])
-    changed = np.asarray(purified.labels) != labels[at]
-    label_changing = poisoned[at] & (labels[at] != original[at])
-    restored = np.asarray(purified.labels) == original[at]
-
-    def share(mask: np.ndarray, of: np.ndarray) -> float | None:
-        return round(float(mask[of].mean()), 4) if of.any() else None
-
-    return {"tpr": round(float(tpr), 4) if tpr == tpr else None, "fpr": round(float(fpr), 4),
-            "label_changing_poisoned": int(label_changing.sum()),
-            "tpr_label_changing": share(changed, label_changing),
-            "label_acc_poisoned": share(restored, poisoned[at])}
+    tree_order = np.lexsort((np.arange(len(train)), np.asarray(train.labels)))
+    rates = detection(train.subset(tree_order[np.asarray(purified.source_index)]), purified)
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in rates.items()}
 
 
 def build_train(args, base):

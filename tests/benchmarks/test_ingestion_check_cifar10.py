@@ -64,8 +64,9 @@ def test_detection_is_scored_on_the_stored_purified_version(tmp_path):
     record = bench.check_record(tmp_path / "data")
     assert record["status"] == "quarantined"  # the newest marker
     rates = bench.detection_against_truth(record, train)
+    # of the 4 poisoned, sample 4 got its own label back; 0 and 8 lost theirs, 12 kept the target: 13 of 16 right
     assert rates == {"tpr": 0.75, "fpr": 0.0, "label_changing_poisoned": 2, "tpr_label_changing": 0.5,
-                     "label_acc_poisoned": 0.25}  # of the 4 poisoned: sample 4 got its own label back
+                     "label_acc": 0.8125, "label_acc_poisoned": 0.25}
     assert bench.detection_against_truth({"status": "passed", "purified_version": None}, train) == {}
 
 
