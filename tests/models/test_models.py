@@ -35,6 +35,20 @@ def test_every_architecture_maps_images_to_logits_and_features(arch):
     assert feats.ndim == 2 and feats.shape[0] == 2
 
 
+def test_read_only_images_predict_like_writable_ones_without_a_warning():
+    import warnings
+
+    model = build_classifier("small_cnn", num_classes=2, image_size=8, seed=0)
+    images = _toy_set(4).images
+    frozen = images.copy()
+    frozen.flags.writeable = False  # what a stored (memory-mapped) image set hands out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_only = predict(model, frozen)
+    assert np.array_equal(read_only, predict(model, images))
+    assert np.array_equal(frozen, images)  # untouched
+
+
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="unknown classifier arch 'alexnet'"):
         build_classifier("alexnet", 10)

@@ -6,6 +6,8 @@ Every classifier takes float NCHW in [0, 1] (normalisation is inside), returns l
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -89,7 +91,14 @@ def _as_batch_tensor(images: np.ndarray | Tensor) -> Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:
+            # stored image sets are read-only memory maps; the uint8 tensor is only ever sliced and converted to
+            # float (a copy), never written, so wrapping it without a copy is safe — and torch's warning noise
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.from_numpy(images).permute(0, 3, 1, 2)
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
     if images.ndim != 4:
         raise ValueError(f"expected a (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     return images
