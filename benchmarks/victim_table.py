@@ -32,13 +32,17 @@ RECIPE_FILES = ("src/detoxops/models/fast_train.py", "src/detoxops/models/fast_c
 
 
 def recipe_current(store: Path, stage: str, root: Path) -> bool | None:
-    """Whether ``stage`` of ``store/dvc.lock`` was run with the recipe files as they are now (None: not in the lock)."""
+    """Whether ``stage`` of ``store/dvc.lock`` (``attack@X`` also finds ``attack_lossless@X``) was run with the recipe
+    files as they are now (None: not in the lock)."""
     import yaml
 
     lock = store / "dvc.lock"
     if not lock.is_file():
         return None
-    deps = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("deps")
+    stages = yaml.safe_load(lock.read_text()).get("stages", {})
+    if stage not in stages and stage.startswith("attack@"):  # a victim of victims.lossless_attacks
+        stage = stage.replace("attack@", "attack_lossless@", 1)
+    deps = (stages.get(stage) or {}).get("deps")
     if deps is None:
         return None
     recorded = {d["path"]: d.get("md5") for d in deps}

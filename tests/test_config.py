@@ -165,6 +165,13 @@ def test_sweep_grid_keys_must_be_sampdetox_keys():
         load_params(None, ["sweep.grid={t2: []}"])
 
 
+
+def test_a_store_victim_is_either_jpeg_stored_or_lossless_not_both():
+    params = load_params(None, ["victims.attacks=[badnets, sig]", "victims.lossless_attacks=[ftrojan]"])
+    assert params.victims.lossless_attacks == ["ftrojan"]
+    with pytest.raises(ConfigError, match=r"\['sig'\] in both attacks and lossless_attacks"):
+        load_params(None, ["victims.attacks=[badnets, sig]", "victims.lossless_attacks=[sig]"])
+
 # ------------------------------------------------------------------ params overlays (params.demo.yaml)
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)

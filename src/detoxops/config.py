@@ -629,6 +629,17 @@ class VictimZooConfig(_Section):
     """``attack.jpeg_quality`` for the store's attacks: store the images an attack changes as JPEG at this quality, as
     the source holds its clean images (75 for this project's JPEG copy of CIFAR-10; ``None`` for PNG sources).
     Without it, victims on a JPEG source can learn "not JPEG-like" instead of the trigger (docs/attacks.md)."""
+    lossless_attacks: list[str] = Field(default_factory=list)
+    """Attacks whose trigger a JPEG pass at ``jpeg_quality`` would destroy (FTrojan's high-frequency DCT trigger,
+    BPP's dithering; measured): their victims are trained with the changed images as computed (stage ``attack_lossless@<name>``), as
+    an attacker who knows the dataset is JPEG would ship lossless files. Must not repeat a name of ``attacks``."""
+
+    @model_validator(mode="after")
+    def _lossless_attacks_are_separate(self) -> VictimZooConfig:
+        both = sorted(set(self.attacks) & set(self.lossless_attacks))
+        if both:
+            raise ValueError(f"victims: {both} in both attacks and lossless_attacks; each victim is trained once")
+        return self
 
 
 class SweepConfig(_Section):

@@ -1,5 +1,6 @@
 """`dvc repro victims/dvc.yaml` — the committed victim store's pipeline — in a scratch Git + DVC copy on a tiny
-class-folder dataset made here: the clean victim and a BadNets victim are trained with the fast recipe, exported in
+class-folder dataset made here: the clean victim, a BadNets victim (poison stored as JPEG) and a Blended one (a
+``victims.lossless_attacks`` entry: poison as computed) are trained with the fast recipe, exported in
 fp16 with their training record, loadable by name; a second repro retrains nothing and `dvc status` is clean."""
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     params["data"]["root"] = str(proj / "data")
     params["victim"]["airbench"].update({"epochs": 2, "batch_size": 16, "widths": [8, 8, 8], "whiten_images": 32})
     params["victim"]["device"] = "cpu"
-    params["victims"].update({"source": str(source), "attacks": ["badnets"], "name": "toy-fast"})
+    params["victims"].update({"source": str(source), "attacks": ["badnets"], "lossless_attacks": ["blended"],
+                              "name": "toy-fast"})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text(".venv\n/data/\n/runs/\n")
     env = scratch_repo.init(proj)
@@ -56,7 +58,8 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     log = scratch_repo.run([str(DVC), "repro", "victims/dvc.yaml"], proj, env, timeout=900)
     assert "Running stage 'victims/dvc.yaml:clean'" in log, log
     assert "Running stage 'victims/dvc.yaml:attack@badnets'" in log, log
-    for name in ("clean", "badnets"):
+    assert "Running stage 'victims/dvc.yaml:attack_lossless@blended'" in log, log
+    for name in ("clean", "badnets", "blended"):
         spec = json.loads((proj / "victims" / "toy-fast" / name / "classifier.json").read_text())
         assert spec["arch"] == "fast_cnn" and spec["meta"]["fp16_weights"] is True
         assert spec["meta"]["params"]["arch"] == "fast_cnn"  # the training record travels with the weights
@@ -65,8 +68,11 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     # victims.jpeg_quality reaches the attack through the stage command: poisoned images stored as the source's JPEG
     assert params["victims"]["jpeg_quality"] == 75
     assert badnets_meta["attack_record"]["jpeg_quality"] == 75
+    # ... except for victims.lossless_attacks, whose changed images are stored as computed
+    blended_meta = json.loads((proj / "victims/toy-fast/blended/classifier.json").read_text())["meta"]
+    assert blended_meta["attack_record"].get("jpeg_quality") is None  # the record omits a null quality
     lock = yaml.safe_load((proj / "victims" / "dvc.lock").read_text())["stages"]
-    assert {"clean", "attack@badnets"} <= set(lock)
+    assert {"clean", "attack@badnets", "attack_lossless@blended"} <= set(lock)
 
     # committed outputs + lock: nothing to retrain
     scratch_repo.run(["git", "add", "-A"], proj, env)
@@ -76,4 +82,4 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     assert "up to date" in scratch_repo.run([str(DVC), "status", "victims/dvc.yaml"], proj, env)
 
     listed = scratch_repo.run([str(proj / ".venv/bin/detoxops"), "victim", "list", "--store", "victims"], proj, env)
-    assert "toy-fast/badnets" in listed and "toy-fast/clean" in listed
+    assert "toy-fast/badnets" in listed and "toy-fast/clean" in listed and "toy-fast/blended" in listed
