@@ -119,7 +119,8 @@ def markdown(table: list[dict], command: str, name: str) -> str:
         )
     lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).",
               "\"poison stored as\": the training images the attack changed, as computed or re-encoded as JPEG at the"
-              " source's quality (`victims.jpeg_quality`; docs/attacks.md, \"JPEG sources\").", ""]
+              " source's quality (`victims.jpeg_quality`; as computed for `victims.lossless_attacks`, whose trigger JPEG"
+              " destroys; docs/attacks.md, \"JPEG sources\").", ""]
     return "\n".join(lines)
 
 
