@@ -631,8 +631,9 @@ class VictimZooConfig(_Section):
     Without it, victims on a JPEG source can learn "not JPEG-like" instead of the trigger (docs/attacks.md)."""
     lossless_attacks: list[str] = Field(default_factory=list)
     """Attacks whose trigger a JPEG pass at ``jpeg_quality`` would destroy (FTrojan's high-frequency DCT trigger,
-    BPP's dithering; measured): their victims are trained with the changed images as computed (stage ``attack_lossless@<name>``), as
-    an attacker who knows the dataset is JPEG would ship lossless files. Must not repeat a name of ``attacks``."""
+    BPP's dithering; measured): their victims are trained with the changed images as computed (stage
+    ``attack_lossless@<name>``), as an attacker who knows the dataset is JPEG would ship lossless files. Must not
+    repeat a name of ``attacks``."""
 
     @model_validator(mode="after")
     def _lossless_attacks_are_separate(self) -> VictimZooConfig:

@@ -91,14 +91,11 @@ def _as_batch_tensor(images: np.ndarray | Tensor) -> Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
-        images = np.ascontiguousarray(images)
-        if not images.flags.writeable:
+        with warnings.catch_warnings():
             # stored image sets are read-only memory maps; the uint8 tensor is only ever sliced and converted to
             # float (a copy), never written, so wrapping it without a copy is safe — and torch's warning noise
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                return torch.from_numpy(images).permute(0, 3, 1, 2)
-        return torch.from_numpy(images).permute(0, 3, 1, 2)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if images.ndim != 4:
         raise ValueError(f"expected a (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     return images
