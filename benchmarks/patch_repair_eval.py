@@ -77,6 +77,16 @@ def defend(defense, images_u8: np.ndarray, batch: int, seed: int, desc: str):
             np.concatenate(cmaps) if cmaps else None)
 
 
+def purifier_key(folder: Path) -> str:
+    """The folder and the sha256 of its weights file (what the cached maps and outputs depend on)."""
+    import hashlib
+
+    from detoxops.diffusion.unet import WEIGHTS_NAME
+
+    digest = hashlib.sha256((Path(folder) / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+    return f"{folder}@{digest}"
+
+
 def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray, batch: int, seed: int,
                   purifier: str):
     """:func:`defend` on the clean images, stored under ``cache`` by a key of everything the output depends on."""
@@ -152,12 +162,15 @@ def main() -> None:
     patch_kw.setdefault("confirm", "none")
     patch_cfg = PatchRepairConfig(**patch_kw)
     purifier = load_purifier(args.purifier)
+    # cached maps / outputs are keyed by the weights, not the folder's name: a shipped name can get new weights
+    args.purifier_key = purifier_key(args.purifier)
     repair = PatchRepair(purifier, patch_cfg)
     clean = clean_test(args.data)
     split = "val" if args.mode == "calibrate" else args.split if args.mode == "confirm" else "test"
     cidx = split_indices(clean, split, args.n_clean, seed=0)
     record = {"command": shlex.join(["python", *sys.argv]), "mode": args.mode, "split": split,
-              "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier), "n_clean": int(len(cidx)),
+              "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier), "purifier_key": args.purifier_key,
+              "n_clean": int(len(cidx)),
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                           "torch": torch.__version__, "load_avg_start": list(__import__("os").getloadavg())}}
 
@@ -168,7 +181,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
         else:  # the maps `confirm --split val` reuses; their computing time is stored with them
             clean_maps, seconds = stored_context_maps(args.cache, "val_clean", repair, clean.images[cidx], args.batch,
-                                                      args.seed, str(args.purifier))
+                                                      args.seed, args.purifier_key)
         record["clean_map_seconds"] = round(seconds, 1)
         record["thresholds"] = calibrate(torch.from_numpy(clean_maps[:, None]), args.fire_rate, args.pixel_rate)
         if args.save_calibration is not None:
@@ -200,7 +213,7 @@ def main() -> None:
     if "repair" not in chosen:
         raise SystemExit("table: --defenses must include repair (its context maps are the gate's and the map's numbers)")
     # the repair defense's own context maps give the gate / map numbers, so the maps are computed once
-    clean_out = {d: cached_defend(args.cache, defenses[d], d, clean.images[cidx], args.batch, args.seed, str(args.purifier))
+    clean_out = {d: cached_defend(args.cache, defenses[d], d, clean.images[cidx], args.batch, args.seed, args.purifier_key)
                  for d in chosen}
     clean_maps = clean_out["repair"][3]
     clean_peaks = clean_maps.reshape(len(clean_maps), -1).max(1)
@@ -283,7 +296,7 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
         clean_maps = np.load(args.clean_maps)["maps"]
     else:
         clean_maps, _ = stored_context_maps(args.cache, f"{args.split}_clean", repair, clean.images[cidx],
-                                            args.batch, args.seed, str(args.purifier))
+                                            args.batch, args.seed, args.purifier_key)
     if len(clean_maps) != len(cidx):
         raise SystemExit(f"--clean-maps holds {len(clean_maps)} maps, --n-clean selects {len(cidx)} images")
     rows = []
@@ -299,7 +312,7 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
             trig_maps = np.load(table_maps)["maps"]
         else:
             trig_maps, _ = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
-                                               args.seed + 1, str(args.purifier))
+                                               args.seed + 1, args.purifier_key)
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
         for rate in filter(None, args.fire_rates.split(",")):
             for confirm in confirm_modes(args.confirm_modes, rate):

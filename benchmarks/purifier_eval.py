@@ -39,11 +39,11 @@ def _weights_sha(folder: Path) -> str:
 
 
 def _folder(spec: str) -> Path:
-    from detoxops.diffusion.unet import SHIPPED_PURIFIERS, shipped_purifier_dir
+    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS, shipped_purifier_dir
 
     if Path(spec).is_dir():
         return Path(spec)
-    names = {"cifar10": "cifar10-32", **{n: n for n in SHIPPED_PURIFIERS}}
+    names = {"cifar10": "cifar10-32", **{n: n for n in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}}}
     if spec in names:
         return shipped_purifier_dir(names[spec])
     raise SystemExit(f"--purifier: {spec!r} is neither a folder nor a shipped purifier name")
