@@ -32,16 +32,18 @@ RECIPE_FILES = ("src/detoxops/models/fast_train.py", "src/detoxops/models/fast_c
 
 
 def recipe_current(store: Path, stage: str, root: Path) -> bool | None:
-    """Whether ``stage`` of ``store/dvc.lock`` (``attack@X`` also finds ``attack_lossless@X``) was run with the recipe
-    files as they are now (None: not in the lock)."""
+    """Whether ``stage`` of ``store/dvc.lock`` (``attack@X`` also finds ``attack_lossless@X`` and
+    ``attack_recipe_augment@X``) was run with the recipe files as they are now (None: not in the lock)."""
     import yaml
 
     lock = store / "dvc.lock"
     if not lock.is_file():
         return None
     stages = yaml.safe_load(lock.read_text()).get("stages", {})
-    if stage not in stages and stage.startswith("attack@"):  # a victim of victims.lossless_attacks
-        stage = stage.replace("attack@", "attack_lossless@", 1)
+    if stage not in stages and stage.startswith("attack@"):  # victims.lossless_attacks / recipe_augment_attacks
+        name = stage.removeprefix("attack@")
+        stage = next((f"{group}@{name}" for group in ("attack_lossless", "attack_recipe_augment")
+                      if f"{group}@{name}" in stages), stage)
     deps = (stages.get(stage) or {}).get("deps")
     if deps is None:
         return None
@@ -120,7 +122,9 @@ def markdown(table: list[dict], command: str, name: str) -> str:
     lines += ["", "The defenses' tables use the deployed model's numbers: no test-time augmentation (`victim.tta: 0`).",
               "\"poison stored as\": the training images the attack changed, as computed or re-encoded as JPEG at the"
               " source's quality (`victims.jpeg_quality`; as computed for `victims.lossless_attacks`, whose trigger JPEG"
-              " destroys; docs/attacks.md, \"JPEG sources\").", ""]
+              " destroys; docs/attacks.md, \"JPEG sources\"). Loop attacks of `victims.recipe_augment_attacks` (WaNet)"
+              " train with the victim recipe's augmentation instead of BackdoorBench's batch PostTensorTransform"
+              " (docs/models.md).", ""]
     return "\n".join(lines)
 
 

@@ -166,11 +166,14 @@ def test_sweep_grid_keys_must_be_sampdetox_keys():
 
 
 
-def test_a_store_victim_is_either_jpeg_stored_or_lossless_not_both():
+def test_a_store_victim_is_in_one_list_only_jpeg_stored_lossless_or_recipe_augmented():
     params = load_params(None, ["victims.attacks=[badnets, sig]", "victims.lossless_attacks=[ftrojan]"])
     assert params.victims.lossless_attacks == ["ftrojan"]
     with pytest.raises(ConfigError, match=r"\['sig'\] in both attacks and lossless_attacks"):
         load_params(None, ["victims.attacks=[badnets, sig]", "victims.lossless_attacks=[sig]"])
+    with pytest.raises(ConfigError, match=r"\['wanet'\] in both lossless_attacks and recipe_augment_attacks"):
+        load_params(None, ["victims.attacks=[badnets]", "victims.lossless_attacks=[wanet]",
+                           "victims.recipe_augment_attacks=[wanet]"])
 
 # ------------------------------------------------------------------ params overlays (params.demo.yaml)
 def _deep_merge(base: dict, over: dict) -> dict:

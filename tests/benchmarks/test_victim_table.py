@@ -58,12 +58,15 @@ def test_recipe_is_current_only_when_the_lock_matches_the_files_now(tmp_path):
     store.mkdir()
     lock = {"stages": {"clean": {"deps": [{"path": "src/detoxops/models/fast_train.py", "md5": md5}]},
                        "attack@badnets": {"deps": [{"path": "src/detoxops/models/fast_train.py", "md5": "0" * 32}]},
-                       "attack_lossless@ftrojan": {"deps": [{"path": "src/detoxops/models/fast_train.py", "md5": md5}]}}}
+                       "attack_lossless@ftrojan": {"deps": [{"path": "src/detoxops/models/fast_train.py", "md5": md5}]},
+                       "attack_recipe_augment@wanet": {"deps": [{"path": "src/detoxops/models/fast_train.py",
+                                                                 "md5": "0" * 32}]}}}
     (store / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert bench.recipe_current(store, "clean", root) is True
     assert bench.recipe_current(store, "attack@badnets", root) is False
     assert bench.recipe_current(store, "attack@lc", root) is None
     assert bench.recipe_current(store, "attack@ftrojan", root) is True  # a victims.lossless_attacks stage
+    assert bench.recipe_current(store, "attack@wanet", root) is False  # a victims.recipe_augment_attacks stage
 
 
 def test_main_writes_both_files_and_refuses_an_empty_store(tmp_path):

@@ -1,7 +1,8 @@
 """`dvc repro victims/dvc.yaml` — the committed victim store's pipeline — in a scratch Git + DVC copy on a tiny
-class-folder dataset made here: the clean victim, a BadNets victim (poison stored as JPEG) and a Blended one (a
-``victims.lossless_attacks`` entry: poison as computed) are trained with the fast recipe, exported in
-fp16 with their training record, loadable by name; a second repro retrains nothing and `dvc status` is clean."""
+class-folder dataset made here: the clean victim, a BadNets victim (poison stored as JPEG), a Blended one (a
+``victims.lossless_attacks`` entry: poison as computed) and a WaNet one (a ``victims.recipe_augment_attacks``
+entry: no PostTensorTransform) are trained with the fast recipe, exported in fp16 with their training record,
+loadable by name; a second repro retrains nothing and `dvc status` is clean."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     params["victim"]["airbench"].update({"epochs": 2, "batch_size": 16, "widths": [8, 8, 8], "whiten_images": 32})
     params["victim"]["device"] = "cpu"
     params["victims"].update({"source": str(source), "attacks": ["badnets"], "lossless_attacks": ["blended"],
-                              "name": "toy-fast"})
+                              "recipe_augment_attacks": ["wanet"], "name": "toy-fast"})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text(".venv\n/data/\n/runs/\n")
     env = scratch_repo.init(proj)
@@ -59,7 +60,8 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     assert "Running stage 'victims/dvc.yaml:clean'" in log, log
     assert "Running stage 'victims/dvc.yaml:attack@badnets'" in log, log
     assert "Running stage 'victims/dvc.yaml:attack_lossless@blended'" in log, log
-    for name in ("clean", "badnets", "blended"):
+    assert "Running stage 'victims/dvc.yaml:attack_recipe_augment@wanet'" in log, log
+    for name in ("clean", "badnets", "blended", "wanet"):
         spec = json.loads((proj / "victims" / "toy-fast" / name / "classifier.json").read_text())
         assert spec["arch"] == "fast_cnn" and spec["meta"]["fp16_weights"] is True
         assert spec["meta"]["params"]["arch"] == "fast_cnn"  # the training record travels with the weights
@@ -72,7 +74,10 @@ def test_victim_store_pipeline(tmp_path, scratch_repo):
     blended_meta = json.loads((proj / "victims/toy-fast/blended/classifier.json").read_text())["meta"]
     assert blended_meta["attack_record"].get("jpeg_quality") is None  # the record omits a null quality
     lock = yaml.safe_load((proj / "victims" / "dvc.lock").read_text())["stages"]
-    assert {"clean", "attack@badnets", "attack_lossless@blended"} <= set(lock)
+    # ... and victims.recipe_augment_attacks train without the loop's own batch transform, poison stored as JPEG
+    wanet_record = json.loads((proj / "victims/toy-fast/wanet/classifier.json").read_text())["meta"]["attack_record"]
+    assert wanet_record["options"]["post_transform"] is False and wanet_record["jpeg_quality"] == 75
+    assert {"clean", "attack@badnets", "attack_lossless@blended", "attack_recipe_augment@wanet"} <= set(lock)
 
     # committed outputs + lock: nothing to retrain
     scratch_repo.run(["git", "add", "-A"], proj, env)
