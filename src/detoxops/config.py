@@ -325,8 +325,8 @@ class DiffusionConfig(_Section):
     train: DiffusionTrainConfig = Field(default_factory=DiffusionTrainConfig)
     purifier: str | None = None
     """A diffusers model folder to use as the purifier, or a shipped purifier's name (``cifar10-32``, ``digits-16``,
-    ``cifar10-32-levelmap``: the level-map purifier for per-pixel noise; ``cifar10-32-v1``: the CIFAR-10 default
-    before 2026-12-07, docs/diffusion.md); ``None`` = the
+    ``cifar10-32-levelmap``: the level-map purifier for per-pixel noise; ``cifar10-32-v2``: ``cifar10-32`` trained
+    on, docs/diffusion.md); ``None`` = the
     purifier shipped for the image size, else the one trained by the pipeline."""
     precision: Literal["auto", "native", "bf16", "fp32"] = "auto"
     """The purifier's forward pass when it purifies (SampDetox, DataElixir, the baselines): ``auto`` = bf16 autocast
