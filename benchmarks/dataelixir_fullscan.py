@@ -9,8 +9,9 @@ or on a local Dask cluster of W workers, with the per-image extrapolation to the
         -s dataelixir.T=80 -s dataelixir.rounds=4 -s dataelixir.sampler=ddim -s dataelixir.ddim_stride=10 \\
         -s dataelixir.keep_last=1 --note "quiet machine"
 
-The first ``--n`` images (classes interleaved, so every class and the poisoned share are kept) are stored as a
-dataset version under ``--work`` and sanitised by the flow with ``--workers`` candidate tasks (``--runner dask``:
+``--n`` images drawn at random (``--seed``) within each (label, poisoned) group in proportion to its size, so the
+sample keeps the set's label shares and its poisoned share (a prefix does not: a stored poisoned set may hold its
+poison in one part), are stored as a dataset version under ``--work`` and sanitised by the flow with ``--workers`` candidate tasks (``--runner dask``:
 that many single-threaded worker processes; ``thread``: the flow's thread pool). Each run gets its own output root
 (nothing cached is reused) and appends one entry to ``--json``: wall seconds, images/s, the extrapolation
 ``wall · 50,000 / n`` to a full CIFAR-10 scan (the candidate stage, linear in n, dominates; the per-set stages —
@@ -40,12 +41,28 @@ if str(ROOT) not in sys.path:
 FULL = 50_000  # CIFAR-10's training split
 
 
+def proportional_sample(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` samples drawn at random within each group, each group's share of ``n`` proportional to
+    its size (largest remainder), so a (label, poisoned) grouping keeps both the label and the poisoned shares."""
+    groups = np.asarray(groups)
+    if not 0 < n <= len(groups):
+        raise ValueError(f"n must be in 1..{len(groups)}, got {n}")
+    values, counts = np.unique(groups, return_counts=True)
+    quota = counts * n / len(groups)
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(take - quota, kind="stable")[: n - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(groups == v), k, replace=False) for v, k in zip(values, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--poisoned", type=Path, required=True, help="poisoned training ImageSet folder")
     ap.add_argument("--victim", required=True, help="classifier folder or victim-store name")
     ap.add_argument("--purifier", default=None, help="purifier folder (default: the one shipped for the image size)")
-    ap.add_argument("--n", type=int, default=5000, help="images to sanitise (the first n, classes interleaved)")
+    ap.add_argument("--n", type=int, default=5000, help="images to sanitise (a proportional random sample)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
     ap.add_argument("--runner", choices=["thread", "dask"], default="thread")
     ap.add_argument("--workers", type=int, default=1, help="candidate tasks (dask: worker processes)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -58,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--n must be >= 2 and --workers >= 1, got {args.n} / {args.workers}")
 
     from detoxops.data import ImageSet, save_version
-    from detoxops.data.splits import class_interleaved_indices
     from detoxops.diffusion.unet import purifier_folder
     from detoxops.fileio import atomic_write_text
     from detoxops.models.store import resolve_classifier_path
@@ -66,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.sanitize import sanitize_version
 
     train = ImageSet.load(args.poisoned)
-    take = class_interleaved_indices(np.asarray(train.labels))[: args.n]
-    subset = train.subset(np.sort(take))
+    groups = np.asarray(train.labels) * 2 + np.asarray(train.poisoned, dtype=np.int64)
+    subset = train.subset(proportional_sample(groups, args.n, args.seed))
     purifier = args.purifier or str(purifier_folder(None, int(np.asarray(subset.images).shape[1]))[0])
     run = f"{args.runner}-w{args.workers}-n{len(subset)}-{time.strftime('%Y%m%d-%H%M%S')}"
     version = save_version({"train": subset}, args.work / "versions", "fullscan", source=str(args.poisoned))
@@ -80,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                       out_root=str(args.work / run), workers=args.workers)
     wall = time.time() - wall0
     entry = {"run": run, "command": shlex.join(["python", *sys.argv]), "n": len(subset),
-             "poisoned_share": float(np.mean(subset.poisoned)), "runner": args.runner, "workers": args.workers,
+             "poisoned_share": float(np.mean(subset.poisoned)), "seed": args.seed, "runner": args.runner, "workers": args.workers,
              "overrides": args.overrides, "victim": args.victim, "purifier": purifier, "wall_s": round(wall, 3),
              "images_per_s": round(len(subset) / wall, 3), "extrapolated_full_scan_s": round(wall * FULL / len(subset)),
              "target_label": result.get("target_label"), "tpr": result.get("tpr"), "fpr": result.get("fpr"),

@@ -160,8 +160,8 @@ def test_the_flow_split_over_parallel_workers_gives_the_same_artifacts(inputs, p
     assert shards == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
 
 
-def test_the_fullscan_benchmark_times_the_flow_on_a_balanced_prefix(inputs, platform_env, tmp_path):
-    """benchmarks/dataelixir_fullscan.py: the first n images (classes interleaved) through the flow with two candidate
+def test_the_fullscan_benchmark_times_the_flow_on_a_proportional_sample(inputs, platform_env, tmp_path):
+    """benchmarks/dataelixir_fullscan.py: n images (a proportional random sample) through the flow with two candidate
     tasks, one JSON entry with the wall time and the stated extrapolation to 50,000 images."""
     import sys
 
@@ -179,10 +179,30 @@ def test_the_fullscan_benchmark_times_the_flow_on_a_balanced_prefix(inputs, plat
     (entry,) = json.loads(out.read_text())["entries"]
     assert entry["n"] == 18 and entry["workers"] == 2 and entry["parallel_shards"] == [0, 1, 2]
     assert entry["wall_s"] > 0 and entry["extrapolated_full_scan_s"] == pytest.approx(entry["wall_s"] * 50_000 / 18, rel=0.02)
-    from detoxops.data.splits import class_interleaved_indices
-
-    train_labels = ImageSet.load(inputs["train"]).labels
-    labels = train_labels[np.sort(class_interleaved_indices(train_labels)[:18])]
-    assert np.bincount(labels).tolist() == [6, 6, 6]  # the prefix keeps the classes balanced
+    train = ImageSet.load(inputs["train"])
+    assert entry["poisoned_share"] == pytest.approx(np.mean(train.poisoned), abs=1 / 18)  # the sample keeps it
     with pytest.raises(SystemExit, match="--workers"):
         bench.main([*args, "--workers", "0"])
+
+
+def test_the_fullscan_sample_keeps_every_group_share_where_a_prefix_would_not():
+    """The store's poisoned sets hold their poison after the clean images: a class-interleaved prefix had 1.2 % poison
+    where the set has 10 % (measured, docs/dataelixir.md); the proportional sample keeps each (label, poisoned) share."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dataelixir_fullscan as bench
+
+    labels = np.repeat(np.arange(4), 250)
+    poisoned = np.zeros(1000, dtype=bool)
+    poisoned[900:] = True  # the poison at the end, all relabelled to class 3
+    groups = labels * 2 + poisoned
+    take = bench.proportional_sample(groups, 100, seed=0)
+    assert len(take) == 100 and len(np.unique(take)) == 100 and np.all(np.diff(take) > 0)
+    assert poisoned[take].sum() == 10 and np.bincount(labels[take]).tolist() == [25, 25, 25, 25]
+    assert not np.array_equal(take, bench.proportional_sample(groups, 100, seed=1))  # the seed draws another sample
+    assert np.array_equal(take, bench.proportional_sample(groups, 100, seed=0))  # deterministic
+    odd = bench.proportional_sample(np.array([0] * 7 + [1] * 3), 5, seed=0)  # largest remainder: 3.5 / 1.5 -> 4 / 1
+    assert len(odd) == 5
+    with pytest.raises(ValueError, match="n must be"):
+        bench.proportional_sample(groups, 0, seed=0)
