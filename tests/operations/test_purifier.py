@@ -51,6 +51,12 @@ def test_choose_names_a_missing_or_mis_sized_purifier(tmp_path):
     with pytest.raises(ValueError, match="trained on 16x16 images but the data are 32x32"):
         choose_purifier(folder, DiffusionConfig(), 32)
     assert choose_purifier(folder, DiffusionConfig(), 16) == (folder, "explicit")
+    # an explicit shipped name (the benchmarks' --purifier) resolves like diffusion.purifier's
+    assert choose_purifier("digits-16", DiffusionConfig(), 16) == (folder, "shipped:digits-16")
+    with pytest.raises(ValueError, match="32x32"):
+        choose_purifier("cifar10-32-v2", DiffusionConfig(), 16)
+    with pytest.raises(FileNotFoundError, match="nor a shipped purifier's name"):
+        choose_purifier(tmp_path / "nope", DiffusionConfig(), 16)
 
 
 def test_diffusion_prepare_command(tmp_path):

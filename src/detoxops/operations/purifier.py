@@ -26,17 +26,22 @@ class PurifierSizeError(ValueError):
 
 
 def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_size: int) -> tuple[Path, str]:
-    """``(folder, origin)``: ``explicit`` (a ``--purifier`` folder, a pipeline's ``pipeline/purifier``) when given,
-    else ``diffusion.purifier`` (a folder or a shipped name), else the purifier shipped for ``image_size``
-    (:func:`detoxops.diffusion.purifier_folder`). Raises ``FileNotFoundError`` naming the setting when none exists
-    (training one is its own operation: ``detoxops diffusion train``, the ``train_purifier`` stage) and
-    ``ValueError`` when the purifier's image size is not the data's."""
+    """``(folder, origin)``: ``explicit`` (a ``--purifier`` folder or shipped name, a pipeline's
+    ``pipeline/purifier``) when given, else ``diffusion.purifier`` (a folder or a shipped name), else the purifier
+    shipped for ``image_size`` (:func:`detoxops.diffusion.purifier_folder`). Raises ``FileNotFoundError`` naming the
+    setting when none exists (training one is its own operation: ``detoxops diffusion train``, the
+    ``train_purifier`` stage) and ``ValueError`` when the purifier's image size is not the data's."""
     from detoxops.diffusion import purifier_folder
+    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS
 
     if explicit is not None:
         folder, origin = Path(explicit), "explicit"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"purifier {folder} is not a folder")
+        shipped = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}
+        if not folder.is_dir() and str(explicit).removeprefix("shipped:") in shipped:
+            folder, origin = purifier_folder(str(explicit), image_size)  # a shipped name, e.g. cifar10-32-v2
+        elif not folder.is_dir():
+            raise FileNotFoundError(f"purifier {folder} is not a folder nor a shipped purifier's name "
+                                    f"({', '.join(shipped)})")
     else:
         folder, origin = purifier_folder(cfg.purifier, image_size)
         if folder is None:
