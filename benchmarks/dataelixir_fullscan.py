@@ -11,8 +11,9 @@ or on a local Dask cluster of W workers, with the per-image extrapolation to the
 
 ``--n`` images drawn at random (``--seed``) within each (label, poisoned) group in proportion to its size, so the
 sample keeps the set's label shares and its poisoned share (a prefix does not: a stored poisoned set may hold its
-poison in one part), are stored as a dataset version under ``--work`` and sanitised by the flow with ``--workers`` candidate tasks (``--runner dask``:
-that many single-threaded worker processes; ``thread``: the flow's thread pool). Each run gets its own output root
+poison in one part), are stored as a dataset version under ``--work`` and sanitised by the flow with ``--workers``
+candidate tasks (``--runner dask``: that many single-threaded worker processes; ``thread``: the flow's thread
+pool). Each run gets its own output root
 (nothing cached is reused) and appends one entry to ``--json``: wall seconds, images/s, the extrapolation
 ``wall · 50,000 / n`` to a full CIFAR-10 scan (the candidate stage, linear in n, dominates; the per-set stages —
 anomaly index, relabelling model — are counted once, so the extrapolation is an upper bound on their part), the
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                       out_root=str(args.work / run), workers=args.workers)
     wall = time.time() - wall0
     entry = {"run": run, "command": shlex.join(["python", *sys.argv]), "n": len(subset),
-             "poisoned_share": float(np.mean(subset.poisoned)), "seed": args.seed, "runner": args.runner, "workers": args.workers,
+             "poisoned_share": float(np.mean(subset.poisoned)), "seed": args.seed, "runner": args.runner,
+             "workers": args.workers,
              "overrides": args.overrides, "victim": args.victim, "purifier": purifier, "wall_s": round(wall, 3),
              "images_per_s": round(len(subset) / wall, 3), "extrapolated_full_scan_s": round(wall * FULL / len(subset)),
              "target_label": result.get("target_label"), "tpr": result.get("tpr"), "fpr": result.get("fpr"),

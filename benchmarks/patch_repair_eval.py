@@ -169,8 +169,8 @@ def main() -> None:
     split = "val" if args.mode == "calibrate" else args.split if args.mode == "confirm" else "test"
     cidx = split_indices(clean, split, args.n_clean, seed=0)
     record = {"command": shlex.join(["python", *sys.argv]), "mode": args.mode, "split": split,
-              "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier), "purifier_key": args.purifier_key,
-              "n_clean": int(len(cidx)),
+              "patch_repair": patch_cfg.model_dump(), "purifier": str(args.purifier),
+              "purifier_key": args.purifier_key, "n_clean": int(len(cidx)),
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                           "torch": torch.__version__, "load_avg_start": list(__import__("os").getloadavg())}}
 
