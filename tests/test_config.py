@@ -165,7 +165,6 @@ def test_sweep_grid_keys_must_be_sampdetox_keys():
         load_params(None, ["sweep.grid={t2: []}"])
 
 
-
 def test_a_store_victim_is_in_one_list_only_jpeg_stored_lossless_or_recipe_augmented():
     params = load_params(None, ["victims.attacks=[badnets, sig]", "victims.lossless_attacks=[ftrojan]"])
     assert params.victims.lossless_attacks == ["ftrojan"]

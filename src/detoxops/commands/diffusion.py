@@ -189,12 +189,7 @@ def eval_command(
 
     from detoxops.diffusion.inpaint import evaluate_inpainting
     from detoxops.diffusion.train import evaluate_denoising
-    from detoxops.diffusion.unet import (
-        OPTIONAL_PURIFIERS,
-        SHIPPED_PURIFIERS,
-        load_purifier,
-        shipped_purifier_dir,
-    )
+    from detoxops.diffusion.unet import load_purifier, shipped_name, shipped_purifier_dir
     from detoxops.models import load_classifier, predict
 
     if threads:
@@ -208,8 +203,8 @@ def eval_command(
     cfg = params_from_cli(params, overrides)
     eval_levels = _parse_levels(levels)
     hole_sides = _parse_levels(holes) if holes.strip() else []
-    name = purifier_path.removeprefix("shipped:")
-    if not Path(purifier_path).is_dir() and name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}:
+    name = shipped_name(purifier_path)
+    if name is not None:
         purifier_path = str(shipped_purifier_dir(name))  # a shipped purifier by name, e.g. cifar10-32
     try:
         purifier = load_purifier(purifier_path)

@@ -198,15 +198,10 @@ def train_purifier(
 
 def _init_from(unet: torch.nn.Module, source: str) -> None:
     """Copy the weights of purifier ``source`` (folder or shipped name, read from safetensors) into ``unet``."""
-    from detoxops.diffusion.unet import (
-        OPTIONAL_PURIFIERS,
-        SHIPPED_PURIFIERS,
-        load_purifier,
-        shipped_purifier_dir,
-    )
+    from detoxops.diffusion.unet import load_purifier, shipped_name, shipped_purifier_dir
 
-    shipped = source in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS} and not Path(source).is_dir()
-    folder = shipped_purifier_dir(source) if shipped else Path(source)
+    name = shipped_name(source)
+    folder = shipped_purifier_dir(name) if name is not None else Path(source)
     start = load_purifier(folder).unet
     ours, theirs = unet.state_dict(), start.state_dict()
     mismatched = sorted(k for k in ours.keys() | theirs.keys()

@@ -314,6 +314,15 @@ def shipped_purifier_dir(name: str) -> Path:
     return Path(str(resources.files("detoxops") / "assets" / "purifiers" / name))
 
 
+def shipped_name(spec: str | Path | None) -> str | None:
+    """The shipped purifier (a default or an optional one) that ``spec`` names — ``cifar10-32-v2`` or
+    ``shipped:cifar10-32-v2`` — or ``None`` when it names none or is an existing folder (a folder wins)."""
+    name = str(spec or "").removeprefix("shipped:")
+    if name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS} and not Path(str(spec)).is_dir():
+        return name
+    return None
+
+
 DATASET_IMAGE_SIZES = {"digits": 16, "cifar10": 32, "cifar-10": 32, "gtsrb": 32}
 
 
@@ -324,8 +333,8 @@ def purifier_folder(configured: str | Path | None, image_size: int) -> tuple[Pat
     purifier such as ``cifar10-32-levelmap`` selects it, origin ``shipped:<name>``), else the purifier shipped for
     ``image_size`` (``shipped:<name>``), else ``(None, "none")``: the caller trains one.
     """
-    name = str(configured or "").removeprefix("shipped:")
-    if name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS} and not Path(str(configured)).is_dir():
+    name = shipped_name(configured)
+    if name is not None:
         size = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}[name]
         folder = shipped_purifier_dir(name)
         if not (folder / "config.json").is_file():

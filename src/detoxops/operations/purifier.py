@@ -32,16 +32,15 @@ def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_siz
     setting when none exists (training one is its own operation: ``detoxops diffusion train``, the
     ``train_purifier`` stage) and ``ValueError`` when the purifier's image size is not the data's."""
     from detoxops.diffusion import purifier_folder
-    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS
+    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS, shipped_name
 
     if explicit is not None:
         folder, origin = Path(explicit), "explicit"
-        shipped = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}
-        if not folder.is_dir() and str(explicit).removeprefix("shipped:") in shipped:
+        if shipped_name(explicit) is not None:
             folder, origin = purifier_folder(str(explicit), image_size)  # a shipped name, e.g. cifar10-32-v2
         elif not folder.is_dir():
             raise FileNotFoundError(f"purifier {folder} is not a folder nor a shipped purifier's name "
-                                    f"({', '.join(shipped)})")
+                                    f"({', '.join({**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS})})")
     else:
         folder, origin = purifier_folder(cfg.purifier, image_size)
         if folder is None:
