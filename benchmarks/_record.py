@@ -52,3 +52,16 @@ def machine(threads: int | None = None) -> dict:
 def provenance(script: str, argv: list[str] | None = None, threads: int | None = None) -> dict:
     """``{"command", "code", "machine"}`` for a result record."""
     return {"command": command(script, argv), "code": code_version(), "machine": machine(threads)}
+
+
+def purifier_sha(folder: str | Path) -> str:
+    """A purifier's identity for result keys and caches: sha256 (16 hex digits) of its network config, weights and
+    level-map file — not its folder's name, which a shipped purifier keeps when its weights change."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.json")):
+        if f.name in ("config.json", "level_map.json", "diffusion_pytorch_model.safetensors"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import purifier_sha  # noqa: E402
 from detoxops.config import DataConfig, PatchRepairConfig, SampDetoxConfig  # noqa: E402
 from detoxops.data import from_tensor, load_splits, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
@@ -75,16 +76,6 @@ def defend(defense, images_u8: np.ndarray, batch: int, seed: int, desc: str):
             cmaps.append(o.maps["context_map"][:, 0].numpy())
     return (np.concatenate(imgs), np.concatenate(flags), time.perf_counter() - t0,
             np.concatenate(cmaps) if cmaps else None)
-
-
-def purifier_key(folder: Path) -> str:
-    """The folder and the sha256 of its weights file (what the cached maps and outputs depend on)."""
-    import hashlib
-
-    from detoxops.diffusion.unet import WEIGHTS_NAME
-
-    digest = hashlib.sha256((Path(folder) / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
-    return f"{folder}@{digest}"
 
 
 def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray, batch: int, seed: int,
@@ -163,7 +154,7 @@ def main() -> None:
     patch_cfg = PatchRepairConfig(**patch_kw)
     purifier = load_purifier(args.purifier)
     # cached maps / outputs are keyed by the weights, not the folder's name: a shipped name can get new weights
-    args.purifier_key = purifier_key(args.purifier)
+    args.purifier_key = f"{args.purifier}@{purifier_sha(args.purifier)}"
     repair = PatchRepair(purifier, patch_cfg)
     clean = clean_test(args.data)
     split = "val" if args.mode == "calibrate" else args.split if args.mode == "confirm" else "test"

@@ -27,15 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _weights_sha(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
-        if f.name in ("config.json", "level_map.json", "diffusion_pytorch_model.safetensors"):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _record import purifier_sha  # noqa: E402
 
 
 def _folder(spec: str) -> Path:
@@ -149,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         label, _, where = spec.partition("=")
         folder = _folder(where or label)
         purifier = load_purifier(folder)
-        sha = _weights_sha(folder)
+        sha = purifier_sha(folder)
         kind = "level-map" if getattr(purifier, "accepts_level_map", False) else "uniform"
         results.setdefault("purifiers", {})[label] = {"folder": str(folder), "sha": sha, "kind": kind}
         for task in (t.strip() for t in args.tasks.split(",") if t.strip()):
