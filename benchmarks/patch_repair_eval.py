@@ -16,6 +16,12 @@ validation half, ``table`` only the held-out half.
         --calibration benchmarks/results/patch_repair_calibration_rates.json --fire-rates 0.05,0.15,0.3 \
         --cache runs/patch_repair_cache --clean-maps runs/patch_repair_cache/clean_repair_<key>.npz \
         --out benchmarks/results/patch_repair_confirm.json
+    # the global path (stage 1 / soft stage 2) behind the repair, swept on validation; profile=faithful is the
+    # paper without the repair, the reference of the 'no worse than faithful' bound
+    python benchmarks/patch_repair_eval.py confirm --split val --attacks badnets,blended --n-clean 100 \
+        --n-poisoned 100 --calibration benchmarks/results/patch_repair_calibration_val_rates.json --fire-rates 0.5 \
+        --confirm-modes label --global-points "t1=10;t1=30,t2=200;profile=faithful" --cache runs/patch_repair_cache \
+        --out benchmarks/results/patch_repair_global_sweep_val.json
 """
 
 from __future__ import annotations
@@ -101,7 +107,7 @@ def cached_defend(cache: Path | None, defense, name: str, images_u8: np.ndarray,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["calibrate", "table", "confirm", "select"])
+    ap.add_argument("mode", choices=["calibrate", "table", "confirm", "select", "report"])
     ap.add_argument("--data", default="../shared/datasets/cifar10-jpeg.tar.gz")
     ap.add_argument("--store", default="cifar10-fast")
     ap.add_argument("--purifier", type=Path, default=SHIPPED_PURIFIER)
@@ -124,6 +130,11 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, default=None, help="table: thresholds written by `calibrate`")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="patch repair field, e.g. --set stride=100")
+    ap.add_argument("--global-points", default="",
+                    help="confirm: SampDetox settings of the global path to run at every gate setting, points "
+                         "separated by ';', fields by ',', e.g. 't1=10;t1=30,t2=200;profile=faithful' (a point "
+                         "setting profile=faithful runs the paper without the repair: the reference of issue "
+                         "#20's 'no worse than faithful' bound); default: the repair profile as it is")
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -138,10 +149,15 @@ def main() -> None:
                     help="select: `confirm --split val` results to choose from (repeat; every attack of every file)")
     ap.add_argument("--max-ca-drop", type=float, default=5.0,
                     help="select: the rule's bound on the mean CA drop against no defense (points)")
+    ap.add_argument("--md", type=Path, default=None, help="select / report: also write the table as markdown here")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    if args.mode == "select":
-        _write(args.out, select(args))
+    if args.mode in ("select", "report"):
+        result = select(args) if args.mode == "select" else report(args)
+        _write(args.out, result)
+        if args.md is not None:
+            args.md.parent.mkdir(parents=True, exist_ok=True)
+            args.md.write_text(markdown(result))
         return
     torch.set_num_threads(args.threads)
     patch_kw = {k: json.loads(v) if v[:1].isdigit() or v[:1] in "[{-" else v
@@ -290,6 +306,9 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
                                             args.batch, args.seed, args.purifier_key)
     if len(clean_maps) != len(cidx):
         raise SystemExit(f"--clean-maps holds {len(clean_maps)} maps, --n-clean selects {len(cidx)} images")
+    points = global_points(args.global_points)
+    settings = [(rate, confirm, point) for rate in filter(None, args.fire_rates.split(","))
+                for confirm in confirm_modes(args.confirm_modes, rate) for point in points]
     rows = []
     for name in filter(None, args.attacks.split(",")):
         ref = f"{args.store}/{name}"
@@ -305,25 +324,27 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
             trig_maps, _ = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
                                                args.seed + 1, args.purifier_key)
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
-        for rate in filter(None, args.fire_rates.split(",")):
-            for confirm in confirm_modes(args.confirm_modes, rate):
-                cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
-                defense = SampDetox(purifier, SampDetoxConfig(profile="repair", sampler="ddim", patch=cfg),
-                                    classifier=model)
+        for rate, confirm, point in settings:
+            cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
+            defense = SampDetox(purifier, SampDetoxConfig(**{"profile": "repair", "sampler": "ddim", **point,
+                                                             "patch": cfg}), classifier=model)
+            if defense.patch is not None:
                 defense.patch.context_map = maps  # the stored maps instead of recomputing them
-                c_imgs, c_flags, c_s, _ = defend(defense, clean.images[cidx], args.batch, args.seed, "clean")
-                p_imgs, p_flags, p_s, _ = defend(defense, triggered, args.batch, args.seed + 1, name)
-                pc, pp = predict(model, c_imgs), predict(model, p_imgs)
-                row = {"attack": name, "split": args.split, "fire_rate": float(rate), "gate_threshold": gates[rate], "confirm": confirm,
-                       "ca": 100 * float(np.mean(pc == clean.labels[cidx])),
-                       "pa": 100 * float(np.mean(pp == true_labels)),
-                       "asr": 100 * float(np.mean(pp == attack.target)),
-                       "gated_clean": float(np.mean(clean_maps.reshape(len(cidx), -1).max(1) > gates[rate])),
-                       "gated_triggered": float(np.mean(trig_maps.reshape(len(pidx), -1).max(1) > gates[rate])),
-                       "repaired_clean": float(c_flags.mean()), "repaired_triggered": float(p_flags.mean()),
-                       "seconds_without_maps": round(c_s + p_s, 1)}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+            c_imgs, c_flags, c_s, _ = defend(defense, clean.images[cidx], args.batch, args.seed, "clean")
+            p_imgs, p_flags, p_s, _ = defend(defense, triggered, args.batch, args.seed + 1, name)
+            pc, pp = predict(model, c_imgs), predict(model, p_imgs)
+            row = {"attack": name, "split": args.split, "seed": args.seed, "fire_rate": float(rate),
+                   "gate_threshold": gates[rate],
+                   "confirm": confirm, "global": point_label(point), "patch": patch_label(args.overrides),
+                   "ca": 100 * float(np.mean(pc == clean.labels[cidx])),
+                   "pa": 100 * float(np.mean(pp == true_labels)),
+                   "asr": 100 * float(np.mean(pp == attack.target)),
+                   "gated_clean": float(np.mean(clean_maps.reshape(len(cidx), -1).max(1) > gates[rate])),
+                   "gated_triggered": float(np.mean(trig_maps.reshape(len(pidx), -1).max(1) > gates[rate])),
+                   "repaired_clean": float(c_flags.mean()), "repaired_triggered": float(p_flags.mean()),
+                   "seconds_without_maps": round(c_s + p_s, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -336,28 +357,100 @@ def select(args) -> dict:
     if not rows or any(r.get("split") != "val" for r in rows):
         raise SystemExit("select needs --rows files of `confirm --split val` runs (and only those)")
     clean = clean_test(args.data)
-    cidx = split_indices(clean, "val", args.n_clean, seed=0)
-    none = {}
-    for name in sorted({r["attack"] for r in rows}):
-        ref = f"{args.store}/{name}"
-        model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
-        half = split_indices(clean, "val", len(clean), seed=0)
-        pool = half[clean.labels[half] != attack.target]
-        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
-        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
-        pp = predict(model, triggered)
-        none[name] = {"ca": 100 * float(np.mean(predict(model, clean.images[cidx]) == clean.labels[cidx])),
-                      "pa": 100 * float(np.mean(pp == true_labels)), "asr": 100 * float(np.mean(pp == attack.target))}
+    none = {name: no_defense(args, clean, "val", name, args.seed) for name in sorted({r["attack"] for r in rows})}
     attacks = sorted(none)
     table = rule_table(rows, none)
     chosen = choose(table, args.max_ca_drop)
     for t in table:
         print(json.dumps({k: v for k, v in t.items() if k != "per_attack"}))
-    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("fire_rate", "confirm", "mean_asr",
-                                                                          "mean_ca_drop")})
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("fire_rate", "confirm", "global",
+                                                                          "patch", "mean_asr", "mean_ca_drop")})
     return {"command": shlex.join(["python", *sys.argv]), "mode": "select", "split": "val", "attacks": attacks,
             "max_ca_drop": args.max_ca_drop, "none": none, "settings": table,
-            "chosen": None if chosen is None else {"fire_rate": chosen["fire_rate"], "confirm": chosen["confirm"]}}
+            "chosen": None if chosen is None else {k: chosen[k] for k in ("fire_rate", "confirm", "global", "patch")}}
+
+
+def no_defense(args, clean, split: str, name: str, seed: int) -> dict:
+    """CA / PA / ASR (percent) of the stored victim ``name`` on the images ``confirm`` defends for ``seed``: the
+    first ``--n-clean`` clean images of the half, and ``--n-poisoned`` non-target images of it, triggered."""
+    ref = f"{args.store}/{name}"
+    model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
+    cidx = split_indices(clean, split, args.n_clean, seed=0)
+    half = split_indices(clean, split, len(clean), seed=0)
+    pool = half[clean.labels[half] != attack.target]
+    pidx = np.sort(np.random.default_rng(seed).permutation(pool)[: args.n_poisoned])
+    triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+    pp = predict(model, triggered)
+    return {"ca": 100 * float(np.mean(predict(model, clean.images[cidx]) == clean.labels[cidx])),
+            "pa": 100 * float(np.mean(pp == true_labels)), "asr": 100 * float(np.mean(pp == attack.target))}
+
+
+def report(args) -> dict:
+    """The held-out table from ``confirm --split test`` rows (one run per seed, ``--seed``): per setting and attack,
+    CA / PA / ASR as the mean over the seeds with their range, next to no defense on the same images, and the means
+    over the attacks. Nothing is chosen here: the setting was chosen on validation (``select``); settings not run
+    on every attack and seed are left out."""
+    rows = [r for path in args.rows for r in json.loads(path.read_text())["rows"]]
+    if not rows or any(r.get("split") != "test" or "seed" not in r for r in rows):
+        raise SystemExit("report needs --rows files of `confirm --split test` runs (rows with their seed)")
+    clean = clean_test(args.data)
+    attacks, seeds = sorted({r["attack"] for r in rows}), sorted({r["seed"] for r in rows})
+    none = {a: {s: no_defense(args, clean, "test", a, s) for s in seeds} for a in attacks}
+    settings: dict[tuple, dict[tuple, dict]] = {}
+    for r in rows:
+        key = (r["fire_rate"], r["confirm"], r.get("global", "repair"), r.get("patch", "calibrated"))
+        settings.setdefault(key, {})[(r["attack"], r["seed"])] = r
+
+    def summary(per_seed: list[dict]) -> dict:
+        out = {}
+        for k in ("ca", "pa", "asr"):
+            v = [x[k] for x in per_seed]
+            out[k], out[f"{k}_range"] = float(np.mean(v)), [float(min(v)), float(max(v))]
+        return out
+
+    table = [{"setting": "none", "per_attack": {a: summary(list(none[a].values())) for a in attacks}}]
+    for (rate, confirm, point, patch), got in sorted(settings.items()):
+        if set(got) != {(a, s) for a in attacks for s in seeds}:
+            continue
+        per_attack = {a: {**summary([got[(a, s)] for s in seeds]),
+                          "ca_drop": float(np.mean([none[a][s]["ca"] - got[(a, s)]["ca"] for s in seeds])),
+                          "repaired_clean": float(np.mean([got[(a, s)]["repaired_clean"] for s in seeds])),
+                          "repaired_triggered": float(np.mean([got[(a, s)]["repaired_triggered"] for s in seeds]))}
+                      for a in attacks}
+        table.append({"setting": f"{point} | {patch} | gate {rate} {confirm}", "fire_rate": rate, "confirm": confirm,
+                      "global": point, "patch": patch, "per_attack": per_attack})
+    for t in table:
+        t["mean_asr"] = float(np.mean([t["per_attack"][a]["asr"] for a in attacks]))
+        t["mean_ca"] = float(np.mean([t["per_attack"][a]["ca"] for a in attacks]))
+        print(json.dumps({k: v for k, v in t.items() if k != "per_attack"}))
+    return {"command": shlex.join(["python", *sys.argv]), "mode": "report", "split": "test", "attacks": attacks,
+            "seeds": seeds, "n_clean": args.n_clean, "n_poisoned": args.n_poisoned, "settings": table}
+
+
+def markdown(result: dict) -> str:
+    """``select`` / ``report`` as a markdown table: one line per setting, CA / PA / ASR per attack."""
+    attacks = result["attacks"]
+    head = f"{result['mode']} on the {result['split']} half"
+    if result["mode"] == "report":
+        head += f", seeds {', '.join(map(str, result['seeds']))} (mean; ranges in the JSON)"
+    lines = [f"Command: `{result['command']}`", "", head + ". CA / PA / ASR in %.", "",
+             "| setting | " + " | ".join(attacks) + " | mean ASR | mean CA |",
+             "|---|" + "---|" * (len(attacks) + 2)]
+    settings = result["settings"]
+    if result["mode"] == "select":  # the no-defense line first, as in `report`
+        none = {"setting": "none", "per_attack": result["none"],
+                "mean_asr": float(np.mean([result["none"][a]["asr"] for a in attacks])),
+                "mean_ca": float(np.mean([result["none"][a]["ca"] for a in attacks]))}
+        settings = [none] + [dict(t, setting=f"{t['global']} | {t.get('patch', 'calibrated')} | gate "
+                                             f"{t['fire_rate']} {t['confirm']}",
+                                  mean_ca=none["mean_ca"] - t["mean_ca_drop"]) for t in settings]
+    for t in settings:
+        cells = [f"{t['per_attack'][a]['ca']:.1f} / {t['per_attack'][a]['pa']:.1f} / {t['per_attack'][a]['asr']:.1f}"
+                 for a in attacks]
+        lines.append(f"| {t['setting']} | " + " | ".join(cells) + f" | {t['mean_asr']:.1f} | {t['mean_ca']:.1f} |")
+    if result.get("chosen"):
+        lines += ["", "Chosen by the rule: " + ", ".join(f"{k} {v}" for k, v in result["chosen"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def rule_table(rows: list[dict], none: dict[str, dict]) -> list[dict]:
@@ -366,12 +459,13 @@ def rule_table(rows: list[dict], none: dict[str, dict]) -> list[dict]:
     attacks = sorted(none)
     settings: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        settings.setdefault((r["fire_rate"], r["confirm"]), {})[r["attack"]] = r
+        key = (r["fire_rate"], r["confirm"], r.get("global", "repair"), r.get("patch", "calibrated"))
+        settings.setdefault(key, {})[r["attack"]] = r
     table = []
-    for (rate, confirm), by_attack in sorted(settings.items()):
+    for (rate, confirm, point, patch), by_attack in sorted(settings.items()):
         if set(by_attack) != set(attacks):
             continue
-        table.append({"fire_rate": rate, "confirm": confirm,
+        table.append({"fire_rate": rate, "confirm": confirm, "global": point, "patch": patch,
                       "mean_asr": float(np.mean([by_attack[a]["asr"] for a in attacks])),
                       "mean_ca_drop": float(np.mean([none[a]["ca"] - by_attack[a]["ca"] for a in attacks])),
                       "mean_pa": float(np.mean([by_attack[a]["pa"] for a in attacks])),
@@ -386,6 +480,40 @@ def choose(table: list[dict], max_ca_drop: float) -> dict | None:
     changed, then the stricter gate (lower fire rate)."""
     allowed = [t for t in table if t["mean_ca_drop"] <= max_ca_drop]
     return min(allowed, key=lambda t: (t["mean_asr"], t["clean_changed"], t["fire_rate"])) if allowed else None
+
+
+def global_points(spec: str) -> list[dict]:
+    """``--global-points``: a list of SampDetox field overrides (``[{}]``: the repair profile as it is). Values are
+    read as YAML scalars (``t1=30`` is an int); every point is validated by building its config, so a typo fails
+    before any image is defended."""
+    import yaml
+
+    points = []
+    for item in [p.strip() for p in spec.split(";") if p.strip()] or [""]:
+        point = {}
+        for field in filter(None, (f.strip() for f in item.split(","))):
+            key, sep, value = field.partition("=")
+            if not sep or not key.strip():
+                raise SystemExit(f"--global-points: {field!r} is not KEY=VALUE")
+            point[key.strip()] = yaml.safe_load(value)
+        if "patch" in point or "sampler" in point:
+            raise SystemExit("--global-points: patch and sampler are set by the benchmark, not by a point")
+        try:
+            SampDetoxConfig(**{"profile": "repair", **point})
+        except ValueError as exc:
+            raise SystemExit(f"--global-points: {item!r}: {exc}") from None
+        points.append(point)
+    return points
+
+
+def patch_label(overrides: list[str]) -> str:
+    """The repair's ``--set`` fields in the rows (``calibrated`` when none: the calibration's thresholds)."""
+    return ",".join(sorted(overrides)) or "calibrated"
+
+
+def point_label(point: dict) -> str:
+    """A global point's name in the rows (``repair`` when it changes nothing)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "repair"
 
 
 def confirm_modes(spec: str, rate: str) -> list[str]:

@@ -81,3 +81,63 @@ def test_the_selection_rule_takes_the_lowest_mean_asr_within_the_ca_bound():
     # a tie on ASR goes to the setting that changes fewer clean images
     tie = [dict(table[1], mean_asr=15.0), table[0]]
     assert bench.choose(tie, 5.0)["fire_rate"] == 0.05
+
+
+def test_global_points_parse_typed_fields_and_fail_on_bad_ones():
+    assert bench.global_points("") == [{}]
+    assert bench.global_points("t1=10; t1=30,t2=200 ;profile=faithful") == [
+        {"t1": 10}, {"t1": 30, "t2": 200}, {"profile": "faithful"}]
+    assert bench.point_label({}) == "repair" and bench.point_label({"t2": 200, "t1": 30}) == "t1=30,t2=200"
+    with pytest.raises(SystemExit, match="'t1' is not KEY=VALUE"):
+        bench.global_points("t1")
+    with pytest.raises(SystemExit, match="t1=-3"):
+        bench.global_points("t1=-3")  # validated by the config before any image is defended
+    with pytest.raises(SystemExit, match="set by the benchmark"):
+        bench.global_points("sampler=ddpm")
+
+
+def test_the_selection_rule_keeps_global_points_apart():
+    def row(attack, point, ca, asr):
+        return {"attack": attack, "fire_rate": 0.5, "confirm": "label", "global": point, "ca": ca, "pa": 50,
+                "asr": asr, "repaired_clean": 0.0, "repaired_triggered": 0.5}
+
+    none = {"a": {"ca": 90.0}, "b": {"ca": 80.0}}
+    rows = [row("a", "repair", 88, 30), row("b", "repair", 78, 20),
+            row("a", "t2=200", 86, 10), row("b", "t2=200", 75, 6),
+            {k: v for k, v in row("a", "repair", 88, 30).items() if k != "global"}]  # older rows: the repair point
+    table = bench.rule_table(rows, none)
+    assert [t["global"] for t in table] == ["repair", "t2=200"]
+    assert table[1]["mean_asr"] == 8.0 and table[1]["mean_ca_drop"] == 4.5
+    assert bench.choose(table, 5.0)["global"] == "t2=200" and bench.choose(table, 3.0)["global"] == "repair"
+
+
+def test_report_averages_seeds_against_no_defense_and_leaves_incomplete_settings_out(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    def row(attack, seed, point, ca, asr):
+        return {"attack": attack, "split": "test", "seed": seed, "fire_rate": 0.5, "confirm": "label",
+                "global": point, "patch": "calibrated", "ca": ca, "pa": 90 - asr, "asr": asr,
+                "repaired_clean": 0.02, "repaired_triggered": 0.8}
+
+    rows = [row("a", 0, "repair", 80, 10), row("a", 1, "repair", 84, 20),
+            row("b", 0, "repair", 70, 0), row("b", 1, "repair", 72, 4),
+            row("a", 0, "t2=200", 70, 0)]  # one seed of one attack only: left out
+    (tmp_path / "r.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(bench, "clean_test", lambda source: None)
+    monkeypatch.setattr(bench, "no_defense", lambda args, clean, split, name, seed: {
+        "ca": 90.0 if name == "a" else 75.0, "pa": float(seed), "asr": 100.0 - seed})
+    args = SimpleNamespace(rows=[tmp_path / "r.json"], data="x", n_clean=100, n_poisoned=100)
+    result = bench.report(args)
+    assert result["seeds"] == [0, 1] and result["attacks"] == ["a", "b"]
+    none, repair = result["settings"]
+    assert none["setting"] == "none" and none["per_attack"]["a"]["asr"] == 99.5
+    a = repair["per_attack"]["a"]
+    assert (a["ca"], a["asr"], a["asr_range"], a["ca_drop"]) == (82.0, 15.0, [10.0, 20.0], 8.0)
+    assert repair["mean_asr"] == (15.0 + 2.0) / 2 and len(result["settings"]) == 2
+    md = bench.markdown(dict(result, command="c"))
+    assert "| none | 90.0 / 0.5 / 99.5 | 75.0 / 0.5 / 99.5 | 99.5 | 82.5 |" in md
+    assert "| repair | calibrated | gate 0.5 label | 82.0 / 75.0 / 15.0 | 71.0 / 88.0 / 2.0 | 8.5 | 76.5 |" in md
+    (tmp_path / "v.json").write_text(json.dumps({"rows": [dict(rows[0], split="val")]}))
+    with pytest.raises(SystemExit, match="report needs"):
+        bench.report(SimpleNamespace(**dict(vars(args), rows=[tmp_path / "v.json"])))

@@ -72,6 +72,23 @@ def test_grow_region_keeps_the_component_of_the_seed():
     assert region.sum() == 5 and not region[0, 0, 6:, 6:].any()
 
 
+def test_region_peak_keeps_the_peaks_component_and_flagged_takes_every_flagged_pixel():
+    cmap = torch.zeros(2, 1, 8, 8)
+    cmap[:, 0, 1:3, 1:3] = 0.9   # the peak's blob
+    cmap[:, 0, 6:8, 6:8] = 0.5   # another flagged blob, weaker (where a trigger can sit when the peak is elsewhere)
+    cmap[:, 0, 4, 0] = 0.1       # under the pixel threshold
+    gated = torch.tensor([True, False])
+    cfg = dict(gate_threshold=0.3, pixel_threshold=0.2, dilate=0, confirm="none")
+    peak = PatchRepair(Oracle(torch.zeros(1, 3, 8, 8)), PatchRepairConfig(**cfg)).region(cmap, gated)
+    flagged = PatchRepair(Oracle(torch.zeros(1, 3, 8, 8)), PatchRepairConfig(region="flagged", **cfg)).region(cmap,
+                                                                                                             gated)
+    assert peak[0].sum() == 4 and peak[0, 0, 1:3, 1:3].all()
+    assert flagged[0].sum() == 8 and flagged[0, 0, 6:8, 6:8].all() and not flagged[0, 0, 4, 0]
+    assert not peak[1].any() and not flagged[1].any()  # an image the gate let through is never repaired
+    with pytest.raises(ValueError):
+        PatchRepairConfig(region="all")
+
+
 def test_exact_denoiser_finds_gates_and_repairs_the_patch_only():
     clean, triggered = _scene()
     repair = PatchRepair(Oracle(clean), PatchRepairConfig(stride=100, repair_stride=100, **THRESHOLDS))
@@ -187,7 +204,7 @@ def test_calibration_gives_the_thresholds_of_any_rate_and_explicit_values_win():
     gate, pixel = cal.thresholds(PatchRepairConfig(fire_rate=0.05))
     assert gate == pytest.approx(calibrate(torch.linspace(0, 1, 100).view(100, 1, 1, 1), 0.05)["gate_threshold"])
     assert cal.thresholds(PatchRepairConfig(fire_rate=0.3))[0] == pytest.approx(0.7, abs=0.01)
-    assert pixel == pytest.approx(calibrate(_maps(), 0.05, 0.01)["pixel_threshold"])
+    assert pixel == pytest.approx(calibrate(_maps(), 0.05, PatchRepairConfig().pixel_rate)["pixel_threshold"])
     assert cal.thresholds(PatchRepairConfig(gate_threshold=0.5, pixel_threshold=0.2)) == (0.5, 0.2)
     with pytest.raises(ValueError, match="pixel_rate 0.03 is not calibrated"):
         cal.thresholds(PatchRepairConfig(pixel_rate=0.03))
@@ -229,11 +246,11 @@ def test_repair_finds_the_purifier_folders_calibration_or_names_the_fix(tmp_path
     defense = SampDetox(oracle, cfg)
     gate, pixel = defense.patch.thresholds
     assert gate == pytest.approx(float(np.quantile(cal.peaks, 1 - cfg.patch.fire_rate)))
-    assert pixel == cal.pixel_thresholds[0.01]
+    assert pixel == cal.pixel_thresholds[cfg.patch.pixel_rate]
     out = defense(torch.cat([clean, triggered]) / 2 + 0.5)
     assert out.repaired.tolist() == [False, True]
     # an explicit calibration file wins over the folder's
-    other = PatchCalibration(cal.map_settings, (5.0, 6.0), {0.01: 9.0}, {})
+    other = PatchCalibration(cal.map_settings, (5.0, 6.0), {cfg.patch.pixel_rate: 9.0}, {})
     other.save(tmp_path / "other.json")
     explicit = cfg.patch.model_copy(update={"calibration": str(tmp_path / "other.json")})
     assert PatchRepair(oracle, explicit).thresholds == (pytest.approx(float(np.quantile([5.0, 6.0], 1 - explicit.fire_rate))), 9.0)
@@ -253,7 +270,7 @@ def test_shipped_purifiers_carry_a_calibration_for_the_default_map(name):
     default = SampDetoxConfig().patch
     gate, pixel = PatchRepair(purifier, default).thresholds
     assert gate == pytest.approx(float(np.quantile(cal.peaks, 1 - default.fire_rate)))
-    assert pixel == cal.pixel_thresholds[0.01]
+    assert pixel == cal.pixel_thresholds[default.pixel_rate]
     # another operating point is a quantile of the same peaks: no new maps
     assert PatchRepair(purifier, PatchRepairConfig(fire_rate=0.05)).thresholds[0] > gate
 

@@ -52,7 +52,7 @@ CALIBRATION_FILE = "patch_calibration.json"
 ``sampdetox.patch.calibration`` is unset."""
 MAP_FIELDS = ("block", "offsets", "t_start", "stride", "window")
 """The :class:`PatchRepairConfig` fields a context map depends on: a calibration holds only for these values."""
-PIXEL_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+PIXEL_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.07, 0.1)
 """Clean pixel flag rates whose thresholds a calibration stores (``pixel_rate`` must be one of them)."""
 
 
@@ -149,7 +149,8 @@ class PatchCalibration:
             match = [r for r in self.pixel_thresholds if abs(r - cfg.pixel_rate) < 1e-12]
             if not match:
                 raise ValueError(f"patch repair: pixel_rate {cfg.pixel_rate} is not calibrated; choose one of "
-                                 f"{sorted(self.pixel_thresholds)} or set pixel_threshold")
+                                 f"{sorted(self.pixel_thresholds)}, set pixel_threshold, or recalibrate with "
+                                 "`detoxops detox calibrate` (a calibration made before a rate was added lacks it)")
             pixel = self.pixel_thresholds[match[0]]
         return float(gate), float(pixel)
 
@@ -294,7 +295,8 @@ class PatchRepair:
         return box_mean(per_tiling.view(-1, 1, h, w), c.window).view(m // 4, b, 1, h, w).amax(dim=0)
 
     def region(self, cmap: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-        """Step 3: the connected flagged set around each gated image's peak, dilated."""
+        """Step 3: the connected flagged set around each gated image's peak (``region: flagged``: every flagged
+        pixel), dilated."""
         c = self.cfg
         b = cmap.shape[0]
         flat = cmap.flatten(1)
@@ -302,7 +304,7 @@ class PatchRepair:
         peak[torch.arange(b), flat.argmax(dim=1)] = True
         peak = peak.view_as(cmap)
         allowed = (cmap > self.thresholds[1]) | peak
-        region = grow_region(peak, allowed)
+        region = grow_region(peak, allowed) if c.region == "peak" else allowed
         if c.dilate > 0:
             k = 2 * c.dilate + 1
             region = F.max_pool2d(region.float(), k, stride=1, padding=c.dilate) > 0
