@@ -326,8 +326,8 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
         for rate, confirm, point in settings:
             cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
-            defense = SampDetox(purifier, SampDetoxConfig(**{"profile": "repair", "sampler": "ddim", **point,
-                                                             "patch": cfg}), classifier=model)
+            sd_cfg = SampDetoxConfig(**{"profile": "repair", "sampler": "ddim", **point, "patch": cfg})
+            defense = SampDetox(purifier, sd_cfg, classifier=model)
             if defense.patch is not None:
                 defense.patch.context_map = maps  # the stored maps instead of recomputing them
             c_imgs, c_flags, c_s, _ = defend(defense, clean.images[cidx], args.batch, args.seed, "clean")
@@ -336,6 +336,10 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
             row = {"attack": name, "split": args.split, "seed": args.seed, "fire_rate": float(rate),
                    "gate_threshold": gates[rate],
                    "confirm": confirm, "global": point_label(point), "patch": patch_label(args.overrides),
+                   # the point's label names what it sets on top of the repair preset, which can change between
+                   # runs (t2 120 -> 200 on 2026-12-07); the resolved values say what ran
+                   "global_resolved": sd_cfg.resolved().model_dump(include=set(SampDetoxConfig.PROFILE_PRESETS[
+                       "repair"]) | {"profile"}),
                    "ca": 100 * float(np.mean(pc == clean.labels[cidx])),
                    "pa": 100 * float(np.mean(pp == true_labels)),
                    "asr": 100 * float(np.mean(pp == attack.target)),
