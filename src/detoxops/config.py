@@ -564,6 +564,10 @@ class DataElixirConfig(_Section):
     """τ: a sample whose second most frequent candidate label occurs at least τ times goes to S (the paper: 5)."""
     sampler: Literal["ddpm", "ddim"] | None = None
     ddim_stride: int | None = Field(default=None, ge=1)
+    mixed: Literal["mode", "suspicious"] = "mode"
+    """A candidate set with η < τ that mixes the sample's own label with others (equation 3 names only "all keep
+    it" = B and "all change it" = P): ``mode``, its most frequent label decides B or P; ``suspicious``, it goes to S
+    and the relabelling model decides (docs/dataelixir.md)."""
     anomaly_threshold: float = Field(default=2.0, gt=0)
     target_rule: Literal["mean", "both", "either"] = "mean"
     """How the KL and count anomaly indices combine into a target-label decision."""

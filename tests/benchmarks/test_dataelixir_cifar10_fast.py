@@ -177,3 +177,19 @@ def test_an_older_elixir_folder_is_taken_over_only_for_its_own_purifier(tmp_path
     mine = bench.elixir_folder(entry, params, "aaaa")
     assert mine.name == f"elixir-{bench.elixir_key(params, 'aaaa')}" and (mine / "result.json").is_file()
     assert not legacy.exists() and mine.name != other.name
+
+
+def test_the_elixir_key_counts_mixed_only_when_set():
+    from detoxops.config import Params
+
+    params = Params()
+    # entries made before dataelixir.mixed existed: the key of the default is the key without the field
+    assert params.dataelixir.mixed == "mode"
+    key = bench.elixir_key(params, "aaaa")
+    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", "mixed"}),
+            "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
+    import hashlib
+
+    assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={"mixed": "suspicious"})})
+    assert bench.elixir_key(other, "aaaa") != key

@@ -201,7 +201,7 @@ class DataElixir:
         cand_labels = cand["labels"].astype(np.int64)
 
         # stage 2: benign / poisoned / suspicious from the label transitions
-        tr = analyse_transitions(cand_labels, labels, num_classes, c.tau)
+        tr = analyse_transitions(cand_labels, labels, num_classes, c.tau, c.mixed)
         anomalous = tr.sets != BENIGN
 
         # stage 3: target label(s) by MAD outliers of the per-label KL and count metrics

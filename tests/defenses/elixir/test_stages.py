@@ -29,6 +29,24 @@ def test_label_counts_and_eta_follow_equation_3():
     assert tr.consensus[1] == 3
 
 
+def test_mixed_candidate_sets_go_to_s_when_asked():
+    # eta < tau = 2 everywhere; own label 0 (rows 0-2), 5 (row 3)
+    cand = np.array([
+        [0, 0, 0, 0],   # all keep the label → B either way
+        [0, 3, 5, 0],   # mixed, mode = own label: B by the mode, S by equation 3 read literally
+        [3, 4, 5, 0],   # mixed, own label in the minority: the mode (ties: lowest label, 0) says B; S literally
+        [3, 4, 1, 2],   # every candidate changes the label → P either way
+    ])
+    labels = np.array([0, 0, 0, 5])
+    mode = analyse_transitions(cand, labels, 10, tau=2)
+    literal = analyse_transitions(cand, labels, 10, tau=2, mixed="suspicious")
+    assert mode.sets.tolist() == [BENIGN, BENIGN, BENIGN, POISONED]
+    assert literal.sets.tolist() == [BENIGN, SUSPICIOUS, SUSPICIOUS, POISONED]
+    assert (literal.eta == mode.eta).all() and (literal.consensus == mode.consensus).all()
+    with pytest.raises(ValueError, match="mixed must be"):
+        analyse_transitions(cand, labels, 10, tau=2, mixed="vote")
+
+
 def test_label_counts_reject_out_of_range_labels():
     with pytest.raises(ValueError, match="candidate labels must lie in"):
         label_counts(np.array([[0, 10]]), 10)
