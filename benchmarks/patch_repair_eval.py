@@ -49,6 +49,7 @@ from detoxops.defenses.sampdetox import SampDetox  # noqa: E402
 from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
+from detoxops.operations.sweep import point_label  # noqa: E402
 from sampdetox_eval import split_indices  # noqa: E402  (the one split rule of the SampDetox benchmarks)
 
 SHIPPED_PURIFIER = Path(__file__).resolve().parents[1] / "src/detoxops/assets/purifiers/cifar10-32"
@@ -335,7 +336,7 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
             pc, pp = predict(model, c_imgs), predict(model, p_imgs)
             row = {"attack": name, "split": args.split, "seed": args.seed, "fire_rate": float(rate),
                    "gate_threshold": gates[rate],
-                   "confirm": confirm, "global": point_label(point), "patch": patch_label(args.overrides),
+                   "confirm": confirm, "global": global_label(point), "patch": patch_label(args.overrides),
                    # the point's label names what it sets on top of the repair preset, which can change between
                    # runs (t2 120 -> 200 on 2026-12-07); the resolved values say what ran
                    "global_resolved": sd_cfg.resolved().model_dump(include=set(SampDetoxConfig.PROFILE_PRESETS[
@@ -510,14 +511,14 @@ def global_points(spec: str) -> list[dict]:
     return points
 
 
+def global_label(point: dict) -> str:
+    """A global point's name in the rows: the sweep's label with the fields sorted, ``repair`` when it sets none."""
+    return point_label(dict(sorted(point.items()))) if point else "repair"
+
+
 def patch_label(overrides: list[str]) -> str:
     """The repair's ``--set`` fields in the rows (``calibrated`` when none: the calibration's thresholds)."""
     return ",".join(sorted(overrides)) or "calibrated"
-
-
-def point_label(point: dict) -> str:
-    """A global point's name in the rows (``repair`` when it changes nothing)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(point.items())) or "repair"
 
 
 def confirm_modes(spec: str, rate: str) -> list[str]:

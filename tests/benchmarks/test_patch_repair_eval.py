@@ -87,7 +87,7 @@ def test_global_points_parse_typed_fields_and_fail_on_bad_ones():
     assert bench.global_points("") == [{}]
     assert bench.global_points("t1=10; t1=30,t2=200 ;profile=faithful") == [
         {"t1": 10}, {"t1": 30, "t2": 200}, {"profile": "faithful"}]
-    assert bench.point_label({}) == "repair" and bench.point_label({"t2": 200, "t1": 30}) == "t1=30,t2=200"
+    assert bench.global_label({}) == "repair" and bench.global_label({"t2": 200, "t1": 30}) == "t1=30,t2=200"
     with pytest.raises(SystemExit, match="'t1' is not KEY=VALUE"):
         bench.global_points("t1")
     with pytest.raises(SystemExit, match="t1=-3"):
