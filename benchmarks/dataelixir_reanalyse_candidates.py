@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         cols = [k for k, lv in enumerate(column_levels) if lv in levels and column_rounds[k] <= upto]
         cl = cand["labels"][:, cols].astype(np.int64)
         for tau in sorted({cfg.tau, float(max(1, math.ceil(len(cols) / 2)))}):
-            tr = analyse_transitions(cl, labels, train.num_classes, tau)
+            tr = analyse_transitions(cl, labels, train.num_classes, tau, cfg.mixed)  # the run's own rule
             det = detect_target_labels(tr.counts, labels, tr.sets != 0, train.num_classes, cfg.anomaly_threshold,
                                        cfg.target_rule, min_support=math.ceil(cfg.min_target_share * len(labels)))
             is_target = np.isin(labels, det.target_labels)
