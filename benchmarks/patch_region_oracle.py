@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import patch_repair_eval as pre  # noqa: E402
-from _record import purifier_sha  # noqa: E402
 from detoxops.config import PatchRepairConfig  # noqa: E402
 from detoxops.data import from_tensor, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
@@ -57,13 +56,10 @@ def main() -> None:
     clean = pre.clean_test(args.data)
     ref = f"{args.store}/{args.attack}"
     model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
-    half = pre.split_indices(clean, "val", len(clean), seed=0)
-    pool = half[clean.labels[half] != attack.target]
-    pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
-    triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+    pidx, triggered, true_labels = pre.triggered_set(clean, "val", attack, args.n_poisoned, args.seed)
     # the same maps (key: settings, purifier, images, batch, seed + 1) as `confirm --split val`
     maps, _ = pre.stored_context_maps(args.cache, f"val_{args.attack}", repair, triggered, args.batch, args.seed + 1,
-                                      f"{args.purifier}@{purifier_sha(args.purifier)}")
+                                      pre.purifier_key(args.purifier))
     cmap = torch.from_numpy(maps)[:, None].float()
     mask = torch.from_numpy((triggered != clean.images[pidx]).any(-1))[:, None]  # the pixels the trigger changed
     x = to_tensor(triggered) * 2 - 1

@@ -60,6 +60,21 @@ def clean_test(source: str):
                                           test_per_class=None), progress=False)["test"]
 
 
+def triggered_set(clean, split: str, attack, n_poisoned: int, seed: int):
+    """The triggered images every mode of this benchmark uses for ``seed``: ``n_poisoned`` non-target images of the
+    half (``split``), drawn by ``seed`` and sorted, triggered. Returns (indices, triggered uint8, true labels)."""
+    half = split_indices(clean, split, len(clean), seed=0)  # the whole half the clean images come from
+    pool = half[clean.labels[half] != attack.target]
+    pidx = np.sort(np.random.default_rng(seed).permutation(pool)[:n_poisoned])
+    triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+    return pidx, triggered, true_labels
+
+
+def purifier_key(path: Path) -> str:
+    """Cached maps / outputs are keyed by the weights, not the folder's name: a shipped name can get new weights."""
+    return f"{path}@{purifier_sha(path)}"
+
+
 def context_maps(repair: PatchRepair, images_u8: np.ndarray, batch: int, seed: int) -> np.ndarray:
     out = []
     for i, start in enumerate(tqdm(range(0, len(images_u8), batch), desc="context maps")):
@@ -170,8 +185,7 @@ def main() -> None:
     patch_kw.setdefault("confirm", "none")
     patch_cfg = PatchRepairConfig(**patch_kw)
     purifier = load_purifier(args.purifier)
-    # cached maps / outputs are keyed by the weights, not the folder's name: a shipped name can get new weights
-    args.purifier_key = f"{args.purifier}@{purifier_sha(args.purifier)}"
+    args.purifier_key = purifier_key(args.purifier)
     repair = PatchRepair(purifier, patch_cfg)
     clean = clean_test(args.data)
     split = "val" if args.mode == "calibrate" else args.split if args.mode == "confirm" else "test"
@@ -231,10 +245,7 @@ def main() -> None:
     for name in filter(None, args.attacks.split(",")):
         ref = f"{args.store}/{name}"
         model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
-        half = split_indices(clean, split, len(clean), seed=0)  # the whole half the clean images come from
-        pool = half[clean.labels[half] != attack.target]
-        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
-        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+        pidx, triggered, true_labels = triggered_set(clean, split, attack, args.n_poisoned, args.seed)
         mask = attack.trigger_mask(clean.images[pidx]) if hasattr(attack, "trigger_mask") else None
         pois_out = {d: defend(defenses[d], triggered, args.batch, args.seed + 1, f"{name}/{d}") for d in chosen}
         trig_maps = pois_out["repair"][3]
@@ -314,10 +325,7 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
     for name in filter(None, args.attacks.split(",")):
         ref = f"{args.store}/{name}"
         model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
-        half = split_indices(clean, args.split, len(clean), seed=0)
-        pool = half[clean.labels[half] != attack.target]
-        pidx = np.sort(np.random.default_rng(args.seed).permutation(pool)[: args.n_poisoned])
-        triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+        pidx, triggered, true_labels = triggered_set(clean, args.split, attack, args.n_poisoned, args.seed)
         table_maps = args.cache / f"triggered_{name}_seed{args.seed}.npz"  # a held-out `table` run's
         if args.split == "test" and table_maps.is_file():
             trig_maps = np.load(table_maps)["maps"]
@@ -381,10 +389,7 @@ def no_defense(args, clean, split: str, name: str, seed: int) -> dict:
     ref = f"{args.store}/{name}"
     model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
     cidx = split_indices(clean, split, args.n_clean, seed=0)
-    half = split_indices(clean, split, len(clean), seed=0)
-    pool = half[clean.labels[half] != attack.target]
-    pidx = np.sort(np.random.default_rng(seed).permutation(pool)[: args.n_poisoned])
-    triggered, true_labels, _ = attack.poison_test_arrays(clean.images[pidx], clean.labels[pidx])
+    _, triggered, true_labels = triggered_set(clean, split, attack, args.n_poisoned, seed)
     pp = predict(model, triggered)
     return {"ca": 100 * float(np.mean(predict(model, clean.images[cidx]) == clean.labels[cidx])),
             "pa": 100 * float(np.mean(pp == true_labels)), "asr": 100 * float(np.mean(pp == attack.target))}
