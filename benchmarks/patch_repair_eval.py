@@ -408,7 +408,7 @@ def report(args) -> dict:
     none = {a: {s: no_defense(args, clean, "test", a, s) for s in seeds} for a in attacks}
     settings: dict[tuple, dict[tuple, dict]] = {}
     for r in rows:
-        key = (r["fire_rate"], r["confirm"], r.get("global", "repair"), r.get("patch", "calibrated"))
+        key = setting_key(r)
         settings.setdefault(key, {})[(r["attack"], r["seed"])] = r
 
     def summary(per_seed: list[dict]) -> dict:
@@ -463,13 +463,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def setting_key(row: dict) -> tuple:
+    """What one setting of a row is: gate rate, confirmation, global point, repair fields (rows written before the
+    last two existed ran the repair preset with the calibration's thresholds)."""
+    return row["fire_rate"], row["confirm"], row.get("global", "repair"), row.get("patch", "calibrated")
+
+
 def rule_table(rows: list[dict], none: dict[str, dict]) -> list[dict]:
     """Per setting (gate rate, confirm) run on every attack of ``none``: mean ASR, mean CA drop against no
     defense, mean PA and the share of clean images the repair changed."""
     attacks = sorted(none)
     settings: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        key = (r["fire_rate"], r["confirm"], r.get("global", "repair"), r.get("patch", "calibrated"))
+        key = setting_key(r)
         settings.setdefault(key, {})[r["attack"]] = r
     table = []
     for (rate, confirm, point, patch), by_attack in sorted(settings.items()):
