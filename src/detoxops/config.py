@@ -403,6 +403,11 @@ class SampDetoxConfig(_Section):
     """Stage-1 (global) noise level; paper 20."""
     t2: int | None = Field(default=None, ge=0)
     """Stage-2 maximum per-pixel level for ``stage2: soft`` (level = t2 * map); paper 120."""
+    t2_repaired: int | None = Field(default=None, ge=0)
+    """``stage2: soft`` only: the stage-2 maximum level of the images the patch repair changed (``None``: ``t2``
+    for every image). Their localised trigger is gone, confirmed by a changed label when ``patch.confirm:
+    label``; the strong global path is there for the triggers the repair cannot see, and on a repaired image it
+    only costs accuracy (docs/sampdetox.md, "Patch repair")."""
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     ddim_stride: int = Field(default=20, ge=1)
     ddim_eta: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -133,6 +133,19 @@ def test_repair_profile_runs_before_stage_one():
         PatchRepair(Oracle(clean), PatchRepairConfig(t_start=5000))
 
 
+def test_repaired_images_get_their_own_stage_two_level():
+    clean, triggered = _scene()
+    patch = PatchRepairConfig(stride=100, repair_stride=100, **THRESHOLDS)
+    x01 = torch.cat([clean, triggered]) / 2 + 0.5
+    out = SampDetox(Oracle(clean), SampDetoxConfig(profile="repair", sampler="ddim", t2_repaired=0, patch=patch))(x01)
+    assert out.repaired.tolist() == [False, True]
+    assert int(out.noise_levels[1].max()) == 0  # the repaired image skips stage 2
+    base = SampDetox(Oracle(clean), SampDetoxConfig(profile="repair", sampler="ddim", patch=patch))(x01)
+    assert torch.equal(out.noise_levels[0], base.noise_levels[0])  # the unrepaired one keeps t2
+    with pytest.raises(ValueError, match="t2_repaired"):
+        SampDetox(Oracle(clean), SampDetoxConfig(profile="repair", t2_repaired=5000, patch=patch))
+
+
 def test_catalog_names_the_profiles():
     from detoxops.defenses.catalog import build_defense
 

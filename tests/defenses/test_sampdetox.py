@@ -131,6 +131,18 @@ def test_noise_levels_soft_and_mask():
     assert mask.tolist() == [[[[0, 0], [400, 400]]]]
 
 
+def test_noise_levels_of_repaired_images_use_t2_repaired():
+    tmap = torch.tensor([[[[0.0, 0.25], [0.6, 1.0]]]]).repeat(3, 1, 1, 1)
+    repaired = torch.tensor([False, True, False])
+    levels = noise_levels_from_map(tmap, _cfg(profile="faithful", t2=120, t2_repaired=40), repaired)
+    assert levels[:, 0, 1, 1].tolist() == [120, 40, 120]
+    assert levels[1].tolist() == [[[0, 10], [24, 40]]]
+    # unset, or no repair information: t2 everywhere (the paper's rule)
+    same = noise_levels_from_map(tmap, _cfg(profile="faithful", t2=120), repaired)
+    assert torch.equal(same, noise_levels_from_map(tmap, _cfg(profile="faithful", t2=120, t2_repaired=40)))
+    assert same[:, 0, 1, 1].tolist() == [120, 120, 120]
+
+
 def test_tiny_unet_shapes_determinism_and_seed():
     clean, poisoned, _ = _images()
     torch.manual_seed(0)

@@ -52,14 +52,19 @@ class SampDetoxOutput(DefenseOutput):
     queries: torch.Tensor | None = None
 
 
-def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig) -> torch.Tensor:
+def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig,
+                          repaired: torch.Tensor | None = None) -> torch.Tensor:
     """Stage-2 level of every pixel (lines 8-9), int64 (B, 1, H, W).
 
-    soft: ``round(t2 * map)`` (the paper); mask: ``t_mask`` where ``map > mask_threshold``, else 0.
+    soft: ``round(t2 * map)`` (the paper), with ``t2_repaired`` in place of ``t2`` for the images ``repaired``
+    (B,) bool marks; mask: ``t_mask`` where ``map > mask_threshold``, else 0.
     """
     c = cfg.resolved()
     if c.stage2 == "soft":
-        return torch.round(c.t2 * trigger_map).to(torch.int64)
+        t2 = torch.full((trigger_map.shape[0],), float(c.t2), device=trigger_map.device, dtype=trigger_map.dtype)
+        if repaired is not None and c.t2_repaired is not None:
+            t2 = torch.where(repaired.to(t2.device), float(c.t2_repaired), t2)
+        return torch.round(t2.view(-1, 1, 1, 1) * trigger_map).to(torch.int64)
     return torch.where(trigger_map > c.mask_threshold, c.t_mask, 0).to(torch.int64)
 
 
@@ -74,8 +79,8 @@ class SampDetox:
         self.cfg = (cfg or SampDetoxConfig()).resolved()
         c = self.cfg
         num_steps = int(self.schedule.num_train_timesteps)
-        for key in ("t1", "t2", "t_loc", "t_mask"):
-            if getattr(c, key) > num_steps:
+        for key in ("t1", "t2", "t2_repaired", "t_loc", "t_mask"):
+            if (getattr(c, key) or 0) > num_steps:
                 raise ValueError(
                     f"sampdetox.{key} = {getattr(c, key)} exceeds the schedule's {num_steps} steps"
                 )
@@ -125,7 +130,8 @@ class SampDetox:
         trigger_map = self.localiser(x0, stage1, lambda x, t: self.restore(x, t, g))
 
         # lines 8-9: per-pixel noise levels
-        levels = noise_levels_from_map(trigger_map, c)
+        repaired = _repaired(repair, x0.shape[0], x0.device)
+        levels = noise_levels_from_map(trigger_map, c, repaired)
 
         # lines 10-21: per-pixel noising and masked denoising, from the stage-1 output (paper) or the input
         base = stage1 if c.stage2_base == "stage1" else x0
@@ -141,7 +147,7 @@ class SampDetox:
             trigger_map=trigger_map,
             noise_levels=levels,
             stage1=_to01(stage1),
-            repaired=_repaired(repair, x0.shape[0], x0.device),
+            repaired=repaired,
             queries=(repair.queries if repair is not None and repair.queries is not None
                      else torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)),
         )
