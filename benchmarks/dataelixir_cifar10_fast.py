@@ -321,10 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(torch.device("cpu"))
     work = Path(args.work)
     rows, purifier = [], None
-    recorded = recorded_rows(Path(args.results) / f"{args.name}.json")
+    results_file = Path(args.results) / f"{args.name}.json"
+    recorded = recorded_rows(results_file)
     requested = {(attack, seed) for seed in args.seed for attack in args.attacks}
-    # rows of the table this run does not redo (other attacks or seeds run under the same name) stay in it
-    kept = [r for r in recorded.values() if (r["attack"], r["seed"]) not in requested]
     for seed in args.seed:
         data_cfg = base.data.model_copy(update={"source": args.source, "image_size": args.image_size, "seed": seed,
                                                 "train_per_class": args.train_per_class,
@@ -334,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             purifier = load_chosen_purifier(args.purifier, base.diffusion, int(splits["train"].image_shape[0]))
         for attack in args.attacks:
             rows.append(run_entry(attack, seed, args, base, purifier, splits, work, recorded))
-            # after every entry, so a run cut short (or a machine lost) leaves the finished rows to commit
+            # after every entry, so a run cut short (or a machine lost) leaves the finished rows to commit; rows
+            # this run does not redo (other attacks or seeds under the same name) stay, read again at each write so
+            # that runs of other entries under one name, side by side, keep each other's rows
+            kept = [r for r in recorded_rows(results_file).values() if (r["attack"], r["seed"]) not in requested]
             write_report(args, argv, machine, [*rows, *kept])
     return 0
 

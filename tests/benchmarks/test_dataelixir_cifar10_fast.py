@@ -193,3 +193,33 @@ def test_the_elixir_key_counts_mixed_only_when_set():
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={"mixed": "suspicious"})})
     assert bench.elixir_key(other, "aaaa") != key
+
+
+def _row(attack: str, seed: int) -> dict:
+    scores = {"acc": 0.5, "asr": 0.1, "pa": 0.4}
+    return {"attack": attack, "seed": seed, "n": 60, "poisoned": 6, "true_target": 0, "target_found": True,
+            "target_labels": [0], "tpr": 1.0, "tpr_label_changing": 1.0, "fpr": 0.0, "label_acc": 1.0,
+            "label_acc_poisoned": 1.0, "victim": scores, "reference": scores, "retrained": scores,
+            "stage_seconds": {}, "elixir_key": "elixir-x", "purifier": "p"}
+
+
+def test_runs_side_by_side_under_one_name_keep_each_others_rows(tmp_path, monkeypatch):
+    """Two runs of other entries under one --name: the rows the other run wrote while this one worked stay."""
+    results = tmp_path / "res"
+    results.mkdir()
+    table = results / "tiny.json"
+    table.write_text(json.dumps({"rows": [_row("badnets", 1), _row("blended", 1)]}))  # an older run's table
+
+    def entry_while_another_run_writes(attack, seed, *rest):
+        # meanwhile the run beside this one finished its WaNet entry and rewrote the table (with the older rows)
+        rows = json.loads(table.read_text())["rows"]
+        table.write_text(json.dumps({"rows": [*rows, _row("wanet", 1)]}))
+        return _row(attack, seed) | {"tpr": 0.5}
+
+    monkeypatch.setattr(bench, "run_entry", entry_while_another_run_writes)
+    assert bench.main(["--source", "digits", "--image-size", "16", "--train-per-class", "2", "--test-per-class", "1",
+                       "--attacks", "badnets", "--seed", "1", "--work", str(tmp_path / "work"), "--results",
+                       str(results), "--docs-results", str(tmp_path / "docs"), "--name", "tiny"]) == 0
+    rows = json.loads(table.read_text())["rows"]
+    assert sorted(r["attack"] for r in rows) == ["badnets", "blended", "wanet"]
+    assert next(r for r in rows if r["attack"] == "badnets")["tpr"] == 0.5  # this run's row replaced the older one
