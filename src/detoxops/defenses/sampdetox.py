@@ -61,10 +61,11 @@ def noise_levels_from_map(trigger_map: torch.Tensor, cfg: SampDetoxConfig,
     """
     c = cfg.resolved()
     if c.stage2 == "soft":
-        t2 = torch.full((trigger_map.shape[0],), float(c.t2), device=trigger_map.device, dtype=trigger_map.dtype)
-        if repaired is not None and c.t2_repaired is not None:
-            t2 = torch.where(repaired.to(t2.device), float(c.t2_repaired), t2)
-        return torch.round(t2.view(-1, 1, 1, 1) * trigger_map).to(torch.int64)
+        if repaired is None or c.t2_repaired is None:
+            return torch.round(c.t2 * trigger_map).to(torch.int64)
+        # per-image t2 in fp32: a half-precision map must not round the levels themselves (257 is not a bf16)
+        t2 = torch.where(repaired.to(trigger_map.device), float(c.t2_repaired), float(c.t2))
+        return torch.round(t2.view(-1, 1, 1, 1) * trigger_map.float()).to(torch.int64)
     return torch.where(trigger_map > c.mask_threshold, c.t_mask, 0).to(torch.int64)
 
 
