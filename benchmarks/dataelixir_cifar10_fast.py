@@ -89,8 +89,9 @@ def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
     # the concrete settings (profile resolved at CIFAR-10's 32 px, its name left out), so a folder's key depends on
     # what ran, not on how it was asked for: entries made before dataelixir.profile existed keep their keys
     elixir = params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile"})
-    if elixir.get("mixed") == "mode":  # fields added later count only when set: older entries keep their keys
-        del elixir["mixed"]
+    for name, default in (("mixed", "mode"), ("purify", "flagged")):  # fields added later count only when set:
+        if elixir.get(name) == default:  # older entries keep their keys
+            del elixir[name]
     spec = {"dataelixir": elixir, "victim": params.victim.model_dump(mode="json")}
     if purifier_fp is not None:
         spec["purifier"] = purifier_fp

@@ -179,20 +179,22 @@ def test_an_older_elixir_folder_is_taken_over_only_for_its_own_purifier(tmp_path
     assert not legacy.exists() and mine.name != other.name
 
 
-def test_the_elixir_key_counts_mixed_only_when_set():
+def test_the_elixir_key_counts_mixed_and_purify_only_when_set():
     from detoxops.config import Params
 
     params = Params()
-    # entries made before dataelixir.mixed existed: the key of the default is the key without the field
-    assert params.dataelixir.mixed == "mode"
+    # entries made before dataelixir.mixed / purify existed: the key of the defaults is the key without the fields
+    assert (params.dataelixir.mixed, params.dataelixir.purify) == ("mode", "flagged")
     key = bench.elixir_key(params, "aaaa")
-    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", "mixed"}),
+    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json",
+                                                                    exclude={"profile", "mixed", "purify"}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
     import hashlib
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={"mixed": "suspicious"})})
-    assert bench.elixir_key(other, "aaaa") != key
+    for field, value in (("mixed", "suspicious"), ("purify", "target_label")):
+        other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
+        assert bench.elixir_key(other, "aaaa") != key
 
 
 def _row(attack: str, seed: int) -> dict:

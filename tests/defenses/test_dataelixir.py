@@ -119,3 +119,32 @@ def test_dataelixir_resolves_the_auto_profile_with_its_purifier(setup):
     # an 8-px purifier is a small-image one: the digits preset fills what the config leaves open
     elixir = de.DataElixir(purifier, DataElixirConfig(rounds=1))
     assert (elixir.cfg.T, elixir.cfg.rounds, elixir.cfg.keep_last, elixir.cfg.sampler) == (40, 1, 5, "ddpm")
+
+
+def test_purify_target_label_also_replaces_the_benign_target_label_images(setup, tmp_path, monkeypatch):
+    train, purifier, victim, cfg = setup
+    # stage 4 is under test: an untrained victim finds no target, so stage 3 names the label of the first benign
+    # sample (its own rule is tested in tests/defenses/elixir); stages 1, 2 and the relabelling model run for real
+    detect = de.detect_target_labels
+
+    def a_label_with_benign_samples(counts, labels, anomalous, *args, **kwargs):
+        found = detect(counts, labels, anomalous, *args, **kwargs)
+        found.target_labels = [int(labels[np.flatnonzero(~anomalous)[0]])]
+        return found
+
+    monkeypatch.setattr(de, "detect_target_labels", a_label_with_benign_samples)
+    runs = {mode: de.DataElixir(purifier, cfg.model_copy(update={"purify": mode}), VictimConfig(epochs=1, batch_size=8))
+            .sanitize(train, victim, tmp_path, progress=False) for mode in ("flagged", "target_label")}
+    flagged, every = runs["flagged"], runs["target_label"]
+    assert flagged.target_labels and flagged.target_labels == every.target_labels
+    assert np.array_equal(flagged.dataset.labels, every.dataset.labels)  # images only; the labels are the paper's
+    sets = flagged.decisions["set"]
+    is_target = np.isin(train.labels, flagged.target_labels)
+    in_b = is_target & (sets == "benign")
+    assert in_b.any() and (~is_target).any()
+    for res in (flagged, every):  # a non-target sample is never touched
+        assert np.array_equal(res.dataset.images[~is_target], train.images[~is_target])
+    assert np.array_equal(flagged.dataset.images[in_b], train.images[in_b])
+    assert not np.array_equal(every.dataset.images[in_b], train.images[in_b])
+    assert np.array_equal(every.dataset.images[is_target & ~in_b], flagged.dataset.images[is_target & ~in_b])
+    assert (every.decisions["chosen_round"][in_b] >= 0).all() and (flagged.decisions["chosen_round"][in_b] == -1).all()

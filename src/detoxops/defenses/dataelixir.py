@@ -230,10 +230,16 @@ class DataElixir:
             new_labels[in_s] = relabels
             agreed[in_s] = agree
 
-        flagged = new_labels != labels
-        m = c.keep_last
         changed_image = in_p.copy()
         changed_image[in_s] = True
+        if c.purify == "target_label":
+            # after the relabelling model, which trains on the dataset as the paper leaves it
+            in_b = is_target & (tr.sets == BENIGN)
+            images[in_b] = cand["images"][in_b]
+            changed_image |= in_b
+
+        flagged = new_labels != labels
+        m = c.keep_last
         decisions = {
             "index": np.arange(len(labels)),
             "source_index": np.asarray(train.source_index),
