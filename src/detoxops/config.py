@@ -573,11 +573,13 @@ class DataElixirConfig(_Section):
     """A candidate set with η < τ that mixes the sample's own label with others (equation 3 names only "all keep
     it" = B and "all change it" = P): ``mode``, its most frequent label decides B or P; ``suspicious``, it goes to S
     and the relabelling model decides (docs/dataelixir.md)."""
-    purify: Literal["flagged", "target_label"] = "flagged"
+    purify: Literal["flagged", "target_label", "all"] = "flagged"
     """Which images stage 4 replaces by their purified candidate: ``flagged``, the target-label samples in P ∪ S
-    (the paper); ``target_label``, every sample carrying a detected target label, B included (its label stays). A
-    poisoned sample whose trigger kept its label through every round lands in B, and so does poison that already
-    carried the target label; both keep their full trigger under ``flagged`` (docs/dataelixir.md)."""
+    (the paper); ``target_label``, every sample carrying a detected target label, B included (its label stays);
+    ``all``, every image once a target label is found (labels as ``flagged``). A poisoned sample whose trigger kept
+    its label through every round lands in B, and so does poison that already carried the target label; both keep
+    their full trigger under ``flagged``. ``target_label`` removes it but makes "looks purified" a cue of the target
+    class; ``all`` makes it a cue of none (docs/dataelixir.md)."""
     anomaly_threshold: float = Field(default=2.0, gt=0)
     target_rule: Literal["mean", "both", "either"] = "mean"
     """How the KL and count anomaly indices combine into a target-label decision."""

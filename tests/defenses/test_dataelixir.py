@@ -134,7 +134,7 @@ def test_purify_target_label_also_replaces_the_benign_target_label_images(setup,
 
     monkeypatch.setattr(de, "detect_target_labels", a_label_with_benign_samples)
     runs = {mode: de.DataElixir(purifier, cfg.model_copy(update={"purify": mode}), VictimConfig(epochs=1, batch_size=8))
-            .sanitize(train, victim, tmp_path, progress=False) for mode in ("flagged", "target_label")}
+            .sanitize(train, victim, tmp_path, progress=False) for mode in ("flagged", "target_label", "all")}
     flagged, every = runs["flagged"], runs["target_label"]
     assert flagged.target_labels and flagged.target_labels == every.target_labels
     assert np.array_equal(flagged.dataset.labels, every.dataset.labels)  # images only; the labels are the paper's
@@ -148,3 +148,9 @@ def test_purify_target_label_also_replaces_the_benign_target_label_images(setup,
     assert not np.array_equal(every.dataset.images[in_b], train.images[in_b])
     assert np.array_equal(every.dataset.images[is_target & ~in_b], flagged.dataset.images[is_target & ~in_b])
     assert (every.decisions["chosen_round"][in_b] >= 0).all() and (flagged.decisions["chosen_round"][in_b] == -1).all()
+    # all: every image is its purified candidate (the target-label ones as under target_label), the labels unchanged
+    whole = runs["all"]
+    assert np.array_equal(whole.dataset.labels, flagged.dataset.labels)
+    assert np.array_equal(whole.dataset.images[is_target], every.dataset.images[is_target])
+    assert not np.array_equal(whole.dataset.images[~is_target], train.images[~is_target])
+    assert (whole.decisions["chosen_round"] >= 0).all()

@@ -232,11 +232,11 @@ class DataElixir:
 
         changed_image = in_p.copy()
         changed_image[in_s] = True
-        if c.purify == "target_label":
+        if c.purify != "flagged" and len(detection.target_labels):
             # after the relabelling model, which trains on the dataset as the paper leaves it
-            in_b = is_target & (tr.sets == BENIGN)
-            images[in_b] = cand["images"][in_b]
-            changed_image |= in_b
+            extra = (is_target & (tr.sets == BENIGN)) if c.purify == "target_label" else ~changed_image
+            images[extra] = cand["images"][extra]
+            changed_image |= extra
 
         flagged = new_labels != labels
         m = c.keep_last
