@@ -1,0 +1,60 @@
+"""Per-class test accuracy of the models a `dataelixir_cifar10_fast.py` entry left in its work folder (issue #21):
+where does the retrained model's accuracy go? Reads ``<work>/seed<S>/reference`` and each named entry's
+``<attack>/<elixir folder>/retrained``; the test split is the benchmark's (whole CIFAR-10 test split).
+
+    python benchmarks/dataelixir_class_accuracy.py --seed 1 --entries blended/elixir-4871abb707 \\
+        blended/elixir-eed2391015 --out benchmarks/results/dataelixir_class_accuracy_seed1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detoxops.config import DataConfig
+from detoxops.data import load_source
+from detoxops.fileio import atomic_write_text
+from detoxops.models import load_classifier, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def class_accuracy(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
+    pred = predict(load_classifier(model_dir).float().eval(), images)
+    per_class = [float((pred[labels == c] == c).mean()) for c in range(int(labels.max()) + 1)]
+    return {"acc": float((pred == labels).mean()), "per_class": per_class,
+            "predicted_share": np.bincount(pred, minlength=len(per_class)).tolist()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "dataelixir_cifar10_fast"))
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--entries", nargs="+", required=True, help="<attack>/<elixir folder> of the seed's work folder")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = DataConfig(source=args.source, image_size=None, train_per_class=1000, test_per_class=None, seed=args.seed,
+                     root=str(ROOT / "data"))
+    test = load_source(args.source, cfg, progress=False)["test"]
+    seed_dir = Path(args.work) / f"seed{args.seed}"
+    models = {"reference": seed_dir / "reference"} | {e: seed_dir / e / "retrained" for e in args.entries}
+    rows = {}
+    for name, folder in models.items():
+        rows[name] = class_accuracy(folder, test.images, test.labels)
+        print(name, json.dumps({k: v for k, v in rows[name].items() if k == "acc"}), flush=True)
+    atomic_write_text(args.out, json.dumps({"command": shlex.join(["python", *sys.argv]), "seed": args.seed,
+                                            "models": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
