@@ -579,7 +579,8 @@ class DataElixirConfig(_Section):
     ``all``, every image once a target label is found (labels as ``flagged``). A poisoned sample whose trigger kept
     its label through every round lands in B, and so does poison that already carried the target label; both keep
     their full trigger under ``flagged``. ``target_label`` removes it but makes "looks purified" a cue of the target
-    class; ``all`` makes it a cue of none (docs/dataelixir.md)."""
+    class (measured on CIFAR-10: Blended's retrained ASR 9.9 → 0.6, ACC −1.5 more, all of it in the target class);
+    ``all`` makes it a cue of none but costs every class ~9 points (docs/dataelixir.md)."""
     anomaly_threshold: float = Field(default=2.0, gt=0)
     target_rule: Literal["mean", "both", "either"] = "mean"
     """How the KL and count anomaly indices combine into a target-label decision."""
