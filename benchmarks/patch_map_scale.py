@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import patch_repair_eval as pre  # noqa: E402
 from detoxops.config import PatchRepairConfig  # noqa: E402
-from detoxops.defenses.map_quality import roc_auc  # noqa: E402
+from detoxops.defenses.map_quality import changed_pixels, roc_auc  # noqa: E402
 from detoxops.defenses.patch_repair import PatchRepair  # noqa: E402
 from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.models.store import victim_attack  # noqa: E402
@@ -63,9 +63,8 @@ def main() -> None:
         for name in filter(None, args.attacks.split(",")):
             attack = victim_attack(f"{args.store}/{name}")
             pidx, triggered, _ = pre.triggered_set(clean, "val", attack, args.n_poisoned, args.seed)
-            maps, _ = pre.stored_context_maps(args.cache, f"val_{name}", repair, triggered, args.batch,
-                                              args.seed + 1, key)
-            mask = (triggered != clean.images[pidx]).any(-1)  # the pixels the trigger changed
+            maps = pre.triggered_context_maps(args.cache, "val", name, repair, triggered, args.batch, args.seed, key)
+            mask = changed_pixels(clean.images[pidx], triggered, tolerance=0)  # the pixels the trigger changed
             flat, flat_mask = maps.reshape(len(maps), -1), mask.reshape(len(mask), -1)
             peaks = flat.max(1)
             labels = np.r_[np.zeros(len(clean_peaks)), np.ones(len(peaks))].astype(bool)

@@ -27,6 +27,7 @@ import patch_repair_eval as pre  # noqa: E402
 from detoxops.config import PatchRepairConfig  # noqa: E402
 from detoxops.data import from_tensor, to_tensor  # noqa: E402
 from detoxops.defenses.base import make_generator  # noqa: E402
+from detoxops.defenses.map_quality import changed_pixels  # noqa: E402
 from detoxops.defenses.patch_repair import PatchRepair  # noqa: E402
 from detoxops.diffusion import load_purifier  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
@@ -57,11 +58,11 @@ def main() -> None:
     ref = f"{args.store}/{args.attack}"
     model, attack = load_classifier(ref).float().eval(), victim_attack(ref)
     pidx, triggered, true_labels = pre.triggered_set(clean, "val", attack, args.n_poisoned, args.seed)
-    # the same maps (key: settings, purifier, images, batch, seed + 1) as `confirm --split val`
-    maps, _ = pre.stored_context_maps(args.cache, f"val_{args.attack}", repair, triggered, args.batch, args.seed + 1,
+    # the maps `confirm --split val` stored for these images
+    maps = pre.triggered_context_maps(args.cache, "val", args.attack, repair, triggered, args.batch, args.seed,
                                       pre.purifier_key(args.purifier))
     cmap = torch.from_numpy(maps)[:, None].float()
-    mask = torch.from_numpy((triggered != clean.images[pidx]).any(-1))[:, None]  # the pixels the trigger changed
+    mask = torch.from_numpy(changed_pixels(clean.images[pidx], triggered, tolerance=0))[:, None]
     x = to_tensor(triggered) * 2 - 1
 
     def rates(images: torch.Tensor) -> dict:

@@ -301,6 +301,13 @@ def stored_context_maps(cache: Path, tag: str, repair: PatchRepair, images_u8: n
     return maps, seconds
 
 
+def triggered_context_maps(cache: Path, split: str, name: str, repair: PatchRepair, triggered_u8: np.ndarray,
+                           batch: int, seed: int, purifier: str) -> np.ndarray:
+    """The context maps of ``name``'s triggered set for ``seed`` (:func:`triggered_set`), under the one cache key
+    every tool of issue #20 shares: tag ``<split>_<attack>``, noise seed ``seed + 1``."""
+    return stored_context_maps(cache, f"{split}_{name}", repair, triggered_u8, batch, seed + 1, purifier)[0]
+
+
 def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.ndarray) -> list[dict]:
     """The repair profile with ``confirm: label`` (and without it) at the gate thresholds of ``--fire-rates``
     (validation calibration) on ``--split``. The costly context maps are reused: on the held-out half those a
@@ -330,8 +337,8 @@ def confirm_table(args, patch_cfg: PatchRepairConfig, purifier, clean, cidx: np.
         if args.split == "test" and table_maps.is_file():
             trig_maps = np.load(table_maps)["maps"]
         else:
-            trig_maps, _ = stored_context_maps(args.cache, f"{args.split}_{name}", repair, triggered, args.batch,
-                                               args.seed + 1, args.purifier_key)
+            trig_maps = triggered_context_maps(args.cache, args.split, name, repair, triggered, args.batch,
+                                               args.seed, args.purifier_key)
         maps = MapLookup([clean.images[cidx], triggered], [clean_maps, trig_maps])
         for rate, confirm, point in settings:
             cfg = patch_cfg.model_copy(update={"gate_threshold": gates[rate], "confirm": confirm})
