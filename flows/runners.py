@@ -7,6 +7,7 @@ shards (:func:`candidates_in_parallel`).
   thread each), or an existing scheduler with ``--dask-address tcp://host:8786``. Workers import ``tasks``
   and ``detoxops``, so they need the project on ``PYTHONPATH`` (set here for a local cluster) and the same
   environment; tasks exchange only paths and small dicts, and MLflow logging stays in the flow process.
+  The local cluster's workers start without ``MALLOC_TRIM_THRESHOLD_`` (see :func:`torch_friendly_worker_env`).
 
 Without ``PREFECT_API_URL`` every Dask worker process would start its own temporary Prefect server (~20 s
 each, all on one SQLite file); :func:`worker_api` starts one first and exports its URL to the workers.
@@ -21,7 +22,7 @@ import os
 from tasks import PROJECT_ROOT
 
 __all__ = ["RUNNERS", "add_runner_arguments", "candidate_workers", "make_task_runner", "worker_api",
-           "candidates_in_parallel"]
+           "candidates_in_parallel", "torch_friendly_worker_env"]
 
 RUNNERS = ("thread", "dask")
 
@@ -57,9 +58,25 @@ def make_task_runner(kind: str = "thread", workers: int | None = None, address: 
             return DaskTaskRunner(address=address)
         paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # spawned workers import tasks/
+        torch_friendly_worker_env()
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": ":0"})
     raise ValueError(f"unknown task runner {kind!r}; choose one of {', '.join(RUNNERS)}")
+
+
+def torch_friendly_worker_env() -> None:
+    """Start local Dask workers without Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` (the nanny's
+    ``pre-spawn-environ``; its one-thread BLAS / OpenMP settings stay). Setting any glibc malloc threshold turns off
+    glibc's dynamic mmap threshold, so every tensor above 128 KiB is mmapped and unmapped again and its pages faulted
+    in afresh: measured on this 2-core CPU, a UNet forward pass took ~8× the page faults and ~1.9× the CPU time (half
+    of it system time), which made two Dask workers slower than one thread-runner process (docs/dataelixir.md,
+    "Full-scan cost through the flow"). Workers of a cluster started elsewhere (``--dask-address``) need the same
+    in their own Dask config: ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``."""
+    import dask
+
+    # None unsets a pre-spawn variable (distributed.nanny._get_env_variables); set for the process, so the
+    # nannies the runner creates later, inside the flow run, read it
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
 @contextlib.contextmanager

@@ -51,3 +51,19 @@ def test_every_flow_cli_offers_the_runner_flags(flow, capsys):
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--runner", "--dask-workers", "--dask-address"))
     assert ("--workers" in out.replace("--dask-workers", "")) == (flow in ("sanitize", "ingestion_check"))
+
+
+def test_local_dask_workers_start_without_dask_malloc_trim_threshold():
+    # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers by default, which roughly doubles a torch
+    # forward pass's CPU time there (flows/runners.py); the runner's local cluster must start them without it and
+    # keep the one-thread BLAS setting
+    import os
+
+    from distributed import Client, LocalCluster
+
+    runner = make_task_runner("dask", workers=1)
+    kwargs = {**runner.cluster_kwargs, "n_workers": 1}
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        env = next(iter(client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_",
+                                                                           "OMP_NUM_THREADS")}).values()))
+    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
