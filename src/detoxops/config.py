@@ -593,6 +593,13 @@ class DataElixirConfig(_Section):
     select_percentile: float = Field(default=80.0, ge=0, le=100)
     shard_size: int = Field(default=1024, ge=1)
     batch_size: int = Field(default=256, ge=1)
+    relabel_images: Literal["dataset", "candidates"] = "dataset"
+    """What the relabelling model of S trains on: ``dataset``, the images as stage 4 has them (the paper: sharp
+    except the relabelled P samples), while the S samples it labels are purified candidates; ``candidates``, every
+    kept sample's purified candidate, so it trains on the kind of image it labels. Measured on CIFAR-10 with
+    ``dataset``: the model gave the target label back to 33 of the 329 clean target-class samples in S — purified
+    airplanes look like no airplane it trained on — and those mislabelled clean samples were every false positive
+    and the retrained model's whole accuracy loss (docs/dataelixir.md)."""
     relabel_epochs: int = Field(default=10, ge=1)
     """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
     finetune_epochs: int = Field(default=3, ge=0)

@@ -179,20 +179,21 @@ def test_an_older_elixir_folder_is_taken_over_only_for_its_own_purifier(tmp_path
     assert not legacy.exists() and mine.name != other.name
 
 
-def test_the_elixir_key_counts_mixed_and_purify_only_when_set():
+def test_the_elixir_key_counts_the_later_fields_only_when_set():
     from detoxops.config import Params
 
     params = Params()
-    # entries made before dataelixir.mixed / purify existed: the key of the defaults is the key without the fields
-    assert (params.dataelixir.mixed, params.dataelixir.purify) == ("mode", "flagged")
+    # entries made before dataelixir.mixed / purify / relabel_images existed: the key of the defaults is the key
+    # without the fields
+    later = ("mixed", "purify", "relabel_images")
+    assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset")
     key = bench.elixir_key(params, "aaaa")
-    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json",
-                                                                    exclude={"profile", "mixed", "purify"}),
+    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
     import hashlib
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    for field, value in (("mixed", "suspicious"), ("purify", "target_label")):
+    for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates")):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
 

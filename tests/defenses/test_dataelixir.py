@@ -183,3 +183,46 @@ def test_purify_extra_rejects_an_unknown_mode():
     flags = np.array([True, False])
     with pytest.raises(ValueError, match="purify: unknown mode 'some'"):
         de.purify_extra("some", flags, flags)
+
+
+def test_relabel_images_candidates_trains_the_relabelling_model_on_purified_candidates(setup, tmp_path, monkeypatch):
+    train, purifier, victim, cfg = setup
+    detect = de.detect_target_labels
+
+    def label_zero(counts, labels, anomalous, *args, **kwargs):  # a target, so stage 4 relabels S (as above)
+        found = detect(counts, labels, anomalous, *args, **kwargs)
+        found.target_labels = [0]
+        return found
+
+    seen = {}
+
+    def recording(current, suspicious_images, *args, **kwargs):  # the real relabelling, its training set kept
+        seen[mode] = current
+        return relabel(current, suspicious_images, *args, **kwargs)
+
+    transitions = de.analyse_transitions
+
+    def half_of_label_zero_suspicious(cand_labels, labels, *args, **kwargs):  # the constant victim leaves S empty
+        found = transitions(cand_labels, labels, *args, **kwargs)
+        found.sets[np.flatnonzero(labels == 0)[::2]] = de.SUSPICIOUS
+        return found
+
+    relabel = de.relabel_suspicious
+    monkeypatch.setattr(de, "detect_target_labels", label_zero)
+    monkeypatch.setattr(de, "analyse_transitions", half_of_label_zero_suspicious)
+    monkeypatch.setattr(de, "relabel_suspicious", recording)
+    results = {}
+    for mode in ("dataset", "candidates"):
+        elixir = de.DataElixir(purifier, cfg.model_copy(update={"relabel_images": mode}),
+                               VictimConfig(epochs=1, batch_size=8))
+        results[mode] = elixir.sanitize(train, victim, tmp_path, progress=False)
+    in_s = results["dataset"].decisions["set"] == "suspicious"
+    assert in_s.sum() == 4 and set(seen) == {"dataset", "candidates"}
+    keep = ~in_s
+    candidates = elixir.candidate_sets(train, victim, tmp_path, progress=False)["images"]
+    # the same samples and labels; only the images differ: the stage-4 dataset (mostly the input) or the candidates
+    assert np.array_equal(seen["dataset"].labels, seen["candidates"].labels)
+    assert np.array_equal(seen["candidates"].images, candidates[keep])
+    untouched = keep & (results["dataset"].decisions["chosen_round"] < 0)
+    assert np.array_equal(seen["dataset"].images[untouched[keep]], train.images[untouched])
+    assert not np.array_equal(seen["candidates"].images[untouched[keep]], train.images[untouched])

@@ -10,8 +10,10 @@ Read next to the paper's four stages (module per stage in ``detoxops.defenses.el
    and the MAD anomaly index (``elixir.target_label``). No outlier label → the dataset is clean and kept as is.
 4. Purified Dataset Generation — target-label samples in P get their candidate vote as label and the candidate
    at the 80th percentile of the distance as image (equation 5, ``elixir.purify``); target-label samples in S
-   are labelled by a benign model trained on the purified set, then fine-tuned (``elixir.relabel``). Samples
-   with other labels, and target-label samples in B, are kept unchanged.
+   are labelled by a benign model trained on the purified set, then fine-tuned (``elixir.relabel``; with
+   ``relabel_images: candidates`` it trains on every kept sample's purified candidate instead, the kind of image it
+   labels). Samples with other labels, and target-label samples in B, are kept unchanged (``purify`` widens the
+   images replaced).
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ class DataElixir:
         if len(in_s):
             keep = np.ones(len(labels), dtype=bool)
             keep[in_s] = False
-            current = ImageSet(images=images[keep], labels=new_labels[keep], class_names=train.class_names)
+            trained_on = cand["images"] if c.relabel_images == "candidates" else images
+            current = ImageSet(images=trained_on[keep], labels=new_labels[keep], class_names=train.class_names)
             arch = getattr(victim, "detoxops_spec", {}).get("arch", "small_cnn")
             relabels, agree = relabel_suspicious(
                 current, cand["images"][in_s], tr.consensus[in_s], arch, self.victim_cfg,
