@@ -1,6 +1,8 @@
 """Per-class test accuracy of the models a `dataelixir_cifar10_fast.py` entry left in its work folder (issue #21):
 where does the retrained model's accuracy go? Reads ``<work>/seed<S>/reference`` and each named entry's
-``<attack>/<elixir folder>/retrained``; the test split is the benchmark's (whole CIFAR-10 test split).
+``<attack>/<elixir folder>/retrained``; the test split is the benchmark's (whole CIFAR-10 test split). For each
+entry with a detected target it also audits the purified set's labels (``purified/decisions.csv``): what became of
+the clean samples carrying the target label (the only clean samples stage 4 may relabel) and of the poison.
 
     python benchmarks/dataelixir_class_accuracy.py --seed 1 --entries blended/elixir-4871abb707 \\
         blended/elixir-eed2391015 --out benchmarks/results/dataelixir_class_accuracy_seed1.json
@@ -32,6 +34,33 @@ def class_accuracy(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> d
             "predicted_share": np.bincount(pred, minlength=len(per_class)).tolist()}
 
 
+def label_audit(decisions_csv: Path, targets: list[int]) -> dict:
+    """Counts from a sanitised set's decisions: clean target-label samples by set and whether they kept their
+    label; poison carrying a target label by set and whether it kept it; every clean sample whose label changed
+    (the false positives); and the share of purified images per final label."""
+    import pandas as pd
+
+    d = pd.read_csv(decisions_csv)
+    is_target, poisoned = d["label"].isin(targets), d["poisoned_true"] == 1
+    clean_t, poison_t = d[is_target & ~poisoned], d[is_target & poisoned]
+    by_set = lambda frame, kept: {s: {"n": int((frame["set"] == s).sum()),  # noqa: E731
+                                      "kept_target": int(((frame["set"] == s) & kept(frame)).sum())}
+                                  for s in ("benign", "poisoned", "suspicious")}
+    final = d.groupby("final_label")
+    return {
+        "targets": targets,
+        "clean_target_samples": int(len(clean_t)),
+        "clean_target_lost_label": int((~clean_t["final_label"].isin(targets)).sum()),
+        "clean_target_by_set": by_set(clean_t, lambda f: f["final_label"].isin(targets)),
+        "poison_with_target_label": int(len(poison_t)),  # (decisions.csv has no source class: the poison that
+        "poison_by_set": by_set(poison_t, lambda f: f["final_label"].isin(targets)),  # was a target already too)
+        "false_positives": int(((d["poisoned_true"] == 0) & (d["flagged"] == 1)).sum()),
+        "final_label_counts": final.size().astype(int).tolist(),
+        "purified_share_by_final_label": [round(float(v), 4) for v in final["chosen_round"].apply(
+            lambda r: (r >= 0).mean())],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
@@ -50,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, folder in models.items():
         rows[name] = class_accuracy(folder, test.images, test.labels)
+        summary = folder.parent / "sanitize.json"
+        if name != "reference" and summary.is_file() and json.loads(summary.read_text())["target_labels"]:
+            rows[name]["labels"] = label_audit(folder.parent / "purified" / "decisions.csv",
+                                               json.loads(summary.read_text())["target_labels"])
         print(name, json.dumps({k: v for k, v in rows[name].items() if k == "acc"}), flush=True)
     atomic_write_text(args.out, json.dumps({"command": shlex.join(["python", *sys.argv]), "seed": args.seed,
                                             "models": rows}, indent=1))

@@ -27,3 +27,29 @@ def test_class_accuracy_matches_the_predictions(tmp_path):
     assert sum(out["predicted_share"]) == 30 and len(out["predicted_share"]) == 3
     # the overall accuracy of a balanced set is the mean of the per-class ones
     assert np.isclose(out["acc"], np.mean(out["per_class"]))
+
+
+def test_label_audit_counts_what_became_of_the_target_labels(tmp_path):
+    # label 0 is the target; columns as DataElixir writes them
+    rows = [  # label, set, chosen_round, final_label, flagged, poisoned_true
+        (0, "benign", -1, 0, 0, 0),       # clean target sample kept
+        (0, "suspicious", 1, 3, 1, 0),    # clean target sample relabelled: a false positive
+        (0, "suspicious", 0, 0, 0, 0),    # clean target sample the relabelling kept
+        (0, "poisoned", 2, 1, 1, 0),      # clean target sample in P: the vote, a false positive
+        (0, "poisoned", 1, 2, 1, 1),      # poison restored
+        (0, "suspicious", 0, 0, 0, 1),    # poison given the target back
+        (0, "benign", -1, 0, 0, 1),       # poison its trigger kept in B
+        (1, "benign", -1, 1, 0, 0),       # another label: never relabelled
+    ]
+    lines = ["index,label,set,chosen_round,final_label,flagged,poisoned_true"]
+    lines += [",".join(map(str, (i, *r))) for i, r in enumerate(rows)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    audit = bench.label_audit(tmp_path / "d.csv", [0])
+    assert (audit["clean_target_samples"], audit["clean_target_lost_label"], audit["false_positives"]) == (4, 2, 2)
+    assert audit["clean_target_by_set"] == {"benign": {"n": 1, "kept_target": 1}, "poisoned": {"n": 1, "kept_target": 0},
+                                            "suspicious": {"n": 2, "kept_target": 1}}
+    assert audit["poison_with_target_label"] == 3
+    assert audit["poison_by_set"]["suspicious"] == {"n": 1, "kept_target": 1}
+    assert audit["poison_by_set"]["benign"] == {"n": 1, "kept_target": 1}
+    assert audit["final_label_counts"] == [4, 2, 1, 1]  # final labels 0, 1, 2, 3
+    assert audit["purified_share_by_final_label"] == [0.5, 0.5, 1.0, 1.0]
