@@ -593,6 +593,9 @@ class DataElixirConfig(_Section):
     select_percentile: float = Field(default=80.0, ge=0, le=100)
     shard_size: int = Field(default=1024, ge=1)
     batch_size: int = Field(default=256, ge=1)
+    relabel: Literal["suspicious", "flagged"] = "suspicious"
+    """Which target-label samples the relabelling model labels: ``suspicious``, those in S (the paper: a sample in
+    P takes its candidates' vote); ``flagged``, those in P too (the vote then only decides agreement, as in S)."""
     relabel_images: Literal["dataset", "candidates"] = "dataset"
     """What the relabelling model of S trains on: ``dataset``, the images as stage 4 has them (the paper: sharp
     except the relabelled P samples), while the S samples it labels are purified candidates; ``candidates``, every

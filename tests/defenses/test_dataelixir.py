@@ -185,39 +185,44 @@ def test_purify_extra_rejects_an_unknown_mode():
         de.purify_extra("some", flags, flags)
 
 
-def test_relabel_images_candidates_trains_the_relabelling_model_on_purified_candidates(setup, tmp_path, monkeypatch):
-    train, purifier, victim, cfg = setup
-    detect = de.detect_target_labels
+@pytest.fixture
+def relabel_calls(monkeypatch):
+    """Stage 4 with a target and an S: label 0 is named the target and half its samples are put in S (the
+    constant untrained victim finds neither); the real relabelling runs, and each call's arguments are kept."""
+    detect, transitions, relabel = de.detect_target_labels, de.analyse_transitions, de.relabel_suspicious
+    calls = []
 
-    def label_zero(counts, labels, anomalous, *args, **kwargs):  # a target, so stage 4 relabels S (as above)
+    def label_zero(counts, labels, anomalous, *args, **kwargs):
         found = detect(counts, labels, anomalous, *args, **kwargs)
         found.target_labels = [0]
         return found
 
-    seen = {}
-
-    def recording(current, suspicious_images, *args, **kwargs):  # the real relabelling, its training set kept
-        seen[mode] = current
-        return relabel(current, suspicious_images, *args, **kwargs)
-
-    transitions = de.analyse_transitions
-
-    def half_of_label_zero_suspicious(cand_labels, labels, *args, **kwargs):  # the constant victim leaves S empty
+    def half_of_label_zero_suspicious(cand_labels, labels, *args, **kwargs):
         found = transitions(cand_labels, labels, *args, **kwargs)
         found.sets[np.flatnonzero(labels == 0)[::2]] = de.SUSPICIOUS
         return found
 
-    relabel = de.relabel_suspicious
+    def recording(current, suspicious_images, votes, *args, **kwargs):
+        calls.append({"current": current, "images": suspicious_images, "votes": votes})
+        return relabel(current, suspicious_images, votes, *args, **kwargs)
+
     monkeypatch.setattr(de, "detect_target_labels", label_zero)
     monkeypatch.setattr(de, "analyse_transitions", half_of_label_zero_suspicious)
     monkeypatch.setattr(de, "relabel_suspicious", recording)
-    results = {}
+    return calls
+
+
+def test_relabel_images_candidates_trains_the_relabelling_model_on_purified_candidates(setup, tmp_path,
+                                                                                      relabel_calls):
+    train, purifier, victim, cfg = setup
+    results, seen = {}, {}
     for mode in ("dataset", "candidates"):
         elixir = de.DataElixir(purifier, cfg.model_copy(update={"relabel_images": mode}),
                                VictimConfig(epochs=1, batch_size=8))
         results[mode] = elixir.sanitize(train, victim, tmp_path, progress=False)
+        seen[mode] = relabel_calls[-1]["current"]
     in_s = results["dataset"].decisions["set"] == "suspicious"
-    assert in_s.sum() == 4 and set(seen) == {"dataset", "candidates"}
+    assert in_s.sum() == 4 and len(relabel_calls) == 2
     keep = ~in_s
     candidates = elixir.candidate_sets(train, victim, tmp_path, progress=False)["images"]
     # the same samples and labels; only the images differ: the stage-4 dataset (mostly the input) or the candidates
@@ -226,3 +231,28 @@ def test_relabel_images_candidates_trains_the_relabelling_model_on_purified_cand
     untouched = keep & (results["dataset"].decisions["chosen_round"] < 0)
     assert np.array_equal(seen["dataset"].images[untouched[keep]], train.images[untouched])
     assert not np.array_equal(seen["candidates"].images[untouched[keep]], train.images[untouched])
+
+
+def test_relabel_flagged_gives_the_target_label_samples_in_p_to_the_relabelling_model(setup, tmp_path,
+                                                                                    relabel_calls):
+    train, purifier, victim, cfg = setup
+    results = {mode: de.DataElixir(purifier, cfg.model_copy(update={"relabel": mode}),
+                                   VictimConfig(epochs=1, batch_size=8)).sanitize(train, victim, tmp_path,
+                                                                                  progress=False)
+               for mode in ("suspicious", "flagged")}
+    sets, labels = results["suspicious"].decisions["set"], np.asarray(train.labels)
+    in_s, in_p = (labels == 0) & (sets == "suspicious"), (labels == 0) & (sets == "poisoned")
+    assert in_s.sum() == 4 and in_p.sum() == 4
+    paper, flagged = relabel_calls
+    candidates = de.DataElixir(purifier, cfg).candidate_sets(train, victim, tmp_path, progress=False)
+    assert np.array_equal(paper["images"], candidates["images"][in_s])
+    assert np.array_equal(flagged["images"], candidates["images"][in_s | in_p])  # P and S, in sample order
+    # the model trains without them, and a P sample's vote decides only agreement, as in S
+    assert len(flagged["current"]) == len(train) - 8 and len(paper["current"]) == len(train) - 4
+    votes = results["suspicious"].decisions["vote"]
+    assert np.array_equal(results["suspicious"].decisions["final_label"][in_p], votes[in_p])
+    final = results["flagged"].decisions["final_label"]
+    agreed = results["flagged"].decisions["relabel_agreed"].astype(bool)
+    assert np.array_equal(final[in_p & agreed], votes[in_p & agreed])
+    # sets and detection are the same: only who labels P changed
+    assert np.array_equal(results["flagged"].decisions["set"], sets)

@@ -12,8 +12,8 @@ Read next to the paper's four stages (module per stage in ``detoxops.defenses.el
    at the 80th percentile of the distance as image (equation 5, ``elixir.purify``); target-label samples in S
    are labelled by a benign model trained on the purified set, then fine-tuned (``elixir.relabel``; with
    ``relabel_images: candidates`` it trains on every kept sample's purified candidate instead, the kind of image it
-   labels). Samples with other labels, and target-label samples in B, are kept unchanged (``purify`` widens the
-   images replaced).
+   labels; ``relabel: flagged`` gives it the target-label samples in P as well). Samples with other labels, and
+   target-label samples in B, are kept unchanged (``purify`` widens the images replaced).
 """
 
 from __future__ import annotations
@@ -233,10 +233,11 @@ class DataElixir:
         images = np.array(train.images, copy=True)
         new_labels = labels.copy()
         is_target = np.isin(labels, detection.target_labels)
-        in_p = is_target & (tr.sets == POISONED)
+        by_model = is_target & ((tr.sets == SUSPICIOUS) | ((tr.sets == POISONED) & (c.relabel == "flagged")))
+        in_p = is_target & (tr.sets == POISONED) & ~by_model  # the paper: P takes its candidates' vote
         images[in_p] = cand["images"][in_p]
         new_labels[in_p] = tr.consensus[in_p]
-        in_s = np.flatnonzero(is_target & (tr.sets == SUSPICIOUS))
+        in_s = np.flatnonzero(by_model)  # S (and P under relabel: flagged): the relabelling model
         agreed = np.zeros(len(labels), dtype=bool)
         if len(in_s):
             keep = np.ones(len(labels), dtype=bool)
