@@ -603,6 +603,13 @@ class DataElixirConfig(_Section):
     ``dataset``: the model gave the target label back to 33 of the 329 clean target-class samples in S — purified
     airplanes look like no airplane it trained on — and those mislabelled clean samples were every false positive
     and the retrained model's whole accuracy loss (docs/dataelixir.md)."""
+    relabel_view: Literal["candidate", "input"] = "candidate"
+    """What the relabelling model is asked about: a sample's purified candidate (the paper) or its input image. With
+    ``relabel_images: candidates`` the model has seen few triggers (purification removed most), so the input image
+    is safe to ask about and keeps the class detail purification took (measured on Blended's validation entry, the
+    S samples: clean target-class ones kept 108 of 329 instead of 54, label-changing poison got its true label in
+    195 of 315 instead of 150; asked about the input after training on the dataset images, the model had learned
+    the trigger from B's poison and gave 119 of them the target)."""
     relabel_epochs: int = Field(default=10, ge=1)
     """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
     finetune_epochs: int = Field(default=3, ge=0)

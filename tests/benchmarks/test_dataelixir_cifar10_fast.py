@@ -183,10 +183,11 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
     from detoxops.config import Params
 
     params = Params()
-    # entries made before dataelixir.mixed / purify / relabel_images / relabel existed: the key of the defaults is the key
+    # entries made before the later dataelixir fields existed: the key of the defaults is the key
     # without the fields
-    later = ("mixed", "purify", "relabel_images", "relabel")
-    assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious")
+    later = ("mixed", "purify", "relabel_images", "relabel", "relabel_view")
+    assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious",
+                                                                   "candidate")
     key = bench.elixir_key(params, "aaaa")
     spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
@@ -194,7 +195,7 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates"),
-                         ("relabel", "flagged")):
+                         ("relabel", "flagged"), ("relabel_view", "input")):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
 

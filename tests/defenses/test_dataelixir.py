@@ -203,7 +203,8 @@ def relabel_calls(monkeypatch):
         return found
 
     def recording(current, suspicious_images, votes, *args, **kwargs):
-        calls.append({"current": current, "images": suspicious_images, "votes": votes})
+        calls.append({"current": current, "images": suspicious_images, "votes": votes,
+                      "query": kwargs.get("query_images")})
         return relabel(current, suspicious_images, votes, *args, **kwargs)
 
     monkeypatch.setattr(de, "detect_target_labels", label_zero)
@@ -256,3 +257,36 @@ def test_relabel_flagged_gives_the_target_label_samples_in_p_to_the_relabelling_
     assert np.array_equal(final[in_p & agreed], votes[in_p & agreed])
     # sets and detection are the same: only who labels P changed
     assert np.array_equal(results["flagged"].decisions["set"], sets)
+
+
+def test_relabel_view_input_asks_the_relabelling_model_about_the_input_images(setup, tmp_path, relabel_calls):
+    train, purifier, victim, cfg = setup
+    results = {view: de.DataElixir(purifier, cfg.model_copy(update={"relabel_view": view}),
+                                   VictimConfig(epochs=1, batch_size=8)).sanitize(train, victim, tmp_path,
+                                                                                  progress=False)
+               for view in ("candidate", "input")}
+    in_s = results["candidate"].decisions["set"] == "suspicious"
+    paper, own = relabel_calls
+    assert paper["query"] is None  # the paper: asked about the purified candidates it is given
+    assert np.array_equal(own["query"], train.images[in_s])
+    assert np.array_equal(own["images"], paper["images"])  # agreed samples still join as their candidates
+    # and the purified set still holds the candidates for S: the view changes labels only
+    assert np.array_equal(results["input"].dataset.images, results["candidate"].dataset.images)
+
+
+def test_relabel_suspicious_labels_by_the_query_images():
+    from detoxops.defenses.elixir.relabel import relabel_suspicious
+
+    rng = np.random.default_rng(0)
+    # two classes a model tells apart at once: dark and bright images
+    images = np.concatenate([rng.integers(0, 40, (40, 8, 8, 3)), rng.integers(215, 256, (40, 8, 8, 3))]).astype(np.uint8)
+    labels = np.repeat([0, 1], 40)
+    current = ImageSet(images=images, labels=labels, class_names=["dark", "bright"])
+    dark, bright = images[:4], images[40:44]
+    cfg = VictimConfig(epochs=5, batch_size=16, seed=0)
+    # asked about bright query images, the dark suspicious images are labelled bright (votes agree with nothing)
+    out, agree = relabel_suspicious(current, dark, np.full(4, 0), "small_cnn", cfg, 0, 0.1, query_images=bright)
+    plain, _ = relabel_suspicious(current, dark, np.full(4, 1), "small_cnn", cfg, 0, 0.1)
+    assert out.tolist() == [1, 1, 1, 1] and not agree.any() and plain.tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="query_images has 3 images for 4 suspicious samples"):
+        relabel_suspicious(current, dark, np.zeros(4), "small_cnn", cfg, 0, 0.1, query_images=bright[:3])

@@ -248,6 +248,7 @@ class DataElixir:
             relabels, agree = relabel_suspicious(
                 current, cand["images"][in_s], tr.consensus[in_s], arch, self.victim_cfg,
                 c.finetune_epochs, c.finetune_lr_scale, progress=progress,
+                query_images=train.images[in_s] if c.relabel_view == "input" else None,
             )
             images[in_s] = cand["images"][in_s]
             new_labels[in_s] = relabels

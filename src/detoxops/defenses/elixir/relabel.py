@@ -20,14 +20,20 @@ def relabel_suspicious(
     finetune_epochs: int,
     finetune_lr_scale: float,
     progress: bool = False,
+    query_images: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels of the suspicious samples, whether each agreed in the first stage)."""
+    """Return (labels of the suspicious samples, whether each agreed in the first stage). The model is asked about
+    ``query_images`` (default: the suspicious images themselves, the paper) — e.g. the samples' input images when
+    it was trained on purified candidates; agreed samples join its fine-tuning set as ``suspicious_images``."""
+    query = suspicious_images if query_images is None else query_images
+    if len(query) != len(suspicious_images):
+        raise ValueError(f"query_images has {len(query)} images for {len(suspicious_images)} suspicious samples")
     if len(suspicious_images) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     model = build_classifier(arch, purified.num_classes, purified.images.shape[-1], purified.images.shape[1],
                              seed=cfg.seed, width=cfg.width, widths=cfg.airbench.widths)
     train_classifier(model, purified, cfg, progress=progress)
-    y_m = predict(model, suspicious_images)
+    y_m = predict(model, query)
     agree = y_m == votes
     if agree.any():
         extended = ImageSet(
@@ -37,5 +43,5 @@ def relabel_suspicious(
         )
         train_classifier(model, extended, cfg, progress=progress, epochs=finetune_epochs,
                          lr=cfg.lr * finetune_lr_scale)
-    labels = np.where(agree, votes, predict(model, suspicious_images))
+    labels = np.where(agree, votes, predict(model, query))
     return labels.astype(np.int64), agree
