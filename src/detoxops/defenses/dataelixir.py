@@ -89,20 +89,14 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def purify_extra(mode: str, is_target: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+def purify_extra(mode: str, is_target: np.ndarray) -> np.ndarray:
     """Which images stage 4 gives their purified candidate beyond the paper's (target-label samples in P ∪ S), by
     ``dataelixir.purify``: ``target_label`` adds the target-label samples in B (poison whose trigger kept its label,
-    or that carried the target label already); ``anomalous`` adds P ∪ S of every label, so the purified look is in
-    every class about as often as in the target class and stops being its cue; ``anomalous_target`` is both;
-    ``all`` is every image."""
+    or that carried the target label already); ``all`` is every image."""
     if mode == "flagged":
         return np.zeros_like(is_target)
     if mode == "target_label":
         return is_target.copy()
-    if mode == "anomalous":
-        return anomalous.copy()
-    if mode == "anomalous_target":
-        return anomalous | is_target
     if mode == "all":
         return np.ones_like(is_target)
     raise ValueError(f"dataelixir.purify: unknown mode {mode!r}")
@@ -258,7 +252,7 @@ class DataElixir:
         changed_image[in_s] = True
         if c.purify != "flagged" and len(detection.target_labels):
             # after the relabelling model, which trains on the dataset as the paper leaves it
-            extra = purify_extra(c.purify, is_target, anomalous) & ~changed_image
+            extra = purify_extra(c.purify, is_target) & ~changed_image
             images[extra] = cand["images"][extra]
             changed_image |= extra
 
