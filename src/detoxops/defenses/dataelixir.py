@@ -231,25 +231,22 @@ class DataElixir:
         in_p = is_target & (tr.sets == POISONED) & ~by_model  # the paper: P takes its candidates' vote
         images[in_p] = cand["images"][in_p]
         new_labels[in_p] = tr.consensus[in_p]
-        in_s = np.flatnonzero(by_model)  # S (and P under relabel: flagged): the relabelling model
         agreed = np.zeros(len(labels), dtype=bool)
-        if len(in_s):
-            keep = np.ones(len(labels), dtype=bool)
-            keep[in_s] = False
+        if by_model.any():  # S (and P under relabel: flagged): the relabelling model
+            keep = ~by_model
             trained_on = cand["images"] if c.relabel_images == "candidates" else images
             current = ImageSet(images=trained_on[keep], labels=new_labels[keep], class_names=train.class_names)
             arch = getattr(victim, "detoxops_spec", {}).get("arch", "small_cnn")
             relabels, agree = relabel_suspicious(
-                current, cand["images"][in_s], tr.consensus[in_s], arch, self.victim_cfg,
+                current, cand["images"][by_model], tr.consensus[by_model], arch, self.victim_cfg,
                 c.finetune_epochs, c.finetune_lr_scale, progress=progress,
-                query_images=train.images[in_s] if c.relabel_view == "input" else None,
+                query_images=train.images[by_model] if c.relabel_view == "input" else None,
             )
-            images[in_s] = cand["images"][in_s]
-            new_labels[in_s] = relabels
-            agreed[in_s] = agree
+            images[by_model] = cand["images"][by_model]
+            new_labels[by_model] = relabels
+            agreed[by_model] = agree
 
-        changed_image = in_p.copy()
-        changed_image[in_s] = True
+        changed_image = in_p | by_model
         if c.purify != "flagged" and len(detection.target_labels):
             # after the relabelling model, which trains on the dataset as the paper leaves it
             extra = purify_extra(c.purify, is_target) & ~changed_image
