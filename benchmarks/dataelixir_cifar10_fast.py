@@ -90,7 +90,7 @@ def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
     # what ran, not on how it was asked for: entries made before dataelixir.profile existed keep their keys
     elixir = params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile"})
     for name, default in (("mixed", "mode"), ("purify", "flagged"), ("relabel_images", "dataset"),
-                          ("relabel", "suspicious"), ("relabel_view", "candidate")):  # fields added later count only when set:
+                          ("relabel", "suspicious"), ("relabel_view", "candidate"), ("distant_mads", 1.0)):  # fields added later count only when set:
         if elixir.get(name) == default:  # older entries keep their keys
             del elixir[name]
     spec = {"dataelixir": elixir, "victim": params.victim.model_dump(mode="json")}

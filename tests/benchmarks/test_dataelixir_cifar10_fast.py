@@ -185,9 +185,9 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
     params = Params()
     # entries made before the later dataelixir fields existed: the key of the defaults is the key
     # without the fields
-    later = ("mixed", "purify", "relabel_images", "relabel", "relabel_view")
+    later = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
     assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious",
-                                                                   "candidate")
+                                                                   "candidate", 1.0)
     key = bench.elixir_key(params, "aaaa")
     spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
@@ -195,7 +195,7 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates"),
-                         ("relabel", "flagged"), ("relabel_view", "input")):
+                         ("relabel", "flagged"), ("relabel_view", "input"), ("distant_mads", 2.0)):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
 

@@ -134,7 +134,8 @@ def test_purify_target_label_also_replaces_the_benign_target_label_images(setup,
 
     monkeypatch.setattr(de, "detect_target_labels", a_label_with_benign_samples)
     runs = {mode: de.DataElixir(purifier, cfg.model_copy(update={"purify": mode}), VictimConfig(epochs=1, batch_size=8))
-            .sanitize(train, victim, tmp_path, progress=False) for mode in ("flagged", "target_label", "all")}
+            .sanitize(train, victim, tmp_path, progress=False)
+            for mode in ("flagged", "target_label", "target_distant", "all")}
     flagged, every = runs["flagged"], runs["target_label"]
     assert flagged.target_labels and flagged.target_labels == every.target_labels
     assert np.array_equal(flagged.dataset.labels, every.dataset.labels)  # images only; the labels are the paper's
@@ -154,12 +155,33 @@ def test_purify_target_label_also_replaces_the_benign_target_label_images(setup,
     assert np.array_equal(whole.dataset.images[is_target], every.dataset.images[is_target])
     assert not np.array_equal(whole.dataset.images[~is_target], train.images[~is_target])
     assert (whole.decisions["chosen_round"] >= 0).all()
+    # target_distant: of B's target-label samples, those whose chosen candidate lies over one MAD above their median
+    distant = runs["target_distant"]
+    d = flagged.decisions["chosen_distance"][in_b]
+    far = d > np.median(d) + 1.4826 * np.median(np.abs(d - np.median(d)))
+    assert 0 < far.sum() < in_b.sum()
+    changed = (distant.dataset.images != train.images).reshape(len(train), -1).any(1)
+    assert np.array_equal(changed[in_b], far)
+    assert np.array_equal(distant.dataset.images[~in_b], flagged.dataset.images[~in_b])
 
 
 def test_purify_extra_rejects_an_unknown_mode():
     flags = np.array([True, False])
     with pytest.raises(ValueError, match="purify: unknown mode 'some'"):
-        de.purify_extra("some", flags)
+        de.purify_extra("some", flags, flags, np.zeros(2), 1.0)
+
+
+def test_purify_target_distant_takes_the_far_moved_target_label_samples_of_b():
+    is_target = np.array([1, 1, 1, 1, 1, 1, 0, 1], bool)
+    benign = np.array([1, 1, 1, 1, 1, 1, 1, 0], bool)
+    # B's target-label distances: median 0.11, MAD 0.01 (consistent 0.0148): 0.2 is far, 0.12 within one MAD;
+    # a far non-target sample (index 6) and a far target sample outside B (index 7) are not B's target samples
+    distance = np.array([0.10, 0.11, 0.12, 0.11, 0.20, 0.10, 0.9, 0.9])
+    extra = de.purify_extra("target_distant", is_target, benign, distance, 1.0)
+    assert np.flatnonzero(extra).tolist() == [4]
+    assert np.flatnonzero(de.purify_extra("target_distant", is_target, benign, distance, 0.0)).tolist() == [2, 4]
+    assert not de.purify_extra("target_distant", is_target, ~benign, distance, 1.0)[:6].any()
+    assert de.purify_extra("target_label", is_target, benign, distance, 1.0).tolist() == is_target.tolist()
 
 
 @pytest.fixture

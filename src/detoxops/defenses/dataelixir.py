@@ -89,14 +89,24 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def purify_extra(mode: str, is_target: np.ndarray) -> np.ndarray:
+def purify_extra(mode: str, is_target: np.ndarray, benign: np.ndarray, distance: np.ndarray,
+                 distant_mads: float) -> np.ndarray:
     """Which images stage 4 gives their purified candidate beyond the paper's (target-label samples in P ∪ S), by
     ``dataelixir.purify``: ``target_label`` adds the target-label samples in B (poison whose trigger kept its label,
-    or that carried the target label already); ``all`` is every image."""
+    or that carried the target label already); ``target_distant`` only those of them whose chosen candidate lies
+    more than ``distant_mads`` (consistent) MADs above their median distance — purification moved a triggered image
+    further, in pixels and in the victim's features, than a clean one of the same class; ``all`` is every image."""
     if mode == "flagged":
         return np.zeros_like(is_target)
     if mode == "target_label":
         return is_target.copy()
+    if mode == "target_distant":
+        pool = is_target & benign
+        if not pool.any():
+            return np.zeros_like(is_target)
+        median = float(np.median(distance[pool]))
+        mad = 1.4826 * float(np.median(np.abs(distance[pool] - median)))
+        return pool & (distance > median + distant_mads * mad)
     if mode == "all":
         return np.ones_like(is_target)
     raise ValueError(f"dataelixir.purify: unknown mode {mode!r}")
@@ -249,7 +259,8 @@ class DataElixir:
         changed_image = in_p | by_model
         if c.purify != "flagged" and len(detection.target_labels):
             # after the relabelling model, which trains on the dataset as the paper leaves it
-            extra = purify_extra(c.purify, is_target) & ~changed_image
+            chosen = np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0]
+            extra = purify_extra(c.purify, is_target, tr.sets == BENIGN, chosen, c.distant_mads) & ~changed_image
             images[extra] = cand["images"][extra]
             changed_image |= extra
 
