@@ -34,10 +34,20 @@ def class_accuracy(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> d
             "predicted_share": np.bincount(pred, minlength=len(per_class)).tolist()}
 
 
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """P(a positive scores above a negative), ties counted half; None without both."""
+    if not len(positive) or not len(negative):
+        return None
+    above = (positive[:, None] > negative[None, :]).mean() + 0.5 * (positive[:, None] == negative[None, :]).mean()
+    return round(float(above), 4)
+
+
 def label_audit(decisions_csv: Path, targets: list[int]) -> dict:
     """Counts from a sanitised set's decisions: clean target-label samples by set and whether they kept their
     label; poison carrying a target label by set and whether it kept it; every clean sample whose label changed
-    (the false positives); and the share of purified images per final label."""
+    (the false positives); the share of purified images per final label; and, among the target-label samples of B,
+    how well the chosen candidate's distance tells the poisoned ones (AUC; how many lie beyond one MAD above the
+    median, as ``purify: target_distant`` chooses)."""
     import pandas as pd
 
     d = pd.read_csv(decisions_csv)
@@ -47,6 +57,10 @@ def label_audit(decisions_csv: Path, targets: list[int]) -> dict:
                                       "kept_target": int(((frame["set"] == s) & kept(frame)).sum())}
                                   for s in ("benign", "poisoned", "suspicious")}
     final = d.groupby("final_label")
+    in_b = d[is_target & (d["set"] == "benign")]  # what purify: target_distant chooses from
+    b_dist, b_poison = in_b["chosen_distance"].to_numpy(float), (in_b["poisoned_true"] == 1).to_numpy()
+    median = float(np.median(b_dist)) if len(b_dist) else 0.0
+    far = b_dist > median + 1.4826 * float(np.median(np.abs(b_dist - median))) if len(b_dist) else b_poison
     return {
         "targets": targets,
         "clean_target_samples": int(len(clean_t)),
@@ -56,6 +70,9 @@ def label_audit(decisions_csv: Path, targets: list[int]) -> dict:
         "poison_by_set": by_set(poison_t, lambda f: f["final_label"].isin(targets)),  # was a target already too)
         "false_positives": int(((d["poisoned_true"] == 0) & (d["flagged"] == 1)).sum()),
         "final_label_counts": final.size().astype(int).tolist(),
+        "b_target": {"n": int(len(in_b)), "poisoned": int(b_poison.sum()),
+                     "distance_auc": _auc(b_dist[b_poison], b_dist[~b_poison]),
+                     "beyond_one_mad": int(far.sum()), "beyond_one_mad_poisoned": int((far & b_poison).sum())},
         "purified_share_by_final_label": [round(float(v), 4) for v in final["chosen_round"].apply(
             lambda r: (r >= 0).mean())],
     }

@@ -40,16 +40,21 @@ def test_label_audit_counts_what_became_of_the_target_labels(tmp_path):
         (0, "suspicious", 0, 0, 0, 1),    # poison given the target back
         (0, "benign", -1, 0, 0, 1),       # poison its trigger kept in B
         (1, "benign", -1, 1, 0, 0),       # another label: never relabelled
+        (0, "benign", -1, 0, 0, 0),       # clean target sample kept
     ]
-    lines = ["index,label,set,chosen_round,final_label,flagged,poisoned_true"]
-    lines += [",".join(map(str, (i, *r))) for i, r in enumerate(rows)]
+    lines = ["index,label,set,chosen_round,final_label,flagged,poisoned_true,chosen_distance"]
+    distances = [0.10, 0.3, 0.2, 0.2, 0.2, 0.2, 0.40, 0.1, 0.11]  # B's target-label ones: clean 0.10 / 0.11, poisoned 0.40
+    lines += [",".join(map(str, (i, *r, dist))) for i, (r, dist) in enumerate(zip(rows, distances, strict=True))]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     audit = bench.label_audit(tmp_path / "d.csv", [0])
-    assert (audit["clean_target_samples"], audit["clean_target_lost_label"], audit["false_positives"]) == (4, 2, 2)
-    assert audit["clean_target_by_set"] == {"benign": {"n": 1, "kept_target": 1}, "poisoned": {"n": 1, "kept_target": 0},
+    assert (audit["clean_target_samples"], audit["clean_target_lost_label"], audit["false_positives"]) == (5, 2, 2)
+    assert audit["clean_target_by_set"] == {"benign": {"n": 2, "kept_target": 2}, "poisoned": {"n": 1, "kept_target": 0},
                                             "suspicious": {"n": 2, "kept_target": 1}}
     assert audit["poison_with_target_label"] == 3
     assert audit["poison_by_set"]["suspicious"] == {"n": 1, "kept_target": 1}
     assert audit["poison_by_set"]["benign"] == {"n": 1, "kept_target": 1}
-    assert audit["final_label_counts"] == [4, 2, 1, 1]  # final labels 0, 1, 2, 3
-    assert audit["purified_share_by_final_label"] == [0.5, 0.5, 1.0, 1.0]
+    assert audit["final_label_counts"] == [5, 2, 1, 1]  # final labels 0, 1, 2, 3
+    assert audit["purified_share_by_final_label"] == [0.4, 0.5, 1.0, 1.0]
+    # B's three target-label samples: median 0.11, MAD 0.01 · 1.4826: the poisoned one (0.40) lies beyond one MAD
+    assert audit["b_target"] == {"n": 3, "poisoned": 1, "distance_auc": 1.0, "beyond_one_mad": 1,
+                                 "beyond_one_mad_poisoned": 1}
