@@ -604,8 +604,8 @@ class DataElixirConfig(_Section):
     except the relabelled P samples), while the S samples it labels are purified candidates; ``candidates``, every
     kept sample's purified candidate, so it trains on the kind of image it labels. Measured on CIFAR-10 with
     ``dataset``: the model gave the target label back to 33 of the 329 clean target-class samples in S — purified
-    airplanes look like no airplane it trained on — and those mislabelled clean samples were every false positive
-    and most of the retrained model's accuracy loss, all of the target class's (docs/dataelixir.md)."""
+    airplanes look like no airplane it trained on — and those mislabelled clean samples were every false positive.
+    With ``candidates`` it gave back 66; the retrained accuracy did not improve (docs/dataelixir.md)."""
     relabel_view: Literal["candidate", "input"] = "candidate"
     """What the relabelling model is asked about: a sample's purified candidate (the paper) or its input image. With
     ``relabel_images: candidates`` the model has seen few triggers (purification removed most), so the input image
