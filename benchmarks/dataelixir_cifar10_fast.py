@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detoxops.config import Params, load_params
+from detoxops.config import DataElixirConfig, Params, load_params
 from detoxops.data import ImageSet, load_source
 from detoxops.defenses.dataelixir import module_fingerprint
 from detoxops.fileio import atomic_write_text
@@ -83,15 +83,18 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
     return base.model_copy(update=upd)
 
 
+LATER_FIELDS = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
+"""``dataelixir`` fields added after entries were stored: in an entry's key only when not at their default."""
+
+
 def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
     """What the DataElixir part of an entry depends on beyond the victim: its settings, the relabel recipe and the
     purifier (its weights' fingerprint; ``None`` gives the key of entries made before the purifier was part of it)."""
     # the concrete settings (profile resolved at CIFAR-10's 32 px, its name left out), so a folder's key depends on
     # what ran, not on how it was asked for: entries made before dataelixir.profile existed keep their keys
     elixir = params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile"})
-    for name, default in (("mixed", "mode"), ("purify", "flagged"), ("relabel_images", "dataset"),
-                          ("relabel", "suspicious"), ("relabel_view", "candidate"), ("distant_mads", 1.0)):  # fields added later count only when set:
-        if elixir.get(name) == default:  # older entries keep their keys
+    for name in LATER_FIELDS:  # fields added later count only when set: older entries keep their keys
+        if elixir.get(name) == DataElixirConfig.model_fields[name].default:
             del elixir[name]
     spec = {"dataelixir": elixir, "victim": params.victim.model_dump(mode="json")}
     if purifier_fp is not None:

@@ -21,6 +21,7 @@ import torch
 
 from detoxops.config import DataConfig
 from detoxops.data import load_source
+from detoxops.defenses.dataelixir import purify_extra
 from detoxops.fileio import atomic_write_text
 from detoxops.models import load_classifier, predict
 
@@ -57,10 +58,11 @@ def label_audit(decisions_csv: Path, targets: list[int]) -> dict:
                                       "kept_target": int(((frame["set"] == s) & kept(frame)).sum())}
                                   for s in ("benign", "poisoned", "suspicious")}
     final = d.groupby("final_label")
-    in_b = d[is_target & (d["set"] == "benign")]  # what purify: target_distant chooses from
+    benign = (d["set"] == "benign").to_numpy()
+    in_b = d[is_target & benign]  # what purify: target_distant chooses from, and what it chooses (one MAD)
     b_dist, b_poison = in_b["chosen_distance"].to_numpy(float), (in_b["poisoned_true"] == 1).to_numpy()
-    median = float(np.median(b_dist)) if len(b_dist) else 0.0
-    far = b_dist > median + 1.4826 * float(np.median(np.abs(b_dist - median))) if len(b_dist) else b_poison
+    far = purify_extra("target_distant", is_target.to_numpy(), benign, d["chosen_distance"].to_numpy(float),
+                       1.0)[(is_target & benign).to_numpy()]
     return {
         "targets": targets,
         "clean_target_samples": int(len(clean_t)),

@@ -68,9 +68,9 @@ def torch_friendly_worker_env() -> None:
     """Start local Dask workers without Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` (the nanny's
     ``pre-spawn-environ``; its one-thread BLAS / OpenMP settings stay). Setting any glibc malloc threshold turns off
     glibc's dynamic mmap threshold, so every tensor above 128 KiB is mmapped and unmapped again and its pages faulted
-    in afresh: measured on this 2-core CPU, a UNet forward pass took ~8× the page faults and ~1.9× the CPU time (half
-    of it system time), which made two Dask workers slower than one thread-runner process (docs/dataelixir.md,
-    "Full-scan cost through the flow"). Workers of a cluster started elsewhere (``--dask-address``) need the same
+    in afresh: measured on this 2-core CPU (``benchmarks/dask_worker_env.py``), a UNet forward pass took 10× the page
+    faults and 2.5× the CPU time, most of the extra system time, which made two Dask workers slower than one
+    thread-runner process (docs/dataelixir.md, "Full-scan cost through the flow"). Workers of a cluster started elsewhere (``--dask-address``) need the same
     in their own Dask config: ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``."""
     import dask
 

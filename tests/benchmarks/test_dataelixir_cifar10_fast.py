@@ -185,7 +185,8 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
     params = Params()
     # entries made before the later dataelixir fields existed: the key of the defaults is the key
     # without the fields
-    later = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
+    later = bench.LATER_FIELDS
+    assert later == ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
     assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious",
                                                                    "candidate", 1.0)
     key = bench.elixir_key(params, "aaaa")

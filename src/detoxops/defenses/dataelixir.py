@@ -34,7 +34,7 @@ from detoxops.defenses.elixir.candidates import build_candidates, steps_per_imag
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
 from detoxops.defenses.elixir.shards import DamagedShardError, ShardStore, open_work_store
-from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels
+from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels, mad_anomaly_index
 from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SUSPICIOUS, analyse_transitions
 from detoxops.progress import tqdm
 
@@ -102,11 +102,9 @@ def purify_extra(mode: str, is_target: np.ndarray, benign: np.ndarray, distance:
         return is_target.copy()
     if mode == "target_distant":
         pool = is_target & benign
-        if not pool.any():
-            return np.zeros_like(is_target)
-        median = float(np.median(distance[pool]))
-        mad = 1.4826 * float(np.median(np.abs(distance[pool] - median)))
-        return pool & (distance > median + distant_mads * mad)
+        far = np.zeros_like(is_target)
+        far[pool] = mad_anomaly_index(distance[pool]) > distant_mads
+        return far
     if mode == "all":
         return np.ones_like(is_target)
     raise ValueError(f"dataelixir.purify: unknown mode {mode!r}")
