@@ -1,0 +1,124 @@
+"""Where a DataElixir entry's retrained accuracy goes: its images or its labels (issue #21).
+
+A sanitised set differs from the unpoisoned one in two ways: purified images (every sample of P, and what the
+``purify`` mode adds) and wrong labels (false positives, and poison given a label other than its own). This
+retrains the entry's model on sets that keep one of the two and undo the other, with the benchmark's victim recipe
+and seed, so the retrained ACC gap to the unpoisoned reference splits into what each costs:
+
+* ``true_labels``: the sanitised images with every sample's true (pre-attack) label: what the image changes cost
+  (plus the poisoned images the purifier left as they were, now with their true labels);
+* ``input_images``: the input images with the sanitised labels: what the label errors cost (the poison keeps its
+  trigger here, so this variant's ASR says nothing about the defense);
+* ``drop_relabelled``: the sanitised set without the samples whose label DataElixir changed: what dropping instead
+  of relabelling would give.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dataelixir_retrain_decomposition.py --seed 1 \
+        --entries wanet/elixir-4871abb707 --out benchmarks/results/dataelixir_retrain_decomposition_seed1.json
+
+Entries are ``<attack>/<elixir folder>`` of ``benchmarks/dataelixir_cifar10_fast.py``'s work folder; each variant's
+model is kept under ``<elixir folder>/decomposition/<variant>/`` (a finished one is loaded, an interrupted one
+resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detoxops.config import load_params
+from detoxops.data import ImageSet, load_source
+from detoxops.fileio import atomic_write_text
+from detoxops.operations import train_victim
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import dataelixir_cifar10_fast as fast  # noqa: E402
+
+VARIANTS = ("true_labels", "input_images", "drop_relabelled")
+
+
+def variants(train: ImageSet, sanitised: ImageSet) -> dict[str, ImageSet]:
+    """The three retraining sets of the module docstring, from the input set and DataElixir's output."""
+    if len(train) != len(sanitised):
+        raise ValueError(f"the sanitised set has {len(sanitised)} samples, the input {len(train)}")
+    true = train.labels if train.original_labels is None else train.original_labels
+    kept = np.flatnonzero(sanitised.labels == train.labels)
+    return {
+        "true_labels": sanitised.replace(labels=np.asarray(true).copy()),
+        "input_images": train.replace(labels=sanitised.labels.copy()),
+        "drop_relabelled": sanitised.subset(kept),
+    }
+
+
+def differences(train: ImageSet, sanitised: ImageSet) -> dict[str, int]:
+    """How the sanitised set differs from the unpoisoned one: changed images, wrong labels (and of which samples)."""
+    true = train.labels if train.original_labels is None else train.original_labels
+    poisoned = np.zeros(len(train), bool) if train.poisoned is None else np.asarray(train.poisoned, bool)
+    changed = (sanitised.images != train.images).reshape(len(train), -1).any(axis=1)
+    wrong = sanitised.labels != true
+    return {"images_changed": int(changed.sum()), "wrong_labels": int(wrong.sum()),
+            "wrong_labels_clean": int((wrong & ~poisoned).sum()), "wrong_labels_poisoned": int((wrong & poisoned).sum()),
+            "relabelled": int((sanitised.labels != train.labels).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default=str(fast.DEFAULT_ARCHIVE))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "dataelixir_cifar10_fast"))
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--entries", nargs="+", required=True, help="<attack>/<elixir folder> of the seed's work folder")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = load_params(ROOT / "params.yaml", [], announce=False)
+    data_cfg = base.data.model_copy(update={"source": args.source, "image_size": None, "seed": args.seed,
+                                            "train_per_class": 1000, "test_per_class": None,
+                                            "root": str(ROOT / "data")})
+    splits = load_source(args.source, data_cfg, progress=False)
+    seed_dir = Path(args.work) / f"seed{args.seed}"
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report |= {"command": shlex.join(["python", *sys.argv]), "seed": args.seed}
+    entries = report.setdefault("entries", {})
+    for name in args.entries:
+        attack, folder = name.split("/")
+        elixir_dir = seed_dir / attack / folder
+        if not (elixir_dir / "result.json").is_file():
+            raise SystemExit(f"{elixir_dir}: no finished entry (result.json) there")
+        params = fast.seed_params(base, args.seed, attack)
+        train = fast._entry_train(attack, seed_dir / attack, splits)
+        triggered = None if attack == "clean" else ImageSet.load(seed_dir / attack / "poisoned" / "test")
+        target = params.attack.target if triggered is None else int(json.loads(
+            (seed_dir / attack / "poisoned" / "attack.json").read_text()).get("target", params.attack.target))
+        sanitised = ImageSet.load(elixir_dir / "purified")
+        result = json.loads((elixir_dir / "result.json").read_text())
+        row = {"differences": differences(train, sanitised), "reference": result["reference"],
+               "as_sanitised": result["retrained"], "variants": {}}
+        for variant, data in variants(train, sanitised).items():
+            if variant not in args.variants:
+                continue
+            out_dir = elixir_dir / "decomposition" / variant
+            stages = fast.Stages()
+            model = fast.trained(out_dir, partial(
+                train_victim, data, params.victim, out_dir, clean_test=splits["test"],
+                checkpoint_dir=out_dir.with_name(variant + ".ckpt"),
+                record={"seed": args.seed, "attack": attack, "decomposition": variant}, progress=False),
+                stages, "retrain")
+            row["variants"][variant] = {"n": len(data), **fast.scores(model, splits["test"], triggered, target),
+                                        "seconds": stages.seconds.get("retrain")}
+            print(name, variant, json.dumps(row["variants"][variant]), flush=True)
+        entries[name] = row
+        atomic_write_text(args.out, json.dumps(report, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
