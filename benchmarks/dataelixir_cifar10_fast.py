@@ -83,7 +83,7 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
     return base.model_copy(update=upd)
 
 
-LATER_FIELDS = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
+LATER_FIELDS = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads", "target_rounds")
 """``dataelixir`` fields added after entries were stored: in an entry's key only when not at their default."""
 
 

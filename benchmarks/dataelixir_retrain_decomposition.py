@@ -10,7 +10,10 @@ and seed, so the retrained ACC gap to the unpoisoned reference splits into what 
 * ``input_images``: the input images with the sanitised labels: what the label errors cost (the poison keeps its
   trigger here, so this variant's ASR says nothing about the defense);
 * ``drop_relabelled``: the sanitised set without the samples whose label DataElixir changed: what dropping instead
-  of relabelling would give.
+  of relabelling would give;
+* ``drop_target_poison`` (an oracle): the sanitised set without the truly poisoned samples that still carry a
+  target label: what the poison left under the target label costs in ASR (what is left of their trigger after
+  purification, when stage 4 purified them).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dataelixir_retrain_decomposition.py --seed 1 \
         --entries wanet/elixir-4871abb707 --out benchmarks/results/dataelixir_retrain_decomposition_seed1.json
@@ -41,19 +44,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import dataelixir_cifar10_fast as fast  # noqa: E402
 
-VARIANTS = ("true_labels", "input_images", "drop_relabelled")
+VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison")
 
 
-def variants(train: ImageSet, sanitised: ImageSet) -> dict[str, ImageSet]:
-    """The three retraining sets of the module docstring, from the input set and DataElixir's output."""
+def variants(train: ImageSet, sanitised: ImageSet, targets: list[int]) -> dict[str, ImageSet]:
+    """The retraining sets of the module docstring, from the input set, DataElixir's output and its targets."""
     if len(train) != len(sanitised):
         raise ValueError(f"the sanitised set has {len(sanitised)} samples, the input {len(train)}")
     true = train.labels if train.original_labels is None else train.original_labels
     kept = np.flatnonzero(sanitised.labels == train.labels)
+    poisoned = np.zeros(len(train), bool) if train.poisoned is None else np.asarray(train.poisoned, bool)
+    target_poison = poisoned & np.isin(sanitised.labels, targets)
     return {
         "true_labels": sanitised.replace(labels=np.asarray(true).copy()),
         "input_images": train.replace(labels=sanitised.labels.copy()),
         "drop_relabelled": sanitised.subset(kept),
+        "drop_target_poison": sanitised.subset(np.flatnonzero(~target_poison)),
     }
 
 
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads((elixir_dir / "result.json").read_text())
         row = {"differences": differences(train, sanitised), "reference": result["reference"],
                "as_sanitised": result["retrained"], "variants": {}}
-        for variant, data in variants(train, sanitised).items():
+        targets = json.loads((elixir_dir / "sanitize.json").read_text())["target_labels"]
+        for variant, data in variants(train, sanitised, targets).items():
             if variant not in args.variants:
                 continue
             out_dir = elixir_dir / "decomposition" / variant

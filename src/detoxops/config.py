@@ -584,6 +584,12 @@ class DataElixirConfig(_Section):
     samples of B whose chosen candidate's distance (pixel SSIM + victim-feature cosine) is more than
     ``distant_mads`` MADs above their median: on Blended's validation entry 119 of 551 such samples, 57 of its 61
     poisoned ones (distance AUC 0.97; BadNets: 0.76)."""
+    target_rounds: int = Field(default=0, ge=0)
+    """Stage 4: extra purification rounds (at ``T``, with the candidate sampler, from the chosen candidate) for the
+    purified images that end with a target label — poison whose label stayed or came back to the target and
+    clean target-class samples. They are the only purified images whose trigger remnant can still teach the
+    backdoor (under another label a remnant teaches the opposite). 0 = the paper. Measured on CIFAR-10 FTrojan
+    (docs/dataelixir.md): without those 74 images the retrained ASR falls from 6.9 to 0.0."""
     distant_mads: float = Field(default=1.0, ge=0)
     """``purify: target_distant``: how many (consistent) MADs above the median distance of B's target-label
     samples a sample's chosen candidate must lie to be purified."""

@@ -186,9 +186,9 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
     # entries made before the later dataelixir fields existed: the key of the defaults is the key
     # without the fields
     later = bench.LATER_FIELDS
-    assert later == ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads")
+    assert later == ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads", "target_rounds")
     assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious",
-                                                                   "candidate", 1.0)
+                                                                   "candidate", 1.0, 0)
     key = bench.elixir_key(params, "aaaa")
     spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
@@ -196,7 +196,8 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates"),
-                         ("relabel", "flagged"), ("relabel_view", "input"), ("distant_mads", 2.0)):
+                         ("relabel", "flagged"), ("relabel_view", "input"), ("distant_mads", 2.0),
+                         ("target_rounds", 1)):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
 

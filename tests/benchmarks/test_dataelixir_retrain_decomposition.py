@@ -33,7 +33,7 @@ def _sets():
 
 def test_variants_keep_one_side_and_undo_the_other():
     train, sanitised = _sets()
-    v = bench.variants(train, sanitised)
+    v = bench.variants(train, sanitised, [0])
     np.testing.assert_array_equal(v["true_labels"].images, sanitised.images)
     np.testing.assert_array_equal(v["true_labels"].labels, train.original_labels)
     np.testing.assert_array_equal(v["input_images"].images, train.images)
@@ -41,6 +41,11 @@ def test_variants_keep_one_side_and_undo_the_other():
     # samples 0, 1, 2 had their label changed by the defense: dropped
     np.testing.assert_array_equal(v["drop_relabelled"].source_index, train.source_index[[3, 4, 5]])
     np.testing.assert_array_equal(v["drop_relabelled"].labels, [0, 1, 2])
+    # no poisoned sample keeps the target 0 here: nothing dropped; were the target 1, both poisoned samples (now
+    # labelled 1) would be
+    assert len(v["drop_target_poison"]) == 6
+    np.testing.assert_array_equal(bench.variants(train, sanitised, [1])["drop_target_poison"].source_index,
+                                  train.source_index[2:])
 
 
 def test_differences_count_images_and_wrong_labels():
@@ -52,4 +57,4 @@ def test_differences_count_images_and_wrong_labels():
 def test_variants_refuse_sets_of_different_sizes():
     train, sanitised = _sets()
     with pytest.raises(ValueError, match="sanitised set has 5 samples, the input 6"):
-        bench.variants(train, sanitised.subset(np.arange(5)))
+        bench.variants(train, sanitised.subset(np.arange(5)), [0])

@@ -289,3 +289,33 @@ def test_relabel_suspicious_labels_by_the_query_images():
     assert out.tolist() == [1, 1, 1, 1] and not agree.any() and plain.tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="query_images has 3 images for 4 suspicious samples"):
         relabel_suspicious(current, dark, np.zeros(4), "small_cnn", cfg, 0, 0.1, query_images=bright[:3])
+
+
+def test_target_rounds_purify_again_only_the_purified_images_that_end_with_a_target_label(setup, tmp_path,
+                                                                                        monkeypatch):
+    train, purifier, victim, cfg = setup
+    detect = de.detect_target_labels
+
+    def a_label_with_benign_samples(counts, labels, anomalous, *args, **kwargs):  # as in the purify test above
+        found = detect(counts, labels, anomalous, *args, **kwargs)
+        found.target_labels = [int(labels[np.flatnonzero(~anomalous)[0]])]
+        return found
+
+    monkeypatch.setattr(de, "detect_target_labels", a_label_with_benign_samples)
+    base = cfg.model_copy(update={"purify": "target_label"})
+    runs = {k: de.DataElixir(purifier, base.model_copy(update={"target_rounds": k}), VictimConfig(epochs=1, batch_size=8))
+            .sanitize(train, victim, tmp_path, progress=False) for k in (0, 1, 2)}
+    paper, once, twice = runs[0], runs[1], runs[2]
+    assert np.array_equal(paper.dataset.labels, once.dataset.labels)  # images only
+    again = (paper.decisions["chosen_round"] >= 0) & np.isin(paper.dataset.labels, paper.target_labels)
+    assert again.any() and (~again).any()
+    assert np.array_equal(once.decisions["repurified"].astype(bool), again)
+    assert not paper.decisions["repurified"].any()
+    # every other image as without the option; these ones changed, and each extra round changes them further
+    assert np.array_equal(once.dataset.images[~again], paper.dataset.images[~again])
+    assert (once.dataset.images[again] != paper.dataset.images[again]).reshape(again.sum(), -1).any(1).all()
+    assert not np.array_equal(twice.dataset.images[again], once.dataset.images[again])
+    # deterministic given the seed
+    rerun = de.DataElixir(purifier, base.model_copy(update={"target_rounds": 1}), VictimConfig(epochs=1, batch_size=8)
+                          ).sanitize(train, victim, tmp_path, progress=False)
+    assert np.array_equal(rerun.dataset.images, once.dataset.images)

@@ -13,7 +13,8 @@ Read next to the paper's four stages (module per stage in ``detoxops.defenses.el
    are labelled by a benign model trained on the purified set, then fine-tuned (``elixir.relabel``; with
    ``relabel_images: candidates`` it trains on every kept sample's purified candidate instead, the kind of image it
    labels; ``relabel: flagged`` gives it the target-label samples in P as well). Samples with other labels, and
-   target-label samples in B, are kept unchanged (``purify`` widens the images replaced).
+   target-label samples in B, are kept unchanged (``purify`` widens the images replaced; ``target_rounds`` purifies
+   again those purified images that end with a target label).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from detoxops.config import DataElixirConfig, VictimConfig
 from detoxops.data import ImageSet
-from detoxops.defenses.elixir.candidates import build_candidates, steps_per_image
+from detoxops.defenses.elixir.candidates import build_candidates, purification_rounds, steps_per_image
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
 from detoxops.defenses.elixir.shards import DamagedShardError, ShardStore, open_work_store
@@ -213,6 +214,19 @@ class DataElixir:
         store.save(k, **arrays)
         return arrays
 
+    def _purify_again(self, images: np.ndarray, rounds: int) -> np.ndarray:
+        """``rounds`` more purification rounds of uint8 HWC images, batch by batch, from a noise stream of their
+        own (independent of every shard's): deterministic given ``dataelixir.seed``."""
+        c = self.cfg
+        seed = int(np.random.SeedSequence([c.seed, 4]).generate_state(1)[0])
+        gen = torch.Generator(device=self.purifier.device).manual_seed(seed)
+        out = np.empty_like(images)
+        for b in range(0, len(images), c.batch_size):
+            x01 = torch.from_numpy(np.array(images[b : b + c.batch_size])).permute(0, 3, 1, 2).float().div(255)
+            y = purification_rounds(self.purifier, x01, c, rounds, gen)
+            out[b : b + c.batch_size] = (y.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return out
+
     # ------------------------------------------------------------------ stages 2-4
     def sanitize(
         self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
@@ -262,6 +276,13 @@ class DataElixir:
             images[extra] = cand["images"][extra]
             changed_image |= extra
 
+        repurified = np.zeros(len(labels), dtype=bool)
+        if c.target_rounds and len(detection.target_labels):
+            # a purified image that keeps a target label is the one kind whose trigger remnant can still teach the
+            # backdoor (under another label it teaches the opposite): it goes through more rounds
+            repurified = changed_image & np.isin(new_labels, detection.target_labels)
+            images[repurified] = self._purify_again(images[repurified], c.target_rounds)
+
         flagged = new_labels != labels
         m = c.keep_last
         decisions = {
@@ -278,6 +299,7 @@ class DataElixir:
                 np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0], 5
             ),
             "relabel_agreed": agreed.astype(int),
+            "repurified": repurified.astype(int),
             "final_label": new_labels,
             "flagged": flagged.astype(int),
             "poisoned_true": np.asarray(train.poisoned).astype(int),

@@ -86,6 +86,20 @@ def build_candidates(
     )
 
 
+@torch.no_grad()
+def purification_rounds(purifier, x01: torch.Tensor, cfg: DataElixirConfig, rounds: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """``rounds`` more rounds of candidate construction's noising to ``T`` and reverse process, each from the last
+    one's output (no candidates kept, no victim): stage 4's ``target_rounds``. Images in [0, 1] in and out."""
+    x = x01.to(purifier.device) * 2 - 1
+    stride = cfg.ddim_stride if cfg.sampler == "ddim" else 1
+    for _ in range(rounds):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
+        x = denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator)
+    return ((x.clamp(-1, 1) + 1) / 2).to(torch.float32)
+
+
 def steps_per_image(cfg: DataElixirConfig) -> int:
     """Denoising steps one image goes through (every round, every step): the unit of DataElixir's progress."""
     return cfg.rounds * len(step_levels(cfg.T, cfg.sampler, cfg.ddim_stride if cfg.sampler == "ddim" else 1))
