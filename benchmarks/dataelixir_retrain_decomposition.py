@@ -47,16 +47,22 @@ import dataelixir_cifar10_fast as fast  # noqa: E402
 VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison")
 
 
+def _truth(train: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Every input sample's true (pre-attack) label and whether the attack poisoned it."""
+    true = train.labels if train.original_labels is None else train.original_labels
+    poisoned = np.zeros(len(train), bool) if train.poisoned is None else np.asarray(train.poisoned, bool)
+    return np.asarray(true), poisoned
+
+
 def variants(train: ImageSet, sanitised: ImageSet, targets: list[int]) -> dict[str, ImageSet]:
     """The retraining sets of the module docstring, from the input set, DataElixir's output and its targets."""
     if len(train) != len(sanitised):
         raise ValueError(f"the sanitised set has {len(sanitised)} samples, the input {len(train)}")
-    true = train.labels if train.original_labels is None else train.original_labels
+    true, poisoned = _truth(train)
     kept = np.flatnonzero(sanitised.labels == train.labels)
-    poisoned = np.zeros(len(train), bool) if train.poisoned is None else np.asarray(train.poisoned, bool)
     target_poison = poisoned & np.isin(sanitised.labels, targets)
     return {
-        "true_labels": sanitised.replace(labels=np.asarray(true).copy()),
+        "true_labels": sanitised.replace(labels=true.copy()),
         "input_images": train.replace(labels=sanitised.labels.copy()),
         "drop_relabelled": sanitised.subset(kept),
         "drop_target_poison": sanitised.subset(np.flatnonzero(~target_poison)),
@@ -65,8 +71,7 @@ def variants(train: ImageSet, sanitised: ImageSet, targets: list[int]) -> dict[s
 
 def differences(train: ImageSet, sanitised: ImageSet) -> dict[str, int]:
     """How the sanitised set differs from the unpoisoned one: changed images, wrong labels (and of which samples)."""
-    true = train.labels if train.original_labels is None else train.original_labels
-    poisoned = np.zeros(len(train), bool) if train.poisoned is None else np.asarray(train.poisoned, bool)
+    true, poisoned = _truth(train)
     changed = (sanitised.images != train.images).reshape(len(train), -1).any(axis=1)
     wrong = sanitised.labels != true
     return {"images_changed": int(changed.sum()), "wrong_labels": int(wrong.sum()),

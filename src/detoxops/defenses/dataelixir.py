@@ -222,6 +222,8 @@ class DataElixir:
         gen = torch.Generator(device=self.purifier.device).manual_seed(seed)
         out = np.empty_like(images)
         for b in range(0, len(images), c.batch_size):
+            # the same conversion as the candidate shards (a permuted view, not data.tensors.to_tensor's contiguous
+            # copy: the UNet's output differs in its last bits between the two memory layouts)
             x01 = torch.from_numpy(np.array(images[b : b + c.batch_size])).permute(0, 3, 1, 2).float().div(255)
             y = purification_rounds(self.purifier, x01, c, rounds, gen)
             out[b : b + c.batch_size] = (y.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
@@ -269,9 +271,9 @@ class DataElixir:
             agreed[by_model] = agree
 
         changed_image = in_p | by_model
+        chosen = np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0]
         if c.purify != "flagged" and len(detection.target_labels):
             # after the relabelling model, which trains on the dataset as the paper leaves it
-            chosen = np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0]
             extra = purify_extra(c.purify, is_target, tr.sets == BENIGN, chosen, c.distant_mads) & ~changed_image
             images[extra] = cand["images"][extra]
             changed_image |= extra
@@ -295,9 +297,7 @@ class DataElixir:
             "target_label": is_target.astype(int),
             "chosen_round": np.where(changed_image, cand["selected"] // m, -1),
             "chosen_step": np.where(changed_image, cand["selected"] % m, -1),
-            "chosen_distance": np.round(
-                np.take_along_axis(cand["distances"], cand["selected"][:, None].astype(np.int64), 1)[:, 0], 5
-            ),
+            "chosen_distance": np.round(chosen, 5),
             "relabel_agreed": agreed.astype(int),
             "repurified": repurified.astype(int),
             "final_label": new_labels,

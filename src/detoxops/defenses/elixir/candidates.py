@@ -58,11 +58,8 @@ def build_candidates(
     orig_feats, _ = victim_features_and_labels(victim, x01)
     labels, dists, images = [], [], []
     x = x01 * 2 - 1
-    stride = cfg.ddim_stride if cfg.sampler == "ddim" else 1
     window = min(7, x01.shape[-1] - (1 - x01.shape[-1] % 2))  # SSIM window must fit the image
     for _ in range(cfg.rounds):
-        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-        x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
         kept: list[torch.Tensor] = []
 
         def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor, kept: list = kept) -> None:
@@ -71,7 +68,7 @@ def build_candidates(
             if on_step is not None:
                 on_step(len(x_t))
 
-        x = denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator, on_step=collect)
+        x = purification_round(purifier, x, cfg, generator, on_step=collect)
         for cand in kept:
             feats, lab = victim_features_and_labels(victim, cand)
             s = ssim(x01.float(), cand, window=window, data_range=1.0)
@@ -86,17 +83,24 @@ def build_candidates(
     )
 
 
+def purification_round(purifier, x: torch.Tensor, cfg: DataElixirConfig, generator: torch.Generator,
+                       on_step: Callable | None = None) -> torch.Tensor:
+    """One round: noise ``x`` (in [-1, 1]) to level ``T``, run the reverse process back to 0 (``on_step`` as
+    :func:`detoxops.diffusion.denoise` calls it, after every step)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
+    stride = cfg.ddim_stride if cfg.sampler == "ddim" else 1
+    return denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator, on_step=on_step)
+
+
 @torch.no_grad()
 def purification_rounds(purifier, x01: torch.Tensor, cfg: DataElixirConfig, rounds: int,
                         generator: torch.Generator) -> torch.Tensor:
-    """``rounds`` more rounds of candidate construction's noising to ``T`` and reverse process, each from the last
-    one's output (no candidates kept, no victim): stage 4's ``target_rounds``. Images in [0, 1] in and out."""
+    """``rounds`` more rounds as candidate construction chains them, each from the last one's output (no
+    candidates kept, no victim): stage 4's ``target_rounds``. Images in [0, 1] in and out."""
     x = x01.to(purifier.device) * 2 - 1
-    stride = cfg.ddim_stride if cfg.sampler == "ddim" else 1
     for _ in range(rounds):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
-        x = denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator)
+        x = purification_round(purifier, x, cfg, generator)
     return ((x.clamp(-1, 1) + 1) / 2).to(torch.float32)
 
 
