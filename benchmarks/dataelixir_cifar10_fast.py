@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detoxops.config import DataElixirConfig, Params, load_params
+from detoxops.config import Params, load_params
 from detoxops.data import ImageSet, load_source
 from detoxops.defenses.dataelixir import module_fingerprint
 from detoxops.fileio import atomic_write_text
 from detoxops.metrics import attack_success_rate, detection_rates, percent, poisoned_accuracy
 from detoxops.models import load_classifier, predict
-from detoxops.operations import load_chosen_purifier, poison, sanitize, train_victim
+from detoxops.operations import dataelixir_diffusion, load_chosen_purifier, poison, sanitize, train_victim
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -83,18 +83,22 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
     return base.model_copy(update=upd)
 
 
-LATER_FIELDS = ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads", "target_rounds")
-"""``dataelixir`` fields added after entries were stored: in an entry's key only when not at their default."""
+LATER_FIELDS = {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
+                "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0}
+"""``dataelixir`` fields added after entries were stored, with the value every earlier entry ran with (their first
+default; ``mixed``, ``purify`` and ``target_rounds`` come from the profile since 2026-12-07): in an entry's key
+only when the resolved value differs from it."""
 
 
-def elixir_key(params: Params, purifier_fp: str | None = None) -> str:
+def elixir_key(params: Params, purifier_fp: str | None = None, image_size: int = 32) -> str:
     """What the DataElixir part of an entry depends on beyond the victim: its settings, the relabel recipe and the
     purifier (its weights' fingerprint; ``None`` gives the key of entries made before the purifier was part of it)."""
-    # the concrete settings (profile resolved at CIFAR-10's 32 px, its name left out), so a folder's key depends on
-    # what ran, not on how it was asked for: entries made before dataelixir.profile existed keep their keys
-    elixir = params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile"})
-    for name in LATER_FIELDS:  # fields added later count only when set: older entries keep their keys
-        if elixir.get(name) == DataElixirConfig.model_fields[name].default:
+    # the concrete settings (profile resolved at the data's size, CIFAR-10's 32 px, its name left out), so a folder's
+    # key depends on what ran, not on how it was asked for: entries made before dataelixir.profile existed keep theirs
+    # (``purifier``, the setting, is left out too: the key holds the weights' fingerprint)
+    elixir = params.dataelixir.resolved(image_size).model_dump(mode="json", exclude={"profile", "purifier"})
+    for name, first in LATER_FIELDS.items():  # fields added later count only when set: older entries keep their keys
+        if elixir.get(name) == first:
             del elixir[name]
     spec = {"dataelixir": elixir, "victim": params.victim.model_dump(mode="json")}
     if purifier_fp is not None:
@@ -107,12 +111,12 @@ def stored_purifiers(elixir_dir: Path) -> set[str]:
     return {json.loads(f.read_text()).get("purifier") for f in elixir_dir.glob("work/candidates/*/fingerprint.json")}
 
 
-def elixir_folder(entry: Path, params: Params, purifier_fp: str) -> Path:
+def elixir_folder(entry: Path, params: Params, purifier_fp: str, image_size: int = 32) -> Path:
     """The entry's DataElixir folder for these settings and this purifier. A folder of the older key (settings
     only) is taken over — renamed — when its candidates were made with this purifier; one made with another
     purifier is left alone, so a new default purifier never reuses another purifier's results."""
-    folder = entry / f"elixir-{elixir_key(params, purifier_fp)}"
-    legacy = entry / f"elixir-{elixir_key(params)}"
+    folder = entry / f"elixir-{elixir_key(params, purifier_fp, image_size)}"
+    legacy = entry / f"elixir-{elixir_key(params, None, image_size)}"
     if not folder.exists() and legacy.is_dir() and stored_purifiers(legacy) == {purifier_fp}:
         legacy.rename(folder)
         print(f"{legacy.name} (made with this purifier) renamed to {folder.name}", flush=True)
@@ -186,7 +190,8 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     seed_dir = work / f"seed{seed}"
     entry = seed_dir / attack
     purifier_fp = module_fingerprint(purifier.unet)
-    elixir_dir = elixir_folder(entry, params, purifier_fp)
+    size = int(splits["train"].image_shape[0])
+    elixir_dir = elixir_folder(entry, params, purifier_fp, size)
     done = elixir_dir / "result.json"
     row = (recorded or {}).get((attack, seed, elixir_dir.name, purifier_fp))
     if row is not None and not elixir_dir.exists():  # its work is gone (another machine): the committed row stands
@@ -257,7 +262,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
         "reference": scores(reference, splits["test"], triggered, target),
         "retrained": scores(retrained, splits["test"], triggered, target),
         "anomaly_index": summary.get("anomaly_index"),
-        "dataelixir": params.dataelixir.resolved(32).model_dump(mode="json"),
+        "dataelixir": params.dataelixir.resolved(size).model_dump(mode="json"),  # what DataElixir ran
         "elixir_key": elixir_dir.name, "purifier": purifier_fp,
         "stage_seconds": stages.seconds, "stage_load": stages.load,
     }
@@ -305,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="resize to NxN (default: keep, CIFAR-10's 32)")
     ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--test-per-class", type=int, default=None, help="default: the whole test split")
-    ap.add_argument("--purifier", default=None, help="purifier folder or shipped name (default: shipped for 32 px)")
+    ap.add_argument("--purifier", default=None, help="purifier folder or shipped name (default: DataElixir's, "
+                    "detoxops.operations.dataelixir_purifier: cifar10-32-v2 with the cpu_cifar10 profile)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="params override (dotted)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "dataelixir_cifar10_fast"))
@@ -335,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "test_per_class": args.test_per_class, "root": str(ROOT / "data")})
         splits = load_source(args.source, data_cfg, progress=args.progress)
         if purifier is None:
-            purifier = load_chosen_purifier(args.purifier, base.diffusion, int(splits["train"].image_shape[0]))
+            size = int(splits["train"].image_shape[0])
+            purifier = load_chosen_purifier(args.purifier, dataelixir_diffusion(base, size), size)
         for attack in args.attacks:
             rows.append(run_entry(attack, seed, args, base, purifier, splits, work, recorded))
             # after every entry, so a run cut short (or a machine lost) leaves the finished rows to commit; rows

@@ -75,17 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 2 or args.workers < 1:
         raise SystemExit(f"--n must be >= 2 and --workers >= 1, got {args.n} / {args.workers}")
 
+    from detoxops.config import load_params
     from detoxops.data import ImageSet, save_version
-    from detoxops.diffusion.unet import purifier_folder
     from detoxops.fileio import atomic_write_text
     from detoxops.models.store import resolve_classifier_path
+    from detoxops.operations import choose_purifier, dataelixir_diffusion
     from flows.runners import make_task_runner, worker_api
     from flows.sanitize import sanitize_version
 
     train = ImageSet.load(args.poisoned)
     groups = np.asarray(train.labels) * 2 + np.asarray(train.poisoned, dtype=np.int64)
     subset = train.subset(proportional_sample(groups, args.n, args.seed))
-    purifier = args.purifier or str(purifier_folder(None, int(np.asarray(subset.images).shape[1]))[0])
+    size = int(np.asarray(subset.images).shape[1])
+    params = load_params(Path(args.params), list(args.overrides), announce=False)
+    purifier = args.purifier or str(choose_purifier(None, dataelixir_diffusion(params, size), size)[0])
     run = f"{args.runner}-w{args.workers}-n{len(subset)}-{time.strftime('%Y%m%d-%H%M%S')}"
     version = save_version({"train": subset}, args.work / "versions", "fullscan", source=str(args.poisoned))
     victim = str(resolve_classifier_path(args.victim))

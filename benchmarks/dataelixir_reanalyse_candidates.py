@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from _record import provenance
-from dataelixir_cifar10_fast import stored_purifiers
+from dataelixir_cifar10_fast import LATER_FIELDS, stored_purifiers
 from detoxops.config import DataElixirConfig, load_params
 from detoxops.data import ImageSet
 from detoxops.defenses.dataelixir import DataElixir, module_fingerprint
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     entry = Path(args.entry)
     result = json.loads((entry / args.elixir / "result.json").read_text())
-    cfg = DataElixirConfig(**result["dataelixir"])
+    # the settings the run recorded (resolved); a field it predates ran with its first value
+    cfg = DataElixirConfig(**{**LATER_FIELDS, **result["dataelixir"]})
     train = ImageSet.load(entry / "poisoned" / "train") if (entry / "poisoned").is_dir() else None
     if train is None:
         raise SystemExit(f"{entry}: no poisoned/ folder (the clean entry is not supported)")

@@ -17,9 +17,10 @@ it checks; its input size and class count are the data's) → DataElixir scan wi
 
 The data decides what depends on it, unless set explicitly: the image size (``data.image_size: auto``, the
 default: a source whose images all have one size keeps it; mixed sizes are resized to the most common one, and
-the log says so; :mod:`detoxops.data.sizes`), the purifier (the one shipped for
-that size — ``cifar10-32`` for 32x32, ``digits-16`` for 16x16 — else the check stops before any training with
-the command that trains one), the victim's input size and class count, its architecture (``victim.arch: auto``:
+the log says so; :mod:`detoxops.data.sizes`), the purifier (DataElixir's: ``dataelixir.purifier`` or
+``diffusion.purifier`` when set, else the one its profile was validated with — ``cifar10-32-v2`` for 32x32 — else
+the one shipped for that size — ``digits-16`` for 16x16 —, else the check stops before any training with the
+command that trains one), the victim's input size and class count, its architecture (``victim.arch: auto``:
 ``fast_cnn`` for 32-px sets of at least 5,000 training images, else ``small_cnn``) and DataElixir's settings
 (``dataelixir.profile: auto``: the CPU setting validated for the purifier's size). Every stage logs its progress with an
 ETA and the check ends with the time each stage took.
@@ -94,6 +95,7 @@ def ingestion_check(
 
 def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
            stages: dict[str, float], ctx: dict[str, Any], started: float, workers: int = 1) -> Any:
+    from detoxops.operations import dataelixir_purifier
     from tasks.data_tasks import dataset_identity, version_dataset
     from tasks.ingestion_tasks import (
         check_targets,
@@ -124,7 +126,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
     info = ingested.get("info") or {}
     size = int((info.get("image_shape") or [0])[0])
     if purifier is None or size != int(expected or 0):
-        path, origin = purifier_for_check(params.diffusion.purifier, size)
+        path, origin = purifier_for_check(dataelixir_purifier(params, size), size)
         purifier = {"path": path, "origin": origin}
     image_note = f"{size}x{size}, {len(info.get('class_names') or [])} classes"
     print(f"dataset {ingested['name']} @ {ingested['hash'][:12]}: {image_note}; purifier {purifier['origin']} "
@@ -212,6 +214,7 @@ def _ingest(params, resolved: str, data_root: Path, ctx: dict[str, Any]) -> dict
 def _inspect(params, source: str) -> tuple[Any, str, int | None, dict[str, str] | None]:
     """``(params with data.image_size decided, resolved source, expected image size, purifier or None)``."""
     from detoxops.data.sizes import decide_image_size
+    from detoxops.operations import dataelixir_purifier
     from tasks.ingestion_tasks import purifier_for_check, resolve_source
 
     resolved = resolve_source(source)
@@ -221,7 +224,7 @@ def _inspect(params, source: str) -> tuple[Any, str, int | None, dict[str, str] 
     expected = decision.expected
     purifier = None
     if expected is not None:
-        path, origin = purifier_for_check(params.diffusion.purifier, int(expected))
+        path, origin = purifier_for_check(dataelixir_purifier(params, int(expected)), int(expected))
         purifier = {"path": path, "origin": origin}
     return params, resolved, expected, purifier
 

@@ -74,7 +74,8 @@ def sanitize(source: str | None = None, params_path: str = "params.yaml", overri
     data_version = dataset_identity(ingested, dvc)
     data = poison_dataset(ingested["path"], attack_cfg, data_root)["path"] if poison else ingested["path"]
     victim = train_victim(data, victim_cfg, attack_cfg, str(runs_root / "victims"))
-    purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"))
+    purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"),
+                            params.dataelixir.model_dump(mode="json"))
     candidates_in_parallel(data, victim["path"], purifier["path"], params, data_root, workers)
     sanitized = sanitize_dataset(data, victim["path"], purifier["path"], params.dataelixir.model_dump(mode="json"),
                                  data_root, victim_cfg=victim_cfg, precision=params.diffusion.precision)
@@ -109,7 +110,7 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
                      workers: int = 1) -> dict[str, Any]:
     """DataElixir alone on a stored dataset version with a given victim (what ``detoxops sanitize`` and the
     ``sanitize`` stage of ``dvc.yaml`` do): the purified set as a version under ``out_root`` (default
-    ``data.root``), with the same artifacts. ``purifier`` ``None`` = the rule of ``tasks.purifier_tasks``.
+    ``data.root``), with the same artifacts. ``purifier`` ``None`` = DataElixir's purifier by the rule of ``tasks.purifier_tasks``.
     ``workers`` > 1: :func:`candidates_in_parallel` first; ``parallel_shards`` in the result lists the shards its
     tasks computed (empty when they were all stored already)."""
     from flows.runners import candidates_in_parallel
@@ -119,7 +120,8 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
     params = load_params(project_path(params_path), list(overrides or []))
     runs_root = project_path(params.tracking.runs_dir)
     if purifier is None:
-        purifier = get_purifier(params.diffusion.model_dump(mode="json"), version, str(runs_root / "purifiers"))["path"]
+        purifier = get_purifier(params.diffusion.model_dump(mode="json"), version, str(runs_root / "purifiers"),
+                                params.dataelixir.model_dump(mode="json"))["path"]
     out_root = str(out_root or project_path(params.data.root))
     parallel = candidates_in_parallel(version, victim, purifier, params, out_root, workers)
     result = sanitize_dataset(version, victim, purifier, params.dataelixir.model_dump(mode="json"), out_root,

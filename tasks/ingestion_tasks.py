@@ -110,8 +110,8 @@ def refuse_untrainable(ingested: dict[str, Any], created: bool) -> None:
 
 
 def purifier_for_check(configured: str | None, image_size: int) -> tuple[str, str]:
-    """``(folder, origin)`` of the purifier for ``image_size`` images: ``diffusion.purifier`` when set (its size
-    must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
+    """``(folder, origin)`` of the purifier for ``image_size`` images: ``configured`` when set (DataElixir's purifier
+    setting, :func:`detoxops.operations.dataelixir_purifier`; its size must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
     that train one or choose a shipped size. A check never trains a purifier on the data it checks: a purifier
     trained on poisoned images learns to reproduce their trigger."""
     from detoxops.config import DiffusionConfig

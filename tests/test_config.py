@@ -234,12 +234,25 @@ def test_bad_overlays_are_errors_naming_the_file_or_key(tmp_path):
 def test_dataelixir_profiles_fill_only_the_fields_left_unset():
     paper = DataElixirConfig(profile="paper").resolved()
     assert (paper.T, paper.rounds, paper.keep_last, paper.tau, paper.sampler) == (150, 5, 10, 5.0, "ddpm")
-    cifar = DataElixirConfig(profile="cpu_cifar10", rounds=6).resolved()
+    assert (paper.mixed, paper.purify, paper.target_rounds) == ("mode", "flagged", 0)
+    cifar = DataElixirConfig(profile="cpu_cifar10", rounds=6, purify="flagged").resolved()
     assert (cifar.T, cifar.rounds, cifar.keep_last, cifar.tau, cifar.sampler, cifar.ddim_stride) == (
-        80, 6, 1, 2.0, "ddim", 10)
+        150, 6, 1, 2.0, "ddim", 10)
+    assert (cifar.mixed, cifar.purify, cifar.target_rounds) == ("suspicious", "flagged", 1)  # purify: set explicitly
+    quick = DataElixirConfig(profile="cpu_cifar10_quick").resolved()
+    assert (quick.T, quick.rounds, quick.mixed, quick.purify, quick.target_rounds) == (80, 4, "mode", "flagged", 0)
     # a concrete config is its own resolution, whatever the profile says
-    concrete = DataElixirConfig(T=7, rounds=1, keep_last=2, tau=1, sampler="ddpm", ddim_stride=3)
+    concrete = DataElixirConfig(T=7, rounds=1, keep_last=2, tau=1, sampler="ddpm", ddim_stride=3, mixed="mode",
+                                purify="all", target_rounds=2)
     assert concrete.resolved() is concrete
+    assert DataElixirConfig(T=7, rounds=1, keep_last=2, tau=1, sampler="ddpm", ddim_stride=3).resolved(32).purify == (
+        "target_distant")  # a rule left unset still comes from the (auto -> cpu_cifar10 at 32 px) preset
+    # the purifier a preset was validated with: only cpu_cifar10 names one of its own
+    assert DataElixirConfig(profile="cpu_cifar10").preferred_purifier() == "cifar10-32-v2"
+    assert {DataElixirConfig(profile=p).preferred_purifier() for p in ("paper", "cpu_digits", "cpu_cifar10_quick")} == {
+        None}
+    assert DataElixirConfig().preferred_purifier(32) == "cifar10-32-v2"
+    assert DataElixirConfig().preferred_purifier(16) is None
 
 
 def test_dataelixir_auto_profile_follows_the_image_size():
@@ -255,8 +268,12 @@ def test_params_yaml_dataelixir_resolves_to_the_validated_settings():
     # the shipped params.yaml: auto, every candidate-set field from the preset
     p = load_params(ROOT / "params.yaml", announce=False)
     assert p.dataelixir.profile == "auto"
-    assert p.dataelixir.resolved(32).model_dump(include={"T", "rounds", "keep_last", "tau", "sampler"}) == {
-        "T": 80, "rounds": 4, "keep_last": 1, "tau": 2.0, "sampler": "ddim"}
+    assert p.dataelixir.resolved(32).model_dump(include={"T", "rounds", "keep_last", "tau", "sampler", "mixed",
+                                                         "purify", "target_rounds"}) == {
+        "T": 150, "rounds": 4, "keep_last": 1, "tau": 2.0, "sampler": "ddim", "mixed": "suspicious",
+        "purify": "target_distant", "target_rounds": 1}
+    assert p.dataelixir.resolved(16).model_dump(include={"T", "mixed", "purify", "target_rounds"}) == {
+        "T": 40, "mixed": "mode", "purify": "flagged", "target_rounds": 0}
     paper = load_params(ROOT / "params.yaml", ["dataelixir.profile=paper"], announce=False)
     assert paper.dataelixir.resolved(32).T == 150
 

@@ -549,16 +549,21 @@ class BaselinesConfig(_Section):
 class DataElixirConfig(_Section):
     """DataElixir (AAAI 2024). Paper defaults: T = 150, n = 5 rounds, m = 10 kept intermediaries, tau = 5, DDPM.
 
-    ``profile`` picks a preset for every candidate-set field left ``None`` (``T``, ``rounds``, ``keep_last``,
-    ``tau``, ``sampler``, ``ddim_stride``): ``paper`` is the paper's setting (750 UNet passes per image: hours per
-    1,000 images on a CPU); ``cpu_digits`` the setting validated on the digits demo (120 passes); ``cpu_cifar10``
-    the setting validated on CIFAR-10 at 1,000 images per class (32 passes, docs/dataelixir.md); ``auto`` (the
-    default) the validated CPU setting for the purifier's image size: ``cpu_digits`` up to 16 px, else
-    ``cpu_cifar10``. A field set explicitly overrides the preset, so ``--set dataelixir.profile=paper`` is the paper
-    one parameter away. :meth:`resolved` gives the concrete values (``DataElixir`` resolves with its purifier).
+    ``profile`` picks a preset for every field of :attr:`PROFILE_PRESETS` left ``None`` (the candidate sets: ``T``,
+    ``rounds``, ``keep_last``, ``tau``, ``sampler``, ``ddim_stride``; the stage-2 / 4 rules ``mixed``, ``purify``,
+    ``target_rounds``) and names the purifier it was validated with (:meth:`preferred_purifier`): ``paper`` is the
+    paper's setting (750 UNet passes per image: hours per 1,000 images on a CPU); ``cpu_digits`` the setting
+    validated on the digits demo (120 passes); ``cpu_cifar10`` the setting chosen on CIFAR-10's validation seed at
+    1,000 images per class (T 150, 60 passes, the trained-on purifier ``cifar10-32-v2``, suspicious mixed sets,
+    ``target_distant``, one extra round for purified target-label images; docs/dataelixir.md);
+    ``cpu_cifar10_quick`` the earlier CIFAR-10 setting at T 80 (32 passes, the paper's stage-2 / 4 rules, the default
+    purifier); ``auto`` (the default) the validated CPU setting for the purifier's image size: ``cpu_digits`` up to
+    16 px, else ``cpu_cifar10``. A field set explicitly overrides the preset, so ``--set dataelixir.profile=paper`` is
+    the paper one parameter away. :meth:`resolved` gives the concrete values (``DataElixir`` resolves with its
+    purifier).
     """
 
-    profile: Literal["auto", "paper", "cpu_digits", "cpu_cifar10"] = "auto"
+    profile: Literal["auto", "paper", "cpu_digits", "cpu_cifar10", "cpu_cifar10_quick"] = "auto"
     T: int | None = Field(default=None, ge=1)
     """Noise level each round noises to (the paper: 150)."""
     rounds: int | None = Field(default=None, ge=1)
@@ -569,12 +574,13 @@ class DataElixirConfig(_Section):
     """τ: a sample whose second most frequent candidate label occurs at least τ times goes to S (the paper: 5)."""
     sampler: Literal["ddpm", "ddim"] | None = None
     ddim_stride: int | None = Field(default=None, ge=1)
-    mixed: Literal["mode", "suspicious"] = "mode"
-    """A candidate set with η < τ that mixes the sample's own label with others (equation 3 names only "all keep
-    it" = B and "all change it" = P): ``mode``, its most frequent label decides B or P; ``suspicious``, it goes to S
-    and the relabelling model decides (docs/dataelixir.md)."""
-    purify: Literal["flagged", "target_label", "target_distant", "all"] = "flagged"
-    """Which images stage 4 replaces by their purified candidate (labels are the same in every mode):
+    mixed: Literal["mode", "suspicious"] | None = None
+    """``None``: the profile's. A candidate set with η < τ that mixes the sample's own label with others (equation 3
+    names only "all keep it" = B and "all change it" = P): ``mode``, its most frequent label decides B or P;
+    ``suspicious``, it goes to S and the relabelling model decides (docs/dataelixir.md)."""
+    purify: Literal["flagged", "target_label", "target_distant", "all"] | None = None
+    """``None``: the profile's. Which images stage 4 replaces by their purified candidate (labels are the same in
+    every mode):
     ``flagged``, the target-label samples in P ∪ S (the paper); ``target_label``, every sample carrying a detected
     target label, B included; ``all``, every image once a target label is found. A poisoned sample whose trigger
     kept its label through every round lands in B, and so does poison that already carried the target label; both
@@ -584,12 +590,16 @@ class DataElixirConfig(_Section):
     samples of B whose chosen candidate's distance (pixel SSIM + victim-feature cosine) is more than
     ``distant_mads`` MADs above their median: on Blended's validation entry 119 of 551 such samples, 57 of its 61
     poisoned ones (distance AUC 0.97; BadNets: 0.76)."""
-    target_rounds: int = Field(default=0, ge=0)
-    """Stage 4: extra purification rounds (at ``T``, with the candidate sampler, from the chosen candidate) for the
-    purified images that end with a target label — poison whose label stayed or came back to the target and
+    target_rounds: int | None = Field(default=None, ge=0)
+    """``None``: the profile's. Stage 4: extra purification rounds (at ``T``, with the candidate sampler, from the
+    chosen candidate) for the purified images that end with a target label — poison whose label stayed or came back to the target and
     clean target-class samples. They are the only purified images whose trigger remnant can still teach the
     backdoor (under another label a remnant teaches the opposite). 0 = the paper. Measured on CIFAR-10 FTrojan
     (docs/dataelixir.md): without those 74 images the retrained ASR falls from 6.9 to 0.0."""
+    purifier: str | None = None
+    """The purifier DataElixir runs with (a diffusers folder or a shipped name), when it should differ from
+    ``diffusion.purifier``; ``None``: ``diffusion.purifier`` when set, else the profile's (:meth:`preferred_purifier`),
+    else the one shipped for the image size (``detoxops.operations.dataelixir_purifier``)."""
     distant_mads: float = Field(default=1.0, ge=0)
     """``purify: target_distant``: how many (consistent) MADs above the median distance of B's target-label
     samples a sample's chosen candidate must lie to be purified."""
@@ -625,13 +635,20 @@ class DataElixirConfig(_Section):
     finetune_lr_scale: float = Field(default=0.1, gt=0, le=1)
     seed: int = 0
 
+    PAPER_RULES: ClassVar[dict[str, Any]] = dict(mixed="mode", purify="flagged", target_rounds=0)
     PROFILE_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": dict(T=150, rounds=5, keep_last=10, tau=5.0, sampler="ddpm", ddim_stride=10),
+        "paper": dict(T=150, rounds=5, keep_last=10, tau=5.0, sampler="ddpm", ddim_stride=10, **PAPER_RULES),
         # the demo's budget (params.demo.yaml until 2026-12-06; docs/platform.md "Choosing the demo's settings")
-        "cpu_digits": dict(T=40, rounds=3, keep_last=5, tau=5.0, sampler="ddpm", ddim_stride=10),
-        # validated on CIFAR-10, 1,000 images per class (docs/dataelixir.md, "Rounds against detection")
-        "cpu_cifar10": dict(T=80, rounds=4, keep_last=1, tau=2.0, sampler="ddim", ddim_stride=10),
+        "cpu_digits": dict(T=40, rounds=3, keep_last=5, tau=5.0, sampler="ddpm", ddim_stride=10, **PAPER_RULES),
+        # chosen on CIFAR-10's validation seed (1), 1,000 images per class, with cifar10-32-v2 (docs/dataelixir.md,
+        # "Mixed candidate sets", "Where the target class's accuracy goes", "Validation entry: FTrojan")
+        "cpu_cifar10": dict(T=150, rounds=4, keep_last=1, tau=2.0, sampler="ddim", ddim_stride=10,
+                            mixed="suspicious", purify="target_distant", target_rounds=1),
+        # the CIFAR-10 default until 2026-12-07 (docs/dataelixir.md, "Rounds against detection"): cheaper, weaker
+        "cpu_cifar10_quick": dict(T=80, rounds=4, keep_last=1, tau=2.0, sampler="ddim", ddim_stride=10, **PAPER_RULES),
     }
+    PROFILE_PURIFIERS: ClassVar[dict[str, str]] = {"cpu_cifar10": "cifar10-32-v2"}
+    """The shipped purifier a preset was validated with, where it is not the one shipped as the size's default."""
     AUTO_SMALL_SIDE: ClassVar[int] = 16
     """``auto`` takes ``cpu_digits`` for images up to this side, ``cpu_cifar10`` above."""
 
@@ -642,6 +659,10 @@ class DataElixirConfig(_Section):
         if image_size is None:
             raise ValueError("dataelixir.profile = auto needs the image size to pick its preset (the purifier's)")
         return "cpu_digits" if int(image_size) <= self.AUTO_SMALL_SIDE else "cpu_cifar10"
+
+    def preferred_purifier(self, image_size: int | None = None) -> str | None:
+        """The shipped purifier this config's preset was validated with (``None``: the size's default one)."""
+        return self.PROFILE_PURIFIERS.get(self.preset_name(image_size))
 
     def resolved(self, image_size: int | None = None) -> DataElixirConfig:
         """A copy with every ``None`` field filled from the profile's preset (``auto``: the one for

@@ -179,18 +179,17 @@ def test_an_older_elixir_folder_is_taken_over_only_for_its_own_purifier(tmp_path
     assert not legacy.exists() and mine.name != other.name
 
 
-def test_the_elixir_key_counts_the_later_fields_only_when_set():
-    from detoxops.config import Params
+def test_the_elixir_key_counts_the_later_fields_only_when_they_differ_from_what_older_entries_ran():
+    from detoxops.config import DataElixirConfig, Params
 
-    params = Params()
-    # entries made before the later dataelixir fields existed: the key of the defaults is the key
-    # without the fields
     later = bench.LATER_FIELDS
-    assert later == ("mixed", "purify", "relabel_images", "relabel", "relabel_view", "distant_mads", "target_rounds")
-    assert tuple(getattr(params.dataelixir, f) for f in later) == ("mode", "flagged", "dataset", "suspicious",
-                                                                   "candidate", 1.0, 0)
+    assert later == {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
+                     "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0}
+    # the paper's rules at 32 px (cpu_cifar10_quick: the CIFAR-10 default until 2026-12-07): the key without them
+    params = Params(dataelixir=DataElixirConfig(profile="cpu_cifar10_quick"))
     key = bench.elixir_key(params, "aaaa")
-    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json", exclude={"profile", *later}),
+    spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json",
+                                                                    exclude={"profile", "purifier", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
     import hashlib
 
@@ -200,6 +199,37 @@ def test_the_elixir_key_counts_the_later_fields_only_when_set():
                          ("target_rounds", 1)):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
+    # how a setting is asked for does not matter, what runs does: the profile's values = the same values set by hand
+    by_hand = Params(dataelixir=DataElixirConfig(profile="cpu_cifar10_quick", T=150, mixed="suspicious",
+                                                 purify="target_distant", target_rounds=1))
+    assert bench.elixir_key(Params(), "aaaa") == bench.elixir_key(by_hand, "aaaa")
+    # the DataElixir purifier setting is not in the key (the weights' fingerprint is)
+    named = Params(dataelixir=DataElixirConfig(purifier="cifar10-32-v2"))
+    assert bench.elixir_key(named, "aaaa") == bench.elixir_key(Params(), "aaaa")
+
+
+def test_committed_entries_keep_their_keys():
+    """Every committed row's work-folder key is recomputed from its recorded settings: a change of defaults or
+    profiles must not move finished work to a new folder (rows of settings that no longer exist are skipped)."""
+    import pydantic
+
+    from detoxops.config import DataElixirConfig, load_params
+
+    base = load_params(ROOT / "params.yaml", announce=False)
+    checked = 0
+    for path in sorted((ROOT / "benchmarks" / "results").glob("dataelixir_cifar10_fast*.json")):
+        for row in json.loads(path.read_text())["rows"]:
+            if "purifier" not in row:  # made before the purifier was part of the key
+                continue
+            recorded = {**bench.LATER_FIELDS, **row["dataelixir"]}  # rows made before a field existed ran its first
+            try:
+                cfg = DataElixirConfig(**recorded)
+            except pydantic.ValidationError:
+                continue
+            params = bench.seed_params(base.model_copy(update={"dataelixir": cfg}), row["seed"], row["attack"])
+            assert f"elixir-{bench.elixir_key(params, row['purifier'])}" == row["elixir_key"], (path.name, row["attack"])
+            checked += 1
+    assert checked >= 20
 
 
 def _row(attack: str, seed: int) -> dict:

@@ -3,7 +3,7 @@
 The copy holds dvc.yaml, params.yaml (shrunk: 20 train / 10 test digits per class, 2 victim epochs, one DataElixir
 round, DDIM, a two-point sweep grid), the code and shipped purifiers the stages depend on, and a link to this
 checkout's .venv (the stages call ``.venv/bin/detoxops``). Checked: every stage runs (ingest → poison → train_victim →
-train_purifier (the shipped digits purifier, copied) → evaluate, sanitize, detox_eval → report, sweep and
+train_purifier (the shipped digits purifier, copied) → prepare_elixir_purifier (DataElixir's: that copy again) → evaluate, sanitize, detox_eval → report, sweep and
 sweep_point), the report joins the held-out defense rows and the sanitize finding, the sweep stage chose one of its
 grid's points by the rule (``detoxops.operations.sweep``), a second ``dvc repro`` re-runs nothing, ``dvc status`` of
 the whole project is clean, and ``dvc exp run sweep_point -S sampdetox.t2=80`` records an experiment whose params and
@@ -60,11 +60,16 @@ def project(tmp_path_factory, scratch_repo) -> tuple[Path, dict[str, str]]:
 def test_dvc_repro_runs_the_pipeline_and_caches(project, scratch_repo):
     proj, env = project
     log = scratch_repo.run([str(DVC), "repro", *STAGES], proj, env)
-    for stage in ("ingest", "poison", "train_victim", "train_purifier", "evaluate", "sanitize", "detox_eval",
-                  "report", "sweep", "sweep_point"):
+    for stage in ("ingest", "poison", "train_victim", "train_purifier", "prepare_elixir_purifier", "evaluate",
+                  "sanitize", "detox_eval", "report", "sweep", "sweep_point"):
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
     # diffusion.purifier is null and a purifier ships for 16x16: the stage copies it rather than training one
     assert json.loads((proj / "pipeline/purifier/origin.json").read_text())["origin"] == "shipped:digits-16"
+    # DataElixir's profile (cpu_digits at 16 px) names no purifier of its own: the stage copies the pipeline's
+    elixir = json.loads((proj / "pipeline/purifier-dataelixir/origin.json").read_text())
+    assert elixir["origin"] == "configured" and elixir["source"].endswith("pipeline/purifier")
+    assert ((proj / "pipeline/purifier-dataelixir/diffusion_pytorch_model.safetensors").read_bytes()
+            == (proj / "pipeline/purifier/diffusion_pytorch_model.safetensors").read_bytes())
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     assert {"ingest", "poison", "train_victim", "sanitize", "detox_eval", "report"} <= set(lock)
     # the ingest stage stored a dataset version that poison read as-is

@@ -86,7 +86,7 @@ def test_runs_record_the_dataelixir_settings_that_ran():
     assert params.dataelixir.T is None  # asked for: the profile's value
     ran = params.dataelixir.resolved(32).model_dump(mode="json")
     logged = params_as_run(params, {"dataelixir": ran})
-    assert logged["dataelixir"]["T"] == 80 and logged["dataelixir"]["sampler"] == "ddim"
+    assert logged["dataelixir"]["T"] == 150 and logged["dataelixir"]["sampler"] == "ddim"
     assert logged["victim"] == params.to_dict()["victim"]
     assert params_as_run(params, {"dataelixir": None}) == params.to_dict()  # a failed check: what was asked for
     auto = load_params(ROOT / "params.yaml", ["victim.arch=auto"], announce=False)
@@ -120,6 +120,6 @@ def test_flow_runs_log_the_architecture_they_train_and_the_settings_that_ran():
     assert run_params(params, few)["victim"]["arch"] == "small_cnn"
     ran = params.dataelixir.resolved(32).model_dump(mode="json")
     logged = run_params(params, many, {"dataelixir": ran})
-    assert (logged["victim"]["arch"], logged["dataelixir"]["T"]) == ("fast_cnn", 80)
+    assert (logged["victim"]["arch"], logged["dataelixir"]["T"]) == ("fast_cnn", 150)
     rest = {k: v for k, v in logged.items() if k not in ("victim", "dataelixir")}
     assert rest == {k: v for k, v in params.to_dict().items() if k not in ("victim", "dataelixir")}

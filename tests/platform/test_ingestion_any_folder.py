@@ -210,10 +210,11 @@ def test_the_rerun_after_a_failure_succeeds(failed_then_rerun, project):
     assert code in (0, 3), state.message  # a verdict, not an error
     record = state.result(raise_on_failure=False)
     assert record["status"] == ("quarantined" if code == 3 else "passed")
-    # the data decided: 32x32 kept, 5 classes, the shipped CIFAR-10-size purifier, no --set for any of it
+    # the data decided: 32x32 kept, 5 classes, the CIFAR-10-size purifier DataElixir's profile (auto -> cpu_cifar10)
+    # was validated with, no --set for any of it
     info = json.loads((Path(record["version"]) / "version.json").read_text())
     assert info["image_shape"][:2] == [32, 32] and len(info["class_names"]) == 5
-    assert record["purifier_origin"] == "shipped:cifar10-32" and record["image_size"] == "32x32, 5 classes"
+    assert record["purifier_origin"] == "shipped:cifar10-32-v2" and record["image_size"] == "32x32, 5 classes"
     marker = json.loads(Path(record["marker"]).read_text())
     assert marker["status"] == record["status"]  # the re-run's verdict replaced the failed run's marker
     assert mlflow_tags(record["mlflow_run_id"])["detoxops.status"] == record["status"]
@@ -320,7 +321,7 @@ def test_no_option_check_on_a_new_32px_dataset(project, tmp_path):
     seconds = time.perf_counter() - started
     assert code == 3, state.message
     record = state.result(raise_on_failure=False)
-    assert record["target_labels"] == [TARGET] and record["purifier_origin"] == "shipped:cifar10-32"
+    assert record["target_labels"] == [TARGET] and record["purifier_origin"] == "shipped:cifar10-32-v2"
     started = time.perf_counter()
     code, state = run_check(["--source", str(clean)])
     assert code == 0, state.message

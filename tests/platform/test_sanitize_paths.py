@@ -36,7 +36,8 @@ TINY = {"T": 4, "rounds": 2, "keep_last": 2, "tau": 1, "anomaly_threshold": 0.1,
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    """pipeline/{poisoned/train, victim, purifier} and params.yaml of a scratch project (the DVC stage's layout)."""
+    """pipeline/{poisoned/train, victim, purifier, purifier-dataelixir} and params.yaml of a scratch project (the DVC
+    stage's layout)."""
     proj = tmp_path_factory.mktemp("sanitize-paths")
     rng = np.random.default_rng(0)
     poisoned = np.zeros(24, bool)
@@ -48,6 +49,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     save_classifier(build_classifier("small_cnn", 3, image_size=8, width=4), proj / "pipeline" / "victim")
     save_purifier(Purifier(build_unet(UNetConfig(sample_size=8, block_out_channels=[8, 16])),
                            NoiseSchedule.from_config(ScheduleConfig())), proj / "pipeline" / "purifier")
+    # what the prepare_elixir_purifier stage leaves at 8 px (no profile purifier): a copy of the pipeline's own
+    shutil.copytree(proj / "pipeline" / "purifier", proj / "pipeline" / "purifier-dataelixir")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["dataelixir"].update(TINY)
     params["victim"].update({"arch": "small_cnn", "width": 4, "device": "cpu"})

@@ -56,19 +56,36 @@ def prepare_command(
     data: Path = typer.Option(..., "--data", "-d", help="a dataset version folder (e.g. the ingest stage's "
                               "pipeline/raw): its training images decide the size, and train a purifier if needed"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the purifier (diffusers UNet + origin.json)"),
+    for_defense: str = typer.Option("all", "--for", help="all: diffusion.purifier's rule (SampDetox, the "
+                                    "baselines); dataelixir: DataElixir's purifier setting (dataelixir.purifier, "
+                                    "else diffusion.purifier, else its profile's, e.g. cifar10-32-v2 for cpu_cifar10)"),
+    fallback: Path = typer.Option(None, "--fallback", help="with --for dataelixir: copy this prepared purifier "
+                                  "when DataElixir's setting names none (the pipeline's own, so none is trained twice)"),
     params_path: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     progress: bool = PROGRESS_OPTION,
 ) -> None:
     """The purifier every later step uses (the ``train_purifier`` stage): ``diffusion.purifier`` when set, else the
-    one shipped for the data's image size (both copied), else one trained here on ``--data``."""
+    one shipped for the data's image size (both copied), else one trained here on ``--data``. ``--for dataelixir``
+    prepares DataElixir's (the ``prepare_elixir_purifier`` stage)."""
     params = params_from_cli(params_path, overrides)
     from detoxops.data import load_version
-    from detoxops.operations import prepare_purifier
+    from detoxops.operations import dataelixir_diffusion, prepare_purifier
 
+    if for_defense not in ("all", "dataelixir"):
+        fail(f"--for: {for_defense!r} is not one of all, dataelixir")
+    if fallback is not None and for_defense != "dataelixir":
+        fail("--fallback needs --for dataelixir")
     try:
         train = load_version(data)["train"]
-        outcome = prepare_purifier(train, params.diffusion, out, copy=True, source=str(data), progress=progress)
+        cfg = params.diffusion
+        if for_defense == "dataelixir":
+            cfg = dataelixir_diffusion(params, int(train.image_shape[0]))
+            if cfg.purifier is None and fallback is not None:
+                if not (fallback / "config.json").is_file():
+                    raise FileNotFoundError(f"--fallback: {fallback} holds no purifier (config.json missing)")
+                cfg = cfg.model_copy(update={"purifier": str(fallback)})
+        outcome = prepare_purifier(train, cfg, out, copy=True, source=str(data), progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo(json.dumps(outcome.record()))

@@ -7,11 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from detoxops.config import DiffusionConfig
+from detoxops.config import DiffusionConfig, Params
 from detoxops.data import ImageSet
 from detoxops.fileio import atomic_dir
 
-__all__ = ["PurifierOutcome", "PurifierSizeError", "choose_purifier", "load_chosen_purifier", "prepare_purifier"]
+__all__ = ["PurifierOutcome", "PurifierSizeError", "choose_purifier", "dataelixir_diffusion", "dataelixir_purifier",
+           "load_chosen_purifier", "prepare_purifier"]
 
 ORIGIN_FILE = "origin.json"
 
@@ -23,6 +24,27 @@ class PurifierSizeError(ValueError):
         super().__init__(f"purifier {folder} was trained on {size}x{size} images but the data are "
                          f"{image_size}x{image_size}")
         self.folder, self.size, self.image_size = folder, size, image_size
+
+
+def dataelixir_purifier(params: Params, image_size: int) -> str | None:
+    """What DataElixir's purifier is set to: ``dataelixir.purifier``, else ``diffusion.purifier``, else the shipped
+    purifier its profile was validated with when it is made for ``image_size`` (``cpu_cifar10``: ``cifar10-32-v2``),
+    else ``None`` — the purifier shipped for the size, as for every other operation. SampDetox keeps
+    ``diffusion.purifier``'s rule: its levels were chosen with ``cifar10-32`` (docs/diffusion.md)."""
+    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS
+
+    if params.dataelixir.purifier or params.diffusion.purifier:
+        return params.dataelixir.purifier or params.diffusion.purifier
+    preferred = params.dataelixir.preferred_purifier(image_size)
+    if preferred is not None and {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}.get(preferred) == int(image_size):
+        return preferred
+    return None
+
+
+def dataelixir_diffusion(params: Params, image_size: int) -> DiffusionConfig:
+    """``params.diffusion`` with ``purifier`` set to :func:`dataelixir_purifier`: the config every DataElixir entry
+    point (operations, flows, the ingestion check, ``diffusion prepare --for dataelixir``) chooses its purifier by."""
+    return params.diffusion.model_copy(update={"purifier": dataelixir_purifier(params, image_size)})
 
 
 def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_size: int) -> tuple[Path, str]:

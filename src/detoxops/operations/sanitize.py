@@ -92,8 +92,9 @@ def sanitize(
     progress: bool = True,
 ) -> SanitizeOutcome:
     """Run DataElixir (``params.dataelixir``, relabelling with :func:`relabel_config`) on ``train`` with the
-    ``victim`` classifier and the purifier of :func:`~detoxops.operations.choose_purifier` (``purifier``: a folder, or
-    an already loaded :class:`~detoxops.diffusion.Purifier`).
+    ``victim`` classifier and the purifier of :func:`~detoxops.operations.choose_purifier` with DataElixir's purifier
+    setting (:func:`~detoxops.operations.dataelixir_purifier`; ``purifier``: a folder or shipped name that wins, or an
+    already loaded :class:`~detoxops.diffusion.Purifier`).
 
     Writes the purified set with ``decisions.csv`` and ``anomaly_index.json`` to ``out`` (one atomic folder) and/or
     as a dataset version under ``version_root`` (same files, same atomic step). ``workdir`` holds the resumable
@@ -171,11 +172,13 @@ def sanitize_shards(
 
 def _purifier_for(train: ImageSet, params: Params, purifier, device: str | None):
     """``purifier`` when it is a loaded one (a benchmark's, reused across runs), else the one
-    :func:`~detoxops.operations.load_chosen_purifier` picks for the data (``device`` ``None`` = ``auto``)."""
+    :func:`~detoxops.operations.load_chosen_purifier` picks for the data with DataElixir's purifier setting
+    (:func:`~detoxops.operations.dataelixir_purifier`; ``device`` ``None`` = ``auto``)."""
     from detoxops.models import resolve_device
-    from detoxops.operations.purifier import load_chosen_purifier
+    from detoxops.operations.purifier import dataelixir_diffusion, load_chosen_purifier
 
     if hasattr(purifier, "schedule"):
         return purifier
-    return load_chosen_purifier(purifier, params.diffusion, int(train.image_shape[0]),
+    size = int(train.image_shape[0])
+    return load_chosen_purifier(purifier, dataelixir_diffusion(params, size), size,
                                 device=resolve_device(device or "auto"))
