@@ -113,8 +113,9 @@ def _run_stages(params: Any, max_images: int, runs_root: Path, started: float) -
     purifier = done["purifier"] = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"],
                                                str(runs_root / "purifiers"))
     # DataElixir's own (its profile may name another shipped purifier: cpu_cifar10 runs cifar10-32-v2)
-    elixir_purifier = get_purifier(params.diffusion.model_dump(mode="json"), ingested["path"],
-                                   str(runs_root / "purifiers"), params.dataelixir.model_dump(mode="json"))
+    elixir_purifier = done["elixir_purifier"] = get_purifier(
+        params.diffusion.model_dump(mode="json"), ingested["path"], str(runs_root / "purifiers"),
+        params.dataelixir.model_dump(mode="json"))
     sanitized = done["sanitized"] = sanitize_dataset(poisoned["path"], victim["path"], elixir_purifier["path"],
                                                      params.dataelixir.model_dump(mode="json"), data_root,
                                                      precision=params.diffusion.precision)

@@ -110,7 +110,8 @@ def sanitize_version(version: str, victim: str, purifier: str | None = None, par
                      workers: int = 1) -> dict[str, Any]:
     """DataElixir alone on a stored dataset version with a given victim (what ``detoxops sanitize`` and the
     ``sanitize`` stage of ``dvc.yaml`` do): the purified set as a version under ``out_root`` (default
-    ``data.root``), with the same artifacts. ``purifier`` ``None`` = DataElixir's purifier by the rule of ``tasks.purifier_tasks``.
+    ``data.root``), with the same artifacts. ``purifier`` ``None`` = DataElixir's purifier by the rule of
+    ``tasks.purifier_tasks``.
     ``workers`` > 1: :func:`candidates_in_parallel` first; ``parallel_shards`` in the result lists the shards its
     tasks computed (empty when they were all stored already)."""
     from flows.runners import candidates_in_parallel

@@ -239,7 +239,8 @@ def log_demo(params, done: dict[str, Any], table: list[dict[str, Any]], summarie
     as ``detoxops-victim``) and the ingestion check of the poisoned training set (``detoxops.kind=ingestion``).
 
     ``done``: the demo's task results by stage (``ingested``, ``data_version``, ``poisoned``, ``victim``,
-    ``visibility``, ``purifier``, ``sanitized``, ``retrained``, ``defense_rows``). Returns the check record."""
+    ``visibility``, ``purifier`` (SampDetox's), ``elixir_purifier`` (DataElixir's, named in the check record),
+    ``sanitized``, ``retrained``, ``defense_rows``). Returns the check record."""
     from tasks.detox_tasks import log_defense_rows
     from tasks.report_tasks import write_table
     from tasks.visibility_tasks import log_visibility_rows
@@ -298,6 +299,7 @@ def _record_demo_check(params, done: dict[str, Any], seconds: float, runs_root: 
     return record_ingestion_check(
         flow="demo", params=params, source=f"{params.data.source} + {params.attack.name} (flows.demo)",
         resolved_source=poisoned["path"], dataset=dataset, dvc=dvc, data_version=dataset_identity(dataset, dvc),
-        sanitized=sanitized, victim=done["victim"], purifier=done["purifier"], purified_dvc=purified_dvc,
+        sanitized=sanitized, victim=done["victim"], purifier=done.get("elixir_purifier", done["purifier"]),
+        purified_dvc=purified_dvc,
         seconds=seconds, runs_root=runs_root, parent_run_id=parent_id,
     )
