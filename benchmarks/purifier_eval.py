@@ -32,11 +32,11 @@ from _record import purifier_sha  # noqa: E402
 
 
 def _folder(spec: str) -> Path:
-    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS, shipped_purifier_dir
+    from detoxops.diffusion.unet import ALL_SHIPPED_PURIFIERS, shipped_purifier_dir
 
     if Path(spec).is_dir():
         return Path(spec)
-    names = {"cifar10": "cifar10-32", **{n: n for n in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}}}
+    names = {"cifar10": "cifar10-32", **{n: n for n in ALL_SHIPPED_PURIFIERS}}
     if spec in names:
         return shipped_purifier_dir(names[spec])
     raise SystemExit(f"--purifier: {spec!r} is neither a folder nor a shipped purifier name")

@@ -31,6 +31,7 @@ from detoxops.modelfiles import (
 
 __all__ = [
     "build_unet", "load_purifier", "save_purifier", "default_purifier", "purifier_folder", "SHIPPED_PURIFIERS",
+    "ALL_SHIPPED_PURIFIERS",
     "count_params",
 ]
 
@@ -38,11 +39,14 @@ SCHEDULER_CONFIG = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # Shipped checkpoints under detoxops/assets/purifiers/<name>/, keyed by the image size they were trained at.
 SHIPPED_PURIFIERS = {"digits-16": 16, "cifar10-32": 32}
-# Shipped but never a default: chosen by name in ``diffusion.purifier`` (docs/diffusion.md): the level-map purifier,
-# and cifar10-32-v2, cifar10-32 trained on to 21,750 steps: the better denoiser (+1.0-1.3 dB), but with SampDetox's
-# levels, chosen with cifar10-32, it removes less of a trigger (measured), so it is not the default until they are
-# chosen again with it.
+# Shipped but never the size's default: chosen by name in ``diffusion.purifier`` (docs/diffusion.md): the level-map
+# purifier, and cifar10-32-v2, cifar10-32 trained on to 21,750 steps: the better denoiser (+1.0-1.3 dB), but with
+# SampDetox's levels, chosen with cifar10-32, it removes less of a trigger (measured), so it is not the size's default
+# until they are chosen again with it. DataElixir's cpu_cifar10 profile names it (its settings were chosen with it:
+# DataElixirConfig.PROFILE_PURIFIERS, detoxops.operations.dataelixir_purifier).
 OPTIONAL_PURIFIERS = {"cifar10-32-levelmap": 32, "cifar10-32-v2": 32}
+# Every shipped purifier, default or optional, by name: the image size it was trained at.
+ALL_SHIPPED_PURIFIERS = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}
 
 
 UNET_PRESETS = {
@@ -318,7 +322,7 @@ def shipped_name(spec: str | Path | None) -> str | None:
     """The shipped purifier (a default or an optional one) that ``spec`` names — ``cifar10-32-v2`` or
     ``shipped:cifar10-32-v2`` — or ``None`` when it names none or is an existing folder (a folder wins)."""
     name = str(spec or "").removeprefix("shipped:")
-    if name in {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS} and not Path(str(spec)).is_dir():
+    if name in ALL_SHIPPED_PURIFIERS and not Path(str(spec)).is_dir():
         return name
     return None
 
@@ -335,7 +339,7 @@ def purifier_folder(configured: str | Path | None, image_size: int) -> tuple[Pat
     """
     name = shipped_name(configured)
     if name is not None:
-        size = {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}[name]
+        size = ALL_SHIPPED_PURIFIERS[name]
         folder = shipped_purifier_dir(name)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"diffusion.purifier: the shipped purifier {name!r} is not installed ({folder})")

@@ -31,12 +31,13 @@ def dataelixir_purifier(params: Params, image_size: int) -> str | None:
     purifier its profile was validated with when it is made for ``image_size`` (``cpu_cifar10``: ``cifar10-32-v2``),
     else ``None`` — the purifier shipped for the size, as for every other operation. SampDetox keeps
     ``diffusion.purifier``'s rule: its levels were chosen with ``cifar10-32`` (docs/diffusion.md)."""
-    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS
+    from detoxops.diffusion.unet import ALL_SHIPPED_PURIFIERS
 
-    if params.dataelixir.purifier or params.diffusion.purifier:
-        return params.dataelixir.purifier or params.diffusion.purifier
+    configured = params.dataelixir.purifier or params.diffusion.purifier
+    if configured:
+        return configured
     preferred = params.dataelixir.preferred_purifier(image_size)
-    if preferred is not None and {**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS}.get(preferred) == int(image_size):
+    if preferred is not None and ALL_SHIPPED_PURIFIERS.get(preferred) == int(image_size):
         return preferred
     return None
 
@@ -54,7 +55,7 @@ def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_siz
     setting when none exists (training one is its own operation: ``detoxops diffusion train``, the
     ``train_purifier`` stage) and ``ValueError`` when the purifier's image size is not the data's."""
     from detoxops.diffusion import purifier_folder
-    from detoxops.diffusion.unet import OPTIONAL_PURIFIERS, SHIPPED_PURIFIERS, shipped_name
+    from detoxops.diffusion.unet import ALL_SHIPPED_PURIFIERS, shipped_name
 
     if explicit is not None:
         folder, origin = Path(explicit), "explicit"
@@ -62,7 +63,7 @@ def choose_purifier(explicit: str | Path | None, cfg: DiffusionConfig, image_siz
             folder, origin = purifier_folder(str(explicit), image_size)  # a shipped name, e.g. cifar10-32-v2
         elif not folder.is_dir():
             raise FileNotFoundError(f"purifier {folder} is not a folder nor a shipped purifier's name "
-                                    f"({', '.join({**SHIPPED_PURIFIERS, **OPTIONAL_PURIFIERS})})")
+                                    f"({', '.join(ALL_SHIPPED_PURIFIERS)})")
     else:
         folder, origin = purifier_folder(cfg.purifier, image_size)
         if folder is None:
