@@ -95,7 +95,6 @@ def ingestion_check(
 
 def _check(source: str | None, params_path: str, overrides: list[str], dvc_root: str | None,
            stages: dict[str, float], ctx: dict[str, Any], started: float, workers: int = 1) -> Any:
-    from detoxops.operations import dataelixir_purifier
     from tasks.data_tasks import dataset_identity, version_dataset
     from tasks.ingestion_tasks import (
         check_targets,
@@ -126,7 +125,7 @@ def _check(source: str | None, params_path: str, overrides: list[str], dvc_root:
     info = ingested.get("info") or {}
     size = int((info.get("image_shape") or [0])[0])
     if purifier is None or size != int(expected or 0):
-        path, origin = purifier_for_check(dataelixir_purifier(params, size), size)
+        path, origin = purifier_for_check(params, size)
         purifier = {"path": path, "origin": origin}
     image_note = f"{size}x{size}, {len(info.get('class_names') or [])} classes"
     print(f"dataset {ingested['name']} @ {ingested['hash'][:12]}: {image_note}; purifier {purifier['origin']} "
@@ -214,7 +213,6 @@ def _ingest(params, resolved: str, data_root: Path, ctx: dict[str, Any]) -> dict
 def _inspect(params, source: str) -> tuple[Any, str, int | None, dict[str, str] | None]:
     """``(params with data.image_size decided, resolved source, expected image size, purifier or None)``."""
     from detoxops.data.sizes import decide_image_size
-    from detoxops.operations import dataelixir_purifier
     from tasks.ingestion_tasks import purifier_for_check, resolve_source
 
     resolved = resolve_source(source)
@@ -224,7 +222,7 @@ def _inspect(params, source: str) -> tuple[Any, str, int | None, dict[str, str] 
     expected = decision.expected
     purifier = None
     if expected is not None:
-        path, origin = purifier_for_check(dataelixir_purifier(params, int(expected)), int(expected))
+        path, origin = purifier_for_check(params, int(expected))
         purifier = {"path": path, "origin": origin}
     return params, resolved, expected, purifier
 

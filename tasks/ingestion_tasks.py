@@ -20,11 +20,14 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 
 from tasks import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from detoxops.config import Params
 
 __all__ = [
     "resolve_source",
@@ -109,16 +112,19 @@ def refuse_untrainable(ingested: dict[str, Any], created: bool) -> None:
         raise UntrainableDataset(f"dataset {ingested['name']} refused before versioning: " + "; ".join(problems))
 
 
-def purifier_for_check(configured: str | None, image_size: int) -> tuple[str, str]:
-    """``(folder, origin)`` of the purifier for ``image_size`` images: ``configured`` when set (DataElixir's purifier
-    setting, :func:`detoxops.operations.dataelixir_purifier`; its size must match), else the one shipped for that size; otherwise :class:`PurifierUnavailable` with the commands
-    that train one or choose a shipped size. A check never trains a purifier on the data it checks: a purifier
-    trained on poisoned images learns to reproduce their trigger."""
+def purifier_for_check(params: Params, image_size: int) -> tuple[str, str]:
+    """``(folder, origin)`` of DataElixir's purifier for ``image_size`` images under ``params``
+    (:func:`detoxops.operations.dataelixir_purifier`: a configured one must match the size), else the one shipped
+    for that size; otherwise :class:`PurifierUnavailable` with the commands that train one or choose a shipped size.
+    A check never trains a purifier on the data it checks: a purifier trained on poisoned images learns to
+    reproduce their trigger."""
     from detoxops.config import DiffusionConfig
     from detoxops.diffusion.unet import SHIPPED_PURIFIERS, shipped_purifier_dir
     from detoxops.operations import choose_purifier as choose_purifier_folder
+    from detoxops.operations import dataelixir_purifier
     from detoxops.operations.purifier import PurifierSizeError
 
+    configured = dataelixir_purifier(params, image_size)
     try:
         folder, origin = choose_purifier_folder(None, DiffusionConfig(purifier=configured), image_size)
         return str(folder), origin

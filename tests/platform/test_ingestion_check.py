@@ -195,11 +195,16 @@ def test_dvc_tracked_source_is_pulled(tmp_path):
 
 def test_a_configured_purifier_of_another_size_names_the_size_to_set():
     """``purifier_for_check`` on ``detoxops.operations.choose_purifier``: the check says which data.image_size fits."""
-    from detoxops.config import DiffusionConfig
+    from detoxops.config import DiffusionConfig, load_params
     from detoxops.operations import choose_purifier
+    from tasks import PROJECT_ROOT
     from tasks.ingestion_tasks import PurifierUnavailable, purifier_for_check
 
     folder, _ = choose_purifier(None, DiffusionConfig(), 16)
+    params = load_params(PROJECT_ROOT / "params.yaml", [f"dataelixir.purifier={folder}"], announce=False)
     with pytest.raises(PurifierUnavailable, match=r"trained on 16x16 images but the data are 32x32.*data.image_size=16"):
-        purifier_for_check(str(folder), 32)
-    assert purifier_for_check(None, 16)[1] == "shipped:digits-16"
+        purifier_for_check(params, 32)
+    defaults = load_params(PROJECT_ROOT / "params.yaml", [], announce=False)
+    assert purifier_for_check(defaults, 16)[1] == "shipped:digits-16"
+    # DataElixir's own purifier: the cpu_cifar10 profile's for 32 px, as the sanitize operation picks it
+    assert purifier_for_check(defaults, 32)[1] == "shipped:cifar10-32-v2"
