@@ -13,7 +13,17 @@ and seed, so the retrained ACC gap to the unpoisoned reference splits into what 
   of relabelling would give;
 * ``drop_target_poison`` (an oracle): the sanitised set without the truly poisoned samples that still carry a
   target label: what the poison left under the target label costs in ASR (what is left of their trigger after
-  purification, when stage 4 purified them).
+  purification, when stage 4 purified them);
+* ``as_sanitised``: the sanitised set itself, for ``--train-seed``.
+
+``--train-seed N`` trains the variants with victim seed ``N`` instead of the benchmark's (= the data seed), and the
+unpoisoned reference again with it (once per seed folder, ``reference-t<N>/``): how much one retraining varies.
+With ``--variants as_sanitised`` and two or three training seeds, the row's ``gap`` holds the retrained ACC minus
+the unpoisoned ACC per training seed (the benchmark's own pair included), paired by seed, with their mean and range:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dataelixir_retrain_decomposition.py --seed 0 \
+        --entries blended/elixir-a34a3fd9fd --variants as_sanitised --train-seed 101 \
+        --out benchmarks/results/dataelixir_retrain_spread_seed0.json
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dataelixir_retrain_decomposition.py --seed 1 \
         --entries wanet/elixir-4871abb707 --out benchmarks/results/dataelixir_retrain_decomposition_seed1.json
@@ -44,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import dataelixir_cifar10_fast as fast  # noqa: E402
 
-VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison")
+VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison", "as_sanitised")
 
 
 def _truth(train: ImageSet) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +76,21 @@ def variants(train: ImageSet, sanitised: ImageSet, targets: list[int]) -> dict[s
         "input_images": train.replace(labels=sanitised.labels.copy()),
         "drop_relabelled": sanitised.subset(kept),
         "drop_target_poison": sanitised.subset(np.flatnonzero(~target_poison)),
+        "as_sanitised": sanitised,
     }
+
+
+def gap(row: dict) -> dict | None:
+    """Retrained (``as_sanitised``) minus unpoisoned ACC per training seed, the benchmark's own pair included
+    (key ``"benchmark"``), with mean, min and max; ``None`` without another training seed's pair."""
+    per_seed = {"benchmark": row["as_sanitised"]["acc"] - row["reference"]["acc"]}
+    for seed, runs in sorted(row.get("train_seeds", {}).items()):
+        if "as_sanitised" in runs["variants"]:
+            per_seed[seed] = runs["variants"]["as_sanitised"]["acc"] - runs["reference"]["acc"]
+    if len(per_seed) < 2:
+        return None
+    values = list(per_seed.values())
+    return {"per_seed": per_seed, "mean": float(np.mean(values)), "min": min(values), "max": max(values)}
 
 
 def differences(train: ImageSet, sanitised: ImageSet) -> dict[str, int]:
@@ -86,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--entries", nargs="+", required=True, help="<attack>/<elixir folder> of the seed's work folder")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="victim seed of the retrainings (default: the benchmark's, the data seed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -97,37 +123,59 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_source(args.source, data_cfg, progress=False)
     seed_dir = Path(args.work) / f"seed{args.seed}"
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    report |= {"command": shlex.join(["python", *sys.argv]), "seed": args.seed}
+    commands = report.setdefault("commands", [report.pop("command")] if "command" in report else [])
+    if (command := shlex.join(["python", *sys.argv])) not in commands:
+        commands.append(command)
+    report["seed"] = args.seed
     entries = report.setdefault("entries", {})
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    suffix = "" if train_seed == args.seed else f"-t{train_seed}"
     for name in args.entries:
         attack, folder = name.split("/")
         elixir_dir = seed_dir / attack / folder
         if not (elixir_dir / "result.json").is_file():
             raise SystemExit(f"{elixir_dir}: no finished entry (result.json) there")
         params = fast.seed_params(base, args.seed, attack)
+        params = params.model_copy(update={"victim": params.victim.model_copy(update={"seed": train_seed})})
         train = fast._entry_train(attack, seed_dir / attack, splits)
         triggered = None if attack == "clean" else ImageSet.load(seed_dir / attack / "poisoned" / "test")
         target = params.attack.target if triggered is None else int(json.loads(
             (seed_dir / attack / "poisoned" / "attack.json").read_text()).get("target", params.attack.target))
         sanitised = ImageSet.load(elixir_dir / "purified")
         result = json.loads((elixir_dir / "result.json").read_text())
-        row = {"differences": differences(train, sanitised), "reference": result["reference"],
-               "as_sanitised": result["retrained"], "variants": {}}
+        row = entries.setdefault(name, {})
+        row |= {"differences": differences(train, sanitised), "reference": result["reference"],
+                "as_sanitised": result["retrained"]}
+        runs = row.setdefault("variants", {})
+        if suffix:  # another training seed: its own unpoisoned reference, its own variants
+            stages = fast.Stages()
+            ref_dir = seed_dir / f"reference{suffix}"
+            reference = fast.trained(ref_dir, partial(
+                train_victim, splits["train"], params.victim, ref_dir, clean_test=splits["test"],
+                checkpoint_dir=seed_dir / f"reference{suffix}.ckpt",
+                record={"seed": train_seed, "data_seed": args.seed, "benchmark": "dataelixir_cifar10_fast reference"},
+                progress=False),
+                stages, "reference_train")
+            by_seed = row.setdefault("train_seeds", {}).setdefault(str(train_seed), {"variants": {}})
+            by_seed["reference"] = {**fast.scores(reference, splits["test"], triggered, target),
+                                    "seconds": stages.seconds.get("reference_train")}
+            runs = by_seed["variants"]
         targets = json.loads((elixir_dir / "sanitize.json").read_text())["target_labels"]
         for variant, data in variants(train, sanitised, targets).items():
-            if variant not in args.variants:
-                continue
-            out_dir = elixir_dir / "decomposition" / variant
+            if variant not in args.variants or (variant == "as_sanitised" and not suffix):
+                continue  # as_sanitised with the benchmark's seed is the benchmark's own retraining
+            out_dir = elixir_dir / "decomposition" / (variant + suffix)
             stages = fast.Stages()
             model = fast.trained(out_dir, partial(
                 train_victim, data, params.victim, out_dir, clean_test=splits["test"],
-                checkpoint_dir=out_dir.with_name(variant + ".ckpt"),
-                record={"seed": args.seed, "attack": attack, "decomposition": variant}, progress=False),
-                stages, "retrain")
-            row["variants"][variant] = {"n": len(data), **fast.scores(model, splits["test"], triggered, target),
-                                        "seconds": stages.seconds.get("retrain")}
-            print(name, variant, json.dumps(row["variants"][variant]), flush=True)
-        entries[name] = row
+                checkpoint_dir=out_dir.with_name(variant + suffix + ".ckpt"),
+                record={"seed": train_seed, "data_seed": args.seed, "attack": attack, "decomposition": variant},
+                progress=False), stages, "retrain")
+            runs[variant] = {"n": len(data), **fast.scores(model, splits["test"], triggered, target),
+                             "seconds": stages.seconds.get("retrain")}
+            print(name, variant + suffix, json.dumps(runs[variant]), flush=True)
+        if (spread := gap(row)) is not None:
+            row["gap"] = spread
         atomic_write_text(args.out, json.dumps(report, indent=1, default=float))
     return 0
 

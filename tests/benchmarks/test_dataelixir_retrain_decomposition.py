@@ -46,6 +46,18 @@ def test_variants_keep_one_side_and_undo_the_other():
     assert len(v["drop_target_poison"]) == 6
     np.testing.assert_array_equal(bench.variants(train, sanitised, [1])["drop_target_poison"].source_index,
                                   train.source_index[2:])
+    assert v["as_sanitised"] is sanitised
+
+
+def test_gap_pairs_each_training_seed_with_its_own_reference():
+    row = {"reference": {"acc": 0.767}, "as_sanitised": {"acc": 0.730}}
+    assert bench.gap(row) is None  # one pair says nothing about the spread
+    row["train_seeds"] = {"101": {"reference": {"acc": 0.770}, "variants": {"as_sanitised": {"acc": 0.745}}},
+                          "102": {"reference": {"acc": 0.760}, "variants": {}}}  # 102's retraining not done yet
+    spread = bench.gap(row)
+    assert spread["per_seed"] == pytest.approx({"benchmark": -0.037, "101": -0.025})
+    assert spread["mean"] == pytest.approx(-0.031)
+    assert (spread["min"], spread["max"]) == pytest.approx((-0.037, -0.025))
 
 
 def test_differences_count_images_and_wrong_labels():
