@@ -14,6 +14,8 @@ and seed, so the retrained ACC gap to the unpoisoned reference splits into what 
 * ``drop_target_poison`` (an oracle): the sanitised set without the truly poisoned samples that still carry a
   target label: what the poison left under the target label costs in ASR (what is left of their trigger after
   purification, when stage 4 purified them);
+* ``drop_poison`` (an oracle): the sanitised set without every truly poisoned sample, whatever its label now: the
+  ASR a retraining reaches when no poisoned image is left at all (what the rest of the set teaches);
 * ``as_sanitised``: the sanitised set itself, for ``--train-seed``.
 
 ``--train-seed N`` trains the variants with victim seed ``N`` instead of the benchmark's (= the data seed), and the
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import dataelixir_cifar10_fast as fast  # noqa: E402
 
-VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison", "as_sanitised")
+VARIANTS = ("true_labels", "input_images", "drop_relabelled", "drop_target_poison", "drop_poison", "as_sanitised")
 
 
 def _truth(train: ImageSet) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +78,7 @@ def variants(train: ImageSet, sanitised: ImageSet, targets: list[int]) -> dict[s
         "input_images": train.replace(labels=sanitised.labels.copy()),
         "drop_relabelled": sanitised.subset(kept),
         "drop_target_poison": sanitised.subset(np.flatnonzero(~target_poison)),
+        "drop_poison": sanitised.subset(np.flatnonzero(~poisoned)),
         "as_sanitised": sanitised,
     }
 

@@ -47,6 +47,9 @@ def test_variants_keep_one_side_and_undo_the_other():
     np.testing.assert_array_equal(bench.variants(train, sanitised, [1])["drop_target_poison"].source_index,
                                   train.source_index[2:])
     assert v["as_sanitised"] is sanitised
+    # every poisoned sample dropped, whatever label stage 4 gave it
+    np.testing.assert_array_equal(v["drop_poison"].source_index, train.source_index[2:])
+    np.testing.assert_array_equal(v["drop_poison"].labels, [2, 0, 1, 2])
 
 
 def test_gap_pairs_each_training_seed_with_its_own_reference():
