@@ -629,6 +629,12 @@ class DataElixirConfig(_Section):
     S samples: clean target-class ones kept 108 of 329 instead of 54, label-changing poison got its true label in
     195 of 315 instead of 150; asked about the input after training on the dataset images, the model had learned
     the trigger from B's poison and gave 119 of them the target)."""
+    relabel_init: Literal["scratch", "victim"] = "scratch"
+    """Where the relabelling model starts: ``scratch``, random weights trained with the victim recipe for
+    ``relabel_epochs`` (the paper's "benign model trained on the purified set"); ``victim``, a copy of the victim
+    fine-tuned on that set for ``relabel_epochs`` at ``finetune_lr_scale`` of the recipe's rate — the victim's
+    features come from every image, whereas a model from scratch sees only the set without S (a third of the data
+    at CIFAR-10's 1,000 per class), and fine-tuning on relabelled purified poison unlearns its backdoor."""
     relabel_epochs: int = Field(default=10, ge=1)
     """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
     finetune_epochs: int = Field(default=3, ge=0)

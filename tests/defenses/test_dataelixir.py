@@ -203,7 +203,7 @@ def relabel_calls(monkeypatch):
 
     def recording(current, suspicious_images, votes, *args, **kwargs):
         calls.append({"current": current, "images": suspicious_images, "votes": votes,
-                      "query": kwargs.get("query_images")})
+                      "query": kwargs.get("query_images"), "init": kwargs.get("init")})
         return relabel(current, suspicious_images, votes, *args, **kwargs)
 
     monkeypatch.setattr(de, "detect_target_labels", label_zero)
@@ -271,6 +271,52 @@ def test_relabel_view_input_asks_the_relabelling_model_about_the_input_images(se
     assert np.array_equal(own["images"], paper["images"])  # agreed samples still join as their candidates
     # and the purified set still holds the candidates for S: the view changes labels only
     assert np.array_equal(results["input"].dataset.images, results["candidate"].dataset.images)
+
+
+def test_relabel_init_victim_hands_the_victim_to_the_relabelling_model(setup, tmp_path, relabel_calls):
+    train, purifier, victim, cfg = setup
+    for init in ("scratch", "victim"):
+        de.DataElixir(purifier, cfg.model_copy(update={"relabel_init": init}),
+                      VictimConfig(epochs=1, batch_size=8)).sanitize(train, victim, tmp_path, progress=False)
+    paper, own = relabel_calls
+    assert paper["init"] is None and own["init"] is victim
+
+
+def test_relabel_init_victim_refuses_a_victim_detoxops_did_not_build_before_any_candidate(setup, tmp_path):
+    import torch
+
+    train, purifier, _, cfg = setup
+    foreign = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 3, 3))
+    with pytest.raises(ValueError, match=r"relabel_init: victim .* \(Sequential\) was not built by detoxops"):
+        de.DataElixir(purifier, cfg.model_copy(update={"relabel_init": "victim"})).sanitize(
+            train, foreign, tmp_path, progress=False)
+    assert not (tmp_path / "candidates").exists()
+
+
+def test_relabel_suspicious_from_the_victim_starts_from_its_weights_and_leaves_it_untouched():
+    import torch
+
+    from detoxops.defenses.elixir.relabel import relabel_suspicious
+
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.integers(0, 40, (40, 8, 8, 3)), rng.integers(215, 256, (40, 8, 8, 3))]).astype(np.uint8)
+    cfg = VictimConfig(epochs=5, batch_size=16, seed=0)
+    # a "victim" that learned the opposite labelling: dark -> 1, bright -> 0
+    victim = build_classifier("small_cnn", 2, image_size=8, width=4)
+    from detoxops.models import predict, train_classifier
+
+    inverted = ImageSet(images=images, labels=np.repeat([1, 0], 40), class_names=["dark", "bright"])
+    train_classifier(victim, inverted, cfg, progress=False)
+    victim.eval()
+    assert predict(victim, images[:4]).tolist() == [1, 1, 1, 1]
+    before = {k: v.clone() for k, v in victim.state_dict().items()}
+    current = inverted.replace(labels=np.repeat([0, 1], 40))  # the set says dark -> 0
+    dark = images[:4]
+    # at a vanishing fine-tuning rate the copy keeps the victim's answer; from scratch the set's answer is learned
+    warm, _ = relabel_suspicious(current, dark, np.full(4, 2), "small_cnn", cfg, 0, 1e-6, init=victim)
+    cold, _ = relabel_suspicious(current, dark, np.full(4, 2), "small_cnn", cfg, 0, 1e-6)
+    assert warm.tolist() == [1, 1, 1, 1] and cold.tolist() == [0, 0, 0, 0]
+    assert all(torch.equal(before[k], v) for k, v in victim.state_dict().items())
 
 
 def test_relabel_suspicious_labels_by_the_query_images():

@@ -234,6 +234,10 @@ class DataElixir:
         self, train: ImageSet, victim: torch.nn.Module, workdir: str | Path, progress: bool = True
     ) -> SanitizeResult:
         c = self.cfg
+        if c.relabel_init == "victim" and not getattr(victim, "detoxops_spec", None):
+            # checked before the candidates (the long part): fine-tuning runs detoxops's own training recipe
+            raise ValueError(f"dataelixir.relabel_init: victim fine-tunes the victim with detoxops's recipe, but this "
+                             f"victim ({type(victim).__name__}) was not built by detoxops; use relabel_init: scratch")
         num_classes = train.num_classes
         labels = np.asarray(train.labels)
         cand = self.candidate_sets(train, victim, workdir, progress=progress)
@@ -265,6 +269,7 @@ class DataElixir:
                 current, cand["images"][by_model], tr.consensus[by_model], arch, self.victim_cfg,
                 c.finetune_epochs, c.finetune_lr_scale, progress=progress,
                 query_images=train.images[by_model] if c.relabel_view == "input" else None,
+                init=victim if c.relabel_init == "victim" else None,
             )
             images[by_model] = cand["images"][by_model]
             new_labels[by_model] = relabels
