@@ -9,7 +9,8 @@ the purified set (ACC / ASR). Next to it, once per seed, the reference: a fast_c
 without poison (the ``clean`` entry's victim, and the ACC a retrained model is compared with).
 
 The work folder keeps every stage (``<work>/seed<S>/<attack>/`` holds the poisoned set and victim; the DataElixir
-part lives under ``elixir-<key>/``, keyed by the ``dataelixir`` settings, so several settings share one victim). A
+part lives under ``elixir-<key>/``, keyed by the ``dataelixir`` settings, so several settings share one victim; a new one starts with hard links to
+the other folders' candidate shards, so a setting that changes only stages 2-4 computes no candidate). A
 finished entry (``elixir-<key>/result.json``) is skipped; an interrupted one resumes stage by stage. The table
 (``--results/<name>.json``, committed) is rewritten after every entry; an entry whose ``elixir-<key>/`` folder is
 gone (``runs/`` does not travel between machines) is taken from that table when it holds the row for the same
@@ -28,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -121,6 +123,23 @@ def elixir_folder(entry: Path, params: Params, purifier_fp: str, image_size: int
         legacy.rename(folder)
         print(f"{legacy.name} (made with this purifier) renamed to {folder.name}", flush=True)
     return folder
+
+
+def share_candidates(entry: Path, elixir_dir: Path) -> list[str]:
+    """Hard-link the candidate work folders of the entry's other ``elixir-*`` folders into a new ``elixir_dir``: a
+    setting that differs only in stages 2-4 (``mixed``, ``purify``, relabelling, ...) finds its candidates made
+    (the shard store keys them by what they depend on and drops the ones it does not use; shards are written by
+    rename, so neither folder can change the other's files). Returns the work folders linked."""
+    shared = []
+    for sibling in sorted(entry.glob("elixir-*")):
+        if sibling == elixir_dir:
+            continue
+        for folder in sorted((sibling / "work" / "candidates").glob("*")):
+            dest = elixir_dir / "work" / "candidates" / folder.name
+            if folder.is_dir() and not dest.exists():
+                shutil.copytree(folder, dest, copy_function=os.link)
+                shared.append(f"{sibling.name}/{folder.name}")
+    return shared
 
 
 def trained(folder: Path, fn, stages: Stages, name: str):
@@ -233,6 +252,8 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
             checkpoint_dir=entry / "victim.ckpt", record={"seed": seed, "attack": attack},
             progress=args.progress), stages, "victim_train")
 
+    if not elixir_dir.exists() and (shared := share_candidates(entry, elixir_dir)):
+        print(f"{attack} seed {seed}: candidates of {', '.join(shared)} linked into {elixir_dir.name}", flush=True)
     elixir_dir.mkdir(parents=True, exist_ok=True)
     purified_dir = elixir_dir / "purified"
     summary_file = elixir_dir / "sanitize.json"

@@ -260,3 +260,22 @@ def test_runs_side_by_side_under_one_name_keep_each_others_rows(tmp_path, monkey
     rows = json.loads(table.read_text())["rows"]
     assert sorted(r["attack"] for r in rows) == ["badnets", "blended", "wanet"]
     assert next(r for r in rows if r["attack"] == "badnets")["tpr"] == 0.5  # this run's row replaced the older one
+
+
+def test_a_new_setting_finds_the_candidates_of_its_siblings_hard_linked(tmp_path):
+    entry = tmp_path / "seed0" / "badnets"
+    shard = entry / "elixir-aaaa" / "work" / "candidates" / "k1" / "shard-00000.npz"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"candidates")
+    (entry / "elixir-bbbb" / "work" / "candidates" / "k2").mkdir(parents=True)
+    new = entry / "elixir-cccc"
+    assert bench.share_candidates(entry, new) == ["elixir-aaaa/k1", "elixir-bbbb/k2"]
+    linked = new / "work" / "candidates" / "k1" / "shard-00000.npz"
+    assert linked.read_bytes() == b"candidates" and linked.stat().st_ino == shard.stat().st_ino
+    # a shard rewritten in the new folder (the store writes by rename) leaves the sibling's file as it was
+    tmp = linked.with_name(".tmp")
+    tmp.write_bytes(b"other")
+    tmp.replace(linked)
+    assert shard.read_bytes() == b"candidates"
+    # nothing is linked twice, and a folder never links from itself
+    assert bench.share_candidates(entry, new) == []
