@@ -632,9 +632,10 @@ class DataElixirConfig(_Section):
     relabel_init: Literal["scratch", "victim"] = "scratch"
     """Where the relabelling model starts: ``scratch``, random weights trained with the victim recipe for
     ``relabel_epochs`` (the paper's "benign model trained on the purified set"); ``victim``, a copy of the victim
-    fine-tuned on that set for ``relabel_epochs`` at ``finetune_lr_scale`` of the recipe's rate — the victim's
-    features come from every image, whereas a model from scratch sees only the set without S (a third of the data
-    at CIFAR-10's 1,000 per class), and fine-tuning on relabelled purified poison unlearns its backdoor."""
+    fine-tuned on that set for ``relabel_epochs`` at ``finetune_lr_scale`` of the recipe's rate (its features come
+    from every image; a model from scratch sees only the set without S). Measured on CIFAR-10 WaNet's validation
+    entry: the same label accuracy (91.0 / 51 % of the poison) and retrained accuracy either way
+    (docs/dataelixir.md, "The relabelling model from the victim")."""
     relabel_epochs: int = Field(default=10, ge=1)
     """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
     finetune_epochs: int = Field(default=3, ge=0)
