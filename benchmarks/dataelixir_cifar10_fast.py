@@ -74,6 +74,16 @@ class Stages:
         return out
 
 
+def seed_splits(base: Params, source: str, seed: int, *, train_per_class: int = 1000, test_per_class: int | None = None,
+                image_size: int | None = None, progress: bool = False) -> dict[str, ImageSet]:
+    """The seed's data: the stratified ``train_per_class`` subset of ``source``'s training split (``data.seed`` =
+    ``seed``) and its test split, cached under the project's ``data/`` — what every entry of a seed is made from."""
+    data_cfg = base.data.model_copy(update={"source": source, "image_size": image_size, "seed": seed,
+                                            "train_per_class": train_per_class, "test_per_class": test_per_class,
+                                            "root": str(ROOT / "data")})
+    return load_source(source, data_cfg, progress=progress)
+
+
 def seed_params(base: Params, seed: int, attack: str) -> Params:
     """The entry's params: data, attack, victim and DataElixir seeds = ``seed`` unless ``-s`` set them."""
     upd = {
@@ -357,10 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     recorded = recorded_rows(results_file)
     requested = {(attack, seed) for seed in args.seed for attack in args.attacks}
     for seed in args.seed:
-        data_cfg = base.data.model_copy(update={"source": args.source, "image_size": args.image_size, "seed": seed,
-                                                "train_per_class": args.train_per_class,
-                                                "test_per_class": args.test_per_class, "root": str(ROOT / "data")})
-        splits = load_source(args.source, data_cfg, progress=args.progress)
+        splits = seed_splits(base, args.source, seed, train_per_class=args.train_per_class,
+                             test_per_class=args.test_per_class, image_size=args.image_size, progress=args.progress)
         if purifier is None:
             size = int(splits["train"].image_shape[0])
             purifier = load_chosen_purifier(args.purifier, dataelixir_diffusion(base, size), size)

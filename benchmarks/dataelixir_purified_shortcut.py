@@ -28,14 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, provenance  # noqa: E402
+from dataelixir_cifar10_fast import DEFAULT_ARCHIVE, seed_splits  # noqa: E402
 from detoxops.config import load_params  # noqa: E402
-from detoxops.data import ImageSet, load_source  # noqa: E402
+from detoxops.data import ImageSet  # noqa: E402
 from detoxops.defenses.elixir.candidates import purification_rounds  # noqa: E402
 from detoxops.fileio import atomic_write_text  # noqa: E402
 from detoxops.models import load_classifier, predict  # noqa: E402
 from detoxops.operations import dataelixir_diffusion, load_chosen_purifier  # noqa: E402
-
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def non_target_sample(test: ImageSet, target: int, per_class: int, seed: int) -> np.ndarray:
@@ -87,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     params = load_params(ROOT / "params.yaml", [], announce=False)
-    data_cfg = params.data.model_copy(update={"source": args.source, "image_size": None, "seed": args.seed,
-                                              "train_per_class": 1, "test_per_class": None,
-                                              "root": str(ROOT / "data")})
-    test = load_source(args.source, data_cfg, progress=False)["test"]
+    test = seed_splits(params, args.source, args.seed, train_per_class=1)["test"]
     size = int(test.image_shape[0])
     purifier = load_chosen_purifier(None, dataelixir_diffusion(params, size), size)
     cfg = params.dataelixir.resolved(size)

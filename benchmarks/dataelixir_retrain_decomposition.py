@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from detoxops.config import load_params
-from detoxops.data import ImageSet, load_source
+from detoxops.data import ImageSet
 from detoxops.fileio import atomic_write_text
 from detoxops.operations import train_victim
 
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_params(ROOT / "params.yaml", [], announce=False)
-    data_cfg = base.data.model_copy(update={"source": args.source, "image_size": None, "seed": args.seed,
-                                            "train_per_class": 1000, "test_per_class": None,
-                                            "root": str(ROOT / "data")})
-    splits = load_source(args.source, data_cfg, progress=False)
+    splits = fast.seed_splits(base, args.source, args.seed)
     seed_dir = Path(args.work) / f"seed{args.seed}"
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     commands = report.setdefault("commands", [report.pop("command")] if "command" in report else [])
