@@ -21,11 +21,27 @@ settings and purifier, and rows of other attacks / seeds in it are kept.
         -s dataelixir.keep_last=4 --name validation_seed1
 
 Settings are chosen on a validation seed (another seed's poisoned subset) and then run once on the held-out seed.
+
+**A whole seed at a time (``dataelixir.noise: per_image``).** The entries of one seed share 90 % of their images
+(the poison replaces 10 % of the same subset), and with per-image noise an image's purification is the same in
+every entry: stored once in ``dataelixir.purification_cache`` (excluded from the entry key: it does not change
+results), every later entry only scores it with its own victim. Two processes fill that store first, each for
+every attack's even or odd candidate shards, so no image is purified twice (the part-0 process then trains the
+seed's reference model); then the entries run in two processes of four attacks each, purifying only what no other
+entry had:
+
+    S="-s dataelixir.noise=per_image -s dataelixir.purification_cache=runs/purification-cache"
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 0/2 &
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 1/2; wait
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --attacks clean badnets blended sig --name N &
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --attacks wanet bpp ftrojan ssba --name N; wait
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -96,7 +112,8 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
 
 
 LATER_FIELDS = {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
-                "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch"}
+                "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch",
+                "noise": "per_shard"}
 """``dataelixir`` fields added after entries were stored, with the value every earlier entry ran with (their first
 default; ``mixed``, ``purify`` and ``target_rounds`` come from the profile since 2026-12-07): in an entry's key
 only when the resolved value differs from it."""
@@ -108,7 +125,9 @@ def elixir_key(params: Params, purifier_fp: str | None = None, image_size: int =
     # the concrete settings (profile resolved at the data's size, CIFAR-10's 32 px, its name left out), so a folder's
     # key depends on what ran, not on how it was asked for: entries made before dataelixir.profile existed keep theirs
     # (``purifier``, the setting, is left out too: the key holds the weights' fingerprint)
-    elixir = params.dataelixir.resolved(image_size).model_dump(mode="json", exclude={"profile", "purifier"})
+    # (``purification_cache`` too: a folder of stored purifications changes where work is found, not what it gives)
+    elixir = params.dataelixir.resolved(image_size).model_dump(mode="json",
+                                                               exclude={"profile", "purifier", "purification_cache"})
     for name, first in LATER_FIELDS.items():  # fields added later count only when set: older entries keep their keys
         if elixir.get(name) == first:
             del elixir[name]
@@ -152,12 +171,37 @@ def share_candidates(entry: Path, elixir_dir: Path) -> list[str]:
     return shared
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` (created): two processes of one seed (``--part``, attack lists side by side) make
+    a stage the other also needs (the reference model, an entry's poisoned set) once, the second one waiting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def trained(folder: Path, fn, stages: Stages, name: str):
     """A classifier folder: loaded when it is there, else trained by ``fn`` (resumable by its checkpoint dir)."""
-    if (folder / "classifier.json").is_file():
-        return load_classifier(folder)
-    stages.run(name, fn)
+    with locked(folder.parent / f".{folder.name}.lock"):
+        if not (folder / "classifier.json").is_file():
+            stages.run(name, fn)
     return load_classifier(folder)
+
+
+def poisoned_set(entry: Path, params: Params, splits: dict[str, ImageSet], args, stages: Stages):
+    """The entry's poisoned training and triggered test sets and its attack (made once, under a lock)."""
+    from detoxops.attacks import registry
+
+    poisoned_dir = entry / "poisoned"
+    with locked(entry / ".poisoned.lock"):
+        if not (poisoned_dir / "attack.json").is_file():
+            stages.run("poison", lambda: poison(splits["train"], splits["test"], params.attack, out=poisoned_dir,
+                                                overwrite=True, source=str(args.source), progress=args.progress))
+    return ImageSet.load(poisoned_dir / "train"), ImageSet.load(poisoned_dir / "test"), registry.from_record(poisoned_dir)
 
 
 def scores(model, clean_test: ImageSet, triggered: ImageSet | None, target: int) -> dict[str, float]:
@@ -243,14 +287,7 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     if attack == "clean":
         train, triggered, attack_obj = splits["train"], None, None
     else:
-        poisoned_dir = entry / "poisoned"
-        if not (poisoned_dir / "attack.json").is_file():
-            stages.run("poison", lambda: poison(splits["train"], splits["test"], params.attack, out=poisoned_dir,
-                                                overwrite=True, source=str(args.source), progress=args.progress))
-        from detoxops.attacks import registry
-
-        train, triggered = ImageSet.load(poisoned_dir / "train"), ImageSet.load(poisoned_dir / "test")
-        attack_obj = registry.from_record(poisoned_dir)
+        train, triggered, attack_obj = poisoned_set(entry, params, splits, args, stages)
         target = attack_obj.target
     reference = reference_model(seed_dir, splits, params, stages, args.progress)
     if attack == "clean":
@@ -278,9 +315,15 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
     poisoned_flags = np.asarray(train.poisoned, dtype=bool)
 
     retrained_dir = elixir_dir / "retrained"
-    retrained = trained(retrained_dir, lambda: train_victim(
-        purified, params.victim, retrained_dir, clean_test=splits["test"], checkpoint_dir=elixir_dir / "retrained.ckpt",
-        record={"seed": seed, "attack": attack, "purified": True}, progress=args.progress), stages, "retrain")
+    if (np.array_equal(purified.images, splits["train"].images) and np.array_equal(purified.labels, splits["train"].labels)):
+        # nothing changed on the unpoisoned subset (no target): retraining it with the same recipe and seed gives
+        # the reference bit for bit (measured on seed 0's clean entry), so it is not trained a second time
+        retrained = reference
+    else:
+        retrained = trained(retrained_dir, lambda: train_victim(
+            purified, params.victim, retrained_dir, clean_test=splits["test"],
+            checkpoint_dir=elixir_dir / "retrained.ckpt", record={"seed": seed, "attack": attack, "purified": True},
+            progress=args.progress), stages, "retrain")
 
     row = {
         "attack": attack, "seed": seed, "n": len(train), "poisoned": int(poisoned_flags.sum()),
@@ -302,6 +345,52 @@ def run_entry(attack: str, seed: int, args, base: Params, purifier, splits: dict
                                           "victim", "reference", "retrained", "stage_seconds")}, default=float),
           flush=True)
     return row
+
+
+def purify_only(seed: int, args, base: Params, purifier, splits: dict[str, ImageSet], work: Path,
+                recorded: dict[tuple, dict] | None = None) -> dict:
+    """``--purify-only --part I/N``: for every attack of ``--attacks`` not finished yet (its row in ``--name``'s
+    table or its ``result.json``), the entry's poisoned set (made if missing) and the purification of its candidate
+    shards ``k`` with ``k % N == I`` into the purification cache; part 0 then trains the seed's reference model. No
+    victim is involved. Returns the images purified per attack."""
+    from detoxops.defenses.dataelixir import DataElixir
+    from detoxops.operations.sanitize import relabel_config
+
+    part, parts = args.part
+    seed_dir = work / f"seed{seed}"
+    purifier_fp = module_fingerprint(purifier.unet)
+    size = int(splits["train"].image_shape[0])
+    stages = Stages()
+    purified = {}
+    for attack in args.attacks:
+        params = seed_params(base, seed, attack)
+        key = f"elixir-{elixir_key(params, purifier_fp, size)}"
+        if (attack, seed, key, purifier_fp) in (recorded or {}) or (seed_dir / attack / key / "result.json").is_file():
+            print(f"  {attack} seed {seed}: entry finished, nothing to purify", flush=True)
+            continue
+        if attack == "clean":
+            train = splits["train"]
+        else:
+            train = poisoned_set(seed_dir / attack, params, splits, args, stages)[0]
+        elixir = DataElixir(purifier, params.dataelixir, relabel_config(params))
+        shards = [k for k in range(len(elixir.shard_bounds(len(train)))) if k % parts == part]
+        purified[attack] = stages.run(f"purify_{attack}", lambda e=elixir, t=train, s=shards: e.purify(
+            t, seed_dir, shard_ids=s, progress=args.progress))  # (the work folder is unused: the cache is set)
+        print(f"  {attack} seed {seed}, shards {shards}: {purified[attack]} images purified", flush=True)
+    if part == 0:
+        reference_model(seed_dir, splits, seed_params(base, seed, "clean"), stages, args.progress)
+    return {"seed": seed, "part": f"{part}/{parts}", "purified": purified, "stage_seconds": stages.seconds,
+            "stage_load": stages.load}
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    try:
+        part, parts = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part takes I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= part < parts:
+        raise argparse.ArgumentTypeError(f"--part {text}: need 0 <= I < N")
+    return part, parts
 
 
 def markdown_table(report: dict) -> str:
@@ -350,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--docs-results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--purify-only", action="store_true", help="only fill the purification cache (needs -s "
+                    "dataelixir.noise=per_image and -s dataelixir.purification_cache=DIR), for the shards of --part")
+    ap.add_argument("--part", type=parse_part, default=(0, 1), help="with --purify-only: I/N, the candidate shards "
+                    "k with k %% N == I of every attack (part 0 also trains the reference model)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     unknown = sorted(set(args.attacks) - set(ATTACKS))
@@ -360,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             ap.error(f"unknown attack(s): {', '.join(missing)}")
     base = load_params(ROOT / "params.yaml", args.overrides, announce=False)
+    if args.purify_only and (base.dataelixir.noise != "per_image" or not base.dataelixir.purification_cache):
+        ap.error("--purify-only fills the shared purification cache: add -s dataelixir.noise=per_image "
+                 "-s dataelixir.purification_cache=DIR")
     machine = machine_info(torch.device("cpu"))
     work = Path(args.work)
     rows, purifier = [], None
@@ -372,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         if purifier is None:
             size = int(splits["train"].image_shape[0])
             purifier = load_chosen_purifier(args.purifier, dataelixir_diffusion(base, size), size)
+        if args.purify_only:
+            print(json.dumps(purify_only(seed, args, base, purifier, splits, work, recorded)), flush=True)
+            continue
         for attack in args.attacks:
             rows.append(run_entry(attack, seed, args, base, purifier, splits, work, recorded))
             # after every entry, so a run cut short (or a machine lost) leaves the finished rows to commit; rows

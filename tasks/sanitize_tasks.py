@@ -13,7 +13,7 @@ from prefect import task
 
 from tasks.caching import HEAVY_CACHE
 
-__all__ = ["sanitize_dataset", "candidate_shards", "shard_count_task", "work_dir", "accuracy_task"]
+__all__ = ["sanitize_dataset", "candidate_shards", "shard_count_task", "work_dir", "elixir_config", "accuracy_task"]
 
 
 @task(name="dataelixir", cache_policy=HEAVY_CACHE, result_serializer="json")
@@ -29,7 +29,7 @@ def sanitize_dataset(
 
     Returns paths, the detected target label (or None), counts, and TPR / FPR as fractions (NaN without ground
     truth; ``detoxops.metrics.percent`` where a table shows them)."""
-    from detoxops.config import DataElixirConfig, DiffusionConfig, Params, VictimConfig
+    from detoxops.config import DiffusionConfig, Params, VictimConfig
     from detoxops.data import load_version
     from detoxops.models import load_classifier
     from detoxops.operations import sanitize
@@ -39,7 +39,7 @@ def sanitize_dataset(
     victim = load_classifier(victim_path)
     if victim_cfg is None:
         victim_cfg = _trained_with(victim_path)
-    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), victim=VictimConfig(**victim_cfg),
+    params = Params(dataelixir=elixir_config(dataelixir_cfg, out_root), victim=VictimConfig(**victim_cfg),
                     diffusion=DiffusionConfig(precision=precision))
     with task_progress("dataelixir"):
         outcome = sanitize(train, victim, params, version_root=out_root,
@@ -58,6 +58,18 @@ def sanitize_dataset(
         "fpr": outcome.fpr,
         "dataelixir": outcome.settings,  # what ran: the profile resolved for the purifier's image size
     }
+
+
+def elixir_config(dataelixir_cfg: dict[str, Any], out_root: str):
+    """``params.dataelixir`` as the tasks run it: with ``noise: per_image`` and no ``purification_cache`` set, the
+    store of purified images is ``out_root/purification-cache``, one for every version sanitised under ``out_root``
+    (not one per version's work folder), so the next ingestion check purifies only the images it has not seen."""
+    from detoxops.config import DataElixirConfig
+
+    cfg = DataElixirConfig(**dataelixir_cfg)
+    if cfg.noise == "per_image" and not cfg.purification_cache:
+        cfg = cfg.model_copy(update={"purification_cache": str(Path(out_root) / "purification-cache")})
+    return cfg
 
 
 def work_dir(out_root: str, version: str) -> Path:
@@ -85,13 +97,13 @@ def candidate_shards(
     for them: submitted for disjoint shard lists on a Dask (or thread) task runner, the work runs in parallel and
     ``sanitize_dataset`` then only loads it. Not cached by Prefect: the shard store itself skips finished shards.
     Returns the shards this call computed."""
-    from detoxops.config import DataElixirConfig, DiffusionConfig, Params
+    from detoxops.config import DiffusionConfig, Params
     from detoxops.data import load_version
     from detoxops.models import load_classifier
     from detoxops.operations import sanitize_shards
     from tasks.progress import task_progress
 
-    params = Params(dataelixir=DataElixirConfig(**dataelixir_cfg), diffusion=DiffusionConfig(precision=precision))
+    params = Params(dataelixir=elixir_config(dataelixir_cfg, out_root), diffusion=DiffusionConfig(precision=precision))
     with task_progress("dataelixir-candidates"):
         return sanitize_shards(load_version(version)[split], load_classifier(victim_path), params, shard_ids,
                                work_dir(out_root, version), purifier=purifier_path, progress=False)

@@ -636,6 +636,16 @@ class DataElixirConfig(_Section):
     from every image; a model from scratch sees only the set without S). Measured on CIFAR-10 WaNet's validation
     entry: the same label accuracy (91.0 / 51 % of the poison) and retrained accuracy either way
     (docs/dataelixir.md, "The relabelling model from the victim")."""
+    noise: Literal["per_shard", "per_image"] = "per_shard"
+    """Where stage 1 draws its purification noise: ``per_shard``, one stream per candidate shard (a sample's noise
+    depends on its place in the dataset); ``per_image``, one stream per image keyed by its content and ``seed``, so
+    an image's purified candidates are the same in any dataset, shard or batch, and are stored by content in
+    ``purification_cache`` and reused (a re-scan with another victim, datasets that share images). Both are
+    deterministic given ``seed``; they draw different noise, so their candidates differ sample by sample."""
+    purification_cache: str | None = None
+    """``noise: per_image``: the folder of purified candidates stored by content; ``None``: ``<workdir>/
+    purification-cache``. Point several runs (other victims, other datasets holding the same images) at one folder
+    to share it; never pruned automatically (docs/dataelixir.md)."""
     relabel_epochs: int = Field(default=10, ge=1)
     """Epochs of the benign model that labels suspicious target-label samples (trained with params.victim)."""
     finetune_epochs: int = Field(default=3, ge=0)

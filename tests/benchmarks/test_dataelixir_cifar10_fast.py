@@ -59,7 +59,11 @@ def test_table_fields_and_resume(tmp_path):
     for model in ("victim", "reference", "retrained"):
         assert set(badnets[model]) == {"acc", "asr", "pa"}
     assert set(badnets["stage_seconds"]) == {"poison", "victim_train", "sanitize", "retrain"}
-    assert set(clean["stage_seconds"]) == {"reference_train", "sanitize", "retrain"}
+    if clean["target_labels"]:
+        assert set(clean["stage_seconds"]) == {"reference_train", "sanitize", "retrain"}
+    else:  # nothing changed on the unpoisoned subset: the reference is the retrained model, not trained again
+        assert set(clean["stage_seconds"]) == {"reference_train", "sanitize"}
+        assert clean["retrained"] == clean["reference"]
 
     # the stored purified set agrees with the row: TPR / FPR / label accuracy recomputed from the files
     from detoxops.data import ImageSet
@@ -184,19 +188,20 @@ def test_the_elixir_key_counts_the_later_fields_only_when_they_differ_from_what_
 
     later = bench.LATER_FIELDS
     assert later == {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
-                     "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch"}
+                     "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch",
+                     "noise": "per_shard"}
     # the paper's rules at 32 px (cpu_cifar10_quick: the CIFAR-10 default until 2026-12-07): the key without them
     params = Params(dataelixir=DataElixirConfig(profile="cpu_cifar10_quick"))
     key = bench.elixir_key(params, "aaaa")
     spec = {"dataelixir": params.dataelixir.resolved(32).model_dump(mode="json",
-                                                                    exclude={"profile", "purifier", *later}),
+                                                                    exclude={"profile", "purifier", "purification_cache", *later}),
             "victim": params.victim.model_dump(mode="json"), "purifier": "aaaa"}
     import hashlib
 
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates"),
                          ("relabel", "flagged"), ("relabel_view", "input"), ("distant_mads", 2.0),
-                         ("target_rounds", 1), ("relabel_init", "victim")):
+                         ("target_rounds", 1), ("relabel_init", "victim"), ("noise", "per_image")):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
     # how a setting is asked for does not matter, what runs does: the profile's values = the same values set by hand
@@ -206,6 +211,10 @@ def test_the_elixir_key_counts_the_later_fields_only_when_they_differ_from_what_
     # the DataElixir purifier setting is not in the key (the weights' fingerprint is)
     named = Params(dataelixir=DataElixirConfig(purifier="cifar10-32-v2"))
     assert bench.elixir_key(named, "aaaa") == bench.elixir_key(Params(), "aaaa")
+    # nor where stored purifications are kept (it changes what is found, not what is computed)
+    cached = Params(dataelixir=DataElixirConfig(noise="per_image", purification_cache="/somewhere"))
+    assert bench.elixir_key(cached, "aaaa") == bench.elixir_key(Params(dataelixir=DataElixirConfig(noise="per_image")),
+                                                                "aaaa")
 
 
 def test_committed_entries_keep_their_keys():
@@ -279,3 +288,44 @@ def test_a_new_setting_finds_the_candidates_of_its_siblings_hard_linked(tmp_path
     assert shard.read_bytes() == b"candidates"
     # nothing is linked twice, and a folder never links from itself
     assert bench.share_candidates(entry, new) == []
+
+
+def test_a_seed_is_purified_once_then_every_entry_only_scores(tmp_path, monkeypatch):
+    """--purify-only in two parts fills the shared purification cache (every attack's images, each once) and trains
+    the reference; the entries then purify nothing."""
+    from detoxops.defenses import dataelixir as de
+
+    calls = {"images": 0}
+    real = de.purify_candidates
+
+    def counting(purifier, x01, *args, **kwargs):
+        calls["images"] += len(x01)
+        return real(purifier, x01, *args, **kwargs)
+
+    monkeypatch.setattr(de, "purify_candidates", counting)
+    out = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--docs-results",
+           str(tmp_path / "docs"), "--name", "tiny"]
+    with pytest.raises(SystemExit):  # refused without the per-image noise and a cache folder
+        bench.main([*TINY, *out, "--purify-only", "--part", "0/2"])
+    shared = [*TINY, "-s", "dataelixir.noise=per_image", "-s",
+              f"dataelixir.purification_cache={tmp_path / 'cache'}", *out]
+    assert bench.main([*shared, "--purify-only", "--part", "1/2"]) == 0
+    assert not (tmp_path / "work" / "seed1" / "reference").exists()  # part 0 trains it
+    assert bench.main([*shared, "--purify-only", "--part", "0/2"]) == 0
+    assert (tmp_path / "work" / "seed1" / "reference" / "classifier.json").is_file()
+    # 60 clean images once, and BadNets' 6 patched ones: its other 54 are the clean entry's
+    assert calls["images"] == 66
+    assert bench.main(shared) == 0
+    assert calls["images"] == 66  # (no target_rounds at this profile: stage 4 purifies nothing more either)
+    rows = json.loads((tmp_path / "res" / "tiny.json").read_text())["rows"]
+    assert [r["dataelixir"]["noise"] for r in rows] == ["per_image", "per_image"]
+    assert "reference_train" not in rows[0]["stage_seconds"]
+    with pytest.raises(SystemExit):
+        bench.main([*shared, "--purify-only", "--part", "2/2"])
+    # the work folder lost, the table kept: the finished entries are not purified again
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")
+    shutil.rmtree(tmp_path / "cache")
+    assert bench.main([*shared, "--purify-only", "--part", "0/1"]) == 0
+    assert calls["images"] == 66

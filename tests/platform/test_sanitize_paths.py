@@ -142,6 +142,40 @@ def test_the_task_relabels_with_the_recipe_the_victim_was_trained_with(tmp_path)
     assert relabel.epochs == params.dataelixir.relabel_epochs and relabel.lr == 0.05 and relabel.width == 4
 
 
+def test_per_image_noise_shares_one_purification_store_across_versions(inputs, tmp_path, monkeypatch):
+    """With ``noise: per_image`` the tasks keep purified images in ``out_root/purification-cache``: a second version
+    that repeats most of the first (the next ingestion batch) purifies only its new images."""
+    import yaml as _yaml
+
+    from detoxops.defenses import dataelixir as de
+    from tasks.sanitize_tasks import elixir_config, sanitize_dataset
+
+    calls = {"images": 0}
+    real = de.purify_candidates
+
+    def counting(purifier, x01, *args, **kwargs):
+        calls["images"] += len(x01)
+        return real(purifier, x01, *args, **kwargs)
+
+    monkeypatch.setattr(de, "purify_candidates", counting)
+    cfg = {**_yaml.safe_load(inputs["params"].read_text())["dataelixir"], "noise": "per_image"}
+    assert elixir_config(cfg, "/out").purification_cache == "/out/purification-cache"
+    assert elixir_config({**cfg, "purification_cache": "/mine"}, "/out").purification_cache == "/mine"
+    assert elixir_config({**cfg, "noise": "per_shard"}, "/out").purification_cache is None
+    first = ImageSet.load(inputs["train"])
+    images = first.images.copy()
+    images[:4] = 255 - images[:4]  # the next batch: four images new, twenty seen before
+    second = first.replace(images=images)
+    out = tmp_path / "out"
+    for name, data in (("v1", first), ("v2", second)):
+        version = save_version({"train": data}, tmp_path / "versions", name, source="test")
+        sanitize_dataset.fn(str(version), str(inputs["victim"]), str(inputs["purifier"]), cfg, str(out),
+                            victim_cfg={"arch": "small_cnn", "width": 4, "epochs": 1, "device": "cpu"})
+    # (8-px images resolve to cpu_digits, whose stage 4 purifies nothing more: target_rounds 0)
+    assert calls["images"] == 24 + 4
+    assert len(list((out / "purification-cache").glob("*/pack-*.keys.npy"))) == 3 + 1  # one pack per shard, then one
+
+
 @pytest.mark.parametrize("kind", ["thread", "dask"])
 def test_the_flow_split_over_parallel_workers_gives_the_same_artifacts(inputs, platform_env, tmp_path, kind):
     """``workers=2``: the candidate shards run as two tasks over disjoint shards (threads, or two Dask worker

@@ -31,12 +31,20 @@ import torch
 
 from detoxops.config import DataElixirConfig, VictimConfig
 from detoxops.data import ImageSet
-from detoxops.defenses.elixir.candidates import build_candidates, purification_rounds, steps_per_image
+from detoxops.defenses.elixir.candidates import (
+    build_candidates,
+    purification_rounds,
+    purify_candidates,
+    score_candidates,
+    steps_per_image,
+)
+from detoxops.defenses.elixir.purification_cache import PurificationCache, content_digests, noise_keys
 from detoxops.defenses.elixir.purify import select_at_percentile
 from detoxops.defenses.elixir.relabel import relabel_suspicious
 from detoxops.defenses.elixir.shards import DamagedShardError, ShardStore, open_work_store
 from detoxops.defenses.elixir.target_label import TargetDetection, detect_target_labels, mad_anomaly_index
 from detoxops.defenses.elixir.transitions import BENIGN, POISONED, SET_NAMES, SUSPICIOUS, analyse_transitions
+from detoxops.diffusion.noise import KeyedNoise
 from detoxops.progress import tqdm
 
 __all__ = ["DataElixir", "SanitizeResult"]
@@ -45,7 +53,9 @@ log = logging.getLogger(__name__)
 
 SHARD_ARRAYS = ("labels", "distances", "selected", "images")
 CANDIDATE_FIELDS = {"T", "rounds", "keep_last", "sampler", "ddim_stride", "select_percentile", "shard_size",
-                    "batch_size", "seed"}
+                    "batch_size", "seed", "noise"}
+PURIFICATION_FIELDS = ("T", "rounds", "keep_last", "sampler", "ddim_stride", "seed")
+"""What a stored purification (``noise: per_image``) depends on besides the purifier and the image."""
 
 
 @dataclass
@@ -128,15 +138,74 @@ class DataElixir:
         candidates depend on: a re-run with other data, models, settings or purifier precision gets its own folder,
         an identical one resumes from finished shards."""
         c = self.cfg
-        uses_bf16 = getattr(self.purifier, "uses_bf16", None)
         return open_work_store(Path(workdir) / "candidates", {
-            "data": train.content_hash(), "victim": module_fingerprint(victim),
-            "purifier": module_fingerprint(self.purifier.unet),
-            "schedule": hashlib.sha256(self.purifier.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:16],
-            "bf16": bool(uses_bf16(self.purifier.device)) if uses_bf16 is not None else False,
+            "data": train.content_hash(), "victim": module_fingerprint(victim), **self._purifier_identity(),
             # only what changes the candidates: later stages (tau, rules, relabelling) can be re-run on them
             "cfg": c.model_dump(mode="json", include=CANDIDATE_FIELDS),
         })
+
+    def _purifier_identity(self) -> dict[str, Any]:
+        uses_bf16 = getattr(self.purifier, "uses_bf16", None)
+        return {
+            "purifier": module_fingerprint(self.purifier.unet),
+            "schedule": hashlib.sha256(self.purifier.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:16],
+            "bf16": bool(uses_bf16(self.purifier.device)) if uses_bf16 is not None else False,
+        }
+
+    def purification_cache(self, workdir: str | Path) -> PurificationCache:
+        """Where ``noise: per_image`` stores purified candidates by image content (``dataelixir.purification_cache``,
+        else ``workdir/purification-cache``), keyed by the purifier and the round settings."""
+        c = self.cfg
+        root = Path(c.purification_cache) if c.purification_cache else Path(workdir) / "purification-cache"
+        return PurificationCache(root, {**self._purifier_identity(), "format": 1,
+                                        "cfg": {k: getattr(c, k) for k in PURIFICATION_FIELDS}})
+
+    def purify(self, train: ImageSet, workdir: str | Path, shard_ids: list[int] | None = None,
+               progress: bool = True) -> int:
+        """The victim-independent half of stage 1 (``noise: per_image`` only): purify the images of the shards
+        ``shard_ids`` (default: all) that the purification cache lacks, and store them there. A later
+        :meth:`compute_shards` / :meth:`sanitize` with any victim then only scores them. Returns how many images
+        were purified."""
+        if self.cfg.noise != "per_image":
+            raise ValueError("DataElixir.purify stores purifications by image content, which needs "
+                             "dataelixir.noise: per_image")
+        bounds = self.shard_bounds(len(train))
+        ids = list(range(len(bounds))) if shard_ids is None else [int(k) for k in shard_ids]
+        if any(k < 0 or k >= len(bounds) for k in ids):
+            raise ValueError(f"shard ids {ids} out of range: {len(train)} images make {len(bounds)} shards")
+        cache = self.purification_cache(workdir)
+        per_image = steps_per_image(self.cfg)
+        bar = tqdm(total=sum(bounds[k][1] - bounds[k][0] for k in ids) * per_image,
+                   desc=f"DataElixir purification ({len(ids)} shards)", unit="step", disable=not progress)
+        done = 0
+        for k in ids:
+            x = np.array(train.images[bounds[k][0] : bounds[k][1]])
+            _, n_new = self._purified(cache, x, on_step=bar.update)
+            done += n_new
+        bar.close()
+        return done
+
+    def _purified(self, cache: PurificationCache, x: np.ndarray, on_step) -> tuple[np.ndarray, int]:
+        """The candidates ``(n, K, H, W, C)`` uint8 of uint8 images ``x``: stored ones loaded, the others purified
+        batch by batch (each with its own content-keyed noise) and stored. Returns them and how many were new."""
+        c = self.cfg
+        digests = content_digests(x, c.seed)
+        cands, found = cache.get(digests)
+        per_image = steps_per_image(c)
+        on_step(int(found.sum()) * per_image)
+        missing = np.flatnonzero(~found)
+        for b in range(0, len(missing), c.batch_size):
+            rows = missing[b : b + c.batch_size]
+            x01 = torch.from_numpy(x[rows]).permute(0, 3, 1, 2).float().div(255)
+            purified = purify_candidates(self.purifier, x01, c, KeyedNoise(noise_keys(digests[rows])),
+                                         on_step=on_step)
+            block = (purified.permute(0, 1, 3, 4, 2) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+            cache.put(digests[rows], block)
+            if cands is None:
+                cands = np.zeros((len(x), *block.shape[1:]), dtype=np.uint8)
+            cands[rows] = block
+        assert cands is not None or not len(x)
+        return cands if cands is not None else np.zeros((0,), np.uint8), len(missing)
 
     def shard_bounds(self, n: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of each candidate shard of an ``n``-image dataset (``dataelixir.shard_size``)."""
@@ -161,8 +230,9 @@ class DataElixir:
         per_image = steps_per_image(self.cfg)
         bar = tqdm(total=sum(bounds[k][1] - bounds[k][0] for k in todo) * per_image,
                    desc=f"DataElixir candidates, shards {todo}", unit="step", disable=not progress)
+        cache = self.purification_cache(workdir) if self.cfg.noise == "per_image" else None
         for k in todo:
-            self._compute_shard(store, train, victim, k, *bounds[k], on_step=bar.update)
+            self._compute_shard(store, train, victim, k, *bounds[k], on_step=bar.update, cache=cache)
         bar.close()
         return todo
 
@@ -176,6 +246,7 @@ class DataElixir:
         n = len(train)
         bounds = self.shard_bounds(n)
         loaded: dict[int, dict[str, np.ndarray]] = {}
+        cache: PurificationCache | None = None  # opened when a shard needs computing
         per_image = steps_per_image(self.cfg)  # progress in denoising steps: it moves within a batch, too
         bar = tqdm(total=n * per_image, desc=f"DataElixir candidates ({n} img x {per_image} denoising steps)",
                    unit="step", disable=not progress)
@@ -189,13 +260,19 @@ class DataElixir:
                 else:
                     bar.update((stop - start) * per_image)
                     continue
-            loaded[k] = self._compute_shard(store, train, victim, k, start, stop, on_step=bar.update)
+            if cache is None and self.cfg.noise == "per_image":
+                cache = self.purification_cache(workdir)
+            loaded[k] = self._compute_shard(store, train, victim, k, start, stop, on_step=bar.update, cache=cache)
         bar.close()
         return {key: np.concatenate([loaded[k][key] for k in range(len(bounds))]) for key in SHARD_ARRAYS}
 
     def _compute_shard(self, store: ShardStore, train: ImageSet, victim: torch.nn.Module, k: int, start: int,
-                       stop: int, on_step) -> dict[str, np.ndarray]:
+                       stop: int, on_step, cache: PurificationCache | None = None) -> dict[str, np.ndarray]:
         c = self.cfg
+        if c.noise == "per_image":
+            if cache is None:
+                raise ValueError("dataelixir.noise: per_image needs the purification cache")
+            return self._compute_shard_by_content(store, cache, train, victim, k, start, stop, on_step)
         # one generator per shard: a resumed or a parallel run draws exactly the noise an uninterrupted one would
         gen = torch.Generator(device=self.purifier.device).manual_seed(c.seed * 100_003 + k)
         parts: dict[str, list[np.ndarray]] = {key: [] for key in SHARD_ARRAYS}
@@ -214,18 +291,46 @@ class DataElixir:
         store.save(k, **arrays)
         return arrays
 
+    def _compute_shard_by_content(self, store: ShardStore, cache: PurificationCache, train: ImageSet,
+                                  victim: torch.nn.Module, k: int, start: int, stop: int,
+                                  on_step) -> dict[str, np.ndarray]:
+        """``noise: per_image``: the shard's candidates from the purification cache (purifying what it lacks), then
+        scored by the victim. Candidates are scored as stored (uint8), the form a purified image is handed back in."""
+        c = self.cfg
+        x = np.array(train.images[start:stop])  # copy: the source may be a read-only memmap
+        cands, _ = self._purified(cache, x, on_step)
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in SHARD_ARRAYS}
+        device = self.purifier.device
+        for b in range(0, len(x), c.batch_size):
+            x01 = torch.from_numpy(x[b : b + c.batch_size]).permute(0, 3, 1, 2).float().div(255).to(device)
+            block = cands[b : b + c.batch_size]
+            cand01 = torch.from_numpy(block).permute(0, 1, 4, 2, 3).float().div(255).to(device)
+            labels, dists = score_candidates(victim, x01, cand01)
+            dist = dists.float().cpu().numpy()
+            sel = select_at_percentile(dist, c.select_percentile)
+            parts["labels"].append(labels.cpu().numpy().astype(np.int16))
+            parts["distances"].append(dist.astype(np.float32))
+            parts["selected"].append(sel.astype(np.int16))
+            parts["images"].append(block[np.arange(len(sel)), sel])
+        arrays = {key: np.concatenate(v) for key, v in parts.items()}
+        store.save(k, **arrays)
+        return arrays
+
     def _purify_again(self, images: np.ndarray, rounds: int) -> np.ndarray:
         """``rounds`` more purification rounds of uint8 HWC images, batch by batch, from a noise stream of their
-        own (independent of every shard's): deterministic given ``dataelixir.seed``."""
+        own (independent of every shard's; ``noise: per_image``: each image's own, keyed by its content):
+        deterministic given ``dataelixir.seed``."""
         c = self.cfg
         seed = int(np.random.SeedSequence([c.seed, 4]).generate_state(1)[0])
         gen = torch.Generator(device=self.purifier.device).manual_seed(seed)
+        keys = noise_keys(content_digests(np.asarray(images), seed)) if c.noise == "per_image" else None
         out = np.empty_like(images)
         for b in range(0, len(images), c.batch_size):
             # the same conversion as the candidate shards (a permuted view, not data.tensors.to_tensor's contiguous
             # copy: the UNet's output differs in its last bits between the two memory layouts)
             x01 = torch.from_numpy(np.array(images[b : b + c.batch_size])).permute(0, 3, 1, 2).float().div(255)
-            y = purification_rounds(self.purifier, x01, c, rounds, gen)
+            noise = gen if keys is None else KeyedNoise(keys[b : b + c.batch_size])
+            y = purification_rounds(self.purifier, x01, c, rounds, noise)
             out[b : b + c.batch_size] = (y.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return out
 

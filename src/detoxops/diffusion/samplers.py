@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from detoxops.diffusion.noise import KeyedNoise, draw_noise
 from detoxops.diffusion.schedule import NoiseSchedule
 
 __all__ = ["denoise", "repaint", "step_levels", "snap_levels"]
@@ -61,7 +62,7 @@ def denoise(
     t_map: Tensor | None = None,
     eta: float = 0.0,
     clip_x0: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | KeyedNoise | None = None,
     on_step: StepCallback | None = None,
 ) -> Tensor:
     """Run the reverse process from ``x_t`` (values in [-1, 1]) down to level 0.
@@ -96,7 +97,8 @@ def denoise(
         clip_x0: clamp the predicted x̂_0 to [-1, 1] at every step (diffusers' ``clip_sample``).
         generator: source of the sampling noise (DDPM, DDIM with ``eta > 0``); drawn on ``x_t.device``
             in the order diffusers' schedulers draw it (one ``randn`` of the batch shape per step, none on
-            the step into level 0).
+            the step into level 0). A :class:`~detoxops.diffusion.noise.KeyedNoise` draws every sample's noise
+            from its own stream instead (batch-independent).
         on_step: ``on_step(t_prev, x, x0_pred)`` called after every step, where ``t_prev`` is the level
             just reached — DDPM: ``top - 1, top - 2, …, 0``; DDIM: ``top - stride, …, 0`` — ``x`` the batch
             at that level (pixels not yet started keep their input values) and ``x0_pred`` the prediction
@@ -143,12 +145,12 @@ def denoise(
         if mode == "ddpm":
             noise = None
             if t_prev > 0:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                noise = draw_noise(x.shape, generator, x.device, x.dtype)
             new_x, x0 = sched.ddpm_step(x, t, eps, noise=noise, clip_x0=clip_x0)
         else:
             noise = None
             if eta > 0 and t_prev > 0:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                noise = draw_noise(x.shape, generator, x.device, x.dtype)
             new_x, x0 = sched.ddim_step(x, t, t_prev, eps, eta=eta, noise=noise, clip_x0=clip_x0)
         if levels is not None:
             new_x = torch.where(levels >= t, new_x, x)

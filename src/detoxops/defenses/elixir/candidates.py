@@ -4,7 +4,8 @@ Each image goes through ``rounds`` (n) rounds of forward noising to level ``T`` 
 round starting from the previous round's output; the intermediaries of the last ``keep_last`` (m) reverse steps
 of every round form its candidate set (n · m images). Every candidate is labelled by the victim and scored by
 its distance to the original (pixel SSIM + victim-feature cosine). The whole batch moves through one UNet call
-per step; intermediaries are consumed as they are produced (``on_step``), never all held at once.
+per step. Purifying (:func:`purify_candidates`) does not involve the victim, scoring (:func:`score_candidates`)
+does: DataElixir stores the purified candidates by image content so that datasets sharing images share them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from detoxops.config import DataElixirConfig
 from detoxops.defenses.elixir.purify import candidate_distance
 from detoxops.diffusion import denoise, step_levels
+from detoxops.diffusion.noise import draw_noise
 from detoxops.ssim import ssim
 
 
@@ -47,47 +49,63 @@ def victim_features_and_labels(victim: torch.nn.Module, x01: torch.Tensor) -> tu
 
 @torch.no_grad()
 def build_candidates(
-    purifier, victim: torch.nn.Module, x01: torch.Tensor, cfg: DataElixirConfig, generator: torch.Generator,
+    purifier, victim: torch.nn.Module, x01: torch.Tensor, cfg: DataElixirConfig, generator,
     on_step: Callable[[int], None] | None = None,
 ) -> CandidateBatch:
-    """``on_step(n)`` after every denoising step of the ``n`` images (progress within a batch: a batch can be the
-    whole dataset, and a round of DDPM at T = 150 is 150 UNet passes)."""
-    device = purifier.device
-    x01 = x01.to(device)
+    """Purify (:func:`purify_candidates`) and score (:func:`score_candidates`) one batch. ``on_step(n)`` after
+    every denoising step of the ``n`` images (progress within a batch: a batch can be the whole dataset, and a
+    round of DDPM at T = 150 is 150 UNet passes)."""
+    x01 = x01.to(purifier.device)
+    cands = purify_candidates(purifier, x01, cfg, generator, on_step=on_step)
+    labels, dists = score_candidates(victim, x01, cands)
+    return CandidateBatch(labels=labels.cpu(), distances=dists.float().cpu(), images=cands.cpu())
+
+
+@torch.no_grad()
+def purify_candidates(purifier, x01: torch.Tensor, cfg: DataElixirConfig, generator,
+                      on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The victim-independent half of stage 1: ``rounds`` chained rounds, the last ``keep_last`` intermediaries of
+    each kept. ``(B, K, C, H, W)`` in [0, 1] (K = rounds · keep_last, round-major), on the purifier's device.
+    ``generator``: a ``torch.Generator`` or a :class:`~detoxops.diffusion.noise.KeyedNoise`."""
     keep = set(kept_levels(cfg))
-    orig_feats, _ = victim_features_and_labels(victim, x01)
-    labels, dists, images = [], [], []
-    x = x01 * 2 - 1
-    window = min(7, x01.shape[-1] - (1 - x01.shape[-1] % 2))  # SSIM window must fit the image
+    x = x01.to(purifier.device) * 2 - 1
+    kept: list[torch.Tensor] = []
+
+    def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        if t_prev in keep:
+            kept.append(((x_t.clamp(-1, 1) + 1) / 2).to(torch.float32))
+        if on_step is not None:
+            on_step(len(x_t))
+
     for _ in range(cfg.rounds):
-        kept: list[torch.Tensor] = []
-
-        def collect(t_prev: int, x_t: torch.Tensor, x0_pred: torch.Tensor, kept: list = kept) -> None:
-            if t_prev in keep:
-                kept.append(((x_t.clamp(-1, 1) + 1) / 2).to(torch.float32))
-            if on_step is not None:
-                on_step(len(x_t))
-
         x = purification_round(purifier, x, cfg, generator, on_step=collect)
-        for cand in kept:
-            feats, lab = victim_features_and_labels(victim, cand)
-            s = ssim(x01.float(), cand, window=window, data_range=1.0)
-            cos = F.cosine_similarity(feats, orig_feats, dim=1)
-            labels.append(lab)
-            dists.append(candidate_distance(s, cos))
-            images.append(cand)
-    return CandidateBatch(
-        labels=torch.stack(labels, 1).cpu(),
-        distances=torch.stack(dists, 1).float().cpu(),
-        images=torch.stack(images, 1).cpu(),
-    )
+    return torch.stack(kept, 1)
 
 
-def purification_round(purifier, x: torch.Tensor, cfg: DataElixirConfig, generator: torch.Generator,
+@torch.no_grad()
+def score_candidates(victim: torch.nn.Module, x01: torch.Tensor, cands: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The victim's label of every candidate and its distance to the original (pixel SSIM + victim-feature cosine,
+    equation 5): ``(B, K)`` each, for images ``(B, C, H, W)`` and candidates ``(B, K, C, H, W)``, both in [0, 1]."""
+    x01 = x01.float()
+    orig_feats, _ = victim_features_and_labels(victim, x01)
+    window = min(7, x01.shape[-1] - (1 - x01.shape[-1] % 2))  # SSIM window must fit the image
+    labels, dists = [], []
+    for j in range(cands.shape[1]):
+        cand = cands[:, j].contiguous()
+        feats, lab = victim_features_and_labels(victim, cand)
+        s = ssim(x01, cand, window=window, data_range=1.0)
+        cos = F.cosine_similarity(feats, orig_feats, dim=1)
+        labels.append(lab)
+        dists.append(candidate_distance(s, cos))
+    return torch.stack(labels, 1), torch.stack(dists, 1)
+
+
+def purification_round(purifier, x: torch.Tensor, cfg: DataElixirConfig, generator,
                        on_step: Callable | None = None) -> torch.Tensor:
     """One round: noise ``x`` (in [-1, 1]) to level ``T``, run the reverse process back to 0 (``on_step`` as
     :func:`detoxops.diffusion.denoise` calls it, after every step)."""
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = draw_noise(x.shape, generator, x.device, x.dtype)
     x_T = purifier.schedule.q_sample(x, cfg.T, noise)  # noqa: N806 - the paper's name
     stride = cfg.ddim_stride if cfg.sampler == "ddim" else 1
     return denoise(purifier, x_T, cfg.T, mode=cfg.sampler, stride=stride, generator=generator, on_step=on_step)
@@ -95,7 +113,7 @@ def purification_round(purifier, x: torch.Tensor, cfg: DataElixirConfig, generat
 
 @torch.no_grad()
 def purification_rounds(purifier, x01: torch.Tensor, cfg: DataElixirConfig, rounds: int,
-                        generator: torch.Generator) -> torch.Tensor:
+                        generator) -> torch.Tensor:
     """``rounds`` more rounds as candidate construction chains them, each from the last one's output (no
     candidates kept, no victim): stage 4's ``target_rounds``. Images in [0, 1] in and out."""
     x = x01.to(purifier.device) * 2 - 1
