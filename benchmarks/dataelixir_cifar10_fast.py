@@ -113,7 +113,7 @@ def seed_params(base: Params, seed: int, attack: str) -> Params:
 
 LATER_FIELDS = {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
                 "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch",
-                "noise": "per_shard"}
+                "noise": "per_shard", "relabelled_image": "chosen"}
 """``dataelixir`` fields added after entries were stored, with the value every earlier entry ran with (their first
 default; ``mixed``, ``purify`` and ``target_rounds`` come from the profile since 2026-12-07): in an entry's key
 only when the resolved value differs from it."""

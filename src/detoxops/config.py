@@ -636,6 +636,13 @@ class DataElixirConfig(_Section):
     from every image; a model from scratch sees only the set without S). Measured on CIFAR-10 WaNet's validation
     entry: the same label accuracy (91.0 / 51 % of the poison) and retrained accuracy either way
     (docs/dataelixir.md, "The relabelling model from the victim")."""
+    relabelled_image: Literal["chosen", "nearest", "input"] = "chosen"
+    """The image stage 4 hands back for a sample it relabels away from the target label: ``chosen``, its candidate at
+    ``select_percentile`` of the distance (the paper, as for every purified sample); ``nearest``, its least-moved
+    candidate (needs ``noise: per_image``, whose store holds every candidate); ``input``, its own image. Under a
+    non-target label a trigger remnant cannot teach an all-to-one backdoor (it teaches the opposite), so how much
+    such an image is purified trades only the detail it keeps against how firmly a wrong restored label is
+    learned (docs/dataelixir.md)."""
     noise: Literal["per_shard", "per_image"] = "per_shard"
     """Where stage 1 draws its purification noise: ``per_shard``, one stream per candidate shard (a sample's noise
     depends on its place in the dataset); ``per_image``, one stream per image keyed by its content and ``seed``, so

@@ -189,7 +189,7 @@ def test_the_elixir_key_counts_the_later_fields_only_when_they_differ_from_what_
     later = bench.LATER_FIELDS
     assert later == {"mixed": "mode", "purify": "flagged", "relabel_images": "dataset", "relabel": "suspicious",
                      "relabel_view": "candidate", "distant_mads": 1.0, "target_rounds": 0, "relabel_init": "scratch",
-                     "noise": "per_shard"}
+                     "noise": "per_shard", "relabelled_image": "chosen"}
     # the paper's rules at 32 px (cpu_cifar10_quick: the CIFAR-10 default until 2026-12-07): the key without them
     params = Params(dataelixir=DataElixirConfig(profile="cpu_cifar10_quick"))
     key = bench.elixir_key(params, "aaaa")
@@ -201,7 +201,8 @@ def test_the_elixir_key_counts_the_later_fields_only_when_they_differ_from_what_
     assert key == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     for field, value in (("mixed", "suspicious"), ("purify", "target_label"), ("relabel_images", "candidates"),
                          ("relabel", "flagged"), ("relabel_view", "input"), ("distant_mads", 2.0),
-                         ("target_rounds", 1), ("relabel_init", "victim"), ("noise", "per_image")):
+                         ("target_rounds", 1), ("relabel_init", "victim"), ("noise", "per_image"),
+                         ("relabelled_image", "input")):
         other = params.model_copy(update={"dataelixir": params.dataelixir.model_copy(update={field: value})})
         assert bench.elixir_key(other, "aaaa") != key
     # how a setting is asked for does not matter, what runs does: the profile's values = the same values set by hand

@@ -129,6 +129,9 @@ class DataElixir:
         # the profile's preset for the purifier's image size (``auto``), so every later stage sees concrete values
         self.cfg = (cfg or DataElixirConfig()).resolved(getattr(purifier, "image_size", None))
         self.victim_cfg = victim_cfg or VictimConfig(epochs=self.cfg.relabel_epochs)
+        if self.cfg.relabelled_image == "nearest" and self.cfg.noise != "per_image":
+            raise ValueError("dataelixir.relabelled_image: nearest reads every candidate from the purification "
+                             "cache, which needs dataelixir.noise: per_image")
         if self.cfg.T > purifier.schedule.T:
             raise ValueError(f"dataelixir.T = {self.cfg.T} exceeds the purifier's {purifier.schedule.T} levels")
 
@@ -388,6 +391,20 @@ class DataElixir:
             images[extra] = cand["images"][extra]
             changed_image |= extra
 
+        handed = np.where(changed_image, cand["selected"].astype(np.int64), -1)  # candidate handed back, -1: own
+        away = changed_image & ~np.isin(new_labels, detection.target_labels)  # relabelled away from the target
+        if c.relabelled_image == "input":
+            images[away] = train.images[away]
+            changed_image &= ~away
+            handed[away] = -1
+        elif c.relabelled_image == "nearest" and away.any():
+            rows = np.flatnonzero(away)
+            every, _ = self._purified(self.purification_cache(workdir), np.array(train.images[rows]),
+                                      on_step=lambda n: None)  # all stored by stage 1: nothing is purified here
+            nearest = cand["distances"][rows].argmin(1)
+            images[rows] = every[np.arange(len(rows)), nearest]
+            handed[rows] = nearest
+
         repurified = np.zeros(len(labels), dtype=bool)
         if c.target_rounds and len(detection.target_labels):
             # a purified image that keeps a target label is the one kind whose trigger remnant can still teach the
@@ -405,8 +422,8 @@ class DataElixir:
             "eta": tr.eta,
             "vote": tr.consensus,
             "target_label": is_target.astype(int),
-            "chosen_round": np.where(changed_image, cand["selected"] // m, -1),
-            "chosen_step": np.where(changed_image, cand["selected"] % m, -1),
+            "chosen_round": np.where(handed >= 0, handed // m, -1),
+            "chosen_step": np.where(handed >= 0, handed % m, -1),
             "chosen_distance": np.round(chosen, 5),
             "relabel_agreed": agreed.astype(int),
             "repurified": repurified.astype(int),

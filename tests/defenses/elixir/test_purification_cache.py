@@ -170,3 +170,29 @@ def test_candidates_module_split_matches_build_candidates(setup):
     labels, dists = cand_mod.score_candidates(victim, x01, cands)
     assert torch.equal(whole.images, cands) and torch.equal(whole.labels, labels)
     assert torch.equal(whole.distances, dists.float())
+
+
+def test_relabelled_image_modes_change_only_the_images_relabelled_away_from_the_target(setup, tmp_path):
+    train, purifier, victim, cfg = setup
+    # thresholds this low make an untrained victim's transitions name a target, so samples are relabelled
+    loose = cfg.model_copy(update={"anomaly_threshold": 0.1, "min_target_share": 0.0, "tau": 1})
+    vcfg = VictimConfig(epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="per_image"):
+        de.DataElixir(purifier, loose.model_copy(update={"noise": "per_shard", "relabelled_image": "nearest"}))
+    runs = {mode: de.DataElixir(purifier, loose.model_copy(update={"relabelled_image": mode}), vcfg).sanitize(
+        train, victim, tmp_path, progress=False) for mode in ("chosen", "nearest", "input")}
+    chosen = runs["chosen"]
+    away = chosen.flagged & ~np.isin(chosen.dataset.labels, chosen.target_labels)
+    assert away.any()
+    for mode, res in runs.items():
+        assert np.array_equal(res.dataset.labels, chosen.dataset.labels), mode  # labels never depend on it
+        assert np.array_equal(res.dataset.images[~away], chosen.dataset.images[~away]), mode
+    assert np.array_equal(runs["input"].dataset.images[away], train.images[away])
+    assert (runs["input"].decisions["chosen_round"][away] == -1).all()
+    # nearest: the stored candidate with the smallest distance
+    digests = content_digests(train.images[away], loose.seed)
+    every, found = de.DataElixir(purifier, loose).purification_cache(tmp_path).get(digests)
+    assert found.all()
+    nearest = runs["nearest"].extras["distances"][away].argmin(1)
+    assert np.array_equal(runs["nearest"].dataset.images[away], every[np.arange(away.sum()), nearest])
+    assert np.array_equal(runs["nearest"].decisions["chosen_round"][away], nearest // loose.keep_last)
