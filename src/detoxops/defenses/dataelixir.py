@@ -192,6 +192,8 @@ class DataElixir:
         """The candidates ``(n, K, H, W, C)`` uint8 of uint8 images ``x``: stored ones loaded, the others purified
         batch by batch (each with its own content-keyed noise) and stored. Returns them and how many were new."""
         c = self.cfg
+        if not len(x):
+            return np.zeros((0, 0, *x.shape[1:]), dtype=np.uint8), 0
         digests = content_digests(x, c.seed)
         cands, found = cache.get(digests)
         per_image = steps_per_image(c)
@@ -207,8 +209,7 @@ class DataElixir:
             if cands is None:
                 cands = np.zeros((len(x), *block.shape[1:]), dtype=np.uint8)
             cands[rows] = block
-        assert cands is not None or not len(x)
-        return cands if cands is not None else np.zeros((0,), np.uint8), len(missing)
+        return cands, len(missing)
 
     def shard_bounds(self, n: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of each candidate shard of an ``n``-image dataset (``dataelixir.shard_size``)."""
