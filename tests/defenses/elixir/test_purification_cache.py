@@ -10,8 +10,7 @@ from detoxops.data import ImageSet
 from detoxops.defenses import dataelixir as de
 from detoxops.defenses.elixir import candidates as cand_mod
 from detoxops.defenses.elixir.purification_cache import PurificationCache, content_digests, noise_keys
-from detoxops.diffusion import NoiseSchedule, Purifier, build_unet, denoise
-from detoxops.diffusion.noise import KeyedNoise
+from detoxops.diffusion import NoiseSchedule, Purifier, build_unet
 from detoxops.models import build_classifier
 
 
@@ -41,28 +40,6 @@ def count_purifications(monkeypatch) -> dict:
 
     monkeypatch.setattr(de, "purify_candidates", counting)
     return calls
-
-
-def test_keyed_noise_is_per_sample_and_batch_independent():
-    together = KeyedNoise([5, 7, 9]).randn((3, 2, 4, 4))
-    alone = KeyedNoise([7]).randn((1, 2, 4, 4))
-    assert torch.equal(together[1], alone[0])
-    assert not torch.equal(together[0], together[2])
-    again = KeyedNoise([5, 7, 9])
-    first, second = again.randn((3, 2, 4, 4)), again.randn((3, 2, 4, 4))
-    assert torch.equal(first, together) and not torch.equal(first, second)  # a stream, not a constant
-    with pytest.raises(ValueError, match="holds 3 keys"):
-        again.randn((2, 2, 4, 4))
-    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
-        KeyedNoise([-1])
-    # the samplers take it wherever they take a generator: a sample's DDPM result does not depend on its batch
-    torch.manual_seed(0)
-    unet = build_unet(UNetConfig(sample_size=8, block_out_channels=[8, 16]))
-    purifier = Purifier(unet, NoiseSchedule.from_config(ScheduleConfig()))
-    x = torch.rand(3, 3, 8, 8) * 2 - 1
-    batch = denoise(purifier, x, 4, generator=KeyedNoise([1, 2, 3]))
-    single = denoise(purifier, x[1:2], 4, generator=KeyedNoise([2]))
-    assert torch.allclose(batch[1:2], single, atol=1e-5)
 
 
 def test_digests_follow_content_and_seed():
