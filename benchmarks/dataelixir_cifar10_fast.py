@@ -27,14 +27,13 @@ Settings are chosen on a validation seed (another seed's poisoned subset) and th
 every entry: stored once in ``dataelixir.purification_cache`` (excluded from the entry key: it does not change
 results), every later entry only scores it with its own victim. Two processes fill that store first, each for
 every attack's even or odd candidate shards, so no image is purified twice (the part-0 process then trains the
-seed's reference model); then the entries run in two processes of four attacks each, purifying only what no other
-entry had:
+seed's reference model); then the entries run in two processes, purifying only what no other entry had.
+``benchmarks/dataelixir_cifar10_fast_seed.sh SEED NAME`` issues exactly these commands (WaNet and BPP with the
+victim recipe's augmentation in their own work folder), e.g. phase 1:
 
     S="-s dataelixir.noise=per_image -s dataelixir.purification_cache=runs/purification-cache"
-    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 0/2 &
-    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 1/2; wait
-    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --attacks clean badnets blended sig --name N &
-    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --attacks wanet bpp ftrojan ssba --name N; wait
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 0/2 --name N &
+    python benchmarks/dataelixir_cifar10_fast.py --seed 2 $S --purify-only --part 1/2 --name N; wait
 """
 
 from __future__ import annotations
