@@ -22,3 +22,20 @@ def cifar_archive() -> Path:
     if not CIFAR_ARCHIVE.is_file():
         pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
     return CIFAR_ARCHIVE
+
+
+@pytest.fixture
+def purification_counter(monkeypatch) -> dict:
+    """Counts the images DataElixir sends through the diffusion model (stage 1's expensive half:
+    ``purify_candidates`` as ``detoxops.defenses.dataelixir`` calls it)."""
+    from detoxops.defenses import dataelixir as de
+
+    calls = {"images": 0}
+    real = de.purify_candidates
+
+    def counting(purifier, x01, *args, **kwargs):
+        calls["images"] += len(x01)
+        return real(purifier, x01, *args, **kwargs)
+
+    monkeypatch.setattr(de, "purify_candidates", counting)
+    return calls

@@ -291,19 +291,10 @@ def test_a_new_setting_finds_the_candidates_of_its_siblings_hard_linked(tmp_path
     assert bench.share_candidates(entry, new) == []
 
 
-def test_a_seed_is_purified_once_then_every_entry_only_scores(tmp_path, monkeypatch):
+def test_a_seed_is_purified_once_then_every_entry_only_scores(tmp_path, purification_counter):
     """--purify-only in two parts fills the shared purification cache (every attack's images, each once) and trains
     the reference; the entries then purify nothing."""
-    from detoxops.defenses import dataelixir as de
-
-    calls = {"images": 0}
-    real = de.purify_candidates
-
-    def counting(purifier, x01, *args, **kwargs):
-        calls["images"] += len(x01)
-        return real(purifier, x01, *args, **kwargs)
-
-    monkeypatch.setattr(de, "purify_candidates", counting)
+    calls = purification_counter
     out = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--docs-results",
            str(tmp_path / "docs"), "--name", "tiny"]
     with pytest.raises(SystemExit):  # refused without the per-image noise and a cache folder

@@ -142,22 +142,14 @@ def test_the_task_relabels_with_the_recipe_the_victim_was_trained_with(tmp_path)
     assert relabel.epochs == params.dataelixir.relabel_epochs and relabel.lr == 0.05 and relabel.width == 4
 
 
-def test_per_image_noise_shares_one_purification_store_across_versions(inputs, tmp_path, monkeypatch):
+def test_per_image_noise_shares_one_purification_store_across_versions(inputs, tmp_path, purification_counter):
     """With ``noise: per_image`` the tasks keep purified images in ``out_root/purification-cache``: a second version
     that repeats most of the first (the next ingestion batch) purifies only its new images."""
     import yaml as _yaml
 
-    from detoxops.defenses import dataelixir as de
     from tasks.sanitize_tasks import elixir_config, sanitize_dataset
 
-    calls = {"images": 0}
-    real = de.purify_candidates
-
-    def counting(purifier, x01, *args, **kwargs):
-        calls["images"] += len(x01)
-        return real(purifier, x01, *args, **kwargs)
-
-    monkeypatch.setattr(de, "purify_candidates", counting)
+    calls = purification_counter
     cfg = {**_yaml.safe_load(inputs["params"].read_text())["dataelixir"], "noise": "per_image"}
     assert elixir_config(cfg, "/out").purification_cache == "/out/purification-cache"
     assert elixir_config({**cfg, "purification_cache": "/mine"}, "/out").purification_cache == "/mine"

@@ -29,19 +29,6 @@ def setup():
     return train, purifier, victim, cfg
 
 
-def count_purifications(monkeypatch) -> dict:
-    """Counts the images that go through the diffusion model (stage 1's expensive half)."""
-    calls = {"images": 0}
-    real = de.purify_candidates
-
-    def counting(purifier, x01, *args, **kwargs):
-        calls["images"] += len(x01)
-        return real(purifier, x01, *args, **kwargs)
-
-    monkeypatch.setattr(de, "purify_candidates", counting)
-    return calls
-
-
 def test_digests_follow_content_and_seed():
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
@@ -74,10 +61,10 @@ def test_an_image_gets_the_same_candidates_in_any_dataset_layout(setup, tmp_path
     assert not np.array_equal(positional["images"], full["images"])
 
 
-def test_shared_images_are_purified_once_across_datasets_and_victims(setup, tmp_path, monkeypatch):
+def test_shared_images_are_purified_once_across_datasets_and_victims(setup, tmp_path, purification_counter):
     train, purifier, victim, cfg = setup
     shared = cfg.model_copy(update={"purification_cache": str(tmp_path / "cache")})
-    calls = count_purifications(monkeypatch)
+    calls = purification_counter
     first = de.DataElixir(purifier, shared).candidate_sets(train, victim, tmp_path / "w1", progress=False)
     assert calls["images"] == 20
     # another dataset: 5 images replaced (as a poisoning would), the rest the same
@@ -98,10 +85,10 @@ def test_shared_images_are_purified_once_across_datasets_and_victims(setup, tmp_
     assert calls["images"] == 25
 
 
-def test_purify_first_then_sanitize_only_scores(setup, tmp_path, monkeypatch):
+def test_purify_first_then_sanitize_only_scores(setup, tmp_path, purification_counter):
     train, purifier, victim, cfg = setup
     elixir = de.DataElixir(purifier, cfg, VictimConfig(epochs=1, batch_size=8))
-    calls = count_purifications(monkeypatch)
+    calls = purification_counter
     assert elixir.purify(train, tmp_path, shard_ids=[0], progress=False) == 8
     assert elixir.purify(train, tmp_path, progress=False) == 12  # shards 1, 2
     assert calls["images"] == 20
@@ -113,7 +100,7 @@ def test_purify_first_then_sanitize_only_scores(setup, tmp_path, monkeypatch):
         elixir.purify(train, tmp_path, shard_ids=[3], progress=False)
 
 
-def test_damaged_pack_is_purified_again(setup, tmp_path, monkeypatch, caplog):
+def test_damaged_pack_is_purified_again(setup, tmp_path, caplog, request):
     train, purifier, victim, cfg = setup
     elixir = de.DataElixir(purifier, cfg)
     full = elixir.candidate_sets(train, victim, tmp_path / "w1", progress=False)
@@ -122,7 +109,7 @@ def test_damaged_pack_is_purified_again(setup, tmp_path, monkeypatch, caplog):
     assert len(packs) == 5  # one pack per purified batch: shards of 8, 8, 4 in batches of 5 give 2 + 2 + 1
     elixir = de.DataElixir(purifier, cfg.model_copy(update={"purification_cache": str(cache_root)}))
     packs[0].write_bytes(packs[0].read_bytes()[:100])  # truncated
-    calls = count_purifications(monkeypatch)
+    calls = request.getfixturevalue("purification_counter")  # counting from here on
     again = elixir.candidate_sets(train, victim, tmp_path / "w2", progress=False)  # new work folder, same cache
     assert 0 < calls["images"] <= 5
     assert "unreadable purification pack" in caplog.text
